@@ -1,0 +1,1 @@
+"""fraudscore.bench: latency and throughput harness and CI gate for the runtime."""

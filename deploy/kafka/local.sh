@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# A single-node Apache Kafka broker (KRaft, combined broker + controller) for
+# development and tests, built from the jars Maven Central publishes.
+#
+#   deploy/kafka/local.sh start     start (or reuse) a broker; last line = bootstrap address
+#   deploy/kafka/local.sh stop      stop it by PID (SIGTERM, then SIGKILL after a grace period)
+#   deploy/kafka/local.sh status    exit 0 and print the address if it is running
+#   deploy/kafka/local.sh fetch     only resolve the jars into the cache
+#
+# Environment:
+#   KAFKA_PORT               client port (default 9092); the controller uses KAFKA_CONTROLLER_PORT
+#   KAFKA_CONTROLLER_PORT    default KAFKA_PORT + 1
+#   KAFKA_HEAP               JVM heap, default 512m
+#   KAFKA_STATE_DIR          data, logs, pid (default ${TMPDIR:-/tmp}/fraudscore-kafka-$KAFKA_PORT)
+#   FRAUDSCORE_CACHE         jar cache (default ${XDG_CACHE_HOME:-~/.cache}/fraudscore)
+#   KAFKA_START_TIMEOUT      seconds to wait for the broker to accept requests (default 90)
+#   KAFKA_FRESH=1            wipe the state directory before starting
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+kafka_version="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/pom.xml")"
+port="${KAFKA_PORT:-9092}"
+controller_port="${KAFKA_CONTROLLER_PORT:-$((port + 1))}"
+heap="${KAFKA_HEAP:-512m}"
+state="${KAFKA_STATE_DIR:-${TMPDIR:-/tmp}/fraudscore-kafka-$port}"
+cache="${FRAUDSCORE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fraudscore}"
+jars="$cache/kafka-$kafka_version/libs"
+timeout="${KAFKA_START_TIMEOUT:-90}"
+pidfile="$state/broker.pid"
+bootstrap="127.0.0.1:$port"
+
+log() { echo "local-kafka: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+fetch() {
+  if [[ -f "$jars/.complete" ]]; then
+    return
+  fi
+  command -v mvn >/dev/null || die "Maven (mvn) is needed to fetch Kafka $kafka_version; install it (apt-get install maven)"
+  command -v java >/dev/null || die "Java 17+ is needed to run Kafka $kafka_version; install a JDK (apt-get install openjdk-17-jre-headless)"
+  log "resolving Apache Kafka $kafka_version from Maven Central into $jars"
+  rm -rf "$jars"
+  mkdir -p "$jars"
+  mvn -q -B -f "$here/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$jars" >&2 \
+    || die "mvn could not resolve Kafka $kafka_version (see the output above)"
+  touch "$jars/.complete"
+  log "$(ls "$jars"/*.jar | wc -l) jars in $jars"
+}
+
+running_pid() {
+  [[ -f "$pidfile" ]] || return 1
+  local pid
+  pid="$(cat "$pidfile")"
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+java_cmd() {
+  # An array, so that the classpath wildcard reaches java unexpanded.
+  local opts
+  read -r -a opts <<<"${KAFKA_JVM_OPTS:--Xms${heap} -Xmx${heap} -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true}"
+  JAVA=(java "${opts[@]}" "-Dlog4j2.configurationFile=$state/log4j2.properties"
+    "-Dkafka.logs.dir=$state/logs" -cp "$jars/*")
+}
+
+write_config() {
+  mkdir -p "$state/data" "$state/logs"
+  cat >"$state/server.properties" <<EOF
+# Written by deploy/kafka/local.sh; single-node KRaft for development and tests.
+process.roles=broker,controller
+node.id=1
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+controller.quorum.bootstrap.servers=127.0.0.1:$controller_port
+log.dirs=$state/data
+num.partitions=1
+# A missing topic must be an error that the sidecar reports, not a topic created by a typo.
+auto.create.topics.enable=false
+# One node: every internal topic has one replica.
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=8
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+log.retention.hours=24
+log.segment.bytes=67108864
+EOF
+  cat >"$state/log4j2.properties" <<EOF
+status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = $state/logs/server.log
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.state.name = state.change.logger
+logger.state.level = WARN
+EOF
+}
+
+format_storage() {
+  [[ -f "$state/data/meta.properties" ]] && return
+  local cluster_id
+  java_cmd
+  cluster_id="$("${JAVA[@]}" kafka.tools.StorageTool random-uuid 2>>"$state/logs/format.log" | tail -n1)"
+  [[ -n "$cluster_id" ]] || die "StorageTool random-uuid failed; see $state/logs/format.log"
+  "${JAVA[@]}" kafka.tools.StorageTool format --standalone -t "$cluster_id" \
+    -c "$state/server.properties" >>"$state/logs/format.log" 2>&1 \
+    || die "formatting $state/data failed; see $state/logs/format.log"
+}
+
+start() {
+  local pid
+  if pid="$(running_pid)"; then
+    log "already running (pid $pid) in $state"
+    echo "$bootstrap"
+    return
+  fi
+  fetch
+  if [[ "${KAFKA_FRESH:-0}" == 1 ]]; then
+    rm -rf "$state"
+  fi
+  if port_open "$port"; then
+    die "port $port is taken by another process; choose another with KAFKA_PORT=..."
+  fi
+  if port_open "$controller_port"; then
+    die "controller port $controller_port is taken; choose another with KAFKA_CONTROLLER_PORT=..."
+  fi
+  write_config
+  format_storage
+  local t0=$SECONDS
+  java_cmd
+  nohup "${JAVA[@]}" kafka.Kafka "$state/server.properties" \
+    >"$state/logs/stdout.log" 2>&1 </dev/null &
+  echo $! >"$pidfile"
+  log "starting Kafka $kafka_version (pid $!) on $bootstrap, state in $state"
+  while ((SECONDS - t0 < timeout)); do
+    if ! running_pid >/dev/null; then
+      tail -n 30 "$state/logs/stdout.log" "$state/logs/server.log" >&2 2>/dev/null || true
+      die "the broker exited during start-up; logs in $state/logs"
+    fi
+    if port_open "$port" && grep -q "Kafka Server started" "$state/logs/server.log" 2>/dev/null; then
+      log "ready after $((SECONDS - t0)) s"
+      echo "$bootstrap"
+      return
+    fi
+    sleep 0.25
+  done
+  stop >/dev/null 2>&1 || true
+  die "the broker did not accept requests within ${timeout} s; logs in $state/logs"
+}
+
+stop() {
+  local pid
+  if ! pid="$(running_pid)"; then
+    log "not running"
+    rm -f "$pidfile"
+    return
+  fi
+  kill -TERM "$pid"
+  for _ in $(seq 1 120); do
+    kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; log "stopped (pid $pid)"; return; }
+    sleep 0.25
+  done
+  log "pid $pid did not stop within 30 s; killing it"
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$pidfile"
+}
+
+status() {
+  local pid
+  if pid="$(running_pid)"; then
+    log "running (pid $pid), state in $state"
+    echo "$bootstrap"
+  else
+    log "not running"
+    return 1
+  fi
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  fetch) fetch; echo "$jars" ;;
+  *) echo "usage: $0 start|stop|status|fetch" >&2; exit 2 ;;
+esac

@@ -1,0 +1,1 @@
+"""fraudscore.export: Keras run -> ONNX bundle with a parity gate (needs the `train` extra)."""

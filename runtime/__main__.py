@@ -1,0 +1,5 @@
+"""`python -m fraudscore` runs the CLI."""
+
+from .cli import main
+
+main()

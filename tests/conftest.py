@@ -1,0 +1,72 @@
+"""Shared fixtures: a real Apache Kafka broker for the session, fresh topics for each test."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCAL_KAFKA = ROOT / "deploy" / "kafka" / "local.sh"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap address of a real broker: FRAUDSCORE_TEST_BOOTSTRAP, or one started for this session."""
+    given = os.environ.get("FRAUDSCORE_TEST_BOOTSTRAP")
+    if given:
+        yield given
+        return
+    env = dict(
+        os.environ,
+        KAFKA_PORT=str(_free_port()),
+        KAFKA_CONTROLLER_PORT=str(_free_port()),
+        KAFKA_STATE_DIR=str(tmp_path_factory.mktemp("kafka")),
+        KAFKA_HEAP=os.environ.get("KAFKA_HEAP", "512m"),
+    )
+    started = subprocess.run(
+        [str(LOCAL_KAFKA), "start"], env=env, capture_output=True, text=True, timeout=300
+    )
+    if started.returncode != 0:
+        pytest.fail(f"could not start Kafka:\n{started.stderr}\n{started.stdout}")
+    bootstrap = started.stdout.strip().splitlines()[-1]
+    try:
+        yield bootstrap
+    finally:
+        subprocess.run([str(LOCAL_KAFKA), "stop"], env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def make_topic(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Iterator[Callable[..., str]]:
+    """Create fresh, uniquely named topics for one test; delete them afterwards."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    created: list[str] = []
+
+    def make(partitions: int = 1, prefix: str | None = None) -> str:
+        base = (prefix or request.node.name).replace("[", "-").replace("]", "")[:60]
+        name = f"{base}-{uuid.uuid4().hex[:8]}"
+        futures = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        futures[name].result(timeout=30)
+        created.append(name)
+        return name
+
+    yield make
+    if created:
+        for future in admin.delete_topics(created).values():
+            try:
+                future.result(timeout=30)
+            except Exception:  # a failed clean-up must not fail the test
+                pass

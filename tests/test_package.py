@@ -1,0 +1,87 @@
+"""Packaging and CLI start-up: import names, layout, and no heavy imports on the runtime path."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FORBIDDEN = ("tensorflow", "keras", "tf2onnx", "onnx")
+
+
+def _forbidden_loaded(code: str) -> list[str]:
+    """Run `code` in a fresh interpreter; return the forbidden top-level modules it loaded."""
+    probe = (
+        "import sys, json\n"
+        f"{code}\n"
+        f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({FORBIDDEN!r}))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_import_names_map_to_the_card_layout() -> None:
+    import fraudscore
+    import fraudscore.bench
+    import fraudscore.export
+    import fraudscore.train
+
+    assert Path(fraudscore.__file__).parent == ROOT / "runtime"
+    assert Path(fraudscore.train.__file__).parent == ROOT / "train"
+    assert Path(fraudscore.export.__file__).parent == ROOT / "export"
+    assert Path(fraudscore.bench.__file__).parent == ROOT / "bench"
+    for top in ("train", "export", "runtime", "bench", "deploy", "tests", "pyproject.toml", "README.md"):
+        assert (ROOT / top).exists(), top
+
+
+def test_importing_the_runtime_loads_no_training_stack() -> None:
+    modules = sorted(p.stem for p in (ROOT / "runtime").glob("*.py") if p.stem != "__main__")
+    code = "\n".join(f"import fraudscore.{m}" if m != "__init__" else "import fraudscore" for m in modules)
+    assert _forbidden_loaded(code) == []
+
+
+def test_runtime_sources_never_import_the_training_stack() -> None:
+    for path in (ROOT / "runtime").glob("*.py"):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] not in FORBIDDEN, f"{path.name} imports {name}"
+
+
+def _commands() -> list[str]:
+    from fraudscore.cli import app
+
+    return sorted(c.name or c.callback.__name__ for c in app.registered_commands)
+
+
+@pytest.mark.parametrize("argv", [["--help"]] + [[c, "--help"] for c in _commands()], ids=lambda a: " ".join(a))
+def test_help_loads_no_training_stack(argv: list[str]) -> None:
+    code = (
+        "from fraudscore.cli import app\n"
+        "try:\n"
+        f"    app({argv!r}, prog_name='fraudscore')\n"
+        "except SystemExit as e:\n"
+        "    assert e.code in (0, None), e.code\n"
+    )
+    assert _forbidden_loaded(code) == []
+
+
+def test_console_script_and_module_entry_points() -> None:
+    exe = Path(sys.executable).with_name("fraudscore")
+    out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("fraudscore ")
+    out = subprocess.run([sys.executable, "-m", "fraudscore", "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    for command in _commands():
+        assert command in out.stdout
