@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Optional, TypeVar
 
 import typer
 
@@ -169,6 +169,135 @@ def features(
             f"read {len(table):,} transactions in {t1 - t0:.2f} s; features in {t2 - t1:.2f} s; "
             f"wrote {len(result.columns)} columns to {out} in {t3 - t2:.2f} s"
         )
+
+
+@app.command()
+@reports_errors
+def train(
+    data: Annotated[Path, typer.Option("--data", "-d", help="Feature table (.csv, .csv.gz, .parquet) from `fraudscore features`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create.")],
+    start: Annotated[str, typer.Option(help="First training day, YYYY-MM-DD.")],
+    model: Annotated[str, typer.Option(help="mlp (supervised) or autoencoder (genuine only; score = reconstruction error).")] = "mlp",
+    train_days: Annotated[int, typer.Option(min=2, help="Days in the training window.")] = 7,
+    delay_days: Annotated[int, typer.Option(min=0, help="Days between training and test (labels arrive late).")] = 7,
+    test_days: Annotated[int, typer.Option(min=1, help="Days in the test window.")] = 7,
+    val_days: Annotated[int, typer.Option(min=1, help="Last days of the training window held out for early stopping and the threshold.")] = 1,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed; the same seed gives the same model and metrics.")] = 0,
+    features: Annotated[str, typer.Option(help="Comma-separated feature columns, in model order; default: the 15 baseline features.")] = "",
+    label: Annotated[str, typer.Option(help="Label column (0/1).")] = "TX_FRAUD",
+    time_column: Annotated[str, typer.Option(help="Timestamp column.")] = "TX_DATETIME",
+    customer_column: Annotated[str, typer.Option(help="Card/customer column (for card precision and known-card removal).")] = "CUSTOMER_ID",
+    epochs: Annotated[int, typer.Option(min=1, help="Most epochs; early stopping on validation AP usually ends sooner.")] = 60,
+    patience: Annotated[int, typer.Option(min=1, help="Epochs without a better validation AP before stopping.")] = 8,
+    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    learning_rate: Annotated[float, typer.Option()] = 1e-3,
+    hidden: Annotated[str, typer.Option(help="Hidden layer widths, e.g. 64,32 (mlp) or 32,8 (autoencoder encoder).")] = "",
+    class_weight: Annotated[float, typer.Option(help="Weight of a fraud in the loss relative to a genuine transaction (mlp).")] = 1.0,
+    ensemble: Annotated[
+        Optional[int], typer.Option(min=1, help="Average this many independently seeded models in one graph [default: 3 for mlp, 1 for autoencoder].")
+    ] = None,
+    target_precision: Annotated[Optional[float], typer.Option(help="Alert threshold: lowest with this precision on validation.")] = None,
+    daily_alert_budget: Annotated[float, typer.Option(help="Alert threshold: at most this many alerts a day on validation (default rule).")] = 100.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress.")] = False,
+) -> None:
+    """Train a Keras model on a feature table with the handbook's time split; write a run directory."""
+    from .progress import progress_wanted
+
+    from fraudscore.train.trainer import TrainConfig, train as run_training
+
+    feature_list = tuple(f.strip() for f in features.split(",") if f.strip())
+    config = TrainConfig(
+        data=data,
+        out=out,
+        start=_parse_date(start, "--start"),
+        model=model,
+        train_days=train_days,
+        delay_days=delay_days,
+        test_days=test_days,
+        val_days=val_days,
+        seed=seed,
+        label=label,
+        time_column=time_column,
+        customer_column=customer_column,
+        epochs=epochs,
+        patience=patience,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        hidden=_int_list(hidden, "--hidden"),
+        class_weight=class_weight,
+        ensemble=ensemble,
+        target_precision=target_precision,
+        daily_alert_budget=None if target_precision is not None else daily_alert_budget,
+        **({"features": feature_list} if feature_list else {}),
+    )
+    verbose = not quiet and progress_wanted()
+    result = run_training(config, say=say if verbose else (lambda message: None))
+    test = result.metrics["test"]
+    if not quiet:
+        say(
+            f"{model}: test AUC {test['auc']:.4f}, AP {test['ap']:.4f}, CP@100 {test['cp_at_100']:.4f} "
+            f"({test['transactions']:,} transactions, {test['frauds']:,} frauds); threshold "
+            f"{result.metrics['threshold']['value']:.4g}; wrote {result.path} in {result.seconds:.1f} s"
+        )
+
+
+def _int_list(value: str, flag: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"{flag} takes comma-separated integers like 64,32, got {value!r}") from None
+    if any(w < 1 for w in widths):
+        raise UsageError(f"{flag}: widths must be positive")
+    return widths
+
+
+@app.command()
+@reports_errors
+def export(
+    run: Annotated[Path, typer.Option("--run", help="Run directory written by `fraudscore train`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to create (model.onnx + manifest.json).")],
+    opset: Annotated[int, typer.Option(help="ONNX opset (tf2onnx 1.17 converts 13-18).")] = 17,
+    tolerance: Annotated[float, typer.Option(help="Largest allowed |Keras - ONNX Runtime| on the held-out rows.")] = 1e-5,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Convert a trained Keras model to an ONNX bundle, checked against Keras on held-out rows."""
+    from fraudscore.export.onnx import export_bundle
+
+    result = export_bundle(run, out, opset=opset, tolerance=tolerance)
+    if not quiet:
+        say(
+            f"wrote {result.path}: parity over {result.rows_checked:,} held-out rows, max |Keras - ORT| "
+            f"{result.max_abs_diff:.2g} (row {result.worst_row}); {result.seconds:.1f} s"
+        )
+
+
+@app.command()
+@reports_errors
+def evaluate(
+    bundle: Annotated[list[Path], typer.Option("--bundle", "-b", help="Bundle directory; repeat to compare bundles side by side.")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="Feature table covering the training and test windows.")],
+    start: Annotated[str, typer.Option(help="First training day of the split, YYYY-MM-DD.")],
+    train_days: Annotated[int, typer.Option(min=1)] = 7,
+    delay_days: Annotated[int, typer.Option(min=0)] = 7,
+    test_days: Annotated[int, typer.Option(min=1)] = 7,
+    k: Annotated[int, typer.Option(min=1, help="Cards a day for card precision@k.")] = 100,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
+) -> None:
+    """Score a feature table through exported bundles; report AUC, AP and card precision@k per the protocol."""
+    import json
+
+    from .evaluate import evaluate_bundles, format_table
+
+    report = evaluate_bundles(
+        bundle, data, _parse_date(start, "--start"), train_days=train_days, delay_days=delay_days,
+        test_days=test_days, k=k, device=device,
+    )
+    typer.echo(format_table(report, k))
+    if json_path is not None:
+        tmp = json_path.with_name(f".{json_path.name}.tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        tmp.replace(json_path)
 
 
 def main() -> None:

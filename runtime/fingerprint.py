@@ -1,0 +1,59 @@
+"""Data fingerprints: what a model was trained on, for provenance and drift baselines.
+
+A fingerprint holds the sha256 of the input file, the row count, the positive rate and,
+per feature, decile edges and the share of training rows in each decile bin. The
+runtime compares live traffic with those shares (population stability index, PSI).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+QUANTILES = tuple(i / 10 for i in range(11))
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def feature_profile(values: np.ndarray) -> dict:
+    """Decile edges of one feature and the share of rows falling in each bin between them."""
+    values = np.asarray(values, dtype=np.float64)
+    edges = np.quantile(values, QUANTILES) if len(values) else np.zeros(len(QUANTILES))
+    inner = np.unique(edges[1:-1])
+    counts = np.bincount(np.searchsorted(inner, values, side="right"), minlength=len(inner) + 1)
+    return {
+        "quantiles": {f"{q:.1f}": float(e) for q, e in zip(QUANTILES, edges)},
+        "bin_edges": inner.tolist(),
+        "bin_shares": (counts / max(1, len(values))).tolist(),
+        "mean": float(values.mean()) if len(values) else 0.0,
+        "std": float(values.std()) if len(values) else 0.0,
+    }
+
+
+def fingerprint(matrix: np.ndarray, labels: np.ndarray, features: list[str], source: str | Path | None) -> dict:
+    """Fingerprint of a training matrix (rows x features) and its labels."""
+    out = {
+        "rows": int(len(matrix)),
+        "positive_rate": float(np.mean(labels == 1)) if len(labels) else 0.0,
+        "features": {name: feature_profile(matrix[:, i]) for i, name in enumerate(features)},
+    }
+    if source is not None:
+        out["source"] = str(source)
+        out["sha256"] = file_sha256(source)
+    return out
+
+
+def psi(expected_shares: np.ndarray, values: np.ndarray, bin_edges: np.ndarray, floor: float = 1e-4) -> float:
+    """Population stability index of `values` against the training shares of the same bins."""
+    expected = np.maximum(np.asarray(expected_shares, dtype=np.float64), floor)
+    counts = np.bincount(np.searchsorted(np.asarray(bin_edges), values, side="right"), minlength=len(expected))
+    actual = np.maximum(counts / max(1, len(values)), floor)
+    return float(np.sum((actual - expected) * np.log(actual / expected)))

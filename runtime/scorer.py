@@ -1,0 +1,99 @@
+"""Scoring a float32 feature matrix with one ONNX Runtime call per batch."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .bundle import Bundle
+from .errors import InputError, UsageError
+from .table import Table
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class Scorer:
+    """An ONNX Runtime session over a verified bundle.
+
+    `device`: 'cpu', 'cuda' (an error if CUDA is not really active after the session is
+    created: ORT silently falls back to CPU otherwise), or 'auto' (CUDA when it is
+    active, else CPU; the choice is logged and exposed as `provider`).
+    """
+
+    def __init__(self, bundle: Bundle, device: str = "cpu", intra_op_threads: int = 1, inter_op_threads: int = 1):
+        if device not in DEVICES:
+            raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise UsageError("onnxruntime is not installed; pip install 'fraudscore[cpu]' (or [gpu])") from None
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = inter_op_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        available = ort.get_available_providers()
+        if device == "cpu":
+            providers = ["CPUExecutionProvider"]
+        elif "CUDAExecutionProvider" in available:
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        elif device == "cuda":
+            raise UsageError(
+                "--device cuda: this onnxruntime has no CUDAExecutionProvider "
+                f"(available: {', '.join(available)}); install fraudscore[gpu] on a CUDA host"
+            )
+        else:
+            providers = ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(bundle.model_bytes, sess_options=options, providers=providers)
+        except Exception as exc:  # ORT raises its own exception types
+            raise InputError(f"{bundle.path}: ONNX Runtime cannot load the model ({exc}); re-export the bundle") from None
+        active = self.session.get_providers()
+        if device == "cuda" and "CUDAExecutionProvider" not in active:
+            raise UsageError(f"--device cuda requested but ONNX Runtime fell back to {active[0]}; check the CUDA install")
+        self.provider = active[0]
+        if device == "auto":
+            log.info("scoring on %s", self.provider)
+        self.bundle = bundle
+        self.input_name = bundle.manifest.input_name
+        self.output_name = bundle.manifest.output_name
+        expected = self.session.get_inputs()[0]
+        if expected.name != self.input_name or expected.shape[-1] != len(bundle.features):
+            raise InputError(
+                f"{bundle.path}: the model's input {expected.name}{expected.shape} does not match the manifest "
+                f"({self.input_name}, {len(bundle.features)} features); re-export the bundle"
+            )
+
+    def score(self, matrix: np.ndarray) -> np.ndarray:
+        """One score a row for a (rows, features) float32 matrix."""
+        if len(matrix) == 0:
+            return np.empty(0, dtype=np.float32)
+        (out,) = self.session.run([self.output_name], {self.input_name: matrix})
+        return out.reshape(len(matrix))
+
+
+def feature_matrix(table: Table, features: tuple[str, ...] | list[str], source: str = "input") -> np.ndarray:
+    """The (rows, features) float32 matrix in the bundle's feature order; refuses missing or non-finite values."""
+    missing = [f for f in features if f not in table]
+    if missing:
+        raise InputError(
+            f"{source}: missing feature column(s) {', '.join(missing)}; run `fraudscore features` on raw transactions first"
+        )
+    matrix = np.empty((len(table), len(features)), dtype=np.float32)
+    for i, name in enumerate(features):
+        column = table[name]
+        if column.dtype.kind not in "iufb":
+            raise InputError(f"{source}: feature column {name} must be numeric, got {column.dtype}")
+        matrix[:, i] = column
+    bad = ~np.isfinite(matrix)
+    if bad.any():
+        rows, cols = np.nonzero(bad)
+        names = sorted({features[c] for c in cols})
+        raise InputError(
+            f"{source}: {len(np.unique(rows))} rows have NaN, infinite or out-of-float32-range values "
+            f"in {', '.join(names)}; fix or drop them"
+        )
+    return matrix
