@@ -300,6 +300,109 @@ def evaluate(
         tmp.replace(json_path)
 
 
+@app.command()
+@reports_errors
+def score(
+    bundle: Annotated[Path, typer.Option("--bundle", "-b", help="Bundle directory (model.onnx + manifest.json).")],
+    input_path: Annotated[Path, typer.Option("--in", "-i", help="Transactions: .jsonl (one JSON object a line, as on the input topic), .csv, .csv.gz or .parquet with the feature columns.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Results: .jsonl (result messages) or .csv, .csv.gz, .parquet (id, score, decision).")],
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
+    threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime intra-op threads.")] = 1,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Score a file offline through the same decode -> ONNX Runtime -> encode core as the sidecar.
+
+    Rejected rows (bad JSON, missing or non-numeric features, NaN/inf) go to OUT.rejected.jsonl
+    with their line number and reason; the exit code is 0 even then, 2 for bad flags or files.
+    """
+    from .offline import score_file
+
+    t0 = time.perf_counter()
+    summary = score_file(bundle, input_path, out, device=device, threads=threads)
+    if not quiet:
+        rejected = f"; {summary.rejected:,} rejected -> {summary.rejects_path}" if summary.rejected else ""
+        say(f"scored {summary.scored:,} transactions ({summary.alerts:,} alerts){rejected}; wrote {out} in {time.perf_counter() - t0:.2f} s")
+
+
+@app.command()
+@reports_errors
+def run(
+    bundle: Annotated[Optional[Path], typer.Option(help="Bundle directory.", envvar="FRAUDSCORE_BUNDLE")] = None,
+    bootstrap_servers: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers, host:port[,host:port].", envvar="FRAUDSCORE_BOOTSTRAP_SERVERS")] = None,
+    input_topic: Annotated[Optional[str], typer.Option(help="Transactions to score.", envvar="FRAUDSCORE_INPUT_TOPIC")] = None,
+    output_topic: Annotated[Optional[str], typer.Option(help="One result per scored input.", envvar="FRAUDSCORE_OUTPUT_TOPIC")] = None,
+    alerts_topic: Annotated[Optional[str], typer.Option(help="Results at or above the threshold.", envvar="FRAUDSCORE_ALERTS_TOPIC")] = None,
+    dlq_topic: Annotated[Optional[str], typer.Option(help="Rejected inputs: original bytes + reason headers.", envvar="FRAUDSCORE_DLQ_TOPIC")] = None,
+    group_id: Annotated[Optional[str], typer.Option(help="Consumer group; sidecars in one group split the partitions.", envvar="FRAUDSCORE_GROUP_ID")] = None,
+    metrics_port: Annotated[Optional[int], typer.Option(help="Port of /metrics, /healthz, /readyz (0: any free port) [default: 9464].", envvar="FRAUDSCORE_METRICS_PORT")] = None,
+    metrics_host: Annotated[Optional[str], typer.Option(help="Address to bind the metrics port [default: 127.0.0.1].", envvar="FRAUDSCORE_METRICS_HOST")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Most messages a batch [default: 4096].", envvar="FRAUDSCORE_BATCH_SIZE")] = None,
+    poll_timeout: Annotated[Optional[float], typer.Option(help="Seconds consume() waits to fill a batch [default: 0.05].", envvar="FRAUDSCORE_POLL_TIMEOUT")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda [default: cpu].", envvar="FRAUDSCORE_DEVICE")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads [default: 1].", envvar="FRAUDSCORE_THREADS")] = None,
+    exactly_once: Annotated[Optional[bool], typer.Option("--exactly-once/--at-least-once", help="Kafka transactions per batch [default: at-least-once].", envvar="FRAUDSCORE_EXACTLY_ONCE")] = None,
+    transactional_id: Annotated[Optional[str], typer.Option(help="transactional.id with --exactly-once; stable per instance [default: fraudscore-GROUP-HOSTNAME].", envvar="FRAUDSCORE_TRANSACTIONAL_ID")] = None,
+    offset_reset: Annotated[Optional[str], typer.Option(help="Where a group with no committed offsets starts: earliest or latest [default: earliest].", envvar="FRAUDSCORE_OFFSET_RESET")] = None,
+    wait: Annotated[Optional[bool], typer.Option("--wait/--no-wait", help="Wait for the broker and topics at start-up instead of exiting [default: no-wait].", envvar="FRAUDSCORE_WAIT")] = None,
+    startup_timeout: Annotated[Optional[float], typer.Option(help="Seconds to reach the broker at start-up [default: 15].", envvar="FRAUDSCORE_STARTUP_TIMEOUT")] = None,
+    drain_timeout: Annotated[Optional[float], typer.Option(help="Seconds to flush outputs per batch and at shutdown [default: 30].", envvar="FRAUDSCORE_DRAIN_TIMEOUT")] = None,
+    watch: Annotated[Optional[bool], typer.Option("--watch/--no-watch", help="Reload the bundle when its files change (SIGHUP always reloads).", envvar="FRAUDSCORE_WATCH")] = None,
+    kafka_property: Annotated[Optional[list[str]], typer.Option("-X", "--kafka-property", help="Any librdkafka property, key=value (repeat): security.protocol, sasl.*, ssl.* ...")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML file with any of these options (flag names with underscores) and a [kafka] table.", envvar="FRAUDSCORE_CONFIG")] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.", envvar="FRAUDSCORE_LOG_LEVEL")] = "INFO",
+) -> None:
+    """Run the Kafka sidecar: score input batches, publish results, alerts and dead letters.
+
+    Settings come from flags, then FRAUDSCORE_* environment variables, then --config, then
+    defaults. Exit codes: 0 after SIGTERM/SIGINT (batch in flight finished and committed),
+    2 bad configuration or bundle, 3 broker unreachable or topics missing.
+    """
+    from .sidecar import Sidecar, SidecarConfig, configure_logging, install_signal_handlers
+
+    configure_logging(log_level)
+    given = {
+        "bundle": bundle, "bootstrap_servers": bootstrap_servers, "input_topic": input_topic,
+        "output_topic": output_topic, "alerts_topic": alerts_topic, "dlq_topic": dlq_topic, "group_id": group_id,
+        "metrics_port": metrics_port, "metrics_host": metrics_host, "batch_size": batch_size,
+        "poll_timeout_s": poll_timeout, "device": device, "threads": threads, "exactly_once": exactly_once,
+        "transactional_id": transactional_id, "offset_reset": offset_reset, "wait": wait,
+        "startup_timeout_s": startup_timeout, "drain_timeout_s": drain_timeout, "watch": watch,
+    }
+    settings = _config_file(config) if config else {}
+    kafka = {str(k): str(v) for k, v in settings.pop("kafka", {}).items()}
+    for item in kafka_property or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"-X takes key=value, got {item!r}")
+        kafka[key.strip()] = value
+    settings.update({k: v for k, v in given.items() if v is not None})
+    if "bundle" in settings:
+        settings["bundle"] = Path(settings["bundle"])
+    missing = [k for k in ("bundle", "bootstrap_servers", "input_topic", "output_topic", "alerts_topic", "dlq_topic", "group_id") if not settings.get(k)]
+    if missing:
+        raise UsageError("missing " + ", ".join("--" + k.replace("_", "-") for k in missing) + " (flags, FRAUDSCORE_* variables or --config)")
+    try:
+        cfg = SidecarConfig(**settings, kafka=kafka)
+    except TypeError as exc:
+        raise UsageError(f"--config: {exc}") from None
+    sidecar = Sidecar(cfg)
+    install_signal_handlers(sidecar)
+    raise typer.Exit(sidecar.run())
+
+
+def _config_file(path: Path) -> dict:
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"--config {path}: no such file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--config {path}: not valid TOML ({exc})") from None
+    aliases = {"poll_timeout": "poll_timeout_s", "startup_timeout": "startup_timeout_s", "drain_timeout": "drain_timeout_s"}
+    return {aliases.get(k.replace("-", "_"), k.replace("-", "_")): v for k, v in data.items()}
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="fraudscore")

@@ -1,0 +1,121 @@
+"""`fraudscore score`: the runtime's scoring core on files instead of Kafka.
+
+- JSON Lines in (one transaction object a line, as on the input topic): every line goes
+  through the same decode -> score -> encode path as the sidecar. Results are written as
+  JSON Lines (the result messages) or as a table (.csv, .csv.gz, .parquet); rejected lines
+  go to `<out>.rejected.jsonl` with their line number, reason and detail.
+- A table in (.csv, .csv.gz, .parquet with the feature columns): the same scorer on its
+  feature matrix; rows with non-finite features are rejected the same way.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import load_bundle
+from .decode import FLOAT32_MAX, ID_FIELD
+from .errors import InputError, UsageError
+from .pipeline import Pipeline
+from .scorer import Scorer
+from .table import Table, file_format, read_table, write_table
+
+CHUNK = 65_536
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    scored: int
+    alerts: int
+    rejected: int
+    rejects_path: Path | None
+
+
+def _jsonl_format(path: Path) -> str | None:
+    name = str(path).lower()
+    for suffix in (".jsonl.gz", ".jsonl", ".ndjson"):
+        if name.endswith(suffix):
+            return suffix
+    return None
+
+
+def score_file(bundle_dir: Path, source: Path, out: Path, device: str = "cpu", threads: int = 1) -> ScoreSummary:
+    bundle = load_bundle(bundle_dir)
+    pipeline = Pipeline(bundle, Scorer(bundle, device=device, intra_op_threads=threads))
+    out_jsonl = _jsonl_format(out)
+    if out_jsonl is None:
+        file_format(out)  # raises with the list of accepted suffixes
+    if not source.is_file():
+        raise InputError(f"{source}: no such file")
+    rejects: list[dict] = []
+    if _jsonl_format(source):
+        opener = gzip.open if str(source).lower().endswith(".gz") else open
+        with opener(source, "rb") as fh:
+            lines = fh.read().split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        ids: list = []
+        scores, alerts, payloads = [], [], []
+        for lo in range(0, len(lines), CHUNK):
+            batch = lines[lo : lo + CHUNK]
+            result = pipeline.run(batch)
+            payloads += result.payloads
+            scores.append(result.scores)
+            alerts.append(result.alerts)
+            ids += result.ids
+            rejects += [{"line": lo + r.index + 1, "reason": r.reason, "detail": r.detail} for r in result.rejections]
+        all_scores = np.concatenate(scores) if scores else np.empty(0, np.float32)
+        all_alerts = np.concatenate(alerts) if alerts else np.empty(0, bool)
+    else:
+        table = read_table(source)
+        missing = [f for f in pipeline.features if f not in table]
+        if missing:
+            raise InputError(f"{source}: missing feature column(s) {', '.join(missing)}; run `fraudscore features` first")
+        matrix = np.stack([table[f].astype(np.float64) for f in pipeline.features], axis=1)
+        ok = (np.abs(matrix) <= FLOAT32_MAX).all(axis=1)
+        for i in np.flatnonzero(~ok):
+            bad = [pipeline.features[j] for j in np.flatnonzero(~(np.abs(matrix[i]) <= FLOAT32_MAX))]
+            rejects.append({"line": int(i) + 2, "reason": "out_of_range", "detail": f"{', '.join(bad)} not finite float32"})
+        row_ids = table[ID_FIELD][ok].tolist() if ID_FIELD in table else (np.flatnonzero(ok) + 1).tolist()
+        all_scores = pipeline.scorer.score(matrix[ok].astype(np.float32))
+        all_alerts = all_scores >= pipeline.threshold
+        ids = row_ids
+        payloads = pipeline.encode(row_ids, all_scores, all_alerts, inference_ms=0.0) if out_jsonl else []
+
+    _write_atomic_results(out, out_jsonl, payloads, ids, all_scores, all_alerts, pipeline.model_version)
+    rejects_path = None
+    if rejects:
+        rejects_path = out.with_name(out.name + ".rejected.jsonl")
+        rejects_path.write_text("".join(json.dumps(r) + "\n" for r in rejects))
+    return ScoreSummary(len(all_scores), int(all_alerts.sum()), len(rejects), rejects_path)
+
+
+def _write_atomic_results(out: Path, out_jsonl: str | None, payloads, ids, scores, alerts, version: str) -> None:
+    if not out.parent.is_dir():
+        raise UsageError(f"{out}: directory {out.parent} does not exist")
+    if out_jsonl is None:
+        id_array = np.array(ids) if ids and not isinstance(ids[0], str) else np.array(ids, dtype=np.dtypes.StringDType())
+        table = Table(
+            {
+                ID_FIELD: id_array if len(ids) else np.empty(0, np.int64),
+                "score": scores.astype(np.float64),
+                "decision": np.where(alerts, "alert", "pass").astype(np.dtypes.StringDType()),
+            }
+        )
+        write_table(table, out)
+        return
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        data = b"".join(p + b"\n" for p in payloads)
+        if out_jsonl.endswith(".gz"):
+            data = gzip.compress(data, mtime=0)
+        tmp.write_bytes(data)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,70 @@
+"""The pure middle of the sidecar: raw message values in, encoded results and rejections out.
+
+decode (fraudscore.decode) -> one ONNX Runtime call (fraudscore.scorer) -> encode. No
+Kafka, no I/O: the sidecar, `fraudscore score` and the bench all call `Pipeline.run`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from .bundle import Bundle
+from .decode import MAX_MESSAGE_BYTES, Rejection, decode_batch
+from .scorer import Scorer
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    index: np.ndarray  # positions in the input batch of the scored messages
+    ids: list  # their transaction ids, aligned with index
+    matrix: np.ndarray  # float32 features of the scored messages, aligned with index
+    scores: np.ndarray  # float32, aligned with index
+    alerts: np.ndarray  # bool, aligned with index
+    payloads: list[bytes]  # encoded results, aligned with index
+    rejections: list[Rejection]
+    decode_seconds: float
+    inference_seconds: float
+    encode_seconds: float
+
+
+class Pipeline:
+    """Scores batches with one bundle. Immutable: a model reload builds a new Pipeline."""
+
+    def __init__(self, bundle: Bundle, scorer: Scorer, max_message_bytes: int = MAX_MESSAGE_BYTES):
+        self.bundle = bundle
+        self.scorer = scorer
+        self.features = bundle.manifest.features
+        self.threshold = float(bundle.manifest.threshold)
+        self.model_version = bundle.manifest.model_version
+        self.max_message_bytes = max_message_bytes
+        self._version_json = orjson.dumps(self.model_version).decode()
+
+    def run(self, values: list[bytes | None]) -> BatchResult:
+        t0 = time.perf_counter()
+        decoded = decode_batch(values, self.features, max_message_bytes=self.max_message_bytes)
+        t1 = time.perf_counter()
+        scores = self.scorer.score(decoded.matrix)
+        t2 = time.perf_counter()
+        alerts = scores >= self.threshold
+        payloads = self.encode(decoded.ids, scores, alerts, inference_ms=(t2 - t1) * 1e3)
+        t3 = time.perf_counter()
+        return BatchResult(decoded.index, decoded.ids, decoded.matrix, scores, alerts, payloads, decoded.rejections, t1 - t0, t2 - t1, t3 - t2)
+
+    def encode(self, ids: list, scores: np.ndarray, alerts: np.ndarray, inference_ms: float) -> list[bytes]:
+        """One JSON result a row: id, score (9 significant digits: float32 round-trips), decision,
+        threshold, model version, and the batch's inference time and size."""
+        tail = (
+            f',"threshold":{self.threshold!r},"model_version":{self._version_json},'
+            f'"timings":{{"inference_ms":{inference_ms:.3f},"batch_size":{len(ids)}}}}}'
+        ).encode()
+        if all(type(i) is int for i in ids):
+            id_json = [str(i).encode() for i in ids]
+        else:
+            id_json = list(map(orjson.dumps, ids))
+        decisions = [b"alert" if a else b"pass" for a in alerts.tolist()]
+        template = b'{"transaction_id":%s,"score":%.9g,"decision":"%s"%s'
+        return [template % (i, s, d, tail) for i, s, d in zip(id_json, scores.tolist(), decisions)]

@@ -1,0 +1,459 @@
+"""`fraudscore run`: the Kafka sidecar. One batch, top to bottom:
+
+    consume(batch_size, timeout)            -> up to batch_size messages
+    Pipeline.run(values)                    -> results and rejections (decode, one ORT call, encode)
+    produce results to the scores topic     (keyed like the input)
+    produce alerts to the alerts topic      (results at or above the threshold)
+    produce rejections to the dead-letter topic, original bytes + headers with the reason
+        and the source topic/partition/offset
+    flush, then commit the batch's offsets  (at least once: only what the broker acknowledged)
+
+With `exactly_once`, the produce and the offsets of a batch go in one Kafka transaction
+(send_offsets_to_transaction); a failed transaction is aborted and the batch re-read.
+
+A delivery failure never commits: the batch's partitions are rewound to its first
+offsets and it is processed again. SIGTERM/SIGINT stop consuming, finish the batch in
+flight, flush, commit and exit 0. SIGHUP (or `watch`) reloads the bundle between
+batches: the new one is verified and loaded first, and the old one keeps serving if it
+fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from .bundle import load_bundle
+from .errors import FraudscoreError, UsageError
+from .fingerprint import psi
+from .metrics import HealthServer, SidecarMetrics
+from .pipeline import Pipeline
+from .scorer import Scorer
+
+log = logging.getLogger("fraudscore.sidecar")
+
+SECRET_MARKERS = ("password", "secret", "jaas", "key", "token", "credential")
+
+
+class KafkaUnavailable(FraudscoreError):
+    """The broker could not be reached, or a topic is missing, at start-up."""
+
+    exit_code = 3
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    bundle: Path
+    bootstrap_servers: str
+    input_topic: str
+    output_topic: str
+    alerts_topic: str
+    dlq_topic: str
+    group_id: str
+    metrics_port: int = 9464
+    metrics_host: str = "127.0.0.1"
+    batch_size: int = 4096
+    poll_timeout_s: float = 0.05
+    device: str = "cpu"
+    threads: int = 1
+    exactly_once: bool = False
+    transactional_id: str = ""
+    offset_reset: str = "earliest"
+    wait: bool = False
+    startup_timeout_s: float = 15.0
+    drain_timeout_s: float = 30.0
+    watch: bool = False
+    watch_interval_s: float = 5.0
+    max_message_bytes: int = 64 * 1024
+    kafka: dict[str, str] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        for name in ("bootstrap_servers", "input_topic", "output_topic", "alerts_topic", "dlq_topic", "group_id"):
+            if not getattr(self, name):
+                raise UsageError(f"--{name.replace('_', '-')} is required (flag, FRAUDSCORE_{name.upper()} or config file)")
+        if self.offset_reset not in ("earliest", "latest"):
+            raise UsageError("--offset-reset must be earliest or latest")
+        if self.batch_size < 1 or self.threads < 1:
+            raise UsageError("--batch-size and --threads must be positive")
+        if len({self.input_topic, self.output_topic, self.alerts_topic, self.dlq_topic}) < 4:
+            raise UsageError("input, output, alerts and dead-letter topics must be four different topics")
+
+    def redacted_kafka(self) -> dict[str, str]:
+        return {k: ("***" if any(m in k.lower() for m in SECRET_MARKERS) else v) for k, v in self.kafka.items()}
+
+
+class Sidecar:
+    def __init__(self, config: SidecarConfig):
+        config.validate()
+        self.config = config
+        self.metrics = SidecarMetrics()
+        self.pipeline = self._load_pipeline()
+        self._stop = False
+        self._reload = False
+        self._assignment: set[tuple[str, int]] = set()
+        self._done: dict[tuple[str, int], object] = {}  # partition -> next offset, fully delivered
+        self._watch_state = self._bundle_state()
+        self._last_watch = time.monotonic()
+        self.http: HealthServer | None = None
+        self.consumer = None
+        self.producer = None
+
+    # ------------------------------------------------------------------ set-up
+
+    def _load_pipeline(self) -> Pipeline:
+        bundle = load_bundle(self.config.bundle)
+        scorer = Scorer(bundle, device=self.config.device, intra_op_threads=self.config.threads)
+        pipeline = Pipeline(bundle, scorer, self.config.max_message_bytes)
+        self.metrics.set_model(bundle.manifest.model_version, bundle.manifest.model_sha256, bundle.manifest.model_kind)
+        log.info("model %s (%s) on %s, threshold %.6g", bundle.manifest.model_version, bundle.manifest.model_kind,
+                 scorer.provider, pipeline.threshold)
+        return pipeline
+
+    def _bundle_state(self) -> tuple:
+        try:
+            return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(Path(self.config.bundle).iterdir()))
+        except OSError:
+            return ()
+
+    def _common(self) -> dict[str, str]:
+        return {"bootstrap.servers": self.config.bootstrap_servers, "client.id": f"fraudscore-{socket.gethostname()}"}
+
+    def _error_cb(self, err) -> None:
+        self.metrics.consume_errors.inc()
+        log.warning("kafka: %s", err)
+
+    def _stats_cb(self, stats_json: str) -> None:
+        stats = orjson.loads(stats_json)
+        for topic, data in stats.get("topics", {}).items():
+            for partition, p in data.get("partitions", {}).items():
+                if partition != "-1" and (topic, int(partition)) in self._assignment and p.get("consumer_lag", -1) >= 0:
+                    self.metrics.lag.labels(topic, partition).set(p["consumer_lag"])
+
+    def _check_topics(self) -> None:
+        """Fail fast (or wait, if asked) when the broker is unreachable or a topic is missing."""
+        from confluent_kafka import KafkaException
+        from confluent_kafka.admin import AdminClient
+
+        cfg = self._common() | self.config.kafka
+        topics = [self.config.input_topic, self.config.output_topic, self.config.alerts_topic, self.config.dlq_topic]
+        admin = AdminClient(cfg | {"error_cb": lambda err: None})
+        said = 0.0
+        while True:
+            try:
+                md = admin.list_topics(timeout=self.config.startup_timeout_s)
+                missing = [t for t in topics if t not in md.topics or md.topics[t].error is not None]
+                if not missing:
+                    return
+                problem = f"topic(s) {', '.join(missing)} do not exist on {self.config.bootstrap_servers}; create them first"
+            except KafkaException as exc:
+                problem = (f"cannot reach Kafka at {self.config.bootstrap_servers} within "
+                           f"{self.config.startup_timeout_s:g} s ({exc.args[0].str() if exc.args else exc})")
+            if not self.config.wait or self._stop:
+                raise KafkaUnavailable(problem + ("" if self.config.wait else "; or pass --wait to wait for it"))
+            if time.monotonic() - said > 10:
+                log.warning("waiting: %s", problem)
+                said = time.monotonic()
+            time.sleep(1.0)
+
+    def _start_clients(self) -> None:
+        from confluent_kafka import Consumer, Producer
+
+        c = self.config
+        consumer_cfg = self._common() | {
+            "group.id": c.group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": c.offset_reset,
+            "isolation.level": "read_committed" if c.exactly_once else "read_uncommitted",
+            "statistics.interval.ms": 5000,
+            "stats_cb": self._stats_cb,
+            "error_cb": self._error_cb,
+            "fetch.wait.max.ms": 10,
+            # A crashed sidecar's partitions move after 10 s instead of librdkafka's 45 s default.
+            "session.timeout.ms": 10000,
+            "heartbeat.interval.ms": 2000,
+        } | c.kafka
+        producer_cfg = self._common() | {
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 2,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 1_000_000,
+            "error_cb": self._error_cb,
+        } | c.kafka
+        if c.exactly_once:
+            producer_cfg["transactional.id"] = c.transactional_id or f"fraudscore-{c.group_id}-{socket.gethostname()}"
+        self.consumer = Consumer(consumer_cfg)
+        self.producer = Producer(producer_cfg)
+        if c.exactly_once:
+            self.producer.init_transactions(c.startup_timeout_s)
+        self.consumer.subscribe([c.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
+
+    def _on_assign(self, consumer, partitions) -> None:
+        self._assignment |= {(p.topic, p.partition) for p in partitions}
+        self._update_ready()
+        log.info("assigned %s", sorted(p for _, p in self._assignment))
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        # Every batch is delivered before the next consume() call, which is where this
+        # callback runs; its asynchronous commit may still be in flight, so commit the
+        # revoked partitions' offsets synchronously before giving them up.
+        self._commit_done({(p.topic, p.partition) for p in partitions})
+        for p in partitions:
+            self._done.pop((p.topic, p.partition), None)
+            self._assignment.discard((p.topic, p.partition))
+            try:
+                self.metrics.lag.remove(p.topic, str(p.partition))
+            except KeyError:
+                pass
+        self._update_ready()
+        log.info("revoked %s", sorted(p.partition for p in partitions))
+
+    def _update_ready(self) -> None:
+        self.metrics.assigned_partitions.set(len(self._assignment))
+        self.metrics.ready.set(1 if self.ready() else 0)
+
+    def ready(self) -> bool:
+        return self.pipeline is not None and bool(self._assignment)
+
+    # ------------------------------------------------------------------ the loop
+
+    def request_stop(self, *_args) -> None:
+        self._stop = True
+
+    def request_reload(self, *_args) -> None:
+        self._reload = True
+
+    def run(self) -> int:
+        c = self.config
+        log.info("config: bootstrap %s, group %s, %s -> %s / %s / %s, batch %d, %s, kafka %s",
+                 c.bootstrap_servers, c.group_id, c.input_topic, c.output_topic, c.alerts_topic, c.dlq_topic,
+                 c.batch_size, "exactly-once" if c.exactly_once else "at-least-once", c.redacted_kafka())
+        self.http = HealthServer(c.metrics_host, c.metrics_port, self.metrics.registry, self.ready)
+        log.info("metrics on http://%s:%d/metrics", c.metrics_host, self.http.port)
+        try:
+            self._check_topics()
+            self._start_clients()
+            while not self._stop:
+                self._maybe_reload()
+                messages = self.consumer.consume(num_messages=c.batch_size, timeout=c.poll_timeout_s)
+                if messages:
+                    self._process(messages)
+            log.info("stopping: batch in flight done, flushing")
+            return 0
+        finally:
+            self._shutdown()
+
+    def _commit_done(self, only: set | None = None) -> None:
+        if self.consumer is None or self.config.exactly_once or not self._done:
+            return
+        offsets = [tp for key, tp in self._done.items() if only is None or key in only]
+        if offsets:
+            try:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+            except Exception as exc:  # nothing to commit, or the group is gone: logged, not fatal
+                log.warning("commit of finished offsets failed: %s", exc)
+
+    def _shutdown(self) -> None:
+        if self.producer is not None:
+            left = self.producer.flush(self.config.drain_timeout_s)
+            if left:
+                log.error("%d messages not delivered at shutdown; their inputs were not committed", left)
+        if self.consumer is not None:
+            self._commit_done()
+            self.consumer.close()
+        if self.http is not None:
+            self.http.close()
+
+    def _maybe_reload(self) -> None:
+        if self.config.watch and time.monotonic() - self._last_watch >= self.config.watch_interval_s:
+            self._last_watch = time.monotonic()
+            state = self._bundle_state()
+            if state != self._watch_state:
+                self._watch_state = state
+                self._reload = True
+        if not self._reload:
+            return
+        self._reload = False
+        try:
+            new = self._load_pipeline()
+        except Exception as exc:  # any failure keeps the old model serving
+            self.metrics.reloads.labels("failure").inc()
+            self.metrics.set_model(self.pipeline.model_version, self.pipeline.bundle.manifest.model_sha256,
+                                   self.pipeline.bundle.manifest.model_kind)
+            log.error("model reload failed, still serving %s: %s", self.pipeline.model_version, exc)
+            return
+        self.pipeline = new
+        self.metrics.reloads.labels("success").inc()
+        log.info("model reloaded: now serving %s", new.model_version)
+
+    def _process(self, messages: list) -> None:
+        c, m = self.config, self.metrics
+        t0 = time.perf_counter()
+        good = []
+        for msg in messages:
+            if msg.error() is not None:
+                m.consume_errors.inc()
+                log.warning("consume error: %s", msg.error())
+            else:
+                good.append(msg)
+        if not good:
+            return
+        m.consumed.inc(len(good))
+        m.batch_size.observe(len(good))
+        pipeline = self.pipeline
+        result = pipeline.run([msg.value() for msg in good])
+        m.inference_seconds.observe(result.inference_seconds)
+
+        failures: list = []
+
+        def on_delivery(err, _msg) -> None:
+            if err is not None:
+                failures.append(err)
+
+        if c.exactly_once:
+            self.producer.begin_transaction()
+        send = self.producer.produce
+        for pos, payload, alert in zip(result.index.tolist(), result.payloads, result.alerts.tolist()):
+            key = good[pos].key()
+            try:
+                send(c.output_topic, payload, key, on_delivery=on_delivery)
+            except BufferError:
+                self._produce(c.output_topic, payload, key, None, on_delivery)
+            if alert:
+                self._produce(c.alerts_topic, payload, key, None, on_delivery)
+        for r in result.rejections:
+            msg = good[r.index]
+            headers = [
+                ("fraudscore.reason", r.reason.encode()),
+                ("fraudscore.detail", r.detail[:500].encode()),
+                ("fraudscore.source.topic", msg.topic().encode()),
+                ("fraudscore.source.partition", str(msg.partition()).encode()),
+                ("fraudscore.source.offset", str(msg.offset()).encode()),
+                ("fraudscore.model.version", pipeline.model_version.encode()),
+            ]
+            self._produce(c.dlq_topic, msg.value() or b"", msg.key(), headers, on_delivery)
+
+        offsets = self._next_offsets(good)
+        if c.exactly_once:
+            ok = self._commit_transaction(offsets)
+        else:
+            left = self.producer.flush(c.drain_timeout_s)
+            ok = not left and not failures
+            if ok:
+                # Everything in the batch is acknowledged; the commit itself may complete in the
+                # background (offsets only move forward). Revoke and shutdown commit synchronously.
+                self.consumer.commit(offsets=offsets, asynchronous=True)
+                self._done.update({(tp.topic, tp.partition): tp for tp in offsets})
+        if not ok:
+            m.produce_errors.inc(max(1, len(failures)))
+            log.error("batch of %d not fully delivered (%s); rewinding to reprocess it",
+                      len(good), failures[0] if failures else "timeout")
+            self._rewind(good)
+            return
+        now_ms = time.time() * 1e3
+        stamps = np.array([t for _, t in map(_timestamp, good)], dtype=np.float64)
+        m.end_to_end_seconds.observe_many(np.maximum(now_ms - stamps[stamps > 0], 0) / 1e3)
+        m.scored.inc(len(result.index))
+        m.alerts.inc(int(result.alerts.sum()))
+        for r in result.rejections:
+            m.dead_letters.labels(r.reason).inc()
+        m.scores.observe_many(result.scores)
+        self._observe_drift(pipeline, result)
+        m.batch_seconds.observe(time.perf_counter() - t0)
+
+    def _produce(self, topic: str, value: bytes, key, headers, on_delivery) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+                return
+            except BufferError:  # local queue full: let deliveries drain, then retry
+                self.producer.poll(0.05)
+
+    def _next_offsets(self, messages: list) -> list:
+        """The offset after the last message of each partition in the batch (one input topic)."""
+        from confluent_kafka import TopicPartition
+
+        partitions = np.array(list(map(_partition, messages)))
+        offsets = np.array(list(map(_offset, messages)))
+        out = []
+        for p in np.unique(partitions).tolist():
+            out.append(TopicPartition(self.config.input_topic, p, int(offsets[partitions == p].max()) + 1))
+        return out
+
+    def _rewind(self, messages: list) -> None:
+        from confluent_kafka import TopicPartition
+
+        first: dict[tuple[str, int], int] = {}
+        for msg in messages:
+            key = (msg.topic(), msg.partition())
+            first[key] = min(first.get(key, msg.offset()), msg.offset())
+        for (t, p), o in first.items():
+            if (t, p) in self._assignment:
+                self.consumer.seek(TopicPartition(t, p, o))
+
+    def _commit_transaction(self, offsets: list) -> bool:
+        from confluent_kafka import KafkaException
+
+        try:
+            self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), self.config.drain_timeout_s)
+            self.producer.commit_transaction(self.config.drain_timeout_s)
+            return True
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.txn_requires_abort():
+                self.producer.abort_transaction(self.config.drain_timeout_s)
+                return False
+            if error.retriable():
+                try:
+                    self.producer.commit_transaction(self.config.drain_timeout_s)
+                    return True
+                except KafkaException:
+                    self.producer.abort_transaction(self.config.drain_timeout_s)
+                    return False
+            raise FraudscoreError(f"fatal transaction error (fenced by a newer instance?): {error.str()}") from None
+
+    def _observe_drift(self, pipeline: Pipeline, result) -> None:
+        """PSI of this batch against the training fingerprint, for batches big enough to say anything."""
+        if len(result.index) < 500:
+            return
+        profiles = pipeline.bundle.manifest.fingerprint.get("features", {})
+        if not profiles:
+            return
+        matrix = result.matrix
+        for j, name in enumerate(pipeline.features):
+            profile = profiles.get(name)
+            if profile:
+                self.metrics.feature_psi.labels(name).set(psi(np.array(profile["bin_shares"]), matrix[:, j], np.array(profile["bin_edges"])))
+
+
+def _timestamp(msg) -> tuple[int, int]:
+    return msg.timestamp()
+
+
+def _partition(msg) -> int:
+    return msg.partition()
+
+
+def _offset(msg) -> int:
+    return msg.offset()
+
+
+def install_signal_handlers(sidecar: Sidecar) -> None:
+    signal.signal(signal.SIGTERM, sidecar.request_stop)
+    signal.signal(signal.SIGINT, sidecar.request_stop)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, sidecar.request_reload)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")

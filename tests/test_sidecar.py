@@ -1,0 +1,303 @@
+"""`fraudscore run` against the real broker: nothing lost, bad input to the DLQ, restarts, groups, metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from fraudscore import add_baseline_features, simulate, write_table
+from fraudscore.bundle import load_bundle
+from fraudscore.messages import transaction_messages
+
+pytestmark = pytest.mark.kafka
+EXE = str(Path(sys.executable).with_name("fraudscore"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def small_bundle(tmp_path_factory) -> Path:
+    """A real bundle, trained and exported by the project's own commands on a small simulated set."""
+    work = tmp_path_factory.mktemp("sidecar-bundle")
+    features = work / "features.parquet"
+    write_table(add_baseline_features(simulate(customers=400, terminals=800, days=30, seed=5).transactions), features)
+    for args in (
+        ["train", "--data", features, "--start", "2018-04-09", "--seed", "1", "--epochs", "3", "--ensemble", "1",
+         "--out", work / "run", "--quiet"],
+        ["export", "--run", work / "run", "--out", work / "bundle", "--quiet"],
+    ):
+        done = subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    return work / "bundle"
+
+
+@pytest.fixture(scope="session")
+def transactions(small_bundle: Path) -> tuple[list[bytes], list[bytes]]:
+    table = add_baseline_features(simulate(customers=300, terminals=600, days=12, seed=9).transactions)
+    return transaction_messages(table, load_bundle(small_bundle).features)
+
+
+BAD = [
+    (b"not json", "bad_json"),
+    (b'{"TRANSACTION_ID": "bad-1"}', "missing_field"),
+    (b"[1,2,3]", "not_object"),
+    (b'{"TRANSACTION_ID": "bad-2", "TX_AMOUNT": "12"}', "wrong_type"),  # first feature checked first
+]
+
+
+def produce(bootstrap: str, topic: str, keys: list[bytes], values: list[bytes | None]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+    for key, value in zip(keys, values):
+        while True:
+            try:
+                producer.produce(topic, value, key)
+                break
+            except BufferError:
+                producer.poll(0.1)
+    assert producer.flush(60) == 0
+
+
+def drain(bootstrap: str, topics: list[str], expected: int, timeout_s: float = 90, committed_only: bool = False) -> list:
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": f"reader-{time.time_ns()}", "auto.offset.reset": "earliest",
+        "enable.auto.commit": False, "isolation.level": "read_committed" if committed_only else "read_uncommitted",
+    })
+    consumer.subscribe(topics)
+    got, deadline, quiet_since = [], time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        batch = [m for m in consumer.consume(1000, 0.5) if m.error() is None]
+        got += batch
+        if len(got) >= expected:
+            # Keep reading briefly: duplicates would show up here.
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since > 2:
+                break
+    consumer.close()
+    return got
+
+
+class Sidecar:
+    def __init__(self, bootstrap: str, bundle: Path, topics: dict[str, str], group: str, *extra: str):
+        self.port = _free_port()
+        self.args = [
+            EXE, "run", "--bundle", str(bundle), "--bootstrap-servers", bootstrap,
+            "--input-topic", topics["in"], "--output-topic", topics["out"], "--alerts-topic", topics["alerts"],
+            "--dlq-topic", topics["dlq"], "--group-id", group, "--metrics-port", str(self.port), "--batch-size", "500",
+            *extra,
+        ]
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.proc.stdout.read()
+            try:
+                if self.get("/readyz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("sidecar not ready in time")
+
+    def stop(self, sig=signal.SIGTERM, timeout_s: float = 40) -> tuple[int, str]:
+        self.proc.send_signal(sig)
+        out, _ = self.proc.communicate(timeout=timeout_s)
+        return self.proc.returncode, out
+
+
+@pytest.fixture
+def topics(make_topic) -> dict[str, str]:
+    return {"in": make_topic(partitions=3, prefix="in"), "out": make_topic(prefix="scores"),
+            "alerts": make_topic(prefix="alerts"), "dlq": make_topic(prefix="dlq")}
+
+
+def _ids(messages) -> list:
+    return [json.loads(m.value())["transaction_id"] for m in messages]
+
+
+def test_every_input_ends_in_scores_or_dead_letters(kafka_bootstrap, small_bundle, transactions, topics) -> None:
+    keys, values = transactions
+    keys, values = keys[:3000], values[:3000]
+    mixed_values = values[:1000] + [b for b, _ in BAD] + [None] + values[1000:]
+    mixed_keys = keys[:1000] + [b"bad"] * (len(BAD) + 1) + keys[1000:]
+    produce(kafka_bootstrap, topics["in"], mixed_keys, mixed_values)
+
+    sidecar = Sidecar(kafka_bootstrap, small_bundle, topics, "g-main")
+    sidecar.wait_ready()
+    scores = drain(kafka_bootstrap, [topics["out"]], len(values))
+    dlq = drain(kafka_bootstrap, [topics["dlq"]], len(BAD) + 1, timeout_s=30)
+    alerts = drain(kafka_bootstrap, [topics["alerts"]], 0, timeout_s=5)
+
+    expected_ids = [json.loads(v)["TRANSACTION_ID"] for v in values]
+    assert sorted(_ids(scores)) == sorted(expected_ids)  # each exactly once in a clean run
+    result = json.loads(scores[0].value())
+    assert {"transaction_id", "score", "decision", "model_version", "threshold", "timings"} <= set(result)
+    by_id = {json.loads(v)["TRANSACTION_ID"]: k for k, v in zip(keys, values)}
+    assert all(m.key() == by_id[json.loads(m.value())["transaction_id"]] for m in scores[:200])  # keyed like the input
+
+    threshold = load_bundle(small_bundle).manifest.threshold
+    assert sorted(_ids(alerts)) == sorted(i for i, s in ((json.loads(m.value())["transaction_id"], json.loads(m.value())["score"]) for m in scores) if s >= threshold)
+
+    reasons = {}
+    for m in dlq:
+        headers = dict(m.headers())
+        reasons[m.value()] = headers["fraudscore.reason"].decode()
+        assert headers["fraudscore.source.topic"].decode() == topics["in"]
+        assert int(headers["fraudscore.source.offset"]) >= 0 and int(headers["fraudscore.source.partition"]) in (0, 1, 2)
+    assert reasons == {**{b: r for b, r in BAD}, b"": "empty"}
+
+    status, metrics = sidecar.get("/metrics")
+    assert status == 200
+    for series in ("fraudscore_messages_consumed_total", "fraudscore_transactions_scored_total 3000.0",
+                   'fraudscore_dead_letters_total{reason="bad_json"} 1.0', "fraudscore_end_to_end_latency_seconds_bucket",
+                   "fraudscore_inference_duration_seconds_bucket", "fraudscore_batch_size_bucket", "fraudscore_score_bucket",
+                   "fraudscore_model_info{", "fraudscore_alerts_total", "fraudscore_produce_errors_total 0.0"):
+        assert series in metrics, series
+    assert sidecar.get("/healthz")[0] == 200
+
+    t0 = time.monotonic()
+    code, out = sidecar.stop()
+    assert code == 0, out[-2000:]
+    assert time.monotonic() - t0 < 30
+    # Every input offset is committed: a restart would not re-read anything.
+    reader = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "g-main"})
+    committed = reader.committed([TopicPartition(topics["in"], p) for p in range(3)], timeout=10)
+    ends = [reader.get_watermark_offsets(TopicPartition(topics["in"], p), timeout=10)[1] for p in range(3)]
+    reader.close()
+    assert [c.offset for c in committed] == ends
+    assert "3000" not in out or "TRANSACTION_ID" not in out  # no payloads in the log
+
+
+def test_restart_after_hard_kill_loses_nothing(kafka_bootstrap, small_bundle, transactions, topics) -> None:
+    keys, values = transactions
+    produce(kafka_bootstrap, topics["in"], keys, values)
+    first = Sidecar(kafka_bootstrap, small_bundle, topics, "g-kill")
+    first.wait_ready()
+    time.sleep(1.0)
+    first.proc.kill()
+    first.proc.wait(10)
+    second = Sidecar(kafka_bootstrap, small_bundle, topics, "g-kill")
+    second.wait_ready()
+    scores = drain(kafka_bootstrap, [topics["out"]], len(values))
+    ids = _ids(scores)
+    assert set(ids) == {json.loads(v)["TRANSACTION_ID"] for v in values}  # none lost
+    duplicates = len(ids) - len(set(ids))
+    assert duplicates <= 3 * 500  # at most the batches in flight when killed (batch 500, 3 partitions)
+    assert second.stop()[0] == 0
+
+
+def test_two_instances_split_partitions_and_lose_nothing(kafka_bootstrap, small_bundle, transactions, make_topic) -> None:
+    topics = {"in": make_topic(partitions=4, prefix="in"), "out": make_topic(prefix="scores"),
+              "alerts": make_topic(prefix="alerts"), "dlq": make_topic(prefix="dlq")}
+    keys, values = transactions
+    half = len(values) // 2
+    a = Sidecar(kafka_bootstrap, small_bundle, topics, "g-pair")
+    a.wait_ready()
+    produce(kafka_bootstrap, topics["in"], keys[:half], values[:half])
+    b = Sidecar(kafka_bootstrap, small_bundle, topics, "g-pair")  # joins: a rebalance under load
+    produce(kafka_bootstrap, topics["in"], keys[half:], values[half:])
+    b.wait_ready()
+    scores = drain(kafka_bootstrap, [topics["out"]], len(values))
+    assert set(_ids(scores)) == {json.loads(v)["TRANSACTION_ID"] for v in values}
+    assigned = []
+    for s in (a, b):
+        metrics = s.get("/metrics")[1]
+        line = next(x for x in metrics.splitlines() if x.startswith("fraudscore_assigned_partitions "))
+        assigned.append(float(line.split()[1]))
+    assert sorted(assigned) == [2.0, 2.0]
+    assert a.stop()[0] == 0 and b.stop()[0] == 0
+
+
+def test_exactly_once_results_are_transactional(kafka_bootstrap, small_bundle, transactions, topics) -> None:
+    keys, values = transactions
+    keys, values = keys[:2000], values[:2000]
+    produce(kafka_bootstrap, topics["in"], keys, values)
+    sidecar = Sidecar(kafka_bootstrap, small_bundle, topics, "g-eos", "--exactly-once", "--transactional-id", f"t-{time.time_ns()}")
+    sidecar.wait_ready()
+    scores = drain(kafka_bootstrap, [topics["out"]], len(values), committed_only=True)
+    assert sorted(_ids(scores)) == sorted(json.loads(v)["TRANSACTION_ID"] for v in values)
+    assert sidecar.stop()[0] == 0
+
+
+def test_missing_topic_and_unreachable_broker_exit_with_a_clear_error(kafka_bootstrap, small_bundle, topics) -> None:
+    args = ["run", "--bundle", str(small_bundle), "--output-topic", topics["out"], "--alerts-topic", topics["alerts"],
+            "--dlq-topic", topics["dlq"], "--group-id", "g-missing", "--metrics-port", "0"]
+    done = subprocess.run([EXE, *args, "--bootstrap-servers", kafka_bootstrap, "--input-topic", "no-such-topic"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3 and "no-such-topic" in done.stderr and "--wait" in done.stderr
+    t0 = time.monotonic()
+    done = subprocess.run([EXE, *args, "--bootstrap-servers", f"127.0.0.1:{_free_port()}", "--input-topic", topics["in"],
+                           "--startup-timeout", "2"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3 and "cannot reach Kafka" in done.stderr
+    assert time.monotonic() - t0 < 20
+
+
+def test_bundle_hash_mismatch_refuses_to_start(kafka_bootstrap, small_bundle, topics, tmp_path) -> None:
+    import shutil
+
+    bad = tmp_path / "bundle"
+    shutil.copytree(small_bundle, bad)
+    (bad / "model.onnx").write_bytes((bad / "model.onnx").read_bytes() + b"\0")
+    done = subprocess.run([EXE, "run", "--bundle", str(bad), "--bootstrap-servers", kafka_bootstrap,
+                           "--input-topic", topics["in"], "--output-topic", topics["out"], "--alerts-topic", topics["alerts"],
+                           "--dlq-topic", topics["dlq"], "--group-id", "g-hash", "--metrics-port", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "bundle hash mismatch" in done.stderr
+
+
+def test_sighup_with_a_corrupt_bundle_keeps_the_old_model(kafka_bootstrap, small_bundle, transactions, topics, tmp_path) -> None:
+    import shutil
+
+    live = tmp_path / "bundle"
+    shutil.copytree(small_bundle, live)
+    sidecar = Sidecar(kafka_bootstrap, live, topics, "g-reload")
+    sidecar.wait_ready()
+    (live / "model.onnx").write_bytes(b"corrupt")
+    sidecar.proc.send_signal(signal.SIGHUP)
+    keys, values = transactions
+    produce(kafka_bootstrap, topics["in"], keys[:500], values[:500])
+    scores = drain(kafka_bootstrap, [topics["out"]], 500)
+    assert len(set(_ids(scores))) == 500  # still scoring with the old model
+    metrics = sidecar.get("/metrics")[1]
+    assert 'fraudscore_model_reloads_total{result="failure"} 1.0' in metrics
+    code, out = sidecar.stop()
+    assert code == 0 and "model reload failed" in out
+
+
+def test_config_file_and_environment(kafka_bootstrap, small_bundle, topics, tmp_path) -> None:
+    config = tmp_path / "sidecar.toml"
+    config.write_text(
+        f'bootstrap_servers = "{kafka_bootstrap}"\ninput_topic = "{topics["in"]}"\noutput_topic = "{topics["out"]}"\n'
+        f'alerts_topic = "{topics["alerts"]}"\ndlq_topic = "{topics["dlq"]}"\n'
+        '[kafka]\n"sasl.password" = "hunter2"\n"client.rack" = "r1"\n'
+    )
+    env = dict(os.environ, FRAUDSCORE_BUNDLE=str(small_bundle), FRAUDSCORE_GROUP_ID="g-env", FRAUDSCORE_METRICS_PORT=str(_free_port()))
+    proc = subprocess.Popen([EXE, "run", "--config", str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(6)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=40)
+    assert proc.returncode == 0, out[-2000:]
+    assert "hunter2" not in out and "'sasl.password': '***'" in out
+    assert "group g-env" in out
