@@ -92,12 +92,14 @@ def _produce(bootstrap: str, topic: str, keys, values, rate: float | None = None
 def _collect(bootstrap: str, topic: str, expected: int, timeout_s: float) -> tuple[np.ndarray, np.ndarray, list]:
     """(arrival seconds, result timestamps ms, transaction ids) of `expected` results."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-reader-{uuid.uuid4().hex[:6]}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False, "fetch.wait.max.ms": 5})
     consumer.subscribe([topic])
     arrival, stamps, ids = [], [], []
     deadline = time.monotonic() + timeout_s
     while len(ids) < expected and time.monotonic() < deadline:
-        batch = consumer.consume(5000, 0.2)
+        # A short timeout: arrival is stamped per returned batch, so a long wait to fill a
+        # batch would be counted as latency.
+        batch = consumer.consume(1000, 0.005)
         now = time.time()
         for m in batch:
             if m.error() is None:

@@ -337,7 +337,7 @@ def run(
     metrics_port: Annotated[Optional[int], typer.Option(help="Port of /metrics, /healthz, /readyz (0: any free port) [default: 9464].", envvar="FRAUDSCORE_METRICS_PORT")] = None,
     metrics_host: Annotated[Optional[str], typer.Option(help="Address to bind the metrics port [default: 127.0.0.1].", envvar="FRAUDSCORE_METRICS_HOST")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Most messages a batch [default: 4096].", envvar="FRAUDSCORE_BATCH_SIZE")] = None,
-    poll_timeout: Annotated[Optional[float], typer.Option(help="Seconds consume() waits to fill a batch [default: 0.05].", envvar="FRAUDSCORE_POLL_TIMEOUT")] = None,
+    poll_timeout: Annotated[Optional[float], typer.Option(help="Seconds consume() waits to fill a batch; a batch is whatever arrived by then, up to --batch-size [default: 0.005].", envvar="FRAUDSCORE_POLL_TIMEOUT")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda [default: cpu].", envvar="FRAUDSCORE_DEVICE")] = None,
     threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads [default: 1].", envvar="FRAUDSCORE_THREADS")] = None,
     exactly_once: Annotated[Optional[bool], typer.Option("--exactly-once/--at-least-once", help="Kafka transactions per batch [default: at-least-once].", envvar="FRAUDSCORE_EXACTLY_ONCE")] = None,

@@ -61,7 +61,7 @@ class SidecarConfig:
     metrics_port: int = 9464
     metrics_host: str = "127.0.0.1"
     batch_size: int = 4096
-    poll_timeout_s: float = 0.05
+    poll_timeout_s: float = 0.005
     device: str = "cpu"
     threads: int = 1
     exactly_once: bool = False
