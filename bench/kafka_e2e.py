@@ -1,24 +1,14 @@
-"""End-to-end figures through a real broker: the sidecar's drain rate and latency at a fixed rate.
+"""Kafka plumbing for `fraudscore bench --mode kafka`: fresh topics, a sidecar subprocess, load, results.
 
-    python -m fraudscore.bench.kafka_e2e --bundle DIR --bootstrap-servers HOST:PORT [--messages 300000] [--json PATH]
-
-1. Drain: `--messages` simulated transactions are produced to a fresh input topic first,
-   then a sidecar (`fraudscore run`, a subprocess) is started; throughput is results /
-   (last result's timestamp - first result's timestamp).
-2. Latency: a second sidecar group scores a stream produced at `--rate` messages a second
-   (default: half the drain rate) for `--seconds`; latency is a result's arrival at a
-   consumer in this process minus its input message's timestamp (both on this clock).
 Broker, sidecar and load generator share the machine.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import uuid
@@ -28,9 +18,6 @@ import numpy as np
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from fraudscore import add_baseline_features, simulate
-from fraudscore.bundle import load_bundle
-from fraudscore.messages import transaction_messages
 
 
 def _free_port() -> int:
@@ -108,85 +95,3 @@ def _collect(bootstrap: str, topic: str, expected: int, timeout_s: float) -> tup
                 ids.append(json.loads(m.value())["transaction_id"])
     consumer.close()
     return np.array(arrival), np.array(stamps, dtype=np.float64), ids
-
-
-def run(bundle: Path, bootstrap: str, messages: int, rate: float | None, seconds: float, batch: int, partitions: int) -> dict:
-    features = load_bundle(bundle).features
-    # Distinct transactions for both runs: the drain backlog, then the fixed-rate stream.
-    days = max(3, int(2 * messages / 9_000) + 1)
-    table = add_baseline_features(simulate(customers=5000, terminals=10000, days=days, seed=1).transactions)
-    all_keys, all_values = transaction_messages(table, features)
-    keys, values = all_keys[:messages], all_values[:messages]
-    stream_keys_all, stream_values_all = all_keys[messages:], all_values[messages:]
-    results = []
-
-    topics = _topics(bootstrap, partitions)
-    _produce(bootstrap, topics["in"], keys, values)
-    proc, _ = _sidecar(bootstrap, bundle, topics, batch)
-    try:
-        _, stamps, ids = _collect(bootstrap, topics["out"], len(values), timeout_s=600)
-    finally:
-        proc.terminate()
-        proc.wait(60)
-    span = (stamps.max() - stamps.min()) / 1e3
-    drain = len(ids) / span if span > 0 else float("nan")
-    results.append({"mode": "kafka-drain", "batch_size": batch, "messages": len(ids), "lost": len(values) - len(set(ids)),
-                    "throughput_per_s": drain, "p50_ms": None, "p99_ms": None})
-
-    rate = rate or drain / 2
-    n = min(int(rate * seconds), len(stream_values_all))
-    topics = _topics(bootstrap, partitions)
-    proc, _ = _sidecar(bootstrap, bundle, topics, batch)
-    sent_at: dict = {}
-    try:
-        collector: dict = {}
-        thread = threading.Thread(target=lambda: collector.update(zip(("arrival", "stamps", "ids"),
-                                                                      _collect(bootstrap, topics["out"], n, seconds + 120))))
-        thread.start()
-        # Message timestamps are set by the producer at produce(): the input's timestamp.
-        stream_keys, stream_values = stream_keys_all[:n], stream_values_all[:n]
-        _produce(bootstrap, topics["in"], stream_keys, stream_values, rate=rate)
-        thread.join()
-    finally:
-        proc.terminate()
-        proc.wait(60)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"ts-{uuid.uuid4().hex[:6]}", "auto.offset.reset": "earliest"})
-    consumer.subscribe([topics["in"]])
-    got = 0
-    while got < n:
-        batch_msgs = consumer.consume(5000, 1.0)
-        if not batch_msgs:
-            break
-        for m in batch_msgs:
-            if m.error() is None:
-                sent_at.setdefault(json.loads(m.value())["TRANSACTION_ID"], []).append(m.timestamp()[1] / 1e3)
-                got += 1
-    consumer.close()
-    first_sent = {k: min(v) for k, v in sent_at.items()}
-    latency = np.array([a - first_sent[i] for a, i in zip(collector["arrival"], collector["ids"]) if i in first_sent]) * 1e3
-    results.append({"mode": "kafka-fixed-rate", "batch_size": batch, "rate_per_s": rate, "messages": len(latency),
-                    "p50_ms": float(np.median(latency)), "p99_ms": float(np.quantile(latency, 0.99)),
-                    "max_ms": float(latency.max()), "throughput_per_s": rate})
-    return {"schema": "fraudscore.kafka-e2e/1", "bundle": str(bundle), "results": results}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", type=Path, required=True)
-    parser.add_argument("--bootstrap-servers", required=True)
-    parser.add_argument("--messages", type=int, default=300_000)
-    parser.add_argument("--rate", type=float, help="messages/s for the latency run (default: half the drain rate)")
-    parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--batch-size", type=int, default=4096)
-    parser.add_argument("--partitions", type=int, default=2)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    report = run(args.bundle, args.bootstrap_servers, args.messages, args.rate, args.seconds, args.batch_size, args.partitions)
-    for r in report["results"]:
-        print(json.dumps(r))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-
-
-if __name__ == "__main__":
-    main()

@@ -403,6 +403,97 @@ def _config_file(path: Path) -> dict:
     return {aliases.get(k.replace("-", "_"), k.replace("-", "_")): v for k, v in data.items()}
 
 
+@app.command()
+def bench(
+    bundle: Annotated[Path, typer.Option("--bundle", "-b", help="Bundle directory to measure.")],
+    mode: Annotated[Optional[list[str]], typer.Option("--mode", help="model, pipeline or kafka; repeat for several [default: model and pipeline].")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the versioned report (docs/bench.md) here.")] = None,
+    gate: Annotated[Optional[Path], typer.Option(help="Bounds to enforce (TOML or YAML); exit 1 when one fails.")] = None,
+    baseline: Annotated[Optional[Path], typer.Option(help="Earlier report for the gate's relative bounds.")] = None,
+    pushgateway: Annotated[Optional[str], typer.Option(help="Push fraudscore_bench_* metrics to this Pushgateway URL.")] = None,
+    prom_file: Annotated[Optional[Path], typer.Option(help="Write the metrics in text format for a node-exporter textfile collector.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write latency and throughput against batch size as a PNG (matplotlib).")] = None,
+    bootstrap_servers: Annotated[Optional[str], typer.Option(help="Broker for --mode kafka.")] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes of the model/pipeline sweep.")] = "1,8,64,512,4096",
+    device: Annotated[Optional[list[str]], typer.Option("--device", help="cpu, cuda or auto; repeat to compare [default: cpu].")] = None,
+    threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime intra-op threads.")] = 1,
+    repeats: Annotated[int, typer.Option(min=1, help="Repeats of each case; figures are medians, spread is min-max.")] = 3,
+    seconds: Annotated[float, typer.Option(min=0.01, help="Seconds of back-to-back calls per repeat.")] = 1.0,
+    kafka_messages: Annotated[int, typer.Option(min=100, help="Backlog size for the Kafka drain run.")] = 100_000,
+    kafka_rates: Annotated[str, typer.Option(help="Comma-separated msg/s for the latency sweep [default: 25/50/75 % of the drain rate].")] = "",
+    kafka_rate_seconds: Annotated[float, typer.Option(min=1, help="Seconds of each fixed-rate run.")] = 8.0,
+    naive_messages: Annotated[int, typer.Option(min=10, help="Messages for the naive per-message reference.")] = 5_000,
+    slo_ms: Annotated[float, typer.Option(help="p99 latency objective for the highest sustainable rate.")] = 50.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no table; only the gate's verdict.")] = False,
+) -> None:
+    """Measure p50/p99 latency and throughput (model, pipeline, Kafka); export them; gate CI on them.
+
+    Exit codes: 0 measured (and every gate bound held), 1 a gate bound failed, 2 usage error.
+    """
+    try:
+        _bench(bundle, mode, json_path, gate, baseline, pushgateway, prom_file, plot, bootstrap_servers, batch_sizes,
+               device, threads, repeats, seconds, kafka_messages, kafka_rates, kafka_rate_seconds, naive_messages,
+               slo_ms, quiet)
+    except FraudscoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _bench(bundle, mode, json_path, gate, baseline, pushgateway, prom_file, plot, bootstrap_servers, batch_sizes, device,
+           threads, repeats, seconds, kafka_messages, kafka_rates, kafka_rate_seconds, naive_messages, slo_ms, quiet) -> None:
+    import json
+
+    from fraudscore.bench.gate import check, format_outcomes, load_gate, load_report
+    from fraudscore.bench.harness import BenchConfig, format_table, run_bench
+
+    from .progress import progress_wanted
+
+    modes = tuple(mode or ("model", "pipeline"))
+    unknown = set(modes) - {"model", "pipeline", "kafka"}
+    if unknown:
+        raise UsageError(f"--mode {', '.join(sorted(unknown))}: choose model, pipeline or kafka")
+    bounds = load_gate(gate) if gate else None
+    base = load_report(baseline) if baseline else None
+    config = BenchConfig(
+        bundle=bundle, modes=modes, batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
+        devices=tuple(device or ("cpu",)), threads=threads, repeats=repeats, seconds=seconds,
+        bootstrap_servers=bootstrap_servers, kafka_messages=kafka_messages,
+        kafka_rates=tuple(float(r) for r in kafka_rates.split(",") if r.strip()), kafka_rate_seconds=kafka_rate_seconds,
+        naive_messages=naive_messages, slo_ms=slo_ms,
+    )
+    talk = not quiet and progress_wanted()
+    report = run_bench(config, say=(lambda m: say(f"bench: {m}")) if talk else (lambda m: None))
+    if not quiet:
+        typer.echo(format_table(report))
+    if json_path:
+        tmp = json_path.with_name(f".{json_path.name}.tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        tmp.replace(json_path)
+    if prom_file:
+        from fraudscore.bench.exposition import write_textfile
+
+        write_textfile(report, prom_file)
+    if pushgateway:
+        from fraudscore.bench.exposition import push
+
+        try:
+            push(report, pushgateway)
+        except OSError as exc:
+            raise UsageError(f"--pushgateway {pushgateway}: push failed ({exc})") from None
+    if plot:
+        from fraudscore.bench.plot import plot_report
+
+        plot_report(report, plot)
+    if bounds is not None:
+        outcomes = check(report, bounds, base)
+        typer.echo(format_outcomes(outcomes))
+        failed = [o for o in outcomes if not o.ok]
+        if failed:
+            say(f"gate: {len(failed)} of {len(outcomes)} bounds failed")
+            raise typer.Exit(1)
+        say(f"gate: all {len(outcomes)} bounds hold")
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="fraudscore")

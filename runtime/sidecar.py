@@ -100,6 +100,7 @@ class Sidecar:
         self._reload = False
         self._assignment: set[tuple[str, int]] = set()
         self._done: dict[tuple[str, int], object] = {}  # partition -> next offset, fully delivered
+        self._failures: list = []  # delivery errors of the batch in flight
         self._watch_state = self._bundle_state()
         self._last_watch = time.monotonic()
         self.http: HealthServer | None = None
@@ -188,6 +189,10 @@ class Sidecar:
             "batch.num.messages": 10000,
             "queue.buffering.max.messages": 1_000_000,
             "error_cb": self._error_cb,
+            # Only failed deliveries call back into Python: success is known from flush()
+            # returning with nothing outstanding, which saves a callback per message.
+            "delivery.report.only.error": True,
+            "on_delivery": self._on_delivery,
         } | c.kafka
         if c.exactly_once:
             producer_cfg["transactional.id"] = c.transactional_id or f"fraudscore-{c.group_id}-{socket.gethostname()}"
@@ -313,23 +318,18 @@ class Sidecar:
         result = pipeline.run([msg.value() for msg in good])
         m.inference_seconds.observe(result.inference_seconds)
 
-        failures: list = []
-
-        def on_delivery(err, _msg) -> None:
-            if err is not None:
-                failures.append(err)
-
+        failures = self._failures = []
         if c.exactly_once:
             self.producer.begin_transaction()
         send = self.producer.produce
         for pos, payload, alert in zip(result.index.tolist(), result.payloads, result.alerts.tolist()):
             key = good[pos].key()
             try:
-                send(c.output_topic, payload, key, on_delivery=on_delivery)
+                send(c.output_topic, payload, key)
             except BufferError:
-                self._produce(c.output_topic, payload, key, None, on_delivery)
+                self._produce(c.output_topic, payload, key, None)
             if alert:
-                self._produce(c.alerts_topic, payload, key, None, on_delivery)
+                self._produce(c.alerts_topic, payload, key, None)
         for r in result.rejections:
             msg = good[r.index]
             headers = [
@@ -340,7 +340,7 @@ class Sidecar:
                 ("fraudscore.source.offset", str(msg.offset()).encode()),
                 ("fraudscore.model.version", pipeline.model_version.encode()),
             ]
-            self._produce(c.dlq_topic, msg.value() or b"", msg.key(), headers, on_delivery)
+            self._produce(c.dlq_topic, msg.value() or b"", msg.key(), headers)
 
         offsets = self._next_offsets(good)
         if c.exactly_once:
@@ -370,10 +370,14 @@ class Sidecar:
         self._observe_drift(pipeline, result)
         m.batch_seconds.observe(time.perf_counter() - t0)
 
-    def _produce(self, topic: str, value: bytes, key, headers, on_delivery) -> None:
+    def _on_delivery(self, err, _msg) -> None:
+        if err is not None:
+            self._failures.append(err)
+
+    def _produce(self, topic: str, value: bytes, key, headers) -> None:
         while True:
             try:
-                self.producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+                self.producer.produce(topic, value, key, headers=headers)
                 return
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self.producer.poll(0.05)

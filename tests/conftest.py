@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from fraudscore import add_baseline_features, simulate, write_table
+
 ROOT = Path(__file__).resolve().parents[1]
+_EXE = str(Path(sys.executable).with_name("fraudscore"))
 LOCAL_KAFKA = ROOT / "deploy" / "kafka" / "local.sh"
 
 
@@ -70,3 +74,19 @@ def make_topic(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Iterator
                 future.result(timeout=30)
             except Exception:  # a failed clean-up must not fail the test
                 pass
+
+
+@pytest.fixture(scope="session")
+def small_bundle(tmp_path_factory) -> Path:
+    """A real bundle, trained and exported by the project's own commands on a small simulated set."""
+    work = tmp_path_factory.mktemp("sidecar-bundle")
+    features = work / "features.parquet"
+    write_table(add_baseline_features(simulate(customers=400, terminals=800, days=30, seed=5).transactions), features)
+    for args in (
+        ["train", "--data", features, "--start", "2018-04-09", "--seed", "1", "--epochs", "3", "--ensemble", "1",
+         "--out", work / "run", "--quiet"],
+        ["export", "--run", work / "run", "--out", work / "bundle", "--quiet"],
+    ):
+        done = subprocess.run([_EXE, *map(str, args)], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    return work / "bundle"

@@ -12,11 +12,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from fraudscore import add_baseline_features, simulate, write_table
+from fraudscore import add_baseline_features, simulate
 from fraudscore.bundle import load_bundle
 from fraudscore.messages import transaction_messages
 
@@ -28,22 +27,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def small_bundle(tmp_path_factory) -> Path:
-    """A real bundle, trained and exported by the project's own commands on a small simulated set."""
-    work = tmp_path_factory.mktemp("sidecar-bundle")
-    features = work / "features.parquet"
-    write_table(add_baseline_features(simulate(customers=400, terminals=800, days=30, seed=5).transactions), features)
-    for args in (
-        ["train", "--data", features, "--start", "2018-04-09", "--seed", "1", "--epochs", "3", "--ensemble", "1",
-         "--out", work / "run", "--quiet"],
-        ["export", "--run", work / "run", "--out", work / "bundle", "--quiet"],
-    ):
-        done = subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-2000:]
-    return work / "bundle"
 
 
 @pytest.fixture(scope="session")
@@ -91,6 +74,20 @@ def drain(bootstrap: str, topics: list[str], expected: int, timeout_s: float = 9
     return got
 
 
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_sidecars():
+    """A failing test must not leave a sidecar running: kill whatever a test started."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 class Sidecar:
     def __init__(self, bootstrap: str, bundle: Path, topics: dict[str, str], group: str, *extra: str):
         self.port = _free_port()
@@ -101,6 +98,7 @@ class Sidecar:
             *extra,
         ]
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        STARTED.append(self.proc)
 
     def get(self, path: str) -> tuple[int, str]:
         try:
@@ -295,6 +293,7 @@ def test_config_file_and_environment(kafka_bootstrap, small_bundle, topics, tmp_
     )
     env = dict(os.environ, FRAUDSCORE_BUNDLE=str(small_bundle), FRAUDSCORE_GROUP_ID="g-env", FRAUDSCORE_METRICS_PORT=str(_free_port()))
     proc = subprocess.Popen([EXE, "run", "--config", str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    STARTED.append(proc)
     time.sleep(6)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=40)

@@ -1,0 +1,126 @@
+"""The `kafka` mode of `fraudscore bench`: drain rate, fixed-rate latency sweep, naive reference."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+
+import numpy as np
+
+from .kafka_e2e import _collect, _produce, _sidecar, _topics
+
+
+def _poisson_produce(bootstrap: str, topic: str, keys, values, rate: float, seed: int = 0) -> None:
+    """Produce with exponential gaps (Poisson arrivals) at `rate` messages a second on average."""
+    from confluent_kafka import Producer
+    import time
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "queue.buffering.max.messages": 2_000_000})
+    due = np.cumsum(np.random.default_rng(seed).exponential(1.0 / rate, size=len(values)))
+    start = time.perf_counter()
+    for i, (k, v) in enumerate(zip(keys, values)):
+        wait = start + due[i] - time.perf_counter()
+        if wait > 0.0005:
+            time.sleep(wait)
+        while True:
+            try:
+                producer.produce(topic, v, k)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        if i % 500 == 0:
+            producer.poll(0)
+    producer.flush(120)
+
+
+def run_kafka(config, bundle, say) -> tuple[list[dict], dict]:
+    import threading
+
+    from .harness import _messages
+
+    bootstrap = config.bootstrap_servers
+    rate_total = int(sum(config.kafka_rates) * config.kafka_rate_seconds) if config.kafka_rates else 0
+    budget = config.kafka_messages + max(rate_total, 4 * config.kafka_messages) + config.naive_messages
+    keys, values = _messages(bundle.features, budget, seed=11)
+    backlog = slice(0, config.kafka_messages)
+    results, ratios = [], {}
+
+    say(f"kafka drain of {config.kafka_messages:,} messages")
+    topics = _topics(bootstrap, 2)
+    _produce(bootstrap, topics["in"], keys[backlog], values[backlog])
+    proc, _ = _sidecar(bootstrap, config.bundle, topics, config.kafka_batch_size)
+    try:
+        _, stamps, ids = _collect(bootstrap, topics["out"], config.kafka_messages, timeout_s=900)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    drain = len(ids) / max(1e-9, (stamps.max() - stamps.min()) / 1e3) if len(ids) > 1 else 0.0
+    results.append({"mode": "kafka-drain", "device": "cpu", "batch_size": config.kafka_batch_size, "p50_ms": None,
+                    "p99_ms": None, "throughput_per_s": drain, "messages": len(ids),
+                    "lost": config.kafka_messages - len(set(ids))})
+
+    rates = config.kafka_rates or tuple(round(drain * f) for f in (0.25, 0.5, 0.75))
+    cursor = config.kafka_messages
+    best = 0.0
+    for rate in rates:
+        n = min(max(100, int(rate * config.kafka_rate_seconds)), len(values) - cursor - config.naive_messages)
+        stream = slice(cursor, cursor + n)
+        cursor += n
+        say(f"kafka at {rate:,.0f} msg/s for {config.kafka_rate_seconds:g} s")
+        topics = _topics(bootstrap, 2)
+        proc, _ = _sidecar(bootstrap, config.bundle, topics, config.kafka_batch_size)
+        collected: dict = {}
+        try:
+            reader = threading.Thread(target=lambda: collected.update(
+                zip(("arrival", "stamps", "ids"), _collect(bootstrap, topics["out"], n, config.kafka_rate_seconds + 120))))
+            reader.start()
+            sent_at = _send_times(bootstrap, topics["in"], keys[stream], values[stream], rate)
+            reader.join()
+        finally:
+            proc.terminate()
+            proc.wait(60)
+        latency = np.array([a - sent_at[i] for a, i in zip(collected["arrival"], collected["ids"]) if i in sent_at]) * 1e3
+        p50, p99 = (float(np.median(latency)), float(np.quantile(latency, 0.99))) if len(latency) else (None, None)
+        results.append({"mode": "kafka-rate", "device": "cpu", "batch_size": config.kafka_batch_size, "rate_per_s": rate,
+                        "p50_ms": p50, "p99_ms": p99, "throughput_per_s": float(rate), "messages": int(len(latency)),
+                        "lost": n - len(set(collected["ids"]))})
+        if p99 is not None and p99 <= config.slo_ms and n == len(set(collected["ids"])):
+            best = max(best, float(rate))
+    ratios["kafka_max_rate_under_slo"] = best
+
+    say(f"naive reference on {config.naive_messages:,} messages")
+    topics = _topics(bootstrap, 1)
+    naive = slice(cursor, cursor + config.naive_messages)
+    _produce(bootstrap, topics["in"], keys[naive], values[naive])
+    done = subprocess.run([sys.executable, "-m", "fraudscore.bench.naive", str(config.bundle), bootstrap, topics["in"],
+                           topics["out"], f"naive-{uuid.uuid4().hex[:6]}", str(config.naive_messages)],
+                          capture_output=True, text=True, timeout=900)
+    _, stamps, ids = _collect(bootstrap, topics["out"], config.naive_messages, timeout_s=60)
+    naive_rate = len(ids) / max(1e-9, (stamps.max() - stamps.min()) / 1e3) if len(ids) > 1 else 0.0
+    results.append({"mode": "kafka-naive", "device": "cpu", "batch_size": 1, "p50_ms": None, "p99_ms": None,
+                    "throughput_per_s": naive_rate, "messages": len(ids), "exit_code": done.returncode})
+    ratios["kafka_speedup_vs_naive"] = drain / naive_rate if naive_rate else float("nan")
+    return results, ratios
+
+
+def _send_times(bootstrap: str, topic: str, keys, values, rate: float) -> dict:
+    """Produce at `rate` (Poisson) and return each transaction id's input timestamp in seconds."""
+    import json
+
+    from confluent_kafka import Consumer
+
+    _poisson_produce(bootstrap, topic, keys, values, rate)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"ts-{uuid.uuid4().hex[:6]}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    sent: dict = {}
+    misses = 0
+    while len(sent) < len(values) and misses < 5:
+        batch = consumer.consume(5000, 1.0)
+        misses = misses + 1 if not batch else 0
+        for m in batch:
+            if m.error() is None:
+                sent[json.loads(m.value())["TRANSACTION_ID"]] = m.timestamp()[1] / 1e3
+    consumer.close()
+    return sent
