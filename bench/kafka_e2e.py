@@ -56,14 +56,20 @@ def _sidecar(bootstrap: str, bundle: Path, topics: dict[str, str], batch: int) -
     raise RuntimeError("sidecar not ready in 60 s")
 
 
-def _produce(bootstrap: str, topic: str, keys, values, rate: float | None = None) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "batch.num.messages": 10000,
+def _produce(bootstrap: str, topic: str, keys, values, rate: float | None = None, poisson_seed: int | None = None) -> None:
+    """Produce as fast as possible, or at `rate` a second: evenly spaced, or Poisson arrivals with a seed."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1 if rate else 5, "batch.num.messages": 10000,
                          "queue.buffering.max.messages": 2_000_000})
+    due = None
+    if rate:
+        gaps = (np.random.default_rng(poisson_seed).exponential(1.0 / rate, size=len(values))
+                if poisson_seed is not None else np.full(len(values), 1.0 / rate))
+        due = np.cumsum(gaps)
     start = time.perf_counter()
     for i, (k, v) in enumerate(zip(keys, values)):
-        if rate and i % 100 == 0:
-            ahead = start + i / rate - time.perf_counter()
-            if ahead > 0:
+        if due is not None:
+            ahead = start + due[i] - time.perf_counter()
+            if ahead > 0.0005:
                 time.sleep(ahead)
         while True:
             try:
@@ -71,7 +77,7 @@ def _produce(bootstrap: str, topic: str, keys, values, rate: float | None = None
                 break
             except BufferError:
                 producer.poll(0.01)
-        if i % 1000 == 0:
+        if i % 500 == 0:
             producer.poll(0)
     producer.flush(120)
 

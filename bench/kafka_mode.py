@@ -11,29 +11,6 @@ import numpy as np
 from .kafka_e2e import _collect, _produce, _sidecar, _topics
 
 
-def _poisson_produce(bootstrap: str, topic: str, keys, values, rate: float, seed: int = 0) -> None:
-    """Produce with exponential gaps (Poisson arrivals) at `rate` messages a second on average."""
-    from confluent_kafka import Producer
-    import time
-
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "queue.buffering.max.messages": 2_000_000})
-    due = np.cumsum(np.random.default_rng(seed).exponential(1.0 / rate, size=len(values)))
-    start = time.perf_counter()
-    for i, (k, v) in enumerate(zip(keys, values)):
-        wait = start + due[i] - time.perf_counter()
-        if wait > 0.0005:
-            time.sleep(wait)
-        while True:
-            try:
-                producer.produce(topic, v, k)
-                break
-            except BufferError:
-                producer.poll(0.01)
-        if i % 500 == 0:
-            producer.poll(0)
-    producer.flush(120)
-
-
 def run_kafka(config, bundle, say) -> tuple[list[dict], dict]:
     import threading
 
@@ -110,7 +87,7 @@ def _send_times(bootstrap: str, topic: str, keys, values, rate: float) -> dict:
 
     from confluent_kafka import Consumer
 
-    _poisson_produce(bootstrap, topic, keys, values, rate)
+    _produce(bootstrap, topic, keys, values, rate=rate, poisson_seed=0)
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"ts-{uuid.uuid4().hex[:6]}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([topic])
