@@ -60,6 +60,9 @@ def _produce(bootstrap: str, topic: str, keys, values, rate: float | None = None
     """Produce as fast as possible, or at `rate` a second: evenly spaced, or Poisson arrivals with a seed."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1 if rate else 5, "batch.num.messages": 10000,
                          "queue.buffering.max.messages": 2_000_000})
+    # Learn the topic's partitions and leaders before the clock starts: otherwise the first
+    # messages wait for metadata and that wait is counted as latency.
+    producer.list_topics(topic, timeout=30)
     due = None
     if rate:
         gaps = (np.random.default_rng(poisson_seed).exponential(1.0 / rate, size=len(values))

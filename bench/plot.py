@@ -16,7 +16,18 @@ def plot_report(report: dict, path: Path) -> None:
     except ImportError:
         raise UsageError("--plot needs matplotlib: pip install 'fraudscore[train]' or matplotlib") from None
     sweep = [r for r in report["results"] if r["mode"] in ("model", "pipeline") and r.get("p50_ms") is not None]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
+    fig, (dist, left, right) = plt.subplots(1, 3, figsize=(16, 4.2), dpi=100)
+    for r in sweep:
+        if r.get("percentiles_ms") and r["mode"] == "pipeline":
+            qs = sorted(r["percentiles_ms"], key=float)
+            dist.plot([r["percentiles_ms"][q] for q in qs], [float(q) for q in qs], marker=".",
+                      label=f"pipeline {r.get('device', 'cpu')} batch {r['batch_size']}")
+    dist.set_xscale("log")
+    dist.set_xlabel("batch latency, ms")
+    dist.set_ylabel("percentile")
+    dist.set_title("latency distribution (pipeline)")
+    dist.grid(True, which="both", alpha=0.3)
+    dist.legend(fontsize=7)
     for mode in sorted({r["mode"] for r in sweep}):
         for device in sorted({r.get("device", "cpu") for r in sweep}):
             rows = sorted((r for r in sweep if r["mode"] == mode and r.get("device", "cpu") == device), key=lambda r: r["batch_size"])

@@ -423,6 +423,7 @@ def bench(
     kafka_rates: Annotated[str, typer.Option(help="Comma-separated msg/s for the latency sweep [default: 25/50/75 % of the drain rate].")] = "",
     kafka_rate_seconds: Annotated[float, typer.Option(min=1, help="Seconds of each fixed-rate run.")] = 8.0,
     naive_messages: Annotated[int, typer.Option(min=10, help="Messages for the naive per-message reference.")] = 5_000,
+    kafka_repeats: Annotated[int, typer.Option(min=1, help="Repeats of each Kafka drain and rate run (median and spread).")] = 1,
     slo_ms: Annotated[float, typer.Option(help="p99 latency objective for the highest sustainable rate.")] = 50.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no table; only the gate's verdict.")] = False,
 ) -> None:
@@ -433,14 +434,15 @@ def bench(
     try:
         _bench(bundle, mode, json_path, gate, baseline, pushgateway, prom_file, plot, bootstrap_servers, batch_sizes,
                device, threads, repeats, seconds, kafka_messages, kafka_rates, kafka_rate_seconds, naive_messages,
-               slo_ms, quiet)
+               slo_ms, quiet, kafka_repeats)
     except FraudscoreError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 
 
 def _bench(bundle, mode, json_path, gate, baseline, pushgateway, prom_file, plot, bootstrap_servers, batch_sizes, device,
-           threads, repeats, seconds, kafka_messages, kafka_rates, kafka_rate_seconds, naive_messages, slo_ms, quiet) -> None:
+           threads, repeats, seconds, kafka_messages, kafka_rates, kafka_rate_seconds, naive_messages, slo_ms, quiet,
+           kafka_repeats) -> None:
     import json
 
     from fraudscore.bench.gate import check, format_outcomes, load_gate, load_report
@@ -459,7 +461,7 @@ def _bench(bundle, mode, json_path, gate, baseline, pushgateway, prom_file, plot
         devices=tuple(device or ("cpu",)), threads=threads, repeats=repeats, seconds=seconds,
         bootstrap_servers=bootstrap_servers, kafka_messages=kafka_messages,
         kafka_rates=tuple(float(r) for r in kafka_rates.split(",") if r.strip()), kafka_rate_seconds=kafka_rate_seconds,
-        naive_messages=naive_messages, slo_ms=slo_ms,
+        naive_messages=naive_messages, slo_ms=slo_ms, kafka_repeats=kafka_repeats,
     )
     talk = not quiet and progress_wanted()
     report = run_bench(config, say=(lambda m: say(f"bench: {m}")) if talk else (lambda m: None))

@@ -131,6 +131,7 @@ def test_kafka_mode_reports_drain_rates_and_the_naive_ratio(kafka_bootstrap, sma
     out = tmp_path / "kafka.json"
     done = bench("--bundle", small_bundle, "--mode", "kafka", "--bootstrap-servers", kafka_bootstrap, "--kafka-messages", "3000",
                  "--kafka-rates", "300,600", "--kafka-rate-seconds", "2", "--naive-messages", "300", "--slo-ms", "5000",
+                 "--kafka-repeats", "2",
                  "--json", out, "--quiet")
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -138,6 +139,7 @@ def test_kafka_mode_reports_drain_rates_and_the_naive_ratio(kafka_bootstrap, sma
     assert modes == ["kafka-drain", "kafka-rate", "kafka-rate", "kafka-naive"]
     drain = report["results"][0]
     assert drain["messages"] == 3000 and drain["lost"] == 0 and drain["throughput_per_s"] > 0
+    assert drain["repeats"] == 2 and drain["spread"]["throughput_per_s"][0] <= drain["spread"]["throughput_per_s"][1]
     for r in report["results"][1:3]:
         assert r["lost"] == 0 and r["p99_ms"] >= r["p50_ms"] > 0
     assert report["ratios"]["kafka_max_rate_under_slo"] == 600

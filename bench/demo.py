@@ -1,0 +1,136 @@
+"""The demo's streaming part: topics, a sidecar, a stream of simulated transactions, a summary.
+
+    python -m fraudscore.bench.demo --bundle DIR --features PATH --bootstrap-servers HOST:PORT
+        [--rate 2000] [--seconds 20] [--metrics-port 9464]
+
+Called by scripts/demo.sh after it has started Kafka and Prometheus and built the bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from fraudscore import read_table
+from fraudscore.bundle import load_bundle
+from fraudscore.messages import transaction_messages
+
+from .kafka_e2e import _collect, _produce
+
+TOPICS = ("tx-in", "tx-scores", "tx-alerts", "tx-dlq")  # suffixed per run: each demo starts clean
+
+
+def histogram_quantiles(exposition: str, name: str, quantiles: tuple[float, ...]) -> list[float]:
+    """Quantiles from a histogram's cumulative buckets, interpolated as PromQL's histogram_quantile does."""
+    buckets = []
+    for line in exposition.splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.split()[-1])))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0.0
+    out = []
+    for q in quantiles:
+        if total == 0:
+            out.append(float("nan"))
+            continue
+        rank, lower, below = q * total, 0.0, 0.0
+        for bound, count in buckets:
+            if count >= rank:
+                if bound == float("inf"):
+                    out.append(lower)
+                else:
+                    out.append(lower + (bound - lower) * (rank - below) / max(count - below, 1e-12))
+                break
+            lower, below = bound, count
+    return out
+
+
+def create_topics(bootstrap: str, tag: str, partitions: int = 2) -> dict[str, str]:
+    names = {t: f"{t}-{tag}" for t in TOPICS}
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    new = [NewTopic(n, num_partitions=partitions if t == "tx-in" else 1, replication_factor=1) for t, n in names.items()]
+    for future in admin.create_topics(new).values():
+        future.result(30)
+    return names
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--features", type=Path, required=True, help="feature table to take transactions from")
+    parser.add_argument("--bootstrap-servers", required=True)
+    parser.add_argument("--rate", type=float, default=2000)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--metrics-port", type=int, default=9464)
+    args = parser.parse_args()
+
+    import subprocess
+    import sys
+
+    tag = time.strftime("%Y%m%d-%H%M%S")
+    topics = create_topics(args.bootstrap_servers, tag)
+    bundle = load_bundle(args.bundle)
+    table = read_table(args.features)
+    n = int(args.rate * args.seconds)
+    keys, values = transaction_messages(table.take(np.arange(len(table) - min(n, len(table)), len(table))), bundle.features)
+    group = f"demo-{tag}"
+    exe = str(Path(sys.executable).with_name("fraudscore"))
+    sidecar = subprocess.Popen([exe, "run", "--bundle", str(args.bundle), "--bootstrap-servers", args.bootstrap_servers,
+                                "--input-topic", topics["tx-in"], "--output-topic", topics["tx-scores"],
+                                "--alerts-topic", topics["tx-alerts"], "--dlq-topic", topics["tx-dlq"], "--group-id", group,
+                                "--metrics-port", str(args.metrics_port), "--log-level", "WARNING"])
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{args.metrics_port}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.3)
+        print(f"demo: topics {', '.join(topics.values())}", flush=True)
+        print(f"demo: sidecar ready; streaming {len(values):,} transactions at {args.rate:,.0f}/s", flush=True)
+        collected: dict = {}
+        reader = threading.Thread(target=lambda: collected.update(
+            zip(("arrival", "stamps", "ids"), _collect(args.bootstrap_servers, topics["tx-scores"], len(values), args.seconds + 60))))
+        reader.start()
+        t0 = time.time()
+        _produce(args.bootstrap_servers, topics["tx-in"], keys, values, rate=args.rate, poisson_seed=0)
+        reader.join()
+        elapsed = time.time() - t0
+        with urllib.request.urlopen(f"http://127.0.0.1:{args.metrics_port}/metrics", timeout=5) as r:
+            metrics = r.read().decode()
+    finally:
+        sidecar.send_signal(signal.SIGTERM)
+        sidecar.wait(60)
+
+    def metric(name: str) -> float:
+        return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(name + " ") or line.startswith(name + "{"))
+
+    sent = {json.loads(v)["TRANSACTION_ID"] for v in values}
+    got = collected.get("ids", [])
+    p50, p99 = histogram_quantiles(metrics, "fraudscore_end_to_end_latency_seconds", (0.5, 0.99))
+    print("demo summary")
+    print(f"  transactions sent      {len(values):,}")
+    print(f"  scored                 {len(set(got)):,} (missing {len(sent - set(got)):,})")
+    print(f"  alerts raised          {metric('fraudscore_alerts_total'):,.0f}")
+    print(f"  dead letters           {metric('fraudscore_dead_letters_total'):,.0f}")
+    print(f"  throughput             {len(got) / elapsed:,.0f} transactions/s over {elapsed:.1f} s (offered {args.rate:,.0f}/s)")
+    print(f"  end-to-end latency     p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms "
+          "(input timestamp -> result acknowledged; from the sidecar's histogram)")
+    print(f"  sidecar metrics        http://127.0.0.1:{args.metrics_port}/metrics (while it runs)")
+
+
+if __name__ == "__main__":
+    main()
