@@ -1,0 +1,151 @@
+"""End to end: sidecar on the real broker -> Prometheus (repo config and rules) -> Alertmanager -> webhook.
+
+The repo's rules are used with their time windows scaled down (5 minutes -> 10 s, 6 hours ->
+10 minutes, every `for:` -> 3 s) so that a burst of fraud-like transactions after a calm
+stream raises FraudscoreAlertRateSpike within a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import orjson
+import pytest
+import yaml
+
+from fraudscore import add_baseline_features, simulate
+from fraudscore.bundle import load_bundle
+from fraudscore.messages import transaction_messages
+
+pytestmark = pytest.mark.kafka
+ROOT = Path(__file__).resolve().parents[1]
+EXE = str(Path(sys.executable).with_name("fraudscore"))
+PROMETHEUS = shutil.which("prometheus")
+ALERTMANAGER = shutil.which("prometheus-alertmanager")
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer")
+
+
+@pytest.mark.skipif(not (PROMETHEUS and ALERTMANAGER), reason="prometheus / alertmanager missing: scripts/setup.sh installs them")
+def test_alert_rate_spike_reaches_the_webhook(kafka_bootstrap, small_bundle, make_topic, tmp_path: Path) -> None:
+    received: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    metrics_port, prom_port, am_port = _port(), _port(), _port()
+
+    rules = (ROOT / "deploy/prometheus/rules.yml").read_text()
+    rules = rules.replace("[5m]", "[10s]").replace("[15m]", "[30s]").replace("[6h]", "[10m]")
+    rules = re.sub(r"for: \d+m", "for: 3s", rules)
+    (tmp_path / "rules.yml").write_text(rules)
+    prom = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    prom["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    prom["rule_files"] = [str(tmp_path / "rules.yml")]
+    prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [f"127.0.0.1:{am_port}"]
+    prom["scrape_configs"] = [c for c in prom["scrape_configs"] if c["job_name"] == "fraudscore"]
+    prom["scrape_configs"][0]["static_configs"][0]["targets"] = [f"127.0.0.1:{metrics_port}"]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prom))
+    am = yaml.safe_load((ROOT / "deploy/alertmanager/alertmanager.yml").read_text())
+    am["route"].update({"group_wait": "1s", "group_interval": "1s", "repeat_interval": "1m"})
+    for route in am["route"].get("routes", []):
+        route["group_wait"] = "1s"
+    am["receivers"][0]["webhook_configs"][0]["url"] = f"http://127.0.0.1:{hook.server_address[1]}/alerts"
+    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(am))
+
+    topics = {k: make_topic(prefix=k) for k in ("in", "out", "alerts", "dlq")}
+    procs = []
+    try:
+        procs.append(subprocess.Popen([ALERTMANAGER, f"--config.file={tmp_path / 'alertmanager.yml'}",
+                                       f"--storage.path={tmp_path / 'am'}", f"--web.listen-address=127.0.0.1:{am_port}",
+                                       "--cluster.listen-address="], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(subprocess.Popen([PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
+                                       f"--storage.tsdb.path={tmp_path / 'prom'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(subprocess.Popen([EXE, "run", "--bundle", str(small_bundle), "--bootstrap-servers", kafka_bootstrap,
+                                       "--input-topic", topics["in"], "--output-topic", topics["out"],
+                                       "--alerts-topic", topics["alerts"], "--dlq-topic", topics["dlq"],
+                                       "--group-id", "g-alerting", "--metrics-port", str(metrics_port), "--log-level", "WARNING"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        _wait_http(f"http://127.0.0.1:{am_port}/-/ready")
+        _wait_http(f"http://127.0.0.1:{prom_port}/-/ready")
+        _wait_http(f"http://127.0.0.1:{metrics_port}/readyz")
+
+        bundle = load_bundle(small_bundle)
+        table = add_baseline_features(simulate(customers=400, terminals=800, days=20, seed=17).transactions)
+        calm = table.take((table["TX_FRAUD"] == 0) & (table["TX_AMOUNT"] < 60))
+        _, calm_values = transaction_messages(calm, bundle.features)
+        fraud_like = []
+        for i, value in enumerate(calm_values[:2000]):
+            doc = orjson.loads(value)
+            doc.update({"TRANSACTION_ID": 10**9 + i, "TX_AMOUNT": 2500.0, "TERMINAL_ID_RISK_1DAY_WINDOW": 1.0,
+                        "TERMINAL_ID_RISK_7DAY_WINDOW": 1.0, "TERMINAL_ID_RISK_30DAY_WINDOW": 1.0})
+            fraud_like.append(orjson.dumps(doc))
+
+        from confluent_kafka import Producer
+
+        producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 5})
+
+        def stream(values, seconds: float, rate: int = 100) -> None:
+            for i in range(int(seconds * rate)):
+                producer.produce(topics["in"], values[i % len(values)], b"k")
+                if i % rate == rate - 1:
+                    producer.flush(10)
+                    time.sleep(1)
+            producer.flush(10)
+
+        stream(calm_values, 40)  # a calm baseline: few alerts
+        t_burst = time.monotonic()
+        deadline = t_burst + 60
+        fired = []
+        while time.monotonic() < deadline and not fired:
+            stream(fraud_like, 2)
+            fired = [a for batch in received for a in batch.get("alerts", [])
+                     if a["labels"].get("alertname") == "FraudscoreAlertRateSpike" and a["status"] == "firing"]
+        assert fired, f"no FraudscoreAlertRateSpike at the webhook; got {[a['labels'] for b in received for a in b['alerts']]}"
+        alert = fired[0]
+        assert alert["labels"]["severity"] == "critical"
+        assert alert["annotations"]["runbook_url"] == "docs/operations.md#fraudscorealertratespike"
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        hook.shutdown()

@@ -1,0 +1,82 @@
+"""Deployment artefacts, validated statically (no container engine runs here)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+
+
+def _exported_metric_names() -> set[str]:
+    from fraudscore.metrics import SidecarMetrics
+
+    names = set()
+    for family in SidecarMetrics().registry.collect():
+        names.add(family.name)
+        names.update(s.name for s in family.samples)
+    names |= {"fraudscore_bench_throughput_per_second", "fraudscore_bench_latency_seconds", "fraudscore_bench_ratio"}
+    recorded = {r["record"] for g in yaml.safe_load((DEPLOY / "prometheus/rules.yml").read_text())["groups"]
+                for r in g["rules"] if "record" in r}
+    return names | recorded
+
+
+def test_every_yaml_file_parses() -> None:
+    files = list(DEPLOY.rglob("*.yml")) + list(DEPLOY.rglob("*.yaml"))
+    assert len(files) >= 8
+    for path in files:
+        assert list(yaml.safe_load_all(path.read_text())), path
+
+
+def test_dashboard_queries_use_only_exported_metrics_and_recording_rules() -> None:
+    dashboard = json.loads((DEPLOY / "grafana/fraudscore-dashboard.json").read_text())
+    known = _exported_metric_names()
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert len(exprs) >= 12
+    used = {m for e in exprs for m in re.findall(r"\b(fraudscore[_:][a-z0-9_:]+)", e)}
+    assert used - known == set()
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for topic in ("throughput", "latency", "batch size", "alert rate", "score", "dead letters", "lag", "drift"):
+        assert topic in titles, topic
+
+
+def test_kubernetes_sidecar_has_probes_resources_scrape_annotations_and_bundle_volume() -> None:
+    deployment = yaml.safe_load((DEPLOY / "kubernetes/payment-processor-with-fraudscore.yaml").read_text())
+    pod = deployment["spec"]["template"]
+    containers = {c["name"]: c for c in pod["spec"]["containers"]}
+    assert set(containers) == {"payment-processor", "fraudscore"}
+    side = containers["fraudscore"]
+    assert side["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert side["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert side["resources"]["limits"] and side["resources"]["requests"]
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "9464"
+    env = {e["name"] for e in side["env"]}
+    assert {"FRAUDSCORE_BUNDLE", "FRAUDSCORE_BOOTSTRAP_SERVERS", "FRAUDSCORE_GROUP_ID"} <= env
+    assert any(m["mountPath"] == "/bundle" for m in side["volumeMounts"])
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_runtime_image_is_non_root_without_the_training_stack_and_has_a_healthcheck() -> None:
+    runtime = (DEPLOY / "docker/Dockerfile.runtime").read_text()
+    installs = " ".join(line for line in runtime.splitlines() if line.startswith("RUN"))
+    assert '".[cpu]"' in installs and "train" not in installs and "tensorflow" not in installs.lower()
+    assert re.search(r"^USER 10001$", runtime, re.M)
+    assert "HEALTHCHECK" in runtime and "/healthz" in runtime
+    train = (DEPLOY / "docker/Dockerfile.train").read_text()
+    assert ".[cpu,train]" in train and re.search(r"^USER ", train, re.M)
+
+
+def test_compose_systemd_and_ci_definitions() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose/docker-compose.yml").read_text())
+    assert {"kafka", "fraudscore", "prometheus", "alertmanager", "grafana"} <= set(compose["services"])
+    unit = (DEPLOY / "systemd/fraudscore.service").read_text()
+    assert "ExecStart=/opt/fraudscore/bin/fraudscore run" in unit and "ExecReload=/bin/kill -HUP $MAINPID" in unit
+    assert "Restart=on-failure" in unit and "User=fraudscore" in unit
+    workflow = yaml.safe_load((DEPLOY / "ci/github-actions.yml").read_text())
+    steps = " ".join(str(s.get("run", "")) for s in workflow["jobs"]["model-and-bench"]["steps"])
+    for command in ("pytest", "fraudscore train", "fraudscore export", "fraudscore bench", "--gate"):
+        assert command in steps, command
