@@ -200,6 +200,8 @@ class Sidecar:
         self.producer = Producer(producer_cfg)
         if c.exactly_once:
             self.producer.init_transactions(c.startup_timeout_s)
+        for topic in (c.output_topic, c.alerts_topic, c.dlq_topic):  # metadata before the first batch
+            self.producer.list_topics(topic, timeout=c.startup_timeout_s)
         self.consumer.subscribe([c.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
 
     def _on_assign(self, consumer, partitions) -> None:
