@@ -21,13 +21,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import datetime as dt
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from fraudscore import InputError, UsageError, __version__
+from fraudscore.atomic import check_new_directory, new_directory
 from fraudscore.manifest import Manifest
 
 OPSET = 17
@@ -108,10 +108,7 @@ def export_bundle(run_dir: Path, out: Path, opset: int = OPSET, tolerance: float
     run_dir, out = Path(run_dir), Path(out)
     if not run_dir.is_dir():
         raise UsageError(f"{run_dir}: not a run directory (expected the --out of `fraudscore train`)")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"{out} exists; choose another --out or remove it")
-    if not out.parent.is_dir():
-        raise UsageError(f"{out.parent} does not exist; create it first")
+    check_new_directory(out)
     if not 13 <= opset <= 18:
         raise UsageError(f"--opset {opset}: tf2onnx 1.17 converts opsets 13-18")
     params = _read_json(run_dir / "params.json")
@@ -162,16 +159,7 @@ def export_bundle(run_dir: Path, out: Path, opset: int = OPSET, tolerance: float
             "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
         },
     )
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with new_directory(out) as tmp:
         (tmp / "model.onnx").write_bytes(onnx_bytes)
         manifest.write(tmp / "manifest.json")
-        if out.is_dir():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ExportResult(out, max_diff, worst, int(len(rows)), time.perf_counter() - started)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
-from .fingerprint import file_sha256
 from .manifest import Manifest
 
 
@@ -40,8 +40,6 @@ def load_bundle(path: str | Path) -> Bundle:
         data = model_path.read_bytes()
     except FileNotFoundError:
         raise InputError(f"{root}: {manifest.model_file} is missing; re-export the bundle") from None
-    import hashlib
-
     actual = hashlib.sha256(data).hexdigest()
     if actual != manifest.model_sha256:
         raise BundleIntegrityError(
@@ -50,5 +48,3 @@ def load_bundle(path: str | Path) -> Bundle:
         )
     return Bundle(root, manifest, data)
 
-
-__all__ = ["Bundle", "BundleIntegrityError", "load_bundle", "file_sha256"]

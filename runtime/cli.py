@@ -295,9 +295,9 @@ def evaluate(
     )
     typer.echo(format_table(report, k))
     if json_path is not None:
-        tmp = json_path.with_name(f".{json_path.name}.tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        tmp.replace(json_path)
+        from .atomic import write_bytes
+
+        write_bytes(json_path, (json.dumps(report, indent=2) + "\n").encode())
 
 
 @app.command()
@@ -404,6 +404,7 @@ def _config_file(path: Path) -> dict:
 
 
 @app.command()
+@reports_errors
 def bench(
     bundle: Annotated[Path, typer.Option("--bundle", "-b", help="Bundle directory to measure.")],
     mode: Annotated[Optional[list[str]], typer.Option("--mode", help="model, pipeline or kafka; repeat for several [default: model and pipeline].")] = None,
@@ -431,18 +432,6 @@ def bench(
 
     Exit codes: 0 measured (and every gate bound held), 1 a gate bound failed, 2 usage error.
     """
-    try:
-        _bench(bundle, mode, json_path, gate, baseline, pushgateway, prom_file, plot, bootstrap_servers, batch_sizes,
-               device, threads, repeats, seconds, kafka_messages, kafka_rates, kafka_rate_seconds, naive_messages,
-               slo_ms, quiet, kafka_repeats)
-    except FraudscoreError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
-def _bench(bundle, mode, json_path, gate, baseline, pushgateway, prom_file, plot, bootstrap_servers, batch_sizes, device,
-           threads, repeats, seconds, kafka_messages, kafka_rates, kafka_rate_seconds, naive_messages, slo_ms, quiet,
-           kafka_repeats) -> None:
     import json
 
     from fraudscore.bench.gate import check, format_outcomes, load_gate, load_report
@@ -468,9 +457,9 @@ def _bench(bundle, mode, json_path, gate, baseline, pushgateway, prom_file, plot
     if not quiet:
         typer.echo(format_table(report))
     if json_path:
-        tmp = json_path.with_name(f".{json_path.name}.tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        tmp.replace(json_path)
+        from .atomic import write_bytes
+
+        write_bytes(json_path, (json.dumps(report, indent=2) + "\n").encode())
     if prom_file:
         from fraudscore.bench.exposition import write_textfile
 

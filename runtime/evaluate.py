@@ -41,8 +41,6 @@ def evaluate_bundles(
         matrix = feature_matrix(table, bundle.features, str(data))[test]
         scores = Scorer(bundle, device=device).score(matrix)
         metrics = evaluate_scores(table, test, scores, k=k)
-        if k != 100:
-            metrics["cp_at_100"] = evaluate_scores(table, test, scores, k=100)["cp_at_100"]
         alerts = scores >= bundle.manifest.threshold
         metrics.update(
             {

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_bytes
 from .bundle import load_bundle
 from .decode import FLOAT32_MAX, ID_FIELD
 from .errors import InputError, UsageError
@@ -109,13 +109,5 @@ def _write_atomic_results(out: Path, out_jsonl: str | None, payloads, ids, score
         )
         write_table(table, out)
         return
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        data = b"".join(p + b"\n" for p in payloads)
-        if out_jsonl.endswith(".gz"):
-            data = gzip.compress(data, mtime=0)
-        tmp.write_bytes(data)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    data = b"".join(p + b"\n" for p in payloads)
+    write_bytes(out, gzip.compress(data, mtime=0) if out_jsonl.endswith(".gz") else data)

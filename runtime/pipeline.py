@@ -42,6 +42,12 @@ class Pipeline:
         self.model_version = bundle.manifest.model_version
         self.max_message_bytes = max_message_bytes
         self._version_json = orjson.dumps(self.model_version).decode()
+        profiles = bundle.manifest.fingerprint.get("features", {})
+        # (column, feature, training bin shares, bin edges) for the PSI drift metric.
+        self.drift_baselines = [
+            (j, name, np.array(profiles[name]["bin_shares"]), np.array(profiles[name]["bin_edges"]))
+            for j, name in enumerate(self.features) if name in profiles
+        ]
 
     def run(self, values: list[bytes | None]) -> BatchResult:
         t0 = time.perf_counter()

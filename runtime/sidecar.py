@@ -200,8 +200,6 @@ class Sidecar:
         self.producer = Producer(producer_cfg)
         if c.exactly_once:
             self.producer.init_transactions(c.startup_timeout_s)
-        for topic in (c.output_topic, c.alerts_topic, c.dlq_topic):  # metadata before the first batch
-            self.producer.list_topics(topic, timeout=c.startup_timeout_s)
         self.consumer.subscribe([c.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
 
     def _on_assign(self, consumer, partitions) -> None:
@@ -294,8 +292,6 @@ class Sidecar:
             new = self._load_pipeline()
         except Exception as exc:  # any failure keeps the old model serving
             self.metrics.reloads.labels("failure").inc()
-            self.metrics.set_model(self.pipeline.model_version, self.pipeline.bundle.manifest.model_sha256,
-                                   self.pipeline.bundle.manifest.model_kind)
             log.error("model reload failed, still serving %s: %s", self.pipeline.model_version, exc)
             return
         self.pipeline = new
@@ -431,14 +427,8 @@ class Sidecar:
         """PSI of this batch against the training fingerprint, for batches big enough to say anything."""
         if len(result.index) < 500:
             return
-        profiles = pipeline.bundle.manifest.fingerprint.get("features", {})
-        if not profiles:
-            return
-        matrix = result.matrix
-        for j, name in enumerate(pipeline.features):
-            profile = profiles.get(name)
-            if profile:
-                self.metrics.feature_psi.labels(name).set(psi(np.array(profile["bin_shares"]), matrix[:, j], np.array(profile["bin_edges"])))
+        for j, name, shares, edges in pipeline.drift_baselines:
+            self.metrics.feature_psi.labels(name).set(psi(shares, result.matrix[:, j], edges))
 
 
 def _timestamp(msg) -> tuple[int, int]:

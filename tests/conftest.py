@@ -19,7 +19,7 @@ _EXE = str(Path(sys.executable).with_name("fraudscore"))
 LOCAL_KAFKA = ROOT / "deploy" / "kafka" / "local.sh"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -34,8 +34,8 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     env = dict(
         os.environ,
-        KAFKA_PORT=str(_free_port()),
-        KAFKA_CONTROLLER_PORT=str(_free_port()),
+        KAFKA_PORT=str(free_port()),
+        KAFKA_CONTROLLER_PORT=str(free_port()),
         KAFKA_STATE_DIR=str(tmp_path_factory.mktemp("kafka")),
         KAFKA_HEAP=os.environ.get("KAFKA_HEAP", "512m"),
     )

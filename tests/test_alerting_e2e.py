@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ import orjson
 import pytest
 import yaml
 
+from conftest import free_port
 from fraudscore import add_baseline_features, simulate
 from fraudscore.bundle import load_bundle
 from fraudscore.messages import transaction_messages
@@ -32,12 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 EXE = str(Path(sys.executable).with_name("fraudscore"))
 PROMETHEUS = shutil.which("prometheus")
 ALERTMANAGER = shutil.which("prometheus-alertmanager")
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_http(url: str, timeout_s: float = 60) -> None:
@@ -67,7 +61,7 @@ def test_alert_rate_spike_reaches_the_webhook(kafka_bootstrap, small_bundle, mak
 
     hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
-    metrics_port, prom_port, am_port = _port(), _port(), _port()
+    metrics_port, prom_port, am_port = free_port(), free_port(), free_port()
 
     rules = (ROOT / "deploy/prometheus/rules.yml").read_text()
     rules = rules.replace("[5m]", "[10s]").replace("[15m]", "[30s]").replace("[6h]", "[10m]")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from conftest import free_port
 
 EXE = str(Path(sys.executable).with_name("fraudscore"))
 SMALL = ["--mode", "model", "--mode", "pipeline", "--batch-sizes", "1,64", "--seconds", "0.2", "--repeats", "3", "--quiet"]
@@ -99,9 +100,7 @@ def test_absolute_bounds_and_usage_errors(small_bundle, baseline: Path, tmp_path
 def test_prom_file_plot_and_a_real_pushgateway(small_bundle, tmp_path: Path) -> None:
     gateway = shutil.which("prometheus-pushgateway")
     assert gateway, "prometheus-pushgateway missing: scripts/setup.sh installs it"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([gateway, f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 20

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,18 +14,13 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from conftest import free_port
 from fraudscore import add_baseline_features, simulate
 from fraudscore.bundle import load_bundle
 from fraudscore.messages import transaction_messages
 
 pytestmark = pytest.mark.kafka
 EXE = str(Path(sys.executable).with_name("fraudscore"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +84,7 @@ def no_leftover_sidecars():
 
 class Sidecar:
     def __init__(self, bootstrap: str, bundle: Path, topics: dict[str, str], group: str, *extra: str):
-        self.port = _free_port()
+        self.port = free_port()
         self.args = [
             EXE, "run", "--bundle", str(bundle), "--bootstrap-servers", bootstrap,
             "--input-topic", topics["in"], "--output-topic", topics["out"], "--alerts-topic", topics["alerts"],
@@ -246,7 +240,7 @@ def test_missing_topic_and_unreachable_broker_exit_with_a_clear_error(kafka_boot
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 3 and "no-such-topic" in done.stderr and "--wait" in done.stderr
     t0 = time.monotonic()
-    done = subprocess.run([EXE, *args, "--bootstrap-servers", f"127.0.0.1:{_free_port()}", "--input-topic", topics["in"],
+    done = subprocess.run([EXE, *args, "--bootstrap-servers", f"127.0.0.1:{free_port()}", "--input-topic", topics["in"],
                            "--startup-timeout", "2"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 3 and "cannot reach Kafka" in done.stderr
     assert time.monotonic() - t0 < 20
@@ -291,7 +285,7 @@ def test_config_file_and_environment(kafka_bootstrap, small_bundle, topics, tmp_
         f'alerts_topic = "{topics["alerts"]}"\ndlq_topic = "{topics["dlq"]}"\n'
         '[kafka]\n"sasl.password" = "hunter2"\n"client.rack" = "r1"\n'
     )
-    env = dict(os.environ, FRAUDSCORE_BUNDLE=str(small_bundle), FRAUDSCORE_GROUP_ID="g-env", FRAUDSCORE_METRICS_PORT=str(_free_port()))
+    env = dict(os.environ, FRAUDSCORE_BUNDLE=str(small_bundle), FRAUDSCORE_GROUP_ID="g-env", FRAUDSCORE_METRICS_PORT=str(free_port()))
     proc = subprocess.Popen([EXE, "run", "--config", str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     STARTED.append(proc)
     time.sleep(6)

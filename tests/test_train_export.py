@@ -218,3 +218,25 @@ def test_feature_matrix_refuses_missing_and_non_finite() -> None:
         feature_matrix(t, ["a", "c"])
     with pytest.raises(InputError, match="1 rows have NaN"):
         feature_matrix(t, ["a", "b"])
+
+
+def test_score_files_through_the_runtime_core(workspace: Path, mlp_bundle: Path, feature_table: Path) -> None:
+    from fraudscore.messages import transaction_messages
+
+    table = read_table(feature_table)
+    _, values = transaction_messages(table.take(np.arange(300)), load_bundle(mlp_bundle).features)
+    source = workspace / "in.jsonl"
+    source.write_bytes(b"\n".join(values + [b"not json", b'{"TRANSACTION_ID": 1}']) + b"\n")
+    out = workspace / "scored.jsonl"
+    done = fraudscore("score", "--bundle", mlp_bundle, "--in", source, "--out", out)
+    results = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(results) == 300 and {"transaction_id", "score", "decision"} <= set(results[0])
+    rejected = [json.loads(line) for line in (workspace / "scored.jsonl.rejected.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["reason"]) for r in rejected] == [(301, "bad_json"), (302, "missing_field")]
+    assert "2 rejected" in done.stderr
+    as_table = workspace / "scored.csv"
+    fraudscore("score", "--bundle", mlp_bundle, "--in", feature_table, "--out", as_table)
+    scored = read_table(as_table)
+    assert len(scored) == len(table) and scored.columns == ["TRANSACTION_ID", "score", "decision"]
+    first = {r["transaction_id"]: r["score"] for r in results}
+    assert scored["score"][0] == pytest.approx(first[int(scored["TRANSACTION_ID"][0])], abs=1e-6)

@@ -20,7 +20,6 @@ import dataclasses
 import datetime as dt
 import json
 import platform
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -29,15 +28,15 @@ from pathlib import Path
 import numpy as np
 
 from fraudscore import BASELINE_FEATURES, InputError, UsageError, __version__, read_table
+from fraudscore.atomic import check_new_directory, new_directory
 from fraudscore.fingerprint import fingerprint
 from fraudscore.protocol import (
     Split,
     average_precision,
-    card_precision_at_k,
     classification_at,
     day_index,
+    evaluate_scores,
     precision_recall_curve,
-    roc_auc,
     split_masks,
     threshold_for_budget,
     threshold_for_precision,
@@ -191,10 +190,7 @@ def train(config: TrainConfig, say=lambda message: None) -> RunResult:
     """Run the whole job; returns the run directory and its metrics."""
     config.validate()
     out = Path(config.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"{out} exists; choose another --out or remove it")
-    if not out.parent.is_dir():
-        raise UsageError(f"{out.parent} does not exist; create it first")
+    check_new_directory(out)
     started = time.perf_counter()
     table = read_table(config.data)
     features = list(config.features)
@@ -231,17 +227,9 @@ def train(config: TrainConfig, say=lambda message: None) -> RunResult:
         rule = f"at most {config.daily_alert_budget:g} alerts a day on the validation day(s)"
 
     def block(mask: np.ndarray, score: np.ndarray) -> dict:
-        y = labels[mask]
-        days = day[mask]
-        result = {
-            "auc": roc_auc(y, score),
-            "ap": average_precision(y, score),
-            f"cp_at_{config.k}": card_precision_at_k(days, table[config.customer_column][mask], y, score, config.k),
-            "transactions": int(mask.sum()),
-            "frauds": int(y.sum()),
-            "days": int(len(np.unique(days))),
-        }
-        at = classification_at(y, score, threshold)
+        result = evaluate_scores(table, mask, score, k=config.k, time_column=config.time_column,
+                                 customer_column=config.customer_column, label_column=config.label)
+        at = classification_at(labels[mask], score, threshold)
         result.update({"precision_at_threshold": at["precision"], "recall_at_threshold": at["recall"],
                        "alerts_per_day": at["alerts"] / max(1, result["days"])})
         return result
@@ -254,15 +242,8 @@ def train(config: TrainConfig, say=lambda message: None) -> RunResult:
         "threshold": {"value": threshold, "rule": rule},
         "members": [{k: v for k, v in info.items() if k != "history"} for info in member_info],
     }
-    if "cp_at_100" not in metrics["test"]:
-        metrics["test"]["cp_at_100"] = card_precision_at_k(
-            day[test_mask], table[config.customer_column][test_mask], labels[test_mask], test_score, 100
-        )
 
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with new_directory(out) as tmp:
         model.save(tmp / "model.keras")
         params = {k: (str(v) if isinstance(v, (Path, dt.date)) else v) for k, v in dataclasses.asdict(config).items()}
         params["features"] = features
@@ -279,12 +260,6 @@ def train(config: TrainConfig, say=lambda message: None) -> RunResult:
         pick = np.argsort(-test_score, kind="stable")[:HOLDOUT_ROWS]
         np.save(tmp / "holdout.npy", test_rows[np.sort(pick)])
         _plot_pr_curve(tmp / "pr_curve.png", labels[test_mask], test_score, threshold, metrics["test"], config.model)
-        if out.is_dir():
-            out.rmdir()  # empty: checked above
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return RunResult(out, metrics, time.perf_counter() - started)
 
 

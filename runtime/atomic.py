@@ -1,0 +1,50 @@
+"""Outputs that appear whole or not at all: written under a temporary name, renamed into place."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import UsageError
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (a temporary file in the same directory, then a rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def check_new_directory(out: Path) -> None:
+    """Refuse, before any work, an output directory that exists with content or has no parent."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"{out} exists; choose another --out or remove it")
+    if not out.parent.is_dir():
+        raise UsageError(f"{out.parent} does not exist; create it first")
+
+
+@contextlib.contextmanager
+def new_directory(out: Path) -> Iterator[Path]:
+    """Yield a temporary directory that becomes `out` when the block succeeds, and vanishes if it fails."""
+    out = Path(out)
+    check_new_directory(out)
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out.is_dir():
+            out.rmdir()  # empty: checked above
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
