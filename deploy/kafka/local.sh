@@ -15,6 +15,16 @@
 #   FRAUDSCORE_CACHE         jar cache (default ${XDG_CACHE_HOME:-~/.cache}/fraudscore)
 #   KAFKA_START_TIMEOUT      seconds to wait for the broker to accept requests (default 90)
 #   KAFKA_FRESH=1            wipe the state directory before starting
+#
+# TLS + SASL (optional): with KAFKA_SASL_SSL_PORT set the broker also listens there with
+# SASL_SSL and SCRAM-SHA-512 (the PLAINTEXT listener stays, on 127.0.0.1, for tools):
+#   KAFKA_SASL_SSL_PORT              port of the SASL_SSL listener
+#   KAFKA_SSL_KEYSTORE               PKCS12 keystore with the broker key + certificate
+#                                    (deploy/kafka/dev-certs.sh DIR makes one)
+#   KAFKA_SSL_KEYSTORE_PASSWORD_FILE file holding the keystore password
+#   KAFKA_SCRAM_USER                 a SCRAM-SHA-512 user created when the storage is formatted
+#   KAFKA_SCRAM_PASSWORD_FILE        file holding that user's password
+# Users are written at format time, so change them with KAFKA_FRESH=1.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -28,6 +38,7 @@ jars="$cache/kafka-$kafka_version/libs"
 timeout="${KAFKA_START_TIMEOUT:-90}"
 pidfile="$state/broker.pid"
 bootstrap="127.0.0.1:$port"
+sasl_ssl_port="${KAFKA_SASL_SSL_PORT:-}"
 
 log() { echo "local-kafka: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -65,16 +76,32 @@ java_cmd() {
     "-Dkafka.logs.dir=$state/logs" -cp "$jars/*")
 }
 
+secret_file() {  # the content of the file named by variable $1, which must be set
+  local name="$1" file="${!1:-}"
+  [[ -n "$file" ]] || die "$name is required with KAFKA_SASL_SSL_PORT"
+  [[ -r "$file" ]] || die "$name=$file: cannot read it"
+  tr -d '\n' <"$file"
+}
+
 write_config() {
   mkdir -p "$state/data" "$state/logs"
+  local listeners="PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port"
+  local advertised="PLAINTEXT://127.0.0.1:$port"
+  local protocols="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+  if [[ -n "$sasl_ssl_port" ]]; then
+    listeners+=",SASL_SSL://127.0.0.1:$sasl_ssl_port"
+    advertised+=",SASL_SSL://127.0.0.1:$sasl_ssl_port"
+    protocols+=",SASL_SSL:SASL_SSL"
+  fi
+  umask 077
   cat >"$state/server.properties" <<EOF
 # Written by deploy/kafka/local.sh; single-node KRaft for development and tests.
 process.roles=broker,controller
 node.id=1
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=$listeners
+advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=$protocols
 inter.broker.listener.name=PLAINTEXT
 controller.quorum.bootstrap.servers=127.0.0.1:$controller_port
 log.dirs=$state/data
@@ -93,6 +120,22 @@ group.initial.rebalance.delay.ms=0
 log.retention.hours=24
 log.segment.bytes=67108864
 EOF
+  if [[ -n "$sasl_ssl_port" ]]; then
+    [[ -r "${KAFKA_SSL_KEYSTORE:-}" ]] || die "KAFKA_SSL_KEYSTORE (a PKCS12 keystore) is required with KAFKA_SASL_SSL_PORT; deploy/kafka/dev-certs.sh makes one"
+    local keystore_password
+    keystore_password="$(secret_file KAFKA_SSL_KEYSTORE_PASSWORD_FILE)"
+    cat >>"$state/server.properties" <<EOF
+# SASL_SSL listener: TLS with the keystore below, SCRAM-SHA-512 users from the storage format.
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PKCS12
+listener.name.sasl_ssl.ssl.keystore.location=$KAFKA_SSL_KEYSTORE
+listener.name.sasl_ssl.ssl.keystore.password=$keystore_password
+listener.name.sasl_ssl.ssl.key.password=$keystore_password
+listener.name.sasl_ssl.ssl.enabled.protocols=TLSv1.3,TLSv1.2
+EOF
+  fi
   cat >"$state/log4j2.properties" <<EOF
 status = warn
 appender.file.type = File
@@ -115,7 +158,14 @@ format_storage() {
   java_cmd
   cluster_id="$("${JAVA[@]}" kafka.tools.StorageTool random-uuid 2>>"$state/logs/format.log" | tail -n1)"
   [[ -n "$cluster_id" ]] || die "StorageTool random-uuid failed; see $state/logs/format.log"
-  "${JAVA[@]}" kafka.tools.StorageTool format --standalone -t "$cluster_id" \
+  local scram=()
+  if [[ -n "$sasl_ssl_port" ]]; then
+    [[ -n "${KAFKA_SCRAM_USER:-}" ]] || die "KAFKA_SCRAM_USER is required with KAFKA_SASL_SSL_PORT"
+    local scram_password
+    scram_password="$(secret_file KAFKA_SCRAM_PASSWORD_FILE)"
+    scram=(--add-scram "SCRAM-SHA-512=[name=$KAFKA_SCRAM_USER,password=$scram_password]")
+  fi
+  "${JAVA[@]}" kafka.tools.StorageTool format --standalone -t "$cluster_id" "${scram[@]}" \
     -c "$state/server.properties" >>"$state/logs/format.log" 2>&1 \
     || die "formatting $state/data failed; see $state/logs/format.log"
 }
@@ -136,6 +186,9 @@ start() {
   fi
   if port_open "$controller_port"; then
     die "controller port $controller_port is taken; choose another with KAFKA_CONTROLLER_PORT=..."
+  fi
+  if [[ -n "$sasl_ssl_port" ]] && port_open "$sasl_ssl_port"; then
+    die "SASL_SSL port $sasl_ssl_port is taken; choose another with KAFKA_SASL_SSL_PORT=..."
   fi
   write_config
   format_storage
