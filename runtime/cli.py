@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -261,6 +262,9 @@ def export(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Convert a trained Keras model to an ONNX bundle, checked against Keras on held-out rows."""
+    from .atomic import check_new_directory
+
+    check_new_directory(out)  # before TensorFlow loads: a taken --out fails in a second, not after the work
     from fraudscore.export.onnx import export_bundle
 
     result = export_bundle(run, out, opset=opset, tolerance=tolerance)
@@ -288,7 +292,12 @@ def evaluate(
     import json
 
     from .evaluate import evaluate_bundles, format_table
+    from .scorer import DEVICES
 
+    if device not in DEVICES:
+        raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if json_path is not None:
+        _check_output(json_path.with_suffix(".csv"))  # only its directory matters here
     report = evaluate_bundles(
         bundle, data, _parse_date(start, "--start"), train_days=train_days, delay_days=delay_days,
         test_days=test_days, k=k, device=device,
@@ -347,15 +356,20 @@ def run(
     startup_timeout: Annotated[Optional[float], typer.Option(help="Seconds to reach the broker at start-up [default: 15].", envvar="FRAUDSCORE_STARTUP_TIMEOUT")] = None,
     drain_timeout: Annotated[Optional[float], typer.Option(help="Seconds to flush outputs per batch and at shutdown [default: 30].", envvar="FRAUDSCORE_DRAIN_TIMEOUT")] = None,
     watch: Annotated[Optional[bool], typer.Option("--watch/--no-watch", help="Reload the bundle when its files change (SIGHUP always reloads).", envvar="FRAUDSCORE_WATCH")] = None,
-    kafka_property: Annotated[Optional[list[str]], typer.Option("-X", "--kafka-property", help="Any librdkafka property, key=value (repeat): security.protocol, sasl.*, ssl.* ...")] = None,
+    kafka_property: Annotated[Optional[list[str]], typer.Option("-X", "--kafka-property", help="Any librdkafka property, key=value (repeat): security.protocol, sasl.*, ssl.* ... Keep secrets out of flags (they show in ps): use FRAUDSCORE_KAFKA_* variables or --kafka-properties-file.")] = None,
+    kafka_properties_file: Annotated[Optional[Path], typer.Option(help="File of librdkafka properties, key=value lines (# comments), e.g. a mounted secret with sasl.password.", envvar="FRAUDSCORE_KAFKA_PROPERTIES_FILE")] = None,
+    require_tls: Annotated[Optional[bool], typer.Option("--require-tls/--allow-plaintext", help="Refuse to start unless security.protocol is SSL or SASL_SSL with certificate verification on [default: allow-plaintext].", envvar="FRAUDSCORE_REQUIRE_TLS")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML file with any of these options (flag names with underscores) and a [kafka] table.", envvar="FRAUDSCORE_CONFIG")] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.", envvar="FRAUDSCORE_LOG_LEVEL")] = "INFO",
 ) -> None:
     """Run the Kafka sidecar: score input batches, publish results, alerts and dead letters.
 
     Settings come from flags, then FRAUDSCORE_* environment variables, then --config, then
-    defaults. Exit codes: 0 after SIGTERM/SIGINT (batch in flight finished and committed),
-    2 bad configuration or bundle, 3 broker unreachable or topics missing.
+    defaults. librdkafka properties: -X, then FRAUDSCORE_KAFKA_<NAME> variables
+    (FRAUDSCORE_KAFKA_SASL_PASSWORD -> sasl.password), then --kafka-properties-file, then the
+    [kafka] table of --config; secret values are never printed. Exit codes: 0 after
+    SIGTERM/SIGINT (batch in flight finished and committed), 2 bad configuration or bundle,
+    3 broker unreachable, credentials or certificate refused, or topics missing.
     """
     from .sidecar import Sidecar, SidecarConfig, configure_logging, install_signal_handlers
 
@@ -367,13 +381,17 @@ def run(
         "poll_timeout_s": poll_timeout, "device": device, "threads": threads, "exactly_once": exactly_once,
         "transactional_id": transactional_id, "offset_reset": offset_reset, "wait": wait,
         "startup_timeout_s": startup_timeout, "drain_timeout_s": drain_timeout, "watch": watch,
+        "require_tls": require_tls,
     }
     settings = _config_file(config) if config else {}
     kafka = {str(k): str(v) for k, v in settings.pop("kafka", {}).items()}
-    for item in kafka_property or []:
+    if kafka_properties_file:
+        kafka.update(_properties_file(kafka_properties_file))
+    kafka.update(_kafka_environment(os.environ))
+    for n, item in enumerate(kafka_property or [], 1):
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"-X takes key=value, got {item!r}")
+        if not sep or not key.strip():  # the value is not echoed: it may be a secret
+            raise UsageError(f"-X number {n} is not key=value (e.g. -X security.protocol=SASL_SSL)")
         kafka[key.strip()] = value
     settings.update({k: v for k, v in given.items() if v is not None})
     if "bundle" in settings:
@@ -388,6 +406,39 @@ def run(
     sidecar = Sidecar(cfg)
     install_signal_handlers(sidecar)
     raise typer.Exit(sidecar.run())
+
+
+KAFKA_ENV_PREFIX = "FRAUDSCORE_KAFKA_"
+
+
+def _kafka_environment(environ) -> dict[str, str]:
+    """FRAUDSCORE_KAFKA_SASL_PASSWORD=... -> {"sasl.password": ...} (the file option's own variable excepted)."""
+    return {
+        name[len(KAFKA_ENV_PREFIX):].lower().replace("_", "."): value
+        for name, value in environ.items()
+        if name.startswith(KAFKA_ENV_PREFIX) and name != "FRAUDSCORE_KAFKA_PROPERTIES_FILE" and len(name) > len(KAFKA_ENV_PREFIX)
+    }
+
+
+def _properties_file(path: Path) -> dict[str, str]:
+    """key=value lines; blank lines and lines starting with # or ! are skipped. Errors name the
+    line, never its content (it may hold a password)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UsageError(f"--kafka-properties-file {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--kafka-properties-file {path}: cannot read it ({type(exc).__name__})") from None
+    out = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#!":
+            continue
+        key, sep, value = stripped.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--kafka-properties-file {path}: line {number} is not key=value")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def _config_file(path: Path) -> dict:

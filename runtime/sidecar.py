@@ -12,7 +12,11 @@ With `exactly_once`, the produce and the offsets of a batch go in one Kafka tran
 (send_offsets_to_transaction); a failed transaction is aborted and the batch re-read.
 
 A delivery failure never commits: the batch's partitions are rewound to its first
-offsets and it is processed again. SIGTERM/SIGINT stop consuming, finish the batch in
+offsets and it is processed again. A key longer than MAX_KEY_BYTES is rejected
+(`oversized_key`), and a dead letter's value is cut to its first TRUNCATED_DLQ_BYTES when
+it would not fit the dead-letter topic (header `fraudscore.truncated` = original length;
+the source offset headers point at the full message), so no input can make a batch
+undeliverable for ever. SIGTERM/SIGINT stop consuming, finish the batch in
 flight, flush, commit and exit 0. SIGHUP (or `watch`) reloads the bundle between
 batches: the new one is verified and loaded first, and the old one keeps serving if it
 fails.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import time
@@ -39,8 +44,44 @@ from .pipeline import Pipeline
 from .scorer import Scorer
 
 log = logging.getLogger("fraudscore.sidecar")
+kafka_log = logging.getLogger("fraudscore.kafka")  # librdkafka's log lines and error callbacks
 
 SECRET_MARKERS = ("password", "secret", "jaas", "key", "token", "credential")
+MAX_KEY_BYTES = 4096
+# Dead letters carry the original value when it fits under the producer's and the broker's
+# default 1 MB message limits (with room for the headers); otherwise its first 64 KiB.
+DLQ_MAX_BYTES = 900_000
+TRUNCATED_DLQ_BYTES = 64 * 1024
+TLS_PROTOCOLS = ("ssl", "sasl_ssl")
+
+
+class RepeatFilter(logging.Filter):
+    """Lets a kind of line (its text with the numbers blanked out) through once per
+    `interval_s`, and says on the next one how many it held back. librdkafka reports every
+    failed reconnect of every connection; a broker outage would otherwise write dozens of
+    lines a second."""
+
+    def __init__(self, interval_s: float = 10.0):
+        super().__init__()
+        self.interval_s = interval_s
+        self._seen: dict[tuple, list] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = (record.levelno, _NUMBERS.sub("#", record.getMessage()))
+        now = time.monotonic()
+        seen = self._seen.get(kind)
+        if seen is not None and now - seen[0] < self.interval_s:
+            seen[1] += 1
+            return False
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[kind] = [now, 0]
+        if seen is not None and seen[1]:
+            record.msg, record.args = f"{record.getMessage()} [{seen[1]} similar held back]", ()
+        return True
+
+
+_NUMBERS = re.compile(r"\d+")
 
 
 class KafkaUnavailable(FraudscoreError):
@@ -73,6 +114,7 @@ class SidecarConfig:
     watch: bool = False
     watch_interval_s: float = 5.0
     max_message_bytes: int = 64 * 1024
+    require_tls: bool = False
     kafka: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -85,6 +127,23 @@ class SidecarConfig:
             raise UsageError("--batch-size and --threads must be positive")
         if len({self.input_topic, self.output_topic, self.alerts_topic, self.dlq_topic}) < 4:
             raise UsageError("input, output, alerts and dead-letter topics must be four different topics")
+        protocol = self.kafka.get("security.protocol", "plaintext").lower()
+        if self.require_tls:
+            if protocol not in TLS_PROTOCOLS:
+                raise UsageError(
+                    f"--require-tls: security.protocol is {protocol!r}, which sends transactions (and any "
+                    "credentials) in plaintext; refusing to start. Set -X security.protocol=SASL_SSL (or SSL) "
+                    "and -X ssl.ca.location=CA.pem")
+            if (self.kafka.get("enable.ssl.certificate.verification", "true").lower() in ("false", "0")
+                    or self.kafka.get("ssl.endpoint.identification.algorithm", "https").lower() == "none"):
+                raise UsageError("--require-tls: certificate or host name verification is switched off "
+                                 "(enable.ssl.certificate.verification / ssl.endpoint.identification.algorithm); "
+                                 "refusing a TLS connection that anyone in the middle could answer")
+
+    @property
+    def plaintext_credentials(self) -> bool:
+        """SASL credentials configured over an unencrypted connection."""
+        return self.kafka.get("security.protocol", "plaintext").lower() == "sasl_plaintext"
 
     def redacted_kafka(self) -> dict[str, str]:
         return {k: ("***" if any(m in k.lower() for m in SECRET_MARKERS) else v) for k, v in self.kafka.items()}
@@ -94,6 +153,8 @@ class Sidecar:
     def __init__(self, config: SidecarConfig):
         config.validate()
         self.config = config
+        if not any(isinstance(f, RepeatFilter) for f in kafka_log.filters):
+            kafka_log.addFilter(RepeatFilter())
         self.metrics = SidecarMetrics()
         self.pipeline = self._load_pipeline()
         self._stop = False
@@ -101,6 +162,7 @@ class Sidecar:
         self._assignment: set[tuple[str, int]] = set()
         self._done: dict[tuple[str, int], object] = {}  # partition -> next offset, fully delivered
         self._failures: list = []  # delivery errors of the batch in flight
+        self._dlq_limit = DLQ_MAX_BYTES  # lowered when the broker refuses a dead letter as too large
         self._watch_state = self._bundle_state()
         self._last_watch = time.monotonic()
         self.http: HealthServer | None = None
@@ -124,12 +186,14 @@ class Sidecar:
         except OSError:
             return ()
 
-    def _common(self) -> dict[str, str]:
-        return {"bootstrap.servers": self.config.bootstrap_servers, "client.id": f"fraudscore-{socket.gethostname()}"}
+    def _common(self) -> dict:
+        # librdkafka's own log lines go through Python logging (same format, same level filter).
+        return {"bootstrap.servers": self.config.bootstrap_servers, "client.id": f"fraudscore-{socket.gethostname()}",
+                "logger": kafka_log}
 
     def _error_cb(self, err) -> None:
         self.metrics.consume_errors.inc()
-        log.warning("kafka: %s", err)
+        kafka_log.warning("%s", err.str())
 
     def _stats_cb(self, stats_json: str) -> None:
         stats = orjson.loads(stats_json)
@@ -140,12 +204,13 @@ class Sidecar:
 
     def _check_topics(self) -> None:
         """Fail fast (or wait, if asked) when the broker is unreachable or a topic is missing."""
-        from confluent_kafka import KafkaException
+        from confluent_kafka import KafkaError, KafkaException
         from confluent_kafka.admin import AdminClient
 
         cfg = self._common() | self.config.kafka
         topics = [self.config.input_topic, self.config.output_topic, self.config.alerts_topic, self.config.dlq_topic]
-        admin = AdminClient(cfg | {"error_cb": lambda err: None})
+        errors: list = []
+        admin = AdminClient(cfg | {"error_cb": errors.append})
         said = 0.0
         while True:
             try:
@@ -155,8 +220,14 @@ class Sidecar:
                     return
                 problem = f"topic(s) {', '.join(missing)} do not exist on {self.config.bootstrap_servers}; create them first"
             except KafkaException as exc:
-                problem = (f"cannot reach Kafka at {self.config.bootstrap_servers} within "
-                           f"{self.config.startup_timeout_s:g} s ({exc.args[0].str() if exc.args else exc})")
+                admin.poll(0.2)  # serves error_cb: an authentication or TLS failure says more than a timeout
+                refused = [e for e in errors if e.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL)]
+                errors.clear()
+                if refused:
+                    problem = f"Kafka at {self.config.bootstrap_servers} refused the connection: {refused[-1].str()}"
+                else:
+                    problem = (f"cannot reach Kafka at {self.config.bootstrap_servers} within "
+                               f"{self.config.startup_timeout_s:g} s ({exc.args[0].str() if exc.args else exc})")
             if not self.config.wait or self._stop:
                 raise KafkaUnavailable(problem + ("" if self.config.wait else "; or pass --wait to wait for it"))
             if time.monotonic() - said > 10:
@@ -175,6 +246,9 @@ class Sidecar:
             "auto.offset.reset": c.offset_reset,
             "isolation.level": "read_committed" if c.exactly_once else "read_uncommitted",
             "statistics.interval.ms": 5000,
+            # Bounds the prefetched backlog held in memory when input arrives faster than it is
+            # scored (librdkafka's default is 64 MiB); the rest waits in the broker, visible as lag.
+            "queued.max.messages.kbytes": 16384,
             "stats_cb": self._stats_cb,
             "error_cb": self._error_cb,
             "fetch.wait.max.ms": 10,
@@ -242,6 +316,9 @@ class Sidecar:
         log.info("config: bootstrap %s, group %s, %s -> %s / %s / %s, batch %d, %s, kafka %s",
                  c.bootstrap_servers, c.group_id, c.input_topic, c.output_topic, c.alerts_topic, c.dlq_topic,
                  c.batch_size, "exactly-once" if c.exactly_once else "at-least-once", c.redacted_kafka())
+        if c.plaintext_credentials:
+            log.warning("security.protocol is SASL_PLAINTEXT: credentials and transactions cross the network "
+                        "unencrypted; use SASL_SSL (and --require-tls to enforce it)")
         self.http = HealthServer(c.metrics_host, c.metrics_port, self.metrics.registry, self.ready)
         log.info("metrics on http://%s:%d/metrics", c.metrics_host, self.http.port)
         try:
@@ -299,6 +376,8 @@ class Sidecar:
         log.info("model reloaded: now serving %s", new.model_version)
 
     def _process(self, messages: list) -> None:
+        from confluent_kafka import KafkaException
+
         c, m = self.config, self.metrics
         t0 = time.perf_counter()
         good = []
@@ -312,6 +391,10 @@ class Sidecar:
             return
         m.consumed.inc(len(good))
         m.batch_size.observe(len(good))
+        everything = good
+        long_keys = [msg for msg in good if len(msg.key() or b"") > MAX_KEY_BYTES]
+        if long_keys:
+            good = [msg for msg in good if len(msg.key() or b"") <= MAX_KEY_BYTES]
         pipeline = self.pipeline
         result = pipeline.run([msg.value() for msg in good])
         m.inference_seconds.observe(result.inference_seconds)
@@ -324,23 +407,16 @@ class Sidecar:
             key = good[pos].key()
             try:
                 send(c.output_topic, payload, key)
-            except BufferError:
+            except (BufferError, KafkaException):
                 self._produce(c.output_topic, payload, key, None)
             if alert:
                 self._produce(c.alerts_topic, payload, key, None)
-        for r in result.rejections:
-            msg = good[r.index]
-            headers = [
-                ("fraudscore.reason", r.reason.encode()),
-                ("fraudscore.detail", r.detail[:500].encode()),
-                ("fraudscore.source.topic", msg.topic().encode()),
-                ("fraudscore.source.partition", str(msg.partition()).encode()),
-                ("fraudscore.source.offset", str(msg.offset()).encode()),
-                ("fraudscore.model.version", pipeline.model_version.encode()),
-            ]
-            self._produce(c.dlq_topic, msg.value() or b"", msg.key(), headers)
+        rejected = [(good[r.index], r.reason, r.detail) for r in result.rejections]
+        rejected += [(msg, "oversized_key", f"key is {len(msg.key())} bytes, limit {MAX_KEY_BYTES}") for msg in long_keys]
+        for msg, reason, detail in rejected:
+            self._dead_letter(msg, reason, detail, pipeline.model_version)
 
-        offsets = self._next_offsets(good)
+        offsets = self._next_offsets(everything)
         if c.exactly_once:
             ok = self._commit_transaction(offsets)
         else:
@@ -355,30 +431,58 @@ class Sidecar:
             m.produce_errors.inc(max(1, len(failures)))
             log.error("batch of %d not fully delivered (%s); rewinding to reprocess it",
                       len(good), failures[0] if failures else "timeout")
-            self._rewind(good)
+            self._rewind(everything)
             return
         now_ms = time.time() * 1e3
-        stamps = np.array([t for _, t in map(_timestamp, good)], dtype=np.float64)
+        stamps = np.array([t for _, t in map(_timestamp, everything)], dtype=np.float64)
         m.end_to_end_seconds.observe_many(np.maximum(now_ms - stamps[stamps > 0], 0) / 1e3)
         m.scored.inc(len(result.index))
         m.alerts.inc(int(result.alerts.sum()))
-        for r in result.rejections:
-            m.dead_letters.labels(r.reason).inc()
+        for _, reason, _ in rejected:
+            m.dead_letters.labels(reason).inc()
         m.scores.observe_many(result.scores)
         self._observe_drift(pipeline, result)
         m.batch_seconds.observe(time.perf_counter() - t0)
 
-    def _on_delivery(self, err, _msg) -> None:
+    def _dead_letter(self, msg, reason: str, detail: str, model_version: str) -> None:
+        """The original value and key, with the reason and where the message came from."""
+        value, key = msg.value(), msg.key()
+        headers = [
+            ("fraudscore.reason", reason.encode()),
+            ("fraudscore.detail", detail[:500].encode()),
+            ("fraudscore.source.topic", msg.topic().encode()),
+            ("fraudscore.source.partition", str(msg.partition()).encode()),
+            ("fraudscore.source.offset", str(msg.offset()).encode()),
+            ("fraudscore.model.version", model_version.encode()),
+        ]
+        if value is not None and len(value) > self._dlq_limit:
+            headers.append(("fraudscore.truncated", str(len(value)).encode()))
+            value = value[:TRUNCATED_DLQ_BYTES]
+        if key is not None and len(key) > MAX_KEY_BYTES:
+            headers.append(("fraudscore.key.truncated", str(len(key)).encode()))
+            key = key[:MAX_KEY_BYTES]
+        self._produce(self.config.dlq_topic, value, key, headers)
+
+    def _on_delivery(self, err, msg) -> None:
         if err is not None:
             self._failures.append(err)
+            if err.code() == _MSG_SIZE_TOO_LARGE and msg.topic() == self.config.dlq_topic:
+                # The dead-letter topic takes less than the input topic: from now on dead letters
+                # carry a prefix of the value; the rewound batch then goes through.
+                self._dlq_limit = TRUNCATED_DLQ_BYTES
 
-    def _produce(self, topic: str, value: bytes, key, headers) -> None:
+    def _produce(self, topic: str, value: bytes | None, key, headers) -> None:
+        from confluent_kafka import KafkaException
+
         while True:
             try:
                 self.producer.produce(topic, value, key, headers=headers)
                 return
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self.producer.poll(0.05)
+            except KafkaException as exc:  # refused locally (e.g. too large): the batch is rewound
+                self._failures.append(exc.args[0])
+                return
 
     def _next_offsets(self, messages: list) -> list:
         """The offset after the last message of each partition in the batch (one input topic)."""
@@ -431,6 +535,9 @@ class Sidecar:
             self.metrics.feature_psi.labels(name).set(psi(shares, result.matrix[:, j], edges))
 
 
+_MSG_SIZE_TOO_LARGE = 10  # confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE, without importing it at start-up
+
+
 def _timestamp(msg) -> tuple[int, int]:
     return msg.timestamp()
 
@@ -444,6 +551,10 @@ def _offset(msg) -> int:
 
 
 def install_signal_handlers(sidecar: Sidecar) -> None:
+    import faulthandler
+
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID`: every thread's stack on stderr, for a stuck process
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     signal.signal(signal.SIGTERM, sidecar.request_stop)
     signal.signal(signal.SIGINT, sidecar.request_stop)
     if hasattr(signal, "SIGHUP"):

@@ -56,6 +56,10 @@ def test_kubernetes_sidecar_has_probes_resources_scrape_annotations_and_bundle_v
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == "9464"
     env = {e["name"] for e in side["env"]}
     assert {"FRAUDSCORE_BUNDLE", "FRAUDSCORE_BOOTSTRAP_SERVERS", "FRAUDSCORE_GROUP_ID"} <= env
+    by_name = {e["name"]: e for e in side["env"]}
+    assert by_name["FRAUDSCORE_REQUIRE_TLS"]["value"] == "true"
+    assert by_name["FRAUDSCORE_KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
+    assert "secretKeyRef" in by_name["FRAUDSCORE_KAFKA_SASL_PASSWORD"]["valueFrom"]  # not a literal in the manifest
     assert any(m["mountPath"] == "/bundle" for m in side["volumeMounts"])
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
 
