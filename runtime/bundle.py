@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
+from .manifest import IntegrityError as BundleIntegrityError
 from .manifest import Manifest
 
-
-class BundleIntegrityError(InputError):
-    """The model file does not match the manifest's hash, or the manifest points outside the bundle."""
+__all__ = ["Bundle", "BundleIntegrityError", "load_bundle"]
 
 
 @dataclass(frozen=True)

@@ -3,17 +3,30 @@
 A bundle is a directory with `model.onnx` and `manifest.json`. The manifest names the
 ordered input features (all float32, raw values: standardisation lives inside the
 graph), the output, the alert threshold, the training metrics, the data fingerprint,
-the library versions, and the sha256 of the model file.
+the library versions, and the sha256 of the model file. `manifest_sha256` is the sha256
+of the manifest itself (canonical JSON of every other field), so that an edited threshold
+or feature list is refused like a changed model file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+
+
+class IntegrityError(InputError):
+    """A bundle file does not match its recorded sha256, or a path leaves the bundle."""
+
+
+def manifest_digest(data: dict[str, Any]) -> str:
+    """sha256 of the manifest without its own `manifest_sha256`, as canonical JSON."""
+    body = {k: v for k, v in data.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 SCHEMA_VERSION = 1
 MODEL_KINDS = ("mlp", "autoencoder")
@@ -59,7 +72,9 @@ class Manifest:
         }
 
     def write(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=False) + "\n")
+        data = self.to_json()
+        data["manifest_sha256"] = manifest_digest(data)
+        path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
     @classmethod
     def from_json(cls, data: dict[str, Any], source: str = "manifest.json") -> Manifest:
@@ -111,4 +126,12 @@ class Manifest:
             raise InputError(f"{path}: not a readable JSON manifest ({exc})") from None
         if not isinstance(data, dict):
             raise InputError(f"{path}: the manifest must be a JSON object")
+        recorded = data.get("manifest_sha256")
+        if recorded is None:
+            raise IntegrityError(f"{path}: no manifest_sha256; the manifest was edited or written by an older "
+                                 "fraudscore; re-export the bundle")
+        actual = manifest_digest(data)
+        if actual != recorded:
+            raise IntegrityError(f"manifest hash mismatch: {path} sha256 {actual}, recorded {recorded}; the manifest "
+                                 "was edited after export; re-export or restore it")
         return cls.from_json(data, str(path))

@@ -13,6 +13,7 @@ import pytest
 
 from fraudscore import InputError, Table, add_baseline_features, read_table, simulate, write_table
 from fraudscore.bundle import BundleIntegrityError, load_bundle
+from fraudscore.manifest import manifest_digest
 from fraudscore.scorer import Scorer, feature_matrix
 
 START = "2018-04-10"
@@ -161,10 +162,25 @@ def test_tampered_bundles_are_refused(workspace: Path, mlp_bundle: Path) -> None
     with pytest.raises(BundleIntegrityError, match="bundle hash mismatch"):
         load_bundle(tampered)
 
+    # An edited manifest (a lower threshold, say) is refused like an edited model.
+    edited = workspace / "edited"
+    shutil.copytree(mlp_bundle, edited)
+    manifest = json.loads((edited / "manifest.json").read_text())
+    manifest["threshold"]["value"] = 0.0
+    (edited / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleIntegrityError, match="manifest hash mismatch"):
+        load_bundle(edited)
+    del manifest["manifest_sha256"]
+    (edited / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleIntegrityError, match="no manifest_sha256"):
+        load_bundle(edited)
+
+    # A crafted manifest, consistent with its own hash, still cannot point outside the bundle.
     escaping = workspace / "escaping"
     shutil.copytree(mlp_bundle, escaping)
     manifest = json.loads((escaping / "manifest.json").read_text())
     manifest["model_file"] = "../bundle-mlp/model.onnx"
+    manifest["manifest_sha256"] = manifest_digest(manifest)
     (escaping / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleIntegrityError, match="outside the bundle"):
         load_bundle(escaping)
