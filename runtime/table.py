@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -191,7 +192,9 @@ def _read_csv_arrow(pa, path: Path) -> dict[str, np.ndarray]:
     except pa.ArrowInvalid as exc:
         # Mixed columns (e.g. a word in a number column): fall back to text for all.
         if "CSV parse error" in str(exc) or "Empty CSV file" in str(exc):
-            raise InputError(f"{path}: not a well-formed CSV file ({exc})") from None
+            # pyarrow appends the offending row; a transaction file's rows stay out of messages.
+            reason = re.sub(r"(got \d+):.*", r"\1", str(exc), flags=re.DOTALL)
+            raise InputError(f"{path}: not a well-formed CSV file ({reason})") from None
         return _read_csv_numpy(path, file_format(path))
     return {name: _arrow_to_numpy(arrow.column(name)) for name in arrow.column_names}
 
