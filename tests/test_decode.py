@@ -133,3 +133,16 @@ def test_fast_path_for_clean_batches_equals_the_reference(values) -> None:
         tx_id, row = decode_one(value, FEATURES)
         assert decoded.ids[i] == tx_id
         assert np.array_equal(decoded.matrix[i], row)
+
+
+def test_deep_nesting_in_an_ignored_field_is_rejected_not_raised() -> None:
+    good = {"TRANSACTION_ID": 1, "TX_AMOUNT": 1.0, "TX_DURING_NIGHT": 0, "CUSTOMER_ID_NB_TX_1DAY_WINDOW": 3}
+    for depth in (100, 5_000, 20_000):
+        deep = orjson.dumps(good)[:-1] + b',"extra":' + b'{"a":' * depth + b"1" + b"}" * depth + b"}"
+        values = [orjson.dumps(good), deep]
+        decoded = decode_batch(values, FEATURES)
+        expected = decode_one(deep, FEATURES)
+        if isinstance(expected, Rejection):
+            assert [r.reason for r in decoded.rejections] == [expected.reason]
+        else:
+            assert decoded.index.tolist() == [0, 1]
