@@ -80,7 +80,8 @@ class SidecarMetrics:
         self.alerts = Counter("fraudscore_alerts", "Results at or above the alert threshold.", registry=r)
         self.dead_letters = Counter(
             "fraudscore_dead_letters", "Input messages sent to the dead-letter topic, by reason.", ["reason"], registry=r)
-        for reason in (*REASONS, "oversized_key"):  # oversized_key: the sidecar's check of Kafka keys
+        # oversized_key: the sidecar's check of Kafka keys; non_finite_score: the pipeline's check of the model output
+        for reason in (*REASONS, "oversized_key", "non_finite_score"):
             self.dead_letters.labels(reason)
         self.produce_errors = Counter(
             "fraudscore_produce_errors", "Output messages the broker did not acknowledge (their batch is retried).", registry=r)

@@ -21,7 +21,7 @@ from .atomic import write_bytes
 from .bundle import load_bundle
 from .decode import FLOAT32_MAX, ID_FIELD
 from .errors import InputError, UsageError
-from .pipeline import Pipeline
+from .pipeline import Pipeline, non_finite_rejections
 from .scorer import Scorer
 from .table import Table, file_format, read_table, write_table
 
@@ -83,12 +83,20 @@ def score_file(bundle_dir: Path, source: Path, out: Path, device: str = "cpu", t
             rejects.append({"line": int(i) + 2, "reason": "out_of_range", "detail": f"{', '.join(bad)} not finite float32"})
         row_ids = table[ID_FIELD][ok].tolist() if ID_FIELD in table else (np.flatnonzero(ok) + 1).tolist()
         all_scores = pipeline.scorer.score(matrix[ok].astype(np.float32))
+        rows = np.flatnonzero(ok)
+        for r in non_finite_rejections(rows, all_scores):
+            rejects.append({"line": r.index + 2, "reason": r.reason, "detail": r.detail})
+        finite = np.isfinite(all_scores)
+        if not finite.all():
+            row_ids = [i for i, f in zip(row_ids, finite.tolist()) if f]
+            all_scores = all_scores[finite]
         all_alerts = all_scores >= pipeline.threshold
         ids = row_ids
         payloads = pipeline.encode(row_ids, all_scores, all_alerts, inference_ms=0.0) if out_jsonl else []
 
     _write_atomic_results(out, out_jsonl, payloads, ids, all_scores, all_alerts, pipeline.model_version)
     rejects_path = None
+    rejects.sort(key=lambda r: r["line"])
     if rejects:
         rejects_path = out.with_name(out.name + ".rejected.jsonl")
         rejects_path.write_text("".join(json.dumps(r) + "\n" for r in rejects))

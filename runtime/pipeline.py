@@ -31,6 +31,12 @@ class BatchResult:
     encode_seconds: float
 
 
+def non_finite_rejections(index: np.ndarray, scores: np.ndarray) -> list[Rejection]:
+    """`non_finite_score` rejections for the rows whose score is NaN or infinite."""
+    return [Rejection(int(index[i]), "non_finite_score", f"the model returned {float(scores[i])!r} for this input")
+            for i in np.flatnonzero(~np.isfinite(scores)).tolist()]
+
+
 class Pipeline:
     """Scores batches with one bundle. Immutable: a model reload builds a new Pipeline."""
 
@@ -55,10 +61,19 @@ class Pipeline:
         t1 = time.perf_counter()
         scores = self.scorer.score(decoded.matrix)
         t2 = time.perf_counter()
+        index, ids, matrix, rejections = decoded.index, decoded.ids, decoded.matrix, decoded.rejections
+        finite = np.isfinite(scores)
+        if not finite.all():
+            # Extreme (still float32) inputs can overflow the network to NaN/inf. Such a row has
+            # no score: "pass" would wave it through and `nan` is not JSON, so it is rejected.
+            keep = np.flatnonzero(finite)
+            rejections = sorted(rejections + non_finite_rejections(index, scores), key=lambda r: r.index)
+            index, matrix, scores = index[keep], matrix[keep], scores[keep]
+            ids = [ids[i] for i in keep.tolist()]
         alerts = scores >= self.threshold
-        payloads = self.encode(decoded.ids, scores, alerts, inference_ms=(t2 - t1) * 1e3)
+        payloads = self.encode(ids, scores, alerts, inference_ms=(t2 - t1) * 1e3)
         t3 = time.perf_counter()
-        return BatchResult(decoded.index, decoded.ids, decoded.matrix, scores, alerts, payloads, decoded.rejections, t1 - t0, t2 - t1, t3 - t2)
+        return BatchResult(index, ids, matrix, scores, alerts, payloads, rejections, t1 - t0, t2 - t1, t3 - t2)
 
     def encode(self, ids: list, scores: np.ndarray, alerts: np.ndarray, inference_ms: float) -> list[bytes]:
         """One JSON result a row: id, score (9 significant digits: float32 round-trips), decision,

@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from fraudscore.bundle import load_bundle
 from fraudscore.decode import MAX_MESSAGE_BYTES, Rejection, decode_one
+from fraudscore.scorer import Scorer
 from fraudscore.sidecar import MAX_KEY_BYTES, TRUNCATED_DLQ_BYTES
-from test_sidecar import Sidecar, no_leftover_sidecars  # noqa: F401
+from test_sidecar import Sidecar, client, no_leftover_sidecars  # noqa: F401
 
 pytestmark = pytest.mark.kafka
 HUGE = (MAX_MESSAGE_BYTES + 1, 300_000, 950_000)  # the last one is cut down in the dead-letter topic
@@ -57,8 +58,9 @@ def hostile(features: tuple[str, ...]):
         if kind == "utf8":  # a valid message with an invalid UTF-8 byte inside a string
             return key, b'{"TRANSACTION_ID": "\xff\xfe", "TX_AMOUNT": 1}'
         doc = {"TRANSACTION_ID": draw(st.integers(0, 10**12))}
+        extreme = draw(st.booleans()) and draw(st.booleans())  # a quarter: float32-valid values that overflow the model
         for name in features:
-            doc[name] = draw(st.floats(0, 1e6))
+            doc[name] = draw(st.sampled_from([3e38, -3e38, 1e30]) if extreme else st.floats(0, 1e6))
         if kind == "duplicate":  # the same key twice: the last one wins
             name = draw(st.sampled_from(features))
             raw = json.dumps(doc)
@@ -86,13 +88,16 @@ def hostile(features: tuple[str, ...]):
     return message()
 
 
-def expected_outcome(key: bytes | None, value: bytes | None, features) -> tuple[str, object]:
-    """("dlq", reason) or ("score", transaction id), as the sidecar must decide."""
+def expected_outcome(key: bytes | None, value: bytes | None, features, scorer: Scorer) -> tuple[str, object]:
+    """("dlq", reason) or ("score", transaction id), as the sidecar must decide: the key limit,
+    the per-message decoding reference, then the model's output, which must be finite."""
     if key is not None and len(key) > MAX_KEY_BYTES:
         return "dlq", "oversized_key"
     decided = decode_one(value, features)
     if isinstance(decided, Rejection):
         return "dlq", decided.reason
+    if not np.isfinite(scorer.score(decided[1][None, :])).all():
+        return "dlq", "non_finite_score"
     return "score", decided[0]
 
 
@@ -100,7 +105,7 @@ class Outputs:
     """Incremental readers of the scores and dead-letter topics."""
 
     def __init__(self, bootstrap: str, scores: str, dlq: str):
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "fuzz-reader", "enable.auto.commit": False,
+        self.consumer = Consumer(client(bootstrap) | {"group.id": "fuzz-reader", "enable.auto.commit": False,
                                   "fetch.message.max.bytes": 2_000_000})
         self.consumer.assign([TopicPartition(scores, 0, 0), TopicPartition(dlq, 0, 0)])
         self.scores_topic = scores
@@ -119,12 +124,13 @@ class Outputs:
 
 def test_hostile_messages_through_the_kafka_path_each_end_where_the_reference_says(
         kafka_bootstrap, small_bundle, make_topic) -> None:
-    features = tuple(load_bundle(small_bundle).features)
+    bundle = load_bundle(small_bundle)
+    features, scorer = tuple(bundle.features), Scorer(bundle)
     topics = {"in": make_topic(prefix="fuzz-in"), "out": make_topic(prefix="fuzz-scores"),
               "alerts": make_topic(prefix="fuzz-alerts"), "dlq": make_topic(prefix="fuzz-dlq")}
     sidecar = Sidecar(kafka_bootstrap, small_bundle, topics, "g-fuzz")
     sidecar.wait_ready()
-    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 5})
+    producer = Producer(client(kafka_bootstrap) | {"linger.ms": 5})
     outputs = Outputs(kafka_bootstrap, topics["out"], topics["dlq"])
     ledger: dict[int, tuple[str, object, int]] = {}  # input offset -> (where, reason or id, value length)
     totals = {"cases": 0, "rounds": 0}
@@ -136,7 +142,7 @@ def test_hostile_messages_through_the_kafka_path_each_end_where_the_reference_sa
         assert producer.flush(60) == 0
         assert -1 not in offsets and len(offsets) == len(messages)
         for offset, (key, value) in zip(offsets, messages):
-            where, what = expected_outcome(key, value, features)
+            where, what = expected_outcome(key, value, features, scorer)
             ledger[offset] = (where, what, len(value or b""))
         totals["cases"] += len(messages)
         totals["rounds"] += 1

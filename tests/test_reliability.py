@@ -318,3 +318,30 @@ def test_reload_under_load_with_a_corrupt_bundle_keeps_scoring(kafka_bootstrap, 
     print(f"\nreliability: reload under load with a corrupt bundle: sent={len(values)} lost=0 "
           f"duplicates={len(ids) - len(set(ids))}; failure counted and logged, old model kept scoring, "
           f"the repaired bundle then loaded")
+
+
+def test_rebalance_under_load_an_instance_joins_then_one_leaves(kafka_bootstrap, small_bundle, transactions, make_topic) -> None:
+    topics = {"in": make_topic(partitions=4, prefix="in"), "out": make_topic(prefix="scores"),
+              "alerts": make_topic(prefix="alerts"), "dlq": make_topic(prefix="dlq")}
+    keys, values = unique_copies(*transactions, copies=6)
+    a = Sidecar(kafka_bootstrap, small_bundle, topics, "g-rebalance")
+    a.wait_ready()
+    feeder = stream(kafka_bootstrap, topics["in"], keys, values, per_slice=1000)  # ~7k msg/s for ~6 s
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    b = Sidecar(kafka_bootstrap, small_bundle, topics, "g-rebalance")  # joins under load
+    b.wait_ready()
+    joined_s = time.monotonic() - t0
+    assert feeder.is_alive(), "the stream ended before the rebalance; make it longer"
+    code, _ = a.stop()  # leaves under load: revoke commits what it finished, b takes all partitions
+    assert code == 0
+    feeder.join(120)
+    scores = drain(kafka_bootstrap, [topics["out"]], len(values), timeout_s=120)
+    ids = _ids(scores)
+    assert set(ids) == {json.loads(v)["TRANSACTION_ID"] for v in values}  # zero lost
+    assert metric(b, "fraudscore_assigned_partitions") == 4
+    duplicates = len(ids) - len(set(ids))
+    assert duplicates <= 2 * BATCH
+    assert b.stop()[0] == 0
+    print(f"\nreliability: rebalance under load: sent={len(values)} lost=0 duplicates={duplicates}; "
+          f"second instance ready {joined_s:.1f} s after start, first left by SIGTERM mid-stream")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -39,8 +40,11 @@ BAD = [
 
 
 def client(bootstrap: str | dict) -> dict:
-    """Client settings: a bootstrap address, or a full configuration (TLS, SASL)."""
-    return dict(bootstrap) if isinstance(bootstrap, dict) else {"bootstrap.servers": bootstrap}
+    """Client settings: a bootstrap address, or a full configuration (TLS, SASL). librdkafka's
+    log lines go to Python logging, which pytest shows only for a failing test (a test client
+    that outlives a stopped broker would otherwise print reconnect errors to the CI log)."""
+    base = dict(bootstrap) if isinstance(bootstrap, dict) else {"bootstrap.servers": bootstrap}
+    return base | {"logger": logging.getLogger("tests.kafka")}
 
 
 def produce(bootstrap: str | dict, topic: str, keys: list[bytes], values: list[bytes | None]) -> None:
