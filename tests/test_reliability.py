@@ -109,13 +109,18 @@ class stream(threading.Thread):
         super().__init__(daemon=True)
         self.args = bootstrap, topic, keys, values, per_slice, pause_s
         self.error: BaseException | None = None
+        self.sent = 0  # messages acknowledged so far: values[:sent]
+        self.halt = threading.Event()  # set it to end the stream early
         self.start()
 
     def run(self) -> None:
         bootstrap, topic, keys, values, per_slice, pause_s = self.args
         try:
             for lo in range(0, len(values), per_slice):
+                if self.halt.is_set():
+                    break
                 produce(bootstrap, topic, keys[lo:lo + per_slice], values[lo:lo + per_slice])
+                self.sent = min(lo + per_slice, len(values))
                 time.sleep(pause_s)
         except BaseException as exc:  # noqa: BLE001 - handed to join()
             self.error = exc
@@ -324,10 +329,11 @@ def test_reload_under_load_with_a_corrupt_bundle_keeps_scoring(kafka_bootstrap, 
 def test_rebalance_under_load_an_instance_joins_then_one_leaves(kafka_bootstrap, small_bundle, transactions, make_topic) -> None:
     topics = {"in": make_topic(partitions=4, prefix="in"), "out": make_topic(prefix="scores"),
               "alerts": make_topic(prefix="alerts"), "dlq": make_topic(prefix="dlq")}
-    keys, values = unique_copies(*transactions, copies=6)
+    keys, values = unique_copies(*transactions, copies=12)
     a = Sidecar(kafka_bootstrap, small_bundle, topics, "g-rebalance")
     a.wait_ready()
-    feeder = stream(kafka_bootstrap, topics["in"], keys, values, per_slice=1000)  # ~7k msg/s for ~6 s
+    # ~7k msg/s until one second after the first instance has left, however long the rebalances take.
+    feeder = stream(kafka_bootstrap, topics["in"], keys, values, per_slice=1000)
     time.sleep(0.5)
     t0 = time.monotonic()
     b = Sidecar(kafka_bootstrap, small_bundle, topics, "g-rebalance")  # joins under load
@@ -336,7 +342,10 @@ def test_rebalance_under_load_an_instance_joins_then_one_leaves(kafka_bootstrap,
     assert feeder.is_alive(), "the stream ended before the rebalance; make it longer"
     code, _ = a.stop()  # leaves under load: revoke commits what it finished, b takes all partitions
     assert code == 0
+    time.sleep(1.0)
+    feeder.halt.set()
     feeder.join(120)
+    keys, values = keys[:feeder.sent], values[:feeder.sent]
     scores = drain(kafka_bootstrap, [topics["out"]], len(values), timeout_s=120)
     ids = _ids(scores)
     assert set(ids) == {json.loads(v)["TRANSACTION_ID"] for v in values}  # zero lost
