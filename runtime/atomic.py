@@ -11,16 +11,24 @@ from pathlib import Path
 from .errors import UsageError
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically (a temporary file in the same directory, then a rename)."""
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; renamed over `path` when the block succeeds,
+    removed when it fails, so `path` is either the old file or the complete new one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_bytes(data)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (a temporary file in the same directory, then a rename)."""
+    with replacing(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def check_new_directory(out: Path) -> None:

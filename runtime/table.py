@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import replacing
 from .errors import InputError
 
 STRING = np.dtypes.StringDType()
@@ -298,8 +299,7 @@ def write_table(table: Table, path: str | os.PathLike[str]) -> None:
         raise InputError(f"{path}: writing Parquet needs pyarrow; pip install 'fraudscore[parquet]' or use .csv")
     if path.parent and not path.parent.exists():
         raise InputError(f"{path}: directory {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with replacing(path) as tmp:
         if fmt == "parquet":
             _write_parquet(table, tmp)
         else:
@@ -310,10 +310,6 @@ def write_table(table: Table, path: str | os.PathLike[str]) -> None:
                         gz.write(data)
                 else:
                     raw.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _write_parquet(table: Table, path: Path) -> None:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from test_sidecar import STARTED, Sidecar, _ids, client, drain, no_leftover_sidecars, produce, topics, transactions  # noqa: F401
+from test_sidecar import STARTED, Sidecar, _ids, client, drain, four_topics, no_leftover_sidecars, produce, topics, transactions  # noqa: F401
 
 pytestmark = pytest.mark.kafka
 BATCH = 500
@@ -34,8 +34,7 @@ def hard_kills(sidecar: Sidecar, restart, kills: int, pause_s: float = 0.8) -> t
 
 
 def test_repeated_hard_kills_under_a_stream_lose_nothing(kafka_bootstrap, small_bundle, transactions, make_topic) -> None:
-    topics = {"in": make_topic(partitions=3, prefix="in"), "out": make_topic(prefix="scores"),
-              "alerts": make_topic(prefix="alerts"), "dlq": make_topic(prefix="dlq")}
+    topics = four_topics(make_topic, partitions=3)
     keys, values = unique_copies(*transactions, copies=10)
     bad = [b"{not json", b'{"TRANSACTION_ID": "x"}'] * 50
     stream_keys = keys + [b"bad"] * len(bad)
@@ -177,8 +176,7 @@ def test_broker_restart_mid_stream_recovers_by_itself(own_broker, small_bundle, 
 
 
 def test_exactly_once_under_repeated_hard_kills_has_no_visible_duplicates(kafka_bootstrap, small_bundle, transactions, make_topic) -> None:
-    topics = {"in": make_topic(partitions=3, prefix="in"), "out": make_topic(prefix="scores"),
-              "alerts": make_topic(prefix="alerts"), "dlq": make_topic(prefix="dlq")}
+    topics = four_topics(make_topic, partitions=3)
     keys, values = unique_copies(*transactions, copies=10)
     # A backlog keeps the sidecar busy, so that each kill lands inside a transaction; the rest streams in.
     backlog = len(values) // 2
@@ -223,8 +221,7 @@ def rss_kib(pid: int) -> tuple[int, int]:
 def test_overload_keeps_memory_bounded_reports_lag_and_loses_nothing(kafka_bootstrap, small_bundle, transactions, make_topic) -> None:
     from confluent_kafka import Producer
 
-    topics = {"in": make_topic(partitions=3, prefix="in"), "out": make_topic(prefix="scores"),
-              "alerts": make_topic(prefix="alerts"), "dlq": make_topic(prefix="dlq")}
+    topics = four_topics(make_topic, partitions=3)
     keys, values = transactions
     repeats = max(1, 120_000 // len(values))
     sidecar = Sidecar(kafka_bootstrap, small_bundle, topics, "g-overload", "--batch-size", "4096",
@@ -327,8 +324,7 @@ def test_reload_under_load_with_a_corrupt_bundle_keeps_scoring(kafka_bootstrap, 
 
 
 def test_rebalance_under_load_an_instance_joins_then_one_leaves(kafka_bootstrap, small_bundle, transactions, make_topic) -> None:
-    topics = {"in": make_topic(partitions=4, prefix="in"), "out": make_topic(prefix="scores"),
-              "alerts": make_topic(prefix="alerts"), "dlq": make_topic(prefix="dlq")}
+    topics = four_topics(make_topic, partitions=4)
     keys, values = unique_copies(*transactions, copies=12)
     a = Sidecar(kafka_bootstrap, small_bundle, topics, "g-rebalance")
     a.wait_ready()

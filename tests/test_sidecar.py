@@ -138,10 +138,15 @@ class Sidecar:
         return self.log.read()
 
 
+def four_topics(make_topic, partitions: int = 3) -> dict[str, str]:
+    """Fresh input (with `partitions`), scores, alerts and dead-letter topics."""
+    return {"in": make_topic(partitions=partitions, prefix="in"), "out": make_topic(prefix="scores"),
+            "alerts": make_topic(prefix="alerts"), "dlq": make_topic(prefix="dlq")}
+
+
 @pytest.fixture
 def topics(make_topic) -> dict[str, str]:
-    return {"in": make_topic(partitions=3, prefix="in"), "out": make_topic(prefix="scores"),
-            "alerts": make_topic(prefix="alerts"), "dlq": make_topic(prefix="dlq")}
+    return four_topics(make_topic)
 
 
 def _ids(messages) -> list:
@@ -220,8 +225,7 @@ def test_restart_after_hard_kill_loses_nothing(kafka_bootstrap, small_bundle, tr
 
 
 def test_two_instances_split_partitions_and_lose_nothing(kafka_bootstrap, small_bundle, transactions, make_topic) -> None:
-    topics = {"in": make_topic(partitions=4, prefix="in"), "out": make_topic(prefix="scores"),
-              "alerts": make_topic(prefix="alerts"), "dlq": make_topic(prefix="dlq")}
+    topics = four_topics(make_topic, partitions=4)
     keys, values = transactions
     half = len(values) // 2
     a = Sidecar(kafka_bootstrap, small_bundle, topics, "g-pair")
