@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fraudscore import __version__, add_baseline_features, read_table, simulate, write_table
-from fraudscore.table import _pyarrow
+from fraudscore.data.table import _pyarrow
 
 
 def _time(fn: Callable[[], object], repeats: int) -> tuple[list[float], object]:

@@ -20,8 +20,8 @@ import numpy as np
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from fraudscore import read_table
-from fraudscore.bundle import load_bundle
-from fraudscore.messages import transaction_messages
+from fraudscore.serving.bundle import load_bundle
+from fraudscore.data.loadgen import transaction_messages
 
 from .kafka_e2e import _collect, _produce
 from .kafka_mode import _send_times

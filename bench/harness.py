@@ -103,7 +103,7 @@ def _summarise(mode: str, device: str, batch: int, repeats: list[np.ndarray], va
 
 def _messages(features, n: int, seed: int = 3) -> tuple[list[bytes], list[bytes]]:
     from fraudscore import add_baseline_features, simulate
-    from fraudscore.messages import transaction_messages
+    from fraudscore.data.loadgen import transaction_messages
 
     days = max(3, int(n / 9_000) + 2)
     table = add_baseline_features(simulate(customers=5000, terminals=10000, days=days, seed=seed).transactions)
@@ -138,10 +138,10 @@ def machine_info() -> dict:
 
 
 def run_bench(config: BenchConfig, say: Callable[[str], None] = lambda m: None) -> dict:
-    from fraudscore.bundle import load_bundle
-    from fraudscore.decode import decode_batch
-    from fraudscore.pipeline import Pipeline
-    from fraudscore.scorer import Scorer
+    from fraudscore.serving.bundle import load_bundle
+    from fraudscore.serving.decode import decode_batch
+    from fraudscore.serving.pipeline import Pipeline
+    from fraudscore.serving.scorer import Scorer
 
     bundle = load_bundle(config.bundle)
     results: list[dict] = []

@@ -14,8 +14,8 @@ import time
 import numpy as np
 from confluent_kafka import Consumer, Producer
 
-from fraudscore.bundle import load_bundle
-from fraudscore.scorer import Scorer
+from fraudscore.serving.bundle import load_bundle
+from fraudscore.serving.scorer import Scorer
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ import numpy as np
 
 from fraudscore import InputError, UsageError, __version__
 from fraudscore.atomic import check_new_directory, new_directory
-from fraudscore.manifest import Manifest
+from fraudscore.serving.manifest import Manifest
 
 OPSET = 17
 TOLERANCE = 1e-5

@@ -5,10 +5,10 @@ training and export live in the optional subpackages `fraudscore.train` and
 `fraudscore.export` (install the `train` extra).
 """
 
-from .errors import FraudscoreError, InputError, UsageError
-from .features import BASELINE_FEATURES, add_baseline_features, baseline_features, validate_transactions
-from .simulate import Simulation, SimulationConfig, simulate
-from .table import Table, read_table, write_table
+from fraudscore.errors import FraudscoreError, InputError, UsageError
+from fraudscore.features.baseline import BASELINE_FEATURES, add_baseline_features, baseline_features, validate_transactions
+from fraudscore.data.simulate import Simulation, SimulationConfig, simulate
+from fraudscore.data.table import Table, read_table, write_table
 
 __version__ = "0.1.0"
 

@@ -1,5 +1,5 @@
 """`python -m fraudscore` runs the CLI."""
 
-from .cli import main
+from fraudscore.cli import main
 
 main()

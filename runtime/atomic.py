@@ -8,7 +8,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import UsageError
+from fraudscore.errors import UsageError
 
 
 @contextlib.contextmanager

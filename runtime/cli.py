@@ -18,8 +18,8 @@ from typing import Annotated, Optional, TypeVar
 
 import typer
 
-from . import __version__
-from .errors import FraudscoreError, UsageError
+from fraudscore import __version__
+from fraudscore.errors import FraudscoreError, UsageError
 
 app = typer.Typer(
     name="fraudscore",
@@ -76,7 +76,7 @@ def _parse_date(value: str, flag: str) -> dt.date:
 
 def _check_output(path: Path) -> None:
     """Fail before the work, not after it, when the output cannot be written."""
-    from .table import _pyarrow, file_format
+    from fraudscore.data.table import _pyarrow, file_format
 
     fmt = file_format(path)
     if fmt == "parquet" and _pyarrow() is None:
@@ -109,8 +109,8 @@ def simulate(
     The generator of the Fraud Detection Handbook (Le Borgne et al., 2022, ch. 3.2); the
     defaults are its reference size (about 1.75 M transactions, 0.84 % fraud).
     """
-    from .simulate import SimulationConfig, simulate as run_simulation
-    from .table import write_table
+    from fraudscore.data.simulate import SimulationConfig, simulate as run_simulation
+    from fraudscore.data.table import write_table
 
     _check_output(out)
     config = SimulationConfig(
@@ -154,8 +154,8 @@ def features(
     1/7/30 days with a 7-day label delay (Le Borgne et al., 2022, ch. 3.4). The output
     keeps every input column and appends the features under the handbook's names.
     """
-    from .features import add_baseline_features
-    from .table import read_table, write_table
+    from fraudscore.features.baseline import add_baseline_features
+    from fraudscore.data.table import read_table, write_table
 
     _check_output(out)
     t0 = time.perf_counter()
@@ -202,7 +202,7 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress.")] = False,
 ) -> None:
     """Train a Keras model on a feature table with the handbook's time split; write a run directory."""
-    from .progress import progress_wanted
+    from fraudscore.progress import progress_wanted
 
     from fraudscore.train.trainer import TrainConfig, train as run_training
 
@@ -262,7 +262,7 @@ def export(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Convert a trained Keras model to an ONNX bundle, checked against Keras on held-out rows."""
-    from .atomic import check_new_directory
+    from fraudscore.atomic import check_new_directory
 
     check_new_directory(out)  # before TensorFlow loads: a taken --out fails in a second, not after the work
     from fraudscore.export.onnx import export_bundle
@@ -291,8 +291,8 @@ def evaluate(
     """Score a feature table through exported bundles; report AUC, AP and card precision@k per the protocol."""
     import json
 
-    from .evaluate import evaluate_bundles, format_table
-    from .scorer import DEVICES
+    from fraudscore.data.evaluate import evaluate_bundles, format_table
+    from fraudscore.serving.scorer import DEVICES
 
     if device not in DEVICES:
         raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
@@ -304,7 +304,7 @@ def evaluate(
     )
     typer.echo(format_table(report, k))
     if json_path is not None:
-        from .atomic import write_bytes
+        from fraudscore.atomic import write_bytes
 
         write_bytes(json_path, (json.dumps(report, indent=2) + "\n").encode())
 
@@ -324,7 +324,7 @@ def score(
     Rejected rows (bad JSON, missing or non-numeric features, NaN/inf) go to OUT.rejected.jsonl
     with their line number and reason; the exit code is 0 even then, 2 for bad flags or files.
     """
-    from .offline import score_file
+    from fraudscore.serving.files import score_file
 
     t0 = time.perf_counter()
     summary = score_file(bundle, input_path, out, device=device, threads=threads)
@@ -371,7 +371,7 @@ def run(
     SIGTERM/SIGINT (batch in flight finished and committed), 2 bad configuration or bundle,
     3 broker unreachable, credentials or certificate refused, or topics missing.
     """
-    from .sidecar import Sidecar, SidecarConfig, configure_logging, install_signal_handlers
+    from fraudscore.serving.sidecar import Sidecar, SidecarConfig, configure_logging, install_signal_handlers
 
     configure_logging(log_level)
     given = {
@@ -488,7 +488,7 @@ def bench(
     from fraudscore.bench.gate import check, format_outcomes, load_gate, load_report
     from fraudscore.bench.harness import BenchConfig, format_table, run_bench
 
-    from .progress import progress_wanted
+    from fraudscore.progress import progress_wanted
 
     modes = tuple(mode or ("model", "pipeline"))
     unknown = set(modes) - {"model", "pipeline", "kafka"}
@@ -508,7 +508,7 @@ def bench(
     if not quiet:
         typer.echo(format_table(report))
     if json_path:
-        from .atomic import write_bytes
+        from fraudscore.atomic import write_bytes
 
         write_bytes(json_path, (json.dumps(report, indent=2) + "\n").encode())
     if prom_file:

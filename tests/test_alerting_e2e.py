@@ -24,8 +24,8 @@ import yaml
 
 from conftest import free_port
 from fraudscore import add_baseline_features, simulate
-from fraudscore.bundle import load_bundle
-from fraudscore.messages import transaction_messages
+from fraudscore.serving.bundle import load_bundle
+from fraudscore.data.loadgen import transaction_messages
 
 pytestmark = pytest.mark.kafka
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fraudscore.bundle import load_bundle
+from fraudscore.serving.bundle import load_bundle
 from fraudscore.errors import UsageError
-from fraudscore.scorer import Scorer
+from fraudscore.serving.scorer import Scorer
 
 ort = pytest.importorskip("onnxruntime")
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()

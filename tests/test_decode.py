@@ -10,7 +10,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fraudscore.decode import Rejection, decode_batch, decode_one
+from fraudscore.serving.decode import Rejection, decode_batch, decode_one
 
 FEATURES = ("TX_AMOUNT", "TX_DURING_NIGHT", "CUSTOMER_ID_NB_TX_1DAY_WINDOW")
 

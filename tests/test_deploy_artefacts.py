@@ -13,7 +13,7 @@ DEPLOY = ROOT / "deploy"
 
 
 def _exported_metric_names() -> set[str]:
-    from fraudscore.metrics import SidecarMetrics
+    from fraudscore.serving.metrics import SidecarMetrics
 
     names = set()
     for family in SidecarMetrics().registry.collect():

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fraudscore import BASELINE_FEATURES, InputError, Table, add_baseline_features, baseline_features, read_table, simulate, write_table
-from fraudscore.features import CUSTOMER_WINDOWS_DAYS, TERMINAL_DELAY_DAYS, TERMINAL_WINDOWS_DAYS
+from fraudscore.features.baseline import CUSTOMER_WINDOWS_DAYS, TERMINAL_DELAY_DAYS, TERMINAL_WINDOWS_DAYS
 
 DAY = 86_400
 EPOCH = dt.datetime(2018, 4, 1)

@@ -15,10 +15,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from fraudscore.bundle import load_bundle
-from fraudscore.decode import MAX_MESSAGE_BYTES, Rejection, decode_one
-from fraudscore.scorer import Scorer
-from fraudscore.sidecar import MAX_KEY_BYTES, TRUNCATED_DLQ_BYTES
+from fraudscore.serving.bundle import load_bundle
+from fraudscore.serving.decode import MAX_MESSAGE_BYTES, Rejection, decode_one
+from fraudscore.serving.scorer import Scorer
+from fraudscore.serving.sidecar import MAX_KEY_BYTES, TRUNCATED_DLQ_BYTES
 from test_sidecar import Sidecar, client, no_leftover_sidecars  # noqa: F401
 
 pytestmark = pytest.mark.kafka

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fraudscore.bundle import load_bundle
-from fraudscore.pipeline import Pipeline
-from fraudscore.scorer import Scorer
+from fraudscore.serving.bundle import load_bundle
+from fraudscore.serving.pipeline import Pipeline
+from fraudscore.serving.scorer import Scorer
 from test_sidecar import EXE
 
 

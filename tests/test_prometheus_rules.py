@@ -50,7 +50,7 @@ def test_every_alert_has_severity_text_and_a_runbook() -> None:
 def test_rules_only_use_metrics_the_runtime_and_bench_export() -> None:
     import re
 
-    from fraudscore.metrics import SidecarMetrics
+    from fraudscore.serving.metrics import SidecarMetrics
 
     exported = set()
     for metric in SidecarMetrics().registry.collect():

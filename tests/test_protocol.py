@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fraudscore import Table
-from fraudscore.protocol import (
+from fraudscore.data.evaluation import (
     Split,
     average_precision,
     card_precision_at_k,

@@ -18,8 +18,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from conftest import free_port
 from fraudscore import add_baseline_features, simulate
-from fraudscore.bundle import load_bundle
-from fraudscore.messages import transaction_messages
+from fraudscore.serving.bundle import load_bundle
+from fraudscore.data.loadgen import transaction_messages
 
 pytestmark = pytest.mark.kafka
 EXE = str(Path(sys.executable).with_name("fraudscore"))

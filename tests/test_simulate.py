@@ -11,7 +11,7 @@ import pytest
 
 from fraudscore import SimulationConfig, read_table, simulate
 from fraudscore.errors import UsageError
-from fraudscore.simulate import COLUMNS, SECONDS_PER_DAY
+from fraudscore.data.simulate import COLUMNS, SECONDS_PER_DAY
 
 # The handbook's published reference run (data.md): 1,754,155 transactions, 14,681 frauds.
 HANDBOOK_ROWS = 1_754_155

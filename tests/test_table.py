@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fraudscore import InputError, Table, read_table, simulate, write_table
-from fraudscore import table as table_module
+from fraudscore.data import table as table_module
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from fraudscore import InputError, Table, add_baseline_features, read_table, simulate, write_table
-from fraudscore.bundle import BundleIntegrityError, load_bundle
-from fraudscore.manifest import manifest_digest
-from fraudscore.scorer import Scorer, feature_matrix
+from fraudscore.serving.bundle import BundleIntegrityError, load_bundle
+from fraudscore.serving.manifest import manifest_digest
+from fraudscore.serving.scorer import Scorer, feature_matrix
 
 START = "2018-04-10"
 FAST = ["--epochs", "6", "--patience", "3", "--batch-size", "512", "--quiet"]
@@ -237,7 +237,7 @@ def test_feature_matrix_refuses_missing_and_non_finite() -> None:
 
 
 def test_score_files_through_the_runtime_core(workspace: Path, mlp_bundle: Path, feature_table: Path) -> None:
-    from fraudscore.messages import transaction_messages
+    from fraudscore.data.loadgen import transaction_messages
 
     table = read_table(feature_table)
     _, values = transaction_messages(table.take(np.arange(300)), load_bundle(mlp_bundle).features)

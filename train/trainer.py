@@ -1,6 +1,6 @@
 """The `train` job: feature table -> time split -> Keras model -> run directory.
 
-Split per the handbook's protocol (fraudscore.protocol): the training window's last
+Split per the handbook's protocol (fraudscore.data.evaluation): the training window's last
 `val_days` days are held out, by time, for early stopping and for choosing the alert
 threshold; the test days (after the delay, known compromised cards removed) are used
 only for the reported metrics. Early stopping keeps the weights of the epoch with the
@@ -29,8 +29,8 @@ import numpy as np
 
 from fraudscore import BASELINE_FEATURES, InputError, UsageError, __version__, read_table
 from fraudscore.atomic import check_new_directory, new_directory
-from fraudscore.fingerprint import fingerprint
-from fraudscore.protocol import (
+from fraudscore.data.fingerprint import fingerprint
+from fraudscore.data.evaluation import (
     Split,
     average_precision,
     classification_at,
@@ -41,8 +41,8 @@ from fraudscore.protocol import (
     threshold_for_budget,
     threshold_for_precision,
 )
-from fraudscore.scorer import feature_matrix
-from fraudscore.table import Table
+from fraudscore.serving.scorer import feature_matrix
+from fraudscore.data.table import Table
 
 MODELS = ("mlp", "autoencoder")
 HOLDOUT_ROWS = 5_000

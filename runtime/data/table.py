@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import replacing
-from .errors import InputError
+from fraudscore.atomic import replacing
+from fraudscore.errors import InputError
 
 STRING = np.dtypes.StringDType()
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import load_bundle
-from .errors import InputError
-from .protocol import Split, evaluate_scores, split_masks
-from .scorer import Scorer, feature_matrix
-from .table import read_table
+from fraudscore.serving.bundle import load_bundle
+from fraudscore.errors import InputError
+from fraudscore.data.evaluation import Split, evaluate_scores, split_masks
+from fraudscore.serving.scorer import Scorer, feature_matrix
+from fraudscore.data.table import read_table
 
 
 def evaluate_bundles(

@@ -1,6 +1,6 @@
 """The pure middle of the sidecar: raw message values in, encoded results and rejections out.
 
-decode (fraudscore.decode) -> one ONNX Runtime call (fraudscore.scorer) -> encode. No
+decode (fraudscore.serving.decode) -> one ONNX Runtime call (fraudscore.serving.scorer) -> encode. No
 Kafka, no I/O: the sidecar, `fraudscore score` and the bench all call `Pipeline.run`.
 """
 
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from .bundle import Bundle
-from .decode import MAX_MESSAGE_BYTES, Rejection, decode_batch
-from .scorer import Scorer
+from fraudscore.serving.bundle import Bundle
+from fraudscore.serving.decode import MAX_MESSAGE_BYTES, Rejection, decode_batch
+from fraudscore.serving.scorer import Scorer
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ import logging
 
 import numpy as np
 
-from .bundle import Bundle
-from .errors import InputError, UsageError
-from .table import Table
+from fraudscore.serving.bundle import Bundle
+from fraudscore.errors import InputError, UsageError
+from fraudscore.data.table import Table
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from fraudscore.errors import InputError
 
 
 class IntegrityError(InputError):

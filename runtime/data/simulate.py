@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import UsageError
-from .progress import Progress
-from .table import Table
+from fraudscore.errors import UsageError
+from fraudscore.progress import Progress
+from fraudscore.data.table import Table
 
 SECONDS_PER_DAY = 86_400
 

@@ -6,9 +6,9 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
-from .manifest import IntegrityError as BundleIntegrityError
-from .manifest import Manifest
+from fraudscore.errors import InputError
+from fraudscore.serving.manifest import IntegrityError as BundleIntegrityError
+from fraudscore.serving.manifest import Manifest
 
 __all__ = ["Bundle", "BundleIntegrityError", "load_bundle"]
 

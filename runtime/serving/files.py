@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_bytes
-from .bundle import load_bundle
-from .decode import FLOAT32_MAX, ID_FIELD
-from .errors import InputError, UsageError
-from .pipeline import Pipeline, non_finite_rejections
-from .scorer import Scorer
-from .table import Table, file_format, read_table, write_table
+from fraudscore.atomic import write_bytes
+from fraudscore.serving.bundle import load_bundle
+from fraudscore.serving.decode import FLOAT32_MAX, ID_FIELD
+from fraudscore.errors import InputError, UsageError
+from fraudscore.serving.pipeline import Pipeline, non_finite_rejections
+from fraudscore.serving.scorer import Scorer
+from fraudscore.data.table import Table, file_format, read_table, write_table
 
 CHUNK = 65_536
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
-from .table import Table
+from fraudscore.errors import InputError
+from fraudscore.data.table import Table
 
 SECONDS_PER_DAY = 86_400
 

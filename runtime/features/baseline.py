@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
-from .table import Table
+from fraudscore.errors import InputError
+from fraudscore.data.table import Table
 
 SECONDS_PER_DAY = 86_400
 CUSTOMER_WINDOWS_DAYS = (1, 7, 30)

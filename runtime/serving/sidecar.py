@@ -36,12 +36,12 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from .bundle import load_bundle
-from .errors import FraudscoreError, UsageError
-from .fingerprint import psi
-from .metrics import HealthServer, SidecarMetrics
-from .pipeline import Pipeline
-from .scorer import Scorer
+from fraudscore.serving.bundle import load_bundle
+from fraudscore.errors import FraudscoreError, UsageError
+from fraudscore.serving.drift import psi
+from fraudscore.serving.metrics import HealthServer, SidecarMetrics
+from fraudscore.serving.pipeline import Pipeline
+from fraudscore.serving.scorer import Scorer
 
 log = logging.getLogger("fraudscore.sidecar")
 kafka_log = logging.getLogger("fraudscore.kafka")  # librdkafka's log lines and error callbacks
