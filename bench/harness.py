@@ -151,7 +151,7 @@ def run_bench(config: BenchConfig, say: Callable[[str], None] = lambda m: None) 
 
     for device in config.devices:
         scorer = Scorer(bundle, device=device, intra_op_threads=config.threads)
-        pipeline = Pipeline(bundle, scorer)
+        pipeline = Pipeline(bundle.manifest, scorer)
         for batch in config.batch_sizes:
             batches = [values[i : i + batch] for i in range(0, len(values) - batch + 1, batch)][:8]
             cases = {}
@@ -162,7 +162,7 @@ def run_bench(config: BenchConfig, say: Callable[[str], None] = lambda m: None) 
                 state = {"i": 0}
 
                 def one(bs=batches, st=state):
-                    pipeline.run(bs[st["i"] % len(bs)])
+                    pipeline.score_batch(bs[st["i"] % len(bs)])
                     st["i"] += 1
 
                 cases["pipeline"] = one

@@ -1,16 +1,18 @@
 """The `fraudscore` command line: one function a command.
 
-Heavy modules are imported inside the commands, so `fraudscore --help` and every
-`fraudscore COMMAND --help` answer without loading them (a test checks that no
-TensorFlow, Keras, tf2onnx or onnx module is imported).
+The runtime's own commands live here (simulate, features, evaluate, score, run); train,
+export and bench live in their packages (`train/cli.py`, `export/cli.py`, `bench/cli.py`)
+and register themselves through the `fraudscore.commands` entry point, so nothing under
+runtime/ imports them. Heavy modules are imported inside the commands, so
+`fraudscore --help` and every `fraudscore COMMAND --help` answer without loading them (a
+test checks that no TensorFlow, Keras, tf2onnx or onnx module is imported).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
-import os
-import sys
+
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,14 +69,14 @@ def main_options(
     """Real-time card-fraud scoring: simulate data, build features, score with ONNX Runtime."""
 
 
-def _parse_date(value: str, flag: str) -> dt.date:
+def parse_date(value: str, flag: str) -> dt.date:
     try:
         return dt.date.fromisoformat(value)
     except ValueError:
         raise UsageError(f"{flag} must be a date like 2018-04-01, got {value!r}") from None
 
 
-def _check_output(path: Path) -> None:
+def check_output(path: Path) -> None:
     """Fail before the work, not after it, when the output cannot be written."""
     from fraudscore.data.table import _pyarrow, file_format
 
@@ -112,12 +114,12 @@ def simulate(
     from fraudscore.data.simulate import SimulationConfig, simulate as run_simulation
     from fraudscore.data.table import write_table
 
-    _check_output(out)
+    check_output(out)
     config = SimulationConfig(
         customers=customers,
         terminals=terminals,
         days=days,
-        start=_parse_date(start, "--start"),
+        start=parse_date(start, "--start"),
         seed=seed,
         radius=radius,
         compromised_terminals_per_day=compromised_terminals,
@@ -157,7 +159,7 @@ def features(
     from fraudscore.features.baseline import add_baseline_features
     from fraudscore.data.table import read_table, write_table
 
-    _check_output(out)
+    check_output(out)
     t0 = time.perf_counter()
     table = read_table(input_path)
     t1 = time.perf_counter()
@@ -172,77 +174,7 @@ def features(
         )
 
 
-@app.command()
-@reports_errors
-def train(
-    data: Annotated[Path, typer.Option("--data", "-d", help="Feature table (.csv, .csv.gz, .parquet) from `fraudscore features`.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create.")],
-    start: Annotated[str, typer.Option(help="First training day, YYYY-MM-DD.")],
-    model: Annotated[str, typer.Option(help="mlp (supervised) or autoencoder (genuine only; score = reconstruction error).")] = "mlp",
-    train_days: Annotated[int, typer.Option(min=2, help="Days in the training window.")] = 7,
-    delay_days: Annotated[int, typer.Option(min=0, help="Days between training and test (labels arrive late).")] = 7,
-    test_days: Annotated[int, typer.Option(min=1, help="Days in the test window.")] = 7,
-    val_days: Annotated[int, typer.Option(min=1, help="Last days of the training window held out for early stopping and the threshold.")] = 1,
-    seed: Annotated[int, typer.Option(min=0, help="Random seed; the same seed gives the same model and metrics.")] = 0,
-    features: Annotated[str, typer.Option(help="Comma-separated feature columns, in model order; default: the 15 baseline features.")] = "",
-    label: Annotated[str, typer.Option(help="Label column (0/1).")] = "TX_FRAUD",
-    time_column: Annotated[str, typer.Option(help="Timestamp column.")] = "TX_DATETIME",
-    customer_column: Annotated[str, typer.Option(help="Card/customer column (for card precision and known-card removal).")] = "CUSTOMER_ID",
-    epochs: Annotated[int, typer.Option(min=1, help="Most epochs; early stopping on validation AP usually ends sooner.")] = 60,
-    patience: Annotated[int, typer.Option(min=1, help="Epochs without a better validation AP before stopping.")] = 8,
-    batch_size: Annotated[int, typer.Option(min=1)] = 256,
-    learning_rate: Annotated[float, typer.Option()] = 1e-3,
-    hidden: Annotated[str, typer.Option(help="Hidden layer widths, e.g. 64,32 (mlp) or 32,8 (autoencoder encoder).")] = "",
-    class_weight: Annotated[float, typer.Option(help="Weight of a fraud in the loss relative to a genuine transaction (mlp).")] = 1.0,
-    ensemble: Annotated[
-        Optional[int], typer.Option(min=1, help="Average this many independently seeded models in one graph [default: 3 for mlp, 1 for autoencoder].")
-    ] = None,
-    target_precision: Annotated[Optional[float], typer.Option(help="Alert threshold: lowest with this precision on validation.")] = None,
-    daily_alert_budget: Annotated[float, typer.Option(help="Alert threshold: at most this many alerts a day on validation (default rule).")] = 100.0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress.")] = False,
-) -> None:
-    """Train a Keras model on a feature table with the handbook's time split; write a run directory."""
-    from fraudscore.progress import progress_wanted
-
-    from fraudscore.train.trainer import TrainConfig, train as run_training
-
-    feature_list = tuple(f.strip() for f in features.split(",") if f.strip())
-    config = TrainConfig(
-        data=data,
-        out=out,
-        start=_parse_date(start, "--start"),
-        model=model,
-        train_days=train_days,
-        delay_days=delay_days,
-        test_days=test_days,
-        val_days=val_days,
-        seed=seed,
-        label=label,
-        time_column=time_column,
-        customer_column=customer_column,
-        epochs=epochs,
-        patience=patience,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        hidden=_int_list(hidden, "--hidden"),
-        class_weight=class_weight,
-        ensemble=ensemble,
-        target_precision=target_precision,
-        daily_alert_budget=None if target_precision is not None else daily_alert_budget,
-        **({"features": feature_list} if feature_list else {}),
-    )
-    verbose = not quiet and progress_wanted()
-    result = run_training(config, say=say if verbose else (lambda message: None))
-    test = result.metrics["test"]
-    if not quiet:
-        say(
-            f"{model}: test AUC {test['auc']:.4f}, AP {test['ap']:.4f}, CP@100 {test['cp_at_100']:.4f} "
-            f"({test['transactions']:,} transactions, {test['frauds']:,} frauds); threshold "
-            f"{result.metrics['threshold']['value']:.4g}; wrote {result.path} in {result.seconds:.1f} s"
-        )
-
-
-def _int_list(value: str, flag: str) -> tuple[int, ...]:
+def int_list(value: str, flag: str) -> tuple[int, ...]:
     try:
         widths = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
@@ -250,29 +182,6 @@ def _int_list(value: str, flag: str) -> tuple[int, ...]:
     if any(w < 1 for w in widths):
         raise UsageError(f"{flag}: widths must be positive")
     return widths
-
-
-@app.command()
-@reports_errors
-def export(
-    run: Annotated[Path, typer.Option("--run", help="Run directory written by `fraudscore train`.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to create (model.onnx + manifest.json).")],
-    opset: Annotated[int, typer.Option(help="ONNX opset (tf2onnx 1.17 converts 13-18).")] = 17,
-    tolerance: Annotated[float, typer.Option(help="Largest allowed |Keras - ONNX Runtime| on the held-out rows.")] = 1e-5,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
-) -> None:
-    """Convert a trained Keras model to an ONNX bundle, checked against Keras on held-out rows."""
-    from fraudscore.atomic import check_new_directory
-
-    check_new_directory(out)  # before TensorFlow loads: a taken --out fails in a second, not after the work
-    from fraudscore.export.onnx import export_bundle
-
-    result = export_bundle(run, out, opset=opset, tolerance=tolerance)
-    if not quiet:
-        say(
-            f"wrote {result.path}: parity over {result.rows_checked:,} held-out rows, max |Keras - ORT| "
-            f"{result.max_abs_diff:.2g} (row {result.worst_row}); {result.seconds:.1f} s"
-        )
 
 
 @app.command()
@@ -297,9 +206,9 @@ def evaluate(
     if device not in DEVICES:
         raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
     if json_path is not None:
-        _check_output(json_path.with_suffix(".csv"))  # only its directory matters here
+        check_output(json_path.with_suffix(".csv"))  # only its directory matters here
     report = evaluate_bundles(
-        bundle, data, _parse_date(start, "--start"), train_days=train_days, delay_days=delay_days,
+        bundle, data, parse_date(start, "--start"), train_days=train_days, delay_days=delay_days,
         test_days=test_days, k=k, device=device,
     )
     typer.echo(format_table(report, k))
@@ -374,7 +283,7 @@ def run(
     from fraudscore.serving.sidecar import Sidecar, SidecarConfig, configure_logging, install_signal_handlers
 
     configure_logging(log_level)
-    given = {
+    flags = {
         "bundle": bundle, "bootstrap_servers": bootstrap_servers, "input_topic": input_topic,
         "output_topic": output_topic, "alerts_topic": alerts_topic, "dlq_topic": dlq_topic, "group_id": group_id,
         "metrics_port": metrics_port, "metrics_host": metrics_host, "batch_size": batch_size,
@@ -383,157 +292,31 @@ def run(
         "startup_timeout_s": startup_timeout, "drain_timeout_s": drain_timeout, "watch": watch,
         "require_tls": require_tls,
     }
-    settings = _config_file(config) if config else {}
-    kafka = {str(k): str(v) for k, v in settings.pop("kafka", {}).items()}
-    if kafka_properties_file:
-        kafka.update(_properties_file(kafka_properties_file))
-    kafka.update(_kafka_environment(os.environ))
-    for n, item in enumerate(kafka_property or [], 1):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():  # the value is not echoed: it may be a secret
-            raise UsageError(f"-X number {n} is not key=value (e.g. -X security.protocol=SASL_SSL)")
-        kafka[key.strip()] = value
-    settings.update({k: v for k, v in given.items() if v is not None})
-    if "bundle" in settings:
-        settings["bundle"] = Path(settings["bundle"])
-    missing = [k for k in ("bundle", "bootstrap_servers", "input_topic", "output_topic", "alerts_topic", "dlq_topic", "group_id") if not settings.get(k)]
-    if missing:
-        raise UsageError("missing " + ", ".join("--" + k.replace("_", "-") for k in missing) + " (flags, FRAUDSCORE_* variables or --config)")
-    try:
-        cfg = SidecarConfig(**settings, kafka=kafka)
-    except TypeError as exc:
-        raise UsageError(f"--config: {exc}") from None
+    cfg = SidecarConfig.from_sources(flags, config_file=config, properties_file=kafka_properties_file,
+                                     kafka_flags=kafka_property)
     sidecar = Sidecar(cfg)
     install_signal_handlers(sidecar)
     raise typer.Exit(sidecar.run())
 
 
-KAFKA_ENV_PREFIX = "FRAUDSCORE_KAFKA_"
+PLUGIN_GROUP = "fraudscore.commands"
 
 
-def _kafka_environment(environ) -> dict[str, str]:
-    """FRAUDSCORE_KAFKA_SASL_PASSWORD=... -> {"sasl.password": ...} (the file option's own variable excepted)."""
-    return {
-        name[len(KAFKA_ENV_PREFIX):].lower().replace("_", "."): value
-        for name, value in environ.items()
-        if name.startswith(KAFKA_ENV_PREFIX) and name != "FRAUDSCORE_KAFKA_PROPERTIES_FILE" and len(name) > len(KAFKA_ENV_PREFIX)
-    }
+def register_plugins(target: typer.Typer = app) -> list[str]:
+    """Add the commands of the optional packages (train, export, bench) that declare a
+    `fraudscore.commands` entry point. The runtime names none of them: the dependency runs
+    from those packages to this one, never back."""
+    from importlib.metadata import entry_points
+
+    names = []
+    order = {"train": 0, "export": 1, "bench": 2}  # the data flow's order in --help
+    for point in sorted(entry_points(group=PLUGIN_GROUP), key=lambda p: (order.get(p.name, 9), p.name)):
+        point.load()(target)
+        names.append(point.name)
+    return names
 
 
-def _properties_file(path: Path) -> dict[str, str]:
-    """key=value lines; blank lines and lines starting with # or ! are skipped. Errors name the
-    line, never its content (it may hold a password)."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UsageError(f"--kafka-properties-file {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--kafka-properties-file {path}: cannot read it ({type(exc).__name__})") from None
-    out = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
-        if not stripped or stripped[0] in "#!":
-            continue
-        key, sep, value = stripped.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--kafka-properties-file {path}: line {number} is not key=value")
-        out[key.strip()] = value.strip()
-    return out
-
-
-def _config_file(path: Path) -> dict:
-    import tomllib
-
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"--config {path}: no such file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--config {path}: not valid TOML ({exc})") from None
-    aliases = {"poll_timeout": "poll_timeout_s", "startup_timeout": "startup_timeout_s", "drain_timeout": "drain_timeout_s"}
-    return {aliases.get(k.replace("-", "_"), k.replace("-", "_")): v for k, v in data.items()}
-
-
-@app.command()
-@reports_errors
-def bench(
-    bundle: Annotated[Path, typer.Option("--bundle", "-b", help="Bundle directory to measure.")],
-    mode: Annotated[Optional[list[str]], typer.Option("--mode", help="model, pipeline or kafka; repeat for several [default: model and pipeline].")] = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the versioned report (docs/bench.md) here.")] = None,
-    gate: Annotated[Optional[Path], typer.Option(help="Bounds to enforce (TOML or YAML); exit 1 when one fails.")] = None,
-    baseline: Annotated[Optional[Path], typer.Option(help="Earlier report for the gate's relative bounds.")] = None,
-    pushgateway: Annotated[Optional[str], typer.Option(help="Push fraudscore_bench_* metrics to this Pushgateway URL.")] = None,
-    prom_file: Annotated[Optional[Path], typer.Option(help="Write the metrics in text format for a node-exporter textfile collector.")] = None,
-    plot: Annotated[Optional[Path], typer.Option(help="Write latency and throughput against batch size as a PNG (matplotlib).")] = None,
-    bootstrap_servers: Annotated[Optional[str], typer.Option(help="Broker for --mode kafka.")] = None,
-    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes of the model/pipeline sweep.")] = "1,8,64,512,4096",
-    device: Annotated[Optional[list[str]], typer.Option("--device", help="cpu, cuda or auto; repeat to compare [default: cpu].")] = None,
-    threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime intra-op threads.")] = 1,
-    repeats: Annotated[int, typer.Option(min=1, help="Repeats of each case; figures are medians, spread is min-max.")] = 3,
-    seconds: Annotated[float, typer.Option(min=0.01, help="Seconds of back-to-back calls per repeat.")] = 1.0,
-    kafka_messages: Annotated[int, typer.Option(min=100, help="Backlog size for the Kafka drain run.")] = 100_000,
-    kafka_rates: Annotated[str, typer.Option(help="Comma-separated msg/s for the latency sweep [default: 25/50/75 % of the drain rate].")] = "",
-    kafka_rate_seconds: Annotated[float, typer.Option(min=1, help="Seconds of each fixed-rate run.")] = 8.0,
-    naive_messages: Annotated[int, typer.Option(min=10, help="Messages for the naive per-message reference.")] = 5_000,
-    kafka_repeats: Annotated[int, typer.Option(min=1, help="Repeats of each Kafka drain and rate run (median and spread).")] = 1,
-    slo_ms: Annotated[float, typer.Option(help="p99 latency objective for the highest sustainable rate.")] = 50.0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no table; only the gate's verdict.")] = False,
-) -> None:
-    """Measure p50/p99 latency and throughput (model, pipeline, Kafka); export them; gate CI on them.
-
-    Exit codes: 0 measured (and every gate bound held), 1 a gate bound failed, 2 usage error.
-    """
-    import json
-
-    from fraudscore.bench.gate import check, format_outcomes, load_gate, load_report
-    from fraudscore.bench.harness import BenchConfig, format_table, run_bench
-
-    from fraudscore.progress import progress_wanted
-
-    modes = tuple(mode or ("model", "pipeline"))
-    unknown = set(modes) - {"model", "pipeline", "kafka"}
-    if unknown:
-        raise UsageError(f"--mode {', '.join(sorted(unknown))}: choose model, pipeline or kafka")
-    bounds = load_gate(gate) if gate else None
-    base = load_report(baseline) if baseline else None
-    config = BenchConfig(
-        bundle=bundle, modes=modes, batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
-        devices=tuple(device or ("cpu",)), threads=threads, repeats=repeats, seconds=seconds,
-        bootstrap_servers=bootstrap_servers, kafka_messages=kafka_messages,
-        kafka_rates=tuple(float(r) for r in kafka_rates.split(",") if r.strip()), kafka_rate_seconds=kafka_rate_seconds,
-        naive_messages=naive_messages, slo_ms=slo_ms, kafka_repeats=kafka_repeats,
-    )
-    talk = not quiet and progress_wanted()
-    report = run_bench(config, say=(lambda m: say(f"bench: {m}")) if talk else (lambda m: None))
-    if not quiet:
-        typer.echo(format_table(report))
-    if json_path:
-        from fraudscore.atomic import write_bytes
-
-        write_bytes(json_path, (json.dumps(report, indent=2) + "\n").encode())
-    if prom_file:
-        from fraudscore.bench.exposition import write_textfile
-
-        write_textfile(report, prom_file)
-    if pushgateway:
-        from fraudscore.bench.exposition import push
-
-        try:
-            push(report, pushgateway)
-        except OSError as exc:
-            raise UsageError(f"--pushgateway {pushgateway}: push failed ({exc})") from None
-    if plot:
-        from fraudscore.bench.plot import plot_report
-
-        plot_report(report, plot)
-    if bounds is not None:
-        outcomes = check(report, bounds, base)
-        typer.echo(format_outcomes(outcomes))
-        failed = [o for o in outcomes if not o.ok]
-        if failed:
-            say(f"gate: {len(failed)} of {len(outcomes)} bounds failed")
-            raise typer.Exit(1)
-        say(f"gate: all {len(outcomes)} bounds hold")
+register_plugins()
 
 
 def main() -> None:
@@ -543,4 +326,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    sys.exit(0)

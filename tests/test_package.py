@@ -58,17 +58,41 @@ def test_importing_the_runtime_loads_no_training_stack() -> None:
     assert _forbidden_loaded(code) == []
 
 
+SIBLINGS = ("fraudscore.train", "fraudscore.export", "fraudscore.bench")
+
+
+def _imported_names(path: Path) -> list[str]:
+    """Every module `path` imports, relative imports resolved against its package."""
+    package = ("fraudscore",) + path.relative_to(ROOT / "runtime").parent.parts
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = list(package[: len(package) - node.level + 1]) if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            names += [module] + [f"{module}.{a.name}" for a in node.names]
+    return names
+
+
 def test_runtime_sources_never_import_the_training_stack() -> None:
     for path in (ROOT / "runtime").rglob("*.py"):
-        tree = ast.parse(path.read_text(), filename=str(path))
-        for node in ast.walk(tree):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module]
-            for name in names:
-                assert name.split(".")[0] not in FORBIDDEN, f"{path.name} imports {name}"
+        for name in _imported_names(path):
+            assert name.split(".")[0] not in FORBIDDEN, f"{path.name} imports {name}"
+
+
+def test_runtime_never_imports_train_export_or_bench() -> None:
+    """The dependency runs one way: train, export and bench use the runtime, never back."""
+    for path in (ROOT / "runtime").rglob("*.py"):
+        for name in _imported_names(path):
+            assert not name.startswith(SIBLINGS), f"{path.relative_to(ROOT)} imports {name}"
+
+
+def test_optional_commands_register_themselves() -> None:
+    from fraudscore.cli import app
+
+    names = {c.name or c.callback.__name__ for c in app.registered_commands}
+    assert {"train", "export", "bench", "run", "score"} <= names
 
 
 def _commands() -> list[str]:

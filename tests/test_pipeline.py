@@ -23,12 +23,12 @@ def extreme_messages(features) -> list[bytes]:
 
 def test_a_non_finite_score_is_a_rejection_not_a_pass(small_bundle: Path) -> None:
     bundle = load_bundle(small_bundle)
-    pipeline = Pipeline(bundle, Scorer(bundle))
+    pipeline = Pipeline(bundle.manifest, Scorer(bundle))
     values = extreme_messages(bundle.features)
     raw = pipeline.scorer.score(np.array([[v for k, v in json.loads(m).items() if k != "TRANSACTION_ID"] for m in values],
                                          dtype=np.float32))
     assert not np.isfinite(raw[:3]).any()  # the premise: these inputs do overflow this model
-    result = pipeline.run(values)
+    result = pipeline.score_batch(values)
     assert result.index.tolist() == [3, 4] and result.ids == [3, 4]
     assert np.isfinite(result.scores).all() and len(result.payloads) == 2
     assert all(np.isfinite(json.loads(p)["score"]) for p in result.payloads)  # valid JSON, no nan

@@ -14,7 +14,8 @@ import pytest
 from fraudscore import InputError, Table, add_baseline_features, read_table, simulate, write_table
 from fraudscore.serving.bundle import BundleIntegrityError, load_bundle
 from fraudscore.serving.manifest import manifest_digest
-from fraudscore.serving.scorer import Scorer, feature_matrix
+from fraudscore.serving.scorer import Scorer
+from fraudscore.data.matrix import feature_matrix
 
 START = "2018-04-10"
 FAST = ["--epochs", "6", "--patience", "3", "--batch-size", "512", "--quiet"]

@@ -41,7 +41,7 @@ from fraudscore.data.evaluation import (
     threshold_for_budget,
     threshold_for_precision,
 )
-from fraudscore.serving.scorer import feature_matrix
+from fraudscore.data.matrix import feature_matrix
 from fraudscore.data.table import Table
 
 MODELS = ("mlp", "autoencoder")

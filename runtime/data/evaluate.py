@@ -14,7 +14,8 @@ import numpy as np
 from fraudscore.serving.bundle import load_bundle
 from fraudscore.errors import InputError
 from fraudscore.data.evaluation import Split, evaluate_scores, split_masks
-from fraudscore.serving.scorer import Scorer, feature_matrix
+from fraudscore.serving.scorer import Scorer
+from fraudscore.data.matrix import feature_matrix
 from fraudscore.data.table import read_table
 
 

@@ -223,3 +223,25 @@ def decode_one(value: bytes | None, features: tuple[str, ...] | list[str], *, id
             return Rejection(0, "out_of_range", "")
         row[j] = number
     return tx_id, row
+
+
+def decode_table(columns, features: tuple[str, ...] | list[str], ids: list, *, source: str = "input") -> DecodedBatch:
+    """A feature table's rows as a DecodedBatch: the same float32 range rule as messages.
+
+    `columns` maps names to equal-length numpy arrays (a fraudscore Table will do); `ids`
+    are the rows' transaction ids. A missing feature column fails the whole table
+    (InputError); a row with a NaN, infinite or out-of-float32-range value is an
+    `out_of_range` rejection naming the features.
+    """
+    from fraudscore.errors import InputError
+
+    missing = [f for f in features if f not in columns]
+    if missing:
+        raise InputError(f"{source}: missing feature column(s) {', '.join(missing)}; run `fraudscore features` first")
+    wide = np.stack([np.asarray(columns[f], dtype=np.float64) for f in features], axis=1) if len(features) else np.empty((len(ids), 0))
+    in_range = np.abs(wide) <= FLOAT32_MAX
+    ok = in_range.all(axis=1)
+    rejections = [Rejection(int(i), "out_of_range", f"{', '.join(features[j] for j in np.flatnonzero(~in_range[i]))} not finite float32")
+                  for i in np.flatnonzero(~ok).tolist()]
+    index = np.flatnonzero(ok)
+    return DecodedBatch(index, [ids[i] for i in index.tolist()], wide[ok].astype(np.float32), rejections)

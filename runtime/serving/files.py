@@ -19,9 +19,9 @@ import numpy as np
 
 from fraudscore.atomic import write_bytes
 from fraudscore.serving.bundle import load_bundle
-from fraudscore.serving.decode import FLOAT32_MAX, ID_FIELD
+from fraudscore.serving.decode import ID_FIELD, decode_table
 from fraudscore.errors import InputError, UsageError
-from fraudscore.serving.pipeline import Pipeline, non_finite_rejections
+from fraudscore.serving.pipeline import Pipeline
 from fraudscore.serving.scorer import Scorer
 from fraudscore.data.table import Table, file_format, read_table, write_table
 
@@ -46,7 +46,7 @@ def _jsonl_format(path: Path) -> str | None:
 
 def score_file(bundle_dir: Path, source: Path, out: Path, device: str = "cpu", threads: int = 1) -> ScoreSummary:
     bundle = load_bundle(bundle_dir)
-    pipeline = Pipeline(bundle, Scorer(bundle, device=device, intra_op_threads=threads))
+    pipeline = Pipeline(bundle.manifest, Scorer(bundle, device=device, intra_op_threads=threads))
     out_jsonl = _jsonl_format(out)
     if out_jsonl is None:
         file_format(out)  # raises with the list of accepted suffixes
@@ -63,7 +63,7 @@ def score_file(bundle_dir: Path, source: Path, out: Path, device: str = "cpu", t
         scores, alerts, payloads = [], [], []
         for lo in range(0, len(lines), CHUNK):
             batch = lines[lo : lo + CHUNK]
-            result = pipeline.run(batch)
+            result = pipeline.score_batch(batch)
             payloads += result.payloads
             scores.append(result.scores)
             alerts.append(result.alerts)
@@ -73,26 +73,12 @@ def score_file(bundle_dir: Path, source: Path, out: Path, device: str = "cpu", t
         all_alerts = np.concatenate(alerts) if alerts else np.empty(0, bool)
     else:
         table = read_table(source)
-        missing = [f for f in pipeline.features if f not in table]
-        if missing:
-            raise InputError(f"{source}: missing feature column(s) {', '.join(missing)}; run `fraudscore features` first")
-        matrix = np.stack([table[f].astype(np.float64) for f in pipeline.features], axis=1)
-        ok = (np.abs(matrix) <= FLOAT32_MAX).all(axis=1)
-        for i in np.flatnonzero(~ok):
-            bad = [pipeline.features[j] for j in np.flatnonzero(~(np.abs(matrix[i]) <= FLOAT32_MAX))]
-            rejects.append({"line": int(i) + 2, "reason": "out_of_range", "detail": f"{', '.join(bad)} not finite float32"})
-        row_ids = table[ID_FIELD][ok].tolist() if ID_FIELD in table else (np.flatnonzero(ok) + 1).tolist()
-        all_scores = pipeline.scorer.score(matrix[ok].astype(np.float32))
-        rows = np.flatnonzero(ok)
-        for r in non_finite_rejections(rows, all_scores):
-            rejects.append({"line": r.index + 2, "reason": r.reason, "detail": r.detail})
-        finite = np.isfinite(all_scores)
-        if not finite.all():
-            row_ids = [i for i, f in zip(row_ids, finite.tolist()) if f]
-            all_scores = all_scores[finite]
-        all_alerts = all_scores >= pipeline.threshold
-        ids = row_ids
-        payloads = pipeline.encode(row_ids, all_scores, all_alerts, inference_ms=0.0) if out_jsonl else []
+        row_ids = table[ID_FIELD].tolist() if ID_FIELD in table else list(range(1, len(table) + 1))
+        result = pipeline.score_decoded(decode_table(table, pipeline.features, row_ids, source=str(source)))
+        # Line numbers of a table count its header: data row i is line i + 2.
+        rejects += [{"line": r.index + 2, "reason": r.reason, "detail": r.detail} for r in result.rejections]
+        ids, all_scores, all_alerts = result.ids, result.scores, result.alerts
+        payloads = result.payloads if out_jsonl else []
 
     _write_atomic_results(out, out_jsonl, payloads, ids, all_scores, all_alerts, pipeline.model_version)
     rejects_path = None

@@ -1,7 +1,9 @@
 """The pure middle of the sidecar: raw message values in, encoded results and rejections out.
 
-decode (fraudscore.serving.decode) -> one ONNX Runtime call (fraudscore.serving.scorer) -> encode. No
-Kafka, no I/O: the sidecar, `fraudscore score` and the bench all call `Pipeline.run`.
+decode (fraudscore.serving.decode) -> one ONNX Runtime call (fraudscore.serving.scorer)
+-> encode. No Kafka, no I/O: the sidecar, `fraudscore score` and the bench all call
+`Pipeline.score_batch` (messages) or `Pipeline.score_decoded` (rows decoded elsewhere,
+e.g. from a feature table by `decode_table`), so every path applies the same checks.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from fraudscore.serving.bundle import Bundle
-from fraudscore.serving.decode import MAX_MESSAGE_BYTES, Rejection, decode_batch
+from fraudscore.serving.decode import MAX_MESSAGE_BYTES, DecodedBatch, Rejection, decode_batch
+from fraudscore.serving.manifest import Manifest
 from fraudscore.serving.scorer import Scorer
 
 
@@ -25,10 +27,8 @@ class BatchResult:
     scores: np.ndarray  # float32, aligned with index
     alerts: np.ndarray  # bool, aligned with index
     payloads: list[bytes]  # encoded results, aligned with index
-    rejections: list[Rejection]
-    decode_seconds: float
+    rejections: list[Rejection]  # in input order
     inference_seconds: float
-    encode_seconds: float
 
 
 def non_finite_rejections(index: np.ndarray, scores: np.ndarray) -> list[Rejection]:
@@ -38,29 +38,36 @@ def non_finite_rejections(index: np.ndarray, scores: np.ndarray) -> list[Rejecti
 
 
 class Pipeline:
-    """Scores batches with one bundle. Immutable: a model reload builds a new Pipeline."""
+    """Scores batches with one model. Immutable: a model reload builds a new Pipeline.
 
-    def __init__(self, bundle: Bundle, scorer: Scorer, max_message_bytes: int = MAX_MESSAGE_BYTES):
-        self.bundle = bundle
+        pipeline = Pipeline(bundle.manifest, Scorer(bundle))
+        result = pipeline.score_batch([b'{"TRANSACTION_ID": 1, "TX_AMOUNT": 12.5, ...}'])
+        result.payloads[0]  # b'{"transaction_id":1,"score":0.0123,"decision":"pass",...}'
+    """
+
+    def __init__(self, manifest: Manifest, scorer: Scorer, max_message_bytes: int = MAX_MESSAGE_BYTES):
         self.scorer = scorer
-        self.features = bundle.manifest.features
-        self.threshold = float(bundle.manifest.threshold)
-        self.model_version = bundle.manifest.model_version
+        self.features = manifest.features
+        self.threshold = float(manifest.threshold)
+        self.model_version = manifest.model_version
         self.max_message_bytes = max_message_bytes
         self._version_json = orjson.dumps(self.model_version).decode()
-        profiles = bundle.manifest.fingerprint.get("features", {})
+        profiles = manifest.fingerprint.get("features", {})
         # (column, feature, training bin shares, bin edges) for the PSI drift metric.
         self.drift_baselines = [
             (j, name, np.array(profiles[name]["bin_shares"]), np.array(profiles[name]["bin_edges"]))
             for j, name in enumerate(self.features) if name in profiles
         ]
 
-    def run(self, values: list[bytes | None]) -> BatchResult:
+    def score_batch(self, values: list[bytes | None]) -> BatchResult:
+        """Decode message values, score the good ones in one call, encode the results."""
+        return self.score_decoded(decode_batch(values, self.features, max_message_bytes=self.max_message_bytes))
+
+    def score_decoded(self, decoded: DecodedBatch) -> BatchResult:
+        """Score decoded rows; a row whose score is not finite becomes a `non_finite_score` rejection."""
         t0 = time.perf_counter()
-        decoded = decode_batch(values, self.features, max_message_bytes=self.max_message_bytes)
-        t1 = time.perf_counter()
         scores = self.scorer.score(decoded.matrix)
-        t2 = time.perf_counter()
+        inference = time.perf_counter() - t0
         index, ids, matrix, rejections = decoded.index, decoded.ids, decoded.matrix, decoded.rejections
         finite = np.isfinite(scores)
         if not finite.all():
@@ -71,9 +78,8 @@ class Pipeline:
             index, matrix, scores = index[keep], matrix[keep], scores[keep]
             ids = [ids[i] for i in keep.tolist()]
         alerts = scores >= self.threshold
-        payloads = self.encode(ids, scores, alerts, inference_ms=(t2 - t1) * 1e3)
-        t3 = time.perf_counter()
-        return BatchResult(index, ids, matrix, scores, alerts, payloads, rejections, t1 - t0, t2 - t1, t3 - t2)
+        payloads = self.encode(ids, scores, alerts, inference_ms=inference * 1e3)
+        return BatchResult(index, ids, matrix, scores, alerts, payloads, rejections, inference)
 
     def encode(self, ids: list, scores: np.ndarray, alerts: np.ndarray, inference_ms: float) -> list[bytes]:
         """One JSON result a row: id, score (9 significant digits: float32 round-trips), decision,

@@ -8,7 +8,6 @@ import numpy as np
 
 from fraudscore.serving.bundle import Bundle
 from fraudscore.errors import InputError, UsageError
-from fraudscore.data.table import Table
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,6 @@ class Scorer:
         self.provider = active[0]
         if device == "auto":
             log.info("scoring on %s", self.provider)
-        self.bundle = bundle
         self.input_name = bundle.manifest.input_name
         self.output_name = bundle.manifest.output_name
         expected = self.session.get_inputs()[0]
@@ -73,27 +71,3 @@ class Scorer:
             return np.empty(0, dtype=np.float32)
         (out,) = self.session.run([self.output_name], {self.input_name: matrix})
         return out.reshape(len(matrix))
-
-
-def feature_matrix(table: Table, features: tuple[str, ...] | list[str], source: str = "input") -> np.ndarray:
-    """The (rows, features) float32 matrix in the bundle's feature order; refuses missing or non-finite values."""
-    missing = [f for f in features if f not in table]
-    if missing:
-        raise InputError(
-            f"{source}: missing feature column(s) {', '.join(missing)}; run `fraudscore features` on raw transactions first"
-        )
-    matrix = np.empty((len(table), len(features)), dtype=np.float32)
-    for i, name in enumerate(features):
-        column = table[name]
-        if column.dtype.kind not in "iufb":
-            raise InputError(f"{source}: feature column {name} must be numeric, got {column.dtype}")
-        matrix[:, i] = column
-    bad = ~np.isfinite(matrix)
-    if bad.any():
-        rows, cols = np.nonzero(bad)
-        names = sorted({features[c] for c in cols})
-        raise InputError(
-            f"{source}: {len(np.unique(rows))} rows have NaN, infinite or out-of-float32-range values "
-            f"in {', '.join(names)}; fix or drop them"
-        )
-    return matrix

@@ -1,0 +1,100 @@
+"""`fraudscore bench`: registered on the command line by the `fraudscore.commands` entry point.
+
+This module stays light (Typer only): the harness, Kafka clients and matplotlib are imported inside the command, so
+`fraudscore --help` answers at once and the runtime package never imports this one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fraudscore.cli import int_list, reports_errors, say
+from fraudscore.errors import UsageError
+
+
+def register(app: typer.Typer) -> None:
+    """Add `fraudscore bench` to the command line."""
+    app.command(name="bench")(reports_errors(bench))
+
+
+def bench(
+    bundle: Annotated[Path, typer.Option("--bundle", "-b", help="Bundle directory to measure.")],
+    mode: Annotated[Optional[list[str]], typer.Option("--mode", help="model, pipeline or kafka; repeat for several [default: model and pipeline].")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the versioned report (docs/bench.md) here.")] = None,
+    gate: Annotated[Optional[Path], typer.Option(help="Bounds to enforce (TOML or YAML); exit 1 when one fails.")] = None,
+    baseline: Annotated[Optional[Path], typer.Option(help="Earlier report for the gate's relative bounds.")] = None,
+    pushgateway: Annotated[Optional[str], typer.Option(help="Push fraudscore_bench_* metrics to this Pushgateway URL.")] = None,
+    prom_file: Annotated[Optional[Path], typer.Option(help="Write the metrics in text format for a node-exporter textfile collector.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write latency and throughput against batch size as a PNG (matplotlib).")] = None,
+    bootstrap_servers: Annotated[Optional[str], typer.Option(help="Broker for --mode kafka.")] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes of the model/pipeline sweep.")] = "1,8,64,512,4096",
+    device: Annotated[Optional[list[str]], typer.Option("--device", help="cpu, cuda or auto; repeat to compare [default: cpu].")] = None,
+    threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime intra-op threads.")] = 1,
+    repeats: Annotated[int, typer.Option(min=1, help="Repeats of each case; figures are medians, spread is min-max.")] = 3,
+    seconds: Annotated[float, typer.Option(min=0.01, help="Seconds of back-to-back calls per repeat.")] = 1.0,
+    kafka_messages: Annotated[int, typer.Option(min=100, help="Backlog size for the Kafka drain run.")] = 100_000,
+    kafka_rates: Annotated[str, typer.Option(help="Comma-separated msg/s for the latency sweep [default: 25/50/75 % of the drain rate].")] = "",
+    kafka_rate_seconds: Annotated[float, typer.Option(min=1, help="Seconds of each fixed-rate run.")] = 8.0,
+    naive_messages: Annotated[int, typer.Option(min=10, help="Messages for the naive per-message reference.")] = 5_000,
+    kafka_repeats: Annotated[int, typer.Option(min=1, help="Repeats of each Kafka drain and rate run (median and spread).")] = 1,
+    slo_ms: Annotated[float, typer.Option(help="p99 latency objective for the highest sustainable rate.")] = 50.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no table; only the gate's verdict.")] = False,
+) -> None:
+    """Measure p50/p99 latency and throughput (model, pipeline, Kafka); export them; gate CI on them.
+
+    Exit codes: 0 measured (and every gate bound held), 1 a gate bound failed, 2 usage error.
+    """
+    import json
+
+    from fraudscore.bench.gate import check, format_outcomes, load_gate, load_report
+    from fraudscore.bench.harness import BenchConfig, format_table, run_bench
+
+    from fraudscore.progress import progress_wanted
+
+    modes = tuple(mode or ("model", "pipeline"))
+    unknown = set(modes) - {"model", "pipeline", "kafka"}
+    if unknown:
+        raise UsageError(f"--mode {', '.join(sorted(unknown))}: choose model, pipeline or kafka")
+    bounds = load_gate(gate) if gate else None
+    base = load_report(baseline) if baseline else None
+    config = BenchConfig(
+        bundle=bundle, modes=modes, batch_sizes=int_list(batch_sizes, "--batch-sizes"),
+        devices=tuple(device or ("cpu",)), threads=threads, repeats=repeats, seconds=seconds,
+        bootstrap_servers=bootstrap_servers, kafka_messages=kafka_messages,
+        kafka_rates=tuple(float(r) for r in kafka_rates.split(",") if r.strip()), kafka_rate_seconds=kafka_rate_seconds,
+        naive_messages=naive_messages, slo_ms=slo_ms, kafka_repeats=kafka_repeats,
+    )
+    talk = not quiet and progress_wanted()
+    report = run_bench(config, say=(lambda m: say(f"bench: {m}")) if talk else (lambda m: None))
+    if not quiet:
+        typer.echo(format_table(report))
+    if json_path:
+        from fraudscore.atomic import write_bytes
+
+        write_bytes(json_path, (json.dumps(report, indent=2) + "\n").encode())
+    if prom_file:
+        from fraudscore.bench.exposition import write_textfile
+
+        write_textfile(report, prom_file)
+    if pushgateway:
+        from fraudscore.bench.exposition import push
+
+        try:
+            push(report, pushgateway)
+        except OSError as exc:
+            raise UsageError(f"--pushgateway {pushgateway}: push failed ({exc})") from None
+    if plot:
+        from fraudscore.bench.plot import plot_report
+
+        plot_report(report, plot)
+    if bounds is not None:
+        outcomes = check(report, bounds, base)
+        typer.echo(format_outcomes(outcomes))
+        failed = [o for o in outcomes if not o.ok]
+        if failed:
+            say(f"gate: {len(failed)} of {len(outcomes)} bounds failed")
+            raise typer.Exit(1)
+        say(f"gate: all {len(outcomes)} bounds hold")

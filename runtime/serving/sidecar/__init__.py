@@ -1,0 +1,26 @@
+"""`fraudscore run`: the Kafka sidecar, one module a job.
+
+| module | job |
+|---|---|
+| `config` | `SidecarConfig`, built once from flags, FRAUDSCORE_* variables and files |
+| `clients` | the consumer's and producer's configurations and callbacks; start-up checks |
+| `delivery` | produce results, alerts and dead letters; commit after acknowledgement, or rewind |
+| `loop` | `Sidecar`: consume -> pipeline -> deliver; rebalances, reload, signals |
+"""
+
+from fraudscore.serving.sidecar.clients import KafkaUnavailable, RepeatFilter
+from fraudscore.serving.sidecar.config import SidecarConfig
+from fraudscore.serving.sidecar.delivery import MAX_KEY_BYTES, TRUNCATED_DLQ_BYTES, Delivery
+from fraudscore.serving.sidecar.loop import Sidecar, configure_logging, install_signal_handlers
+
+__all__ = [
+    "MAX_KEY_BYTES",
+    "TRUNCATED_DLQ_BYTES",
+    "Delivery",
+    "KafkaUnavailable",
+    "RepeatFilter",
+    "Sidecar",
+    "SidecarConfig",
+    "configure_logging",
+    "install_signal_handlers",
+]

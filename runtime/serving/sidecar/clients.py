@@ -1,0 +1,172 @@
+"""The sidecar's Kafka clients: their configurations and callbacks, the start-up checks,
+and how librdkafka's own complaints reach the log.
+
+    check_topics(config, config.topics, stopping=lambda: False)   # exit 3 early, or wait
+    consumer, producer = build_clients(config, hooks)
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import orjson
+
+from fraudscore.errors import FraudscoreError
+from fraudscore.serving.sidecar.config import SidecarConfig
+
+log = logging.getLogger("fraudscore.sidecar")
+kafka_log = logging.getLogger("fraudscore.kafka")  # librdkafka's log lines and error callbacks
+
+_NUMBERS = re.compile(r"\d+")
+
+
+class KafkaUnavailable(FraudscoreError):
+    """The broker could not be reached, or a topic is missing, at start-up."""
+
+    exit_code = 3
+
+
+class RepeatFilter(logging.Filter):
+    """Lets a kind of line (its text with the numbers blanked out) through once per
+    `interval_s`, and says on the next one how many it held back. librdkafka reports every
+    failed reconnect of every connection; a broker outage would otherwise write dozens of
+    lines a second.
+
+        logging.getLogger("fraudscore.kafka").addFilter(RepeatFilter(10.0))
+    """
+
+    def __init__(self, interval_s: float = 10.0):
+        super().__init__()
+        self.interval_s = interval_s
+        self._seen: dict[tuple, list] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = (record.levelno, _NUMBERS.sub("#", record.getMessage()))
+        now = time.monotonic()
+        seen = self._seen.get(kind)
+        if seen is not None and now - seen[0] < self.interval_s:
+            seen[1] += 1
+            return False
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[kind] = [now, 0]
+        if seen is not None and seen[1]:
+            record.msg, record.args = f"{record.getMessage()} [{seen[1]} similar held back]", ()
+        return True
+
+
+def quiet_repeats() -> None:
+    """Install the RepeatFilter on librdkafka's logger once per process."""
+    if not any(isinstance(f, RepeatFilter) for f in kafka_log.filters):
+        kafka_log.addFilter(RepeatFilter())
+
+
+def common_config(config: SidecarConfig) -> dict:
+    """Settings every client shares; librdkafka's own log lines go through Python logging."""
+    return {"bootstrap.servers": config.bootstrap_servers, "client.id": f"fraudscore-{socket.gethostname()}",
+            "logger": kafka_log}
+
+
+@dataclass(frozen=True)
+class ClientHooks:
+    """The sidecar's callbacks, called from inside librdkafka's poll/consume/flush."""
+
+    on_error: Callable  # (KafkaError) -> None
+    on_lag: Callable  # (topic, partition, lag) -> None
+    on_delivery: Callable  # (KafkaError | None, Message) -> None
+
+
+def consumer_config(config: SidecarConfig, hooks: ClientHooks, assigned: Callable[[str, int], bool]) -> dict:
+    """The group consumer: manual offset store and commits, batches from `consume()`."""
+
+    def stats(stats_json: str) -> None:
+        for topic, data in orjson.loads(stats_json).get("topics", {}).items():
+            for partition, p in data.get("partitions", {}).items():
+                if partition != "-1" and assigned(topic, int(partition)) and p.get("consumer_lag", -1) >= 0:
+                    hooks.on_lag(topic, partition, p["consumer_lag"])
+
+    return common_config(config) | {
+        "group.id": config.group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": config.offset_reset,
+        "isolation.level": "read_committed" if config.exactly_once else "read_uncommitted",
+        "statistics.interval.ms": 5000,
+        # Bounds the prefetched backlog held in memory when input arrives faster than it is
+        # scored (librdkafka's default is 64 MiB); the rest waits in the broker, visible as lag.
+        "queued.max.messages.kbytes": 16384,
+        "stats_cb": stats,
+        "error_cb": hooks.on_error,
+        "fetch.wait.max.ms": 10,
+        # A crashed sidecar's partitions move after 10 s instead of librdkafka's 45 s default.
+        "session.timeout.ms": 10000,
+        "heartbeat.interval.ms": 2000,
+    } | config.kafka
+
+
+def producer_config(config: SidecarConfig, hooks: ClientHooks) -> dict:
+    """The idempotent producer of results, alerts and dead letters (transactional with exactly-once)."""
+    out = common_config(config) | {
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 2,
+        "batch.num.messages": 10000,
+        "queue.buffering.max.messages": 1_000_000,
+        "error_cb": hooks.on_error,
+        # Only failed deliveries call back into Python: success is known from flush()
+        # returning with nothing outstanding, which saves a callback per message.
+        "delivery.report.only.error": True,
+        "on_delivery": hooks.on_delivery,
+    } | config.kafka
+    if config.exactly_once:
+        out["transactional.id"] = config.transactional_id or f"fraudscore-{config.group_id}-{socket.gethostname()}"
+    return out
+
+
+def build_clients(config: SidecarConfig, hooks: ClientHooks, assigned: Callable[[str, int], bool]):
+    """(consumer, producer), the producer's transactions initialised in exactly-once mode."""
+    from confluent_kafka import Consumer, Producer
+
+    consumer = Consumer(consumer_config(config, hooks, assigned))
+    producer = Producer(producer_config(config, hooks))
+    if config.exactly_once:
+        producer.init_transactions(config.startup_timeout_s)
+    return consumer, producer
+
+
+def check_topics(config: SidecarConfig, topics: Iterable[str], stopping: Callable[[], bool]) -> None:
+    """Fail fast (or wait, with `config.wait`) when the broker is unreachable or a topic is missing."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    topics = list(topics)
+    errors: list = []
+    admin = AdminClient(common_config(config) | config.kafka | {"error_cb": errors.append})
+    said = 0.0
+    while True:
+        try:
+            md = admin.list_topics(timeout=config.startup_timeout_s)
+            missing = [t for t in topics if t not in md.topics or md.topics[t].error is not None]
+            if not missing:
+                return
+            problem = f"topic(s) {', '.join(missing)} do not exist on {config.bootstrap_servers}; create them first"
+        except KafkaException as exc:
+            admin.poll(0.2)  # serves error_cb: an authentication or TLS failure says more than a timeout
+            refused = [e for e in errors if e.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL)]
+            errors.clear()
+            if refused:
+                problem = f"Kafka at {config.bootstrap_servers} refused the connection: {refused[-1].str()}"
+            else:
+                problem = (f"cannot reach Kafka at {config.bootstrap_servers} within "
+                           f"{config.startup_timeout_s:g} s ({exc.args[0].str() if exc.args else exc})")
+        if not config.wait or stopping():
+            raise KafkaUnavailable(problem + ("" if config.wait else "; or pass --wait to wait for it"))
+        if time.monotonic() - said > 10:
+            log.warning("waiting: %s", problem)
+            said = time.monotonic()
+        time.sleep(1.0)

@@ -1,0 +1,164 @@
+"""The sidecar's one configuration object, built once from flags, FRAUDSCORE_* variables,
+an optional TOML file and defaults, and frozen afterwards.
+
+    config = SidecarConfig.from_sources(flags, config_file=Path("fraudscore.toml"))
+    config.validate()
+
+librdkafka properties come from `-X`, then FRAUDSCORE_KAFKA_<NAME> variables
+(FRAUDSCORE_KAFKA_SASL_PASSWORD -> sasl.password), then a properties file, then the
+[kafka] table of the TOML file. Secret values are never echoed, not even in errors.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fraudscore.errors import UsageError
+
+SECRET_MARKERS = ("password", "secret", "jaas", "key", "token", "credential")
+TLS_PROTOCOLS = ("ssl", "sasl_ssl")
+KAFKA_ENV_PREFIX = "FRAUDSCORE_KAFKA_"
+REQUIRED = ("bundle", "bootstrap_servers", "input_topic", "output_topic", "alerts_topic", "dlq_topic", "group_id")
+# TOML keys that are spelled like the flag rather than like the field.
+_ALIASES = {"poll_timeout": "poll_timeout_s", "startup_timeout": "startup_timeout_s", "drain_timeout": "drain_timeout_s"}
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    """Everything `fraudscore run` needs; see `fraudscore run --help` for each field."""
+
+    bundle: Path
+    bootstrap_servers: str
+    input_topic: str
+    output_topic: str
+    alerts_topic: str
+    dlq_topic: str
+    group_id: str
+    metrics_port: int = 9464
+    metrics_host: str = "127.0.0.1"
+    batch_size: int = 4096
+    poll_timeout_s: float = 0.005
+    device: str = "cpu"
+    threads: int = 1
+    exactly_once: bool = False
+    transactional_id: str = ""
+    offset_reset: str = "earliest"
+    wait: bool = False
+    startup_timeout_s: float = 15.0
+    drain_timeout_s: float = 30.0
+    watch: bool = False
+    watch_interval_s: float = 5.0
+    max_message_bytes: int = 64 * 1024
+    require_tls: bool = False
+    kafka: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_sources(cls, flags: Mapping[str, Any], *, config_file: Path | None = None,
+                     properties_file: Path | None = None, kafka_flags: list[str] | None = None,
+                     environ: Mapping[str, str] | None = None) -> SidecarConfig:
+        """Flags (None = not given) over the TOML file over defaults; Kafka properties as above."""
+        settings = read_config_file(config_file) if config_file else {}
+        kafka = {str(k): str(v) for k, v in settings.pop("kafka", {}).items()}
+        if properties_file:
+            kafka.update(read_properties_file(properties_file))
+        kafka.update(kafka_environment(os.environ if environ is None else environ))
+        for n, item in enumerate(kafka_flags or [], 1):
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():  # the value is not echoed: it may be a secret
+                raise UsageError(f"-X number {n} is not key=value (e.g. -X security.protocol=SASL_SSL)")
+            kafka[key.strip()] = value
+        settings.update({k: v for k, v in flags.items() if v is not None})
+        if "bundle" in settings:
+            settings["bundle"] = Path(settings["bundle"])
+        missing = [k for k in REQUIRED if not settings.get(k)]
+        if missing:
+            raise UsageError("missing " + ", ".join("--" + k.replace("_", "-") for k in missing)
+                             + " (flags, FRAUDSCORE_* variables or --config)")
+        try:
+            return cls(**settings, kafka=kafka)
+        except TypeError as exc:
+            raise UsageError(f"--config: {exc}") from None
+
+    def validate(self) -> None:
+        """Raise UsageError, saying how to fix it, for settings that cannot work together."""
+        for name in REQUIRED[1:]:
+            if not getattr(self, name):
+                raise UsageError(f"--{name.replace('_', '-')} is required (flag, FRAUDSCORE_{name.upper()} or config file)")
+        if self.offset_reset not in ("earliest", "latest"):
+            raise UsageError("--offset-reset must be earliest or latest")
+        if self.batch_size < 1 or self.threads < 1:
+            raise UsageError("--batch-size and --threads must be positive")
+        if len({self.input_topic, self.output_topic, self.alerts_topic, self.dlq_topic}) < 4:
+            raise UsageError("input, output, alerts and dead-letter topics must be four different topics")
+        protocol = self.kafka.get("security.protocol", "plaintext").lower()
+        if self.require_tls:
+            if protocol not in TLS_PROTOCOLS:
+                raise UsageError(
+                    f"--require-tls: security.protocol is {protocol!r}, which sends transactions (and any "
+                    "credentials) in plaintext; refusing to start. Set -X security.protocol=SASL_SSL (or SSL) "
+                    "and -X ssl.ca.location=CA.pem")
+            if (self.kafka.get("enable.ssl.certificate.verification", "true").lower() in ("false", "0")
+                    or self.kafka.get("ssl.endpoint.identification.algorithm", "https").lower() == "none"):
+                raise UsageError("--require-tls: certificate or host name verification is switched off "
+                                 "(enable.ssl.certificate.verification / ssl.endpoint.identification.algorithm); "
+                                 "refusing a TLS connection that anyone in the middle could answer")
+
+    @property
+    def plaintext_credentials(self) -> bool:
+        """SASL credentials configured over an unencrypted connection."""
+        return self.kafka.get("security.protocol", "plaintext").lower() == "sasl_plaintext"
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """Every topic the sidecar reads or writes."""
+        return (self.input_topic, self.output_topic, self.alerts_topic, self.dlq_topic)
+
+    def redacted_kafka(self) -> dict[str, str]:
+        return {k: ("***" if any(m in k.lower() for m in SECRET_MARKERS) else v) for k, v in self.kafka.items()}
+
+
+def kafka_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """FRAUDSCORE_KAFKA_SASL_PASSWORD=... -> {"sasl.password": ...} (the file option's own variable excepted)."""
+    return {
+        name[len(KAFKA_ENV_PREFIX):].lower().replace("_", "."): value
+        for name, value in environ.items()
+        if name.startswith(KAFKA_ENV_PREFIX) and name != "FRAUDSCORE_KAFKA_PROPERTIES_FILE" and len(name) > len(KAFKA_ENV_PREFIX)
+    }
+
+
+def read_properties_file(path: Path) -> dict[str, str]:
+    """key=value lines; blank lines and lines starting with # or ! are skipped. Errors name the
+    line, never its content (it may hold a password)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UsageError(f"--kafka-properties-file {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--kafka-properties-file {path}: cannot read it ({type(exc).__name__})") from None
+    out = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#!":
+            continue
+        key, sep, value = stripped.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--kafka-properties-file {path}: line {number} is not key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def read_config_file(path: Path) -> dict:
+    """The TOML file's options, keys normalised to field names."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"--config {path}: no such file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--config {path}: not valid TOML ({exc})") from None
+    return {_ALIASES.get(k.replace("-", "_"), k.replace("-", "_")): v for k, v in data.items()}

@@ -1,0 +1,192 @@
+"""Delivery of one batch's outputs, and the offsets that follow them.
+
+At least once: results, alerts and dead letters are produced, the producer is flushed,
+and only when every one of them was acknowledged are the batch's next offsets committed.
+Exactly once: the outputs and the offsets go in one Kafka transaction. Either way a
+failure commits nothing: the batch's partitions are rewound to its first offsets and the
+batch is read again.
+
+    delivery = Delivery(config, consumer, producer)
+    delivery.begin()
+    delivery.send(results_topic_payloads...)         # produce, never blocks for ever
+    delivery.dead_letter(message, "bad_json", "...", "v3")
+    if not delivery.finish(messages, assignment):    # flush + commit, or rewind
+        ...                                          # the batch will be read again
+
+A key longer than MAX_KEY_BYTES is the caller's to reject (`oversized_key`); a dead
+letter's value is cut to its first TRUNCATED_DLQ_BYTES when it would not fit the
+dead-letter topic (header `fraudscore.truncated` = original length; the source offset
+headers point at the full message), so no input can make a batch undeliverable for ever.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import numpy as np
+
+from fraudscore.errors import FraudscoreError
+from fraudscore.serving.sidecar.config import SidecarConfig
+
+log = logging.getLogger("fraudscore.sidecar")
+
+MAX_KEY_BYTES = 4096
+# Dead letters carry the original value when it fits under the producer's and the broker's
+# default 1 MB message limits (with room for the headers); otherwise its first 64 KiB.
+DLQ_MAX_BYTES = 900_000
+TRUNCATED_DLQ_BYTES = 64 * 1024
+_MSG_SIZE_TOO_LARGE = 10  # confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE, without importing it at start-up
+
+
+class Delivery:
+    """Produces a batch's outputs and moves its offsets only after they are acknowledged.
+
+    `consumer` and `producer` are confluent_kafka clients (or objects with the same
+    methods); the producer's `on_delivery` must call `Delivery.on_delivery`.
+    """
+
+    def __init__(self, config: SidecarConfig, consumer, producer):
+        self.config = config
+        self.consumer = consumer
+        self.producer = producer
+        self.failures: list = []  # delivery errors of the batch in flight
+        self.done: dict[tuple[str, int], object] = {}  # partition -> next offset, fully delivered
+        self.dlq_limit = DLQ_MAX_BYTES  # lowered when the broker refuses a dead letter as too large
+
+    def begin(self) -> None:
+        """Start a batch: forget the last one's failures; open its transaction in exactly-once mode."""
+        self.failures = []
+        if self.config.exactly_once:
+            self.producer.begin_transaction()
+
+    def send_results(self, keys: list, payloads: list[bytes], alerts: list[bool]) -> None:
+        """Each result to the scores topic, and those that alert to the alerts topic too, keyed like the input."""
+        from confluent_kafka import KafkaException
+
+        c, send = self.config, self.producer.produce
+        for key, payload, alert in zip(keys, payloads, alerts):
+            try:
+                send(c.output_topic, payload, key)
+            except (BufferError, KafkaException):
+                self.produce(c.output_topic, payload, key, None)
+            if alert:
+                self.produce(c.alerts_topic, payload, key, None)
+
+    def dead_letter(self, msg, reason: str, detail: str, model_version: str) -> None:
+        """The original value and key, with the reason and where the message came from."""
+        value, key = msg.value(), msg.key()
+        headers = [
+            ("fraudscore.reason", reason.encode()),
+            ("fraudscore.detail", detail[:500].encode()),
+            ("fraudscore.source.topic", msg.topic().encode()),
+            ("fraudscore.source.partition", str(msg.partition()).encode()),
+            ("fraudscore.source.offset", str(msg.offset()).encode()),
+            ("fraudscore.model.version", model_version.encode()),
+        ]
+        if value is not None and len(value) > self.dlq_limit:
+            headers.append(("fraudscore.truncated", str(len(value)).encode()))
+            value = value[:TRUNCATED_DLQ_BYTES]
+        if key is not None and len(key) > MAX_KEY_BYTES:
+            headers.append(("fraudscore.key.truncated", str(len(key)).encode()))
+            key = key[:MAX_KEY_BYTES]
+        self.produce(self.config.dlq_topic, value, key, headers)
+
+    def on_delivery(self, err, msg) -> None:
+        """The producer's delivery callback (called for failures only)."""
+        if err is not None:
+            self.failures.append(err)
+            if err.code() == _MSG_SIZE_TOO_LARGE and msg.topic() == self.config.dlq_topic:
+                # The dead-letter topic takes less than the input topic: from now on dead letters
+                # carry a prefix of the value; the rewound batch then goes through.
+                self.dlq_limit = TRUNCATED_DLQ_BYTES
+
+    def produce(self, topic: str, value: bytes | None, key, headers) -> None:
+        """produce(), waiting while the local queue is full; a local refusal fails the batch."""
+        from confluent_kafka import KafkaException
+
+        while True:
+            try:
+                self.producer.produce(topic, value, key, headers=headers)
+                return
+            except BufferError:  # local queue full: let deliveries drain, then retry
+                self.producer.poll(0.05)
+            except KafkaException as exc:  # refused locally (e.g. too large): the batch is rewound
+                self.failures.append(exc.args[0])
+                return
+
+    def finish(self, messages: list, assignment: set[tuple[str, int]]) -> bool:
+        """Flush and commit the batch (or commit its transaction); on any failure rewind it. True if delivered."""
+        offsets = next_offsets(self.config.input_topic, messages)
+        if self.config.exactly_once:
+            ok = self._commit_transaction(offsets)
+        else:
+            left = self.producer.flush(self.config.drain_timeout_s)
+            ok = not left and not self.failures
+            if ok:
+                # Everything in the batch is acknowledged; the commit itself may complete in the
+                # background (offsets only move forward). Revoke and shutdown commit synchronously.
+                self.consumer.commit(offsets=offsets, asynchronous=True)
+                self.done.update({(tp.topic, tp.partition): tp for tp in offsets})
+        if not ok:
+            self.rewind(messages, assignment)
+        return ok
+
+    def rewind(self, messages: Iterable, assignment: set[tuple[str, int]]) -> None:
+        """Seek each assigned partition of the batch back to its first offset in the batch."""
+        from confluent_kafka import TopicPartition
+
+        first: dict[tuple[str, int], int] = {}
+        for msg in messages:
+            key = (msg.topic(), msg.partition())
+            first[key] = min(first.get(key, msg.offset()), msg.offset())
+        for (t, p), o in first.items():
+            if (t, p) in assignment:
+                self.consumer.seek(TopicPartition(t, p, o))
+
+    def commit_done(self, only: set[tuple[str, int]] | None = None) -> None:
+        """Synchronously commit the delivered offsets (of `only` these partitions): on revoke and at shutdown."""
+        if self.config.exactly_once or not self.done:
+            return
+        offsets = [tp for key, tp in self.done.items() if only is None or key in only]
+        if offsets:
+            try:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+            except Exception as exc:  # nothing to commit, or the group is gone: logged, not fatal
+                log.warning("commit of finished offsets failed: %s", exc)
+
+    def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Drop what is known about partitions this instance no longer owns."""
+        for key in partitions:
+            self.done.pop(key, None)
+
+    def _commit_transaction(self, offsets: list) -> bool:
+        from confluent_kafka import KafkaException
+
+        timeout = self.config.drain_timeout_s
+        try:
+            self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), timeout)
+            self.producer.commit_transaction(timeout)
+            return True
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.txn_requires_abort():
+                self.producer.abort_transaction(timeout)
+                return False
+            if error.retriable():
+                try:
+                    self.producer.commit_transaction(timeout)
+                    return True
+                except KafkaException:
+                    self.producer.abort_transaction(timeout)
+                    return False
+            raise FraudscoreError(f"fatal transaction error (fenced by a newer instance?): {error.str()}") from None
+
+
+def next_offsets(topic: str, messages: list) -> list:
+    """The offset after the last message of each partition in the batch (one input topic)."""
+    from confluent_kafka import TopicPartition
+
+    partitions = np.fromiter((m.partition() for m in messages), dtype=np.int64, count=len(messages))
+    offsets = np.fromiter((m.offset() for m in messages), dtype=np.int64, count=len(messages))
+    return [TopicPartition(topic, p, int(offsets[partitions == p].max()) + 1) for p in np.unique(partitions).tolist()]

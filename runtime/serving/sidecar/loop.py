@@ -1,0 +1,256 @@
+"""The sidecar's loop: consume a batch, score it, deliver it; reload and stop between batches.
+
+One batch, top to bottom (`Sidecar.run`):
+
+    consume(batch_size, timeout)             -> up to batch_size messages
+    Pipeline.score_batch(values)             -> results and rejections (decode, one ORT call, encode)
+    Delivery.send_results / dead_letter      -> scores topic (keyed like the input), alerts topic,
+                                                dead-letter topic (original bytes + reason headers)
+    Delivery.finish                          -> flush, then commit the batch's offsets (at least
+                                                once: only what the broker acknowledged), or one
+                                                Kafka transaction with --exactly-once; a failure
+                                                rewinds the batch instead
+
+SIGTERM/SIGINT stop consuming, finish the batch in flight, flush, commit and exit 0.
+SIGHUP (or `watch`) reloads the bundle between batches: the new one is verified and
+loaded first, and the old one keeps serving if it fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fraudscore.serving.bundle import load_bundle
+from fraudscore.serving.drift import psi
+from fraudscore.serving.metrics import HealthServer, SidecarMetrics
+from fraudscore.serving.pipeline import BatchResult, Pipeline
+from fraudscore.serving.scorer import Scorer
+from fraudscore.serving.sidecar.clients import ClientHooks, build_clients, check_topics, kafka_log, quiet_repeats
+from fraudscore.serving.sidecar.config import SidecarConfig
+from fraudscore.serving.sidecar.delivery import MAX_KEY_BYTES, Delivery
+
+log = logging.getLogger("fraudscore.sidecar")
+DRIFT_MIN_ROWS = 500  # PSI of a smaller batch says nothing
+
+
+class Sidecar:
+    """`fraudscore run`: scores the input topic's batches until asked to stop.
+
+        sidecar = Sidecar(SidecarConfig(bundle=Path("bundles/mlp"), bootstrap_servers="127.0.0.1:9092",
+                                        input_topic="tx-in", output_topic="tx-scores", alerts_topic="tx-alerts",
+                                        dlq_topic="tx-dlq", group_id="fraudscore"))
+        install_signal_handlers(sidecar)
+        exit_code = sidecar.run()
+    """
+
+    def __init__(self, config: SidecarConfig):
+        config.validate()
+        self.config = config
+        quiet_repeats()
+        self.metrics = SidecarMetrics()
+        self.pipeline = self._load_pipeline()
+        self._stop = False
+        self._reload = False
+        self._assignment: set[tuple[str, int]] = set()
+        self._watch_state = self._bundle_state()
+        self._last_watch = time.monotonic()
+        self.http: HealthServer | None = None
+        self.consumer = None
+        self.producer = None
+        self.delivery: Delivery | None = None
+
+    # ------------------------------------------------------------------ set-up
+
+    def _load_pipeline(self) -> Pipeline:
+        bundle = load_bundle(self.config.bundle)
+        scorer = Scorer(bundle, device=self.config.device, intra_op_threads=self.config.threads)
+        pipeline = Pipeline(bundle.manifest, scorer, self.config.max_message_bytes)
+        self.metrics.set_model(bundle.manifest.model_version, bundle.manifest.model_sha256, bundle.manifest.model_kind)
+        log.info("model %s (%s) on %s, threshold %.6g", bundle.manifest.model_version, bundle.manifest.model_kind,
+                 scorer.provider, pipeline.threshold)
+        return pipeline
+
+    def _bundle_state(self) -> tuple:
+        try:
+            return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(Path(self.config.bundle).iterdir()))
+        except OSError:
+            return ()
+
+    def _start_clients(self) -> None:
+        hooks = ClientHooks(on_error=self._on_error, on_lag=self._on_lag,
+                            on_delivery=lambda err, msg: self.delivery.on_delivery(err, msg))
+        self.consumer, self.producer = build_clients(self.config, hooks, lambda t, p: (t, p) in self._assignment)
+        self.delivery = Delivery(self.config, self.consumer, self.producer)
+        self.consumer.subscribe([self.config.input_topic], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_revoke)
+
+    def _on_error(self, err) -> None:
+        self.metrics.consume_errors.inc()
+        kafka_log.warning("%s", err.str())
+
+    def _on_lag(self, topic: str, partition: str, lag: int) -> None:
+        self.metrics.lag.labels(topic, partition).set(lag)
+
+    def _on_assign(self, consumer, partitions) -> None:
+        self._assignment |= {(p.topic, p.partition) for p in partitions}
+        self._update_ready()
+        log.info("assigned %s", sorted(p for _, p in self._assignment))
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        # Every batch is delivered before the next consume() call, which is where this
+        # callback runs; its asynchronous commit may still be in flight, so commit the
+        # revoked partitions' offsets synchronously before giving them up.
+        revoked = {(p.topic, p.partition) for p in partitions}
+        self.delivery.commit_done(revoked)
+        self.delivery.forget(revoked)
+        self._assignment -= revoked
+        for topic, partition in revoked:
+            try:
+                self.metrics.lag.remove(topic, str(partition))
+            except KeyError:
+                pass
+        self._update_ready()
+        log.info("revoked %s", sorted(p for _, p in revoked))
+
+    def _update_ready(self) -> None:
+        self.metrics.assigned_partitions.set(len(self._assignment))
+        self.metrics.ready.set(1 if self.ready() else 0)
+
+    def ready(self) -> bool:
+        """Serving: a model loaded and at least one partition assigned."""
+        return self.pipeline is not None and bool(self._assignment)
+
+    # ------------------------------------------------------------------ the loop
+
+    def request_stop(self, *_args) -> None:
+        self._stop = True
+
+    def request_reload(self, *_args) -> None:
+        self._reload = True
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; the exit code (0 after a clean stop)."""
+        c = self.config
+        log.info("config: bootstrap %s, group %s, %s -> %s / %s / %s, batch %d, %s, kafka %s",
+                 c.bootstrap_servers, c.group_id, c.input_topic, c.output_topic, c.alerts_topic, c.dlq_topic,
+                 c.batch_size, "exactly-once" if c.exactly_once else "at-least-once", c.redacted_kafka())
+        if c.plaintext_credentials:
+            log.warning("security.protocol is SASL_PLAINTEXT: credentials and transactions cross the network "
+                        "unencrypted; use SASL_SSL (and --require-tls to enforce it)")
+        self.http = HealthServer(c.metrics_host, c.metrics_port, self.metrics.registry, self.ready)
+        log.info("metrics on http://%s:%d/metrics", c.metrics_host, self.http.port)
+        try:
+            check_topics(c, c.topics, stopping=lambda: self._stop)
+            self._start_clients()
+            while not self._stop:
+                self._maybe_reload()
+                messages = self.consumer.consume(num_messages=c.batch_size, timeout=c.poll_timeout_s)
+                if messages:
+                    self._process(messages)
+            log.info("stopping: batch in flight done, flushing")
+            return 0
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self.producer is not None:
+            left = self.producer.flush(self.config.drain_timeout_s)
+            if left:
+                log.error("%d messages not delivered at shutdown; their inputs were not committed", left)
+        if self.consumer is not None:
+            self.delivery.commit_done()
+            self.consumer.close()
+        if self.http is not None:
+            self.http.close()
+
+    def _maybe_reload(self) -> None:
+        if self.config.watch and time.monotonic() - self._last_watch >= self.config.watch_interval_s:
+            self._last_watch = time.monotonic()
+            state = self._bundle_state()
+            if state != self._watch_state:
+                self._watch_state = state
+                self._reload = True
+        if not self._reload:
+            return
+        self._reload = False
+        try:
+            new = self._load_pipeline()
+        except Exception as exc:  # any failure keeps the old model serving
+            self.metrics.reloads.labels("failure").inc()
+            log.error("model reload failed, still serving %s: %s", self.pipeline.model_version, exc)
+            return
+        self.pipeline = new
+        self.metrics.reloads.labels("success").inc()
+        log.info("model reloaded: now serving %s", new.model_version)
+
+    def _process(self, messages: list) -> None:
+        m, t0 = self.metrics, time.perf_counter()
+        good = [msg for msg in messages if msg.error() is None]
+        for msg in messages:
+            if msg.error() is not None:
+                m.consume_errors.inc()
+                log.warning("consume error: %s", msg.error())
+        if not good:
+            return
+        m.consumed.inc(len(good))
+        m.batch_size.observe(len(good))
+        everything = good
+        long_keys = [msg for msg in good if len(msg.key() or b"") > MAX_KEY_BYTES]
+        if long_keys:
+            good = [msg for msg in good if len(msg.key() or b"") <= MAX_KEY_BYTES]
+        pipeline = self.pipeline
+        result = pipeline.score_batch([msg.value() for msg in good])
+        m.inference_seconds.observe(result.inference_seconds)
+
+        delivery = self.delivery
+        delivery.begin()
+        delivery.send_results([good[i].key() for i in result.index.tolist()], result.payloads, result.alerts.tolist())
+        rejected = [(good[r.index], r.reason, r.detail) for r in result.rejections]
+        rejected += [(msg, "oversized_key", f"key is {len(msg.key())} bytes, limit {MAX_KEY_BYTES}") for msg in long_keys]
+        for msg, reason, detail in rejected:
+            delivery.dead_letter(msg, reason, detail, pipeline.model_version)
+        if not delivery.finish(everything, self._assignment):
+            m.produce_errors.inc(max(1, len(delivery.failures)))
+            log.error("batch of %d not fully delivered (%s); rewound to reprocess it",
+                      len(good), delivery.failures[0] if delivery.failures else "timeout")
+            return
+        self._observe(everything, result, [reason for _, reason, _ in rejected], pipeline)
+        m.batch_seconds.observe(time.perf_counter() - t0)
+
+    def _observe(self, messages: list, result: BatchResult, reasons: list[str], pipeline: Pipeline) -> None:
+        """Metrics of a delivered batch: end-to-end latency, counts, scores and drift."""
+        m = self.metrics
+        now_ms = time.time() * 1e3
+        stamps = np.fromiter((msg.timestamp()[1] for msg in messages), dtype=np.float64, count=len(messages))
+        m.end_to_end_seconds.observe_many(np.maximum(now_ms - stamps[stamps > 0], 0) / 1e3)
+        m.scored.inc(len(result.index))
+        m.alerts.inc(int(result.alerts.sum()))
+        for reason in reasons:
+            m.dead_letters.labels(reason).inc()
+        m.scores.observe_many(result.scores)
+        if len(result.index) >= DRIFT_MIN_ROWS:
+            for j, name, shares, edges in pipeline.drift_baselines:
+                m.feature_psi.labels(name).set(psi(shares, result.matrix[:, j], edges))
+
+
+def install_signal_handlers(sidecar: Sidecar) -> None:
+    """SIGTERM/SIGINT stop, SIGHUP reloads, SIGUSR1 dumps every thread's stack on stderr."""
+    import faulthandler
+
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID`: for a stuck process
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    signal.signal(signal.SIGTERM, sidecar.request_stop)
+    signal.signal(signal.SIGINT, sidecar.request_stop)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, sidecar.request_reload)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
