@@ -257,3 +257,11 @@ def test_score_files_through_the_runtime_core(workspace: Path, mlp_bundle: Path,
     assert len(scored) == len(table) and scored.columns == ["TRANSACTION_ID", "score", "decision"]
     first = {r["transaction_id"]: r["score"] for r in results}
     assert scored["score"][0] == pytest.approx(first[int(scored["TRANSACTION_ID"][0])], abs=1e-6)
+
+
+def test_ensemble_members_of_neighbouring_seeds_never_share_a_seed() -> None:
+    from fraudscore.train.trainer import member_seed
+
+    seeds = [member_seed(s, m) for s in range(50) for m in range(5)]
+    assert len(set(seeds)) == len(seeds)
+    assert member_seed(7, 2) == member_seed(7, 2)  # reproducible

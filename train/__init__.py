@@ -1,4 +1,6 @@
-"""fraudscore.train: Keras training on the baseline feature table (needs the `train` extra).
+"""fraudscore.train: Keras training on a feature table (needs the `train` extra).
 
-The training commands arrive with the training issue; this package holds their code.
+`trainer` runs `fraudscore train` (the handbook's time split, early stopping, threshold,
+fingerprint, run directory); `models` builds the Keras networks; `cli` registers the
+command. The runtime never imports this package.
 """

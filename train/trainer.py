@@ -112,6 +112,16 @@ def _seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
+def member_seed(seed: int, member: int) -> int:
+    """The seed of ensemble member `member` under `--seed seed`.
+
+    `seed + member` would give member 1 of --seed 0 the weights of member 0 of --seed 1,
+    so two "independent" runs would share networks; SeedSequence spawns streams that no
+    neighbouring seed reproduces."""
+    child = np.random.SeedSequence(seed).spawn(member + 1)[member]
+    return int(child.generate_state(1, dtype=np.uint32)[0] % 2**31)
+
+
 def _library_versions() -> dict[str, str]:
     import keras
     import tensorflow as tf
@@ -128,7 +138,7 @@ def _library_versions() -> dict[str, str]:
 def _fit_one(config: TrainConfig, x_fit, y_fit, x_val, y_val, member: int, say) -> tuple[object, dict]:
     from .models import build_autoencoder, build_mlp
 
-    _seed_everything(config.seed + member)
+    _seed_everything(member_seed(config.seed, member))
     if config.model == "mlp":
         model = build_mlp(
             x_fit,

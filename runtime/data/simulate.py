@@ -142,6 +142,13 @@ def simulate(config: SimulationConfig | None = None, *, progress: bool | None = 
             "TX_FRAUD_SCENARIO": scenario.astype(np.int64),
         }
     )
+    customer_table, terminal_table = _profile_tables(customers, terminals, indptr, config)
+    return Simulation(transactions, customer_table, terminal_table, config)
+
+
+def _profile_tables(customers: dict[str, np.ndarray], terminals: np.ndarray, indptr: np.ndarray,
+                    config: SimulationConfig) -> tuple[Table, Table]:
+    """The customer and terminal profiles as tables (the handbook's two side tables)."""
     customer_table = Table(
         {
             "CUSTOMER_ID": np.arange(config.customers, dtype=np.int64),
@@ -160,7 +167,7 @@ def simulate(config: SimulationConfig | None = None, *, progress: bool | None = 
             "y_terminal_id": terminals[:, 1],
         }
     )
-    return Simulation(transactions, customer_table, terminal_table, config)
+    return customer_table, terminal_table
 
 
 def _customer_profiles(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
