@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fraudscore import __version__, add_baseline_features, read_table, simulate, write_table
-from fraudscore.data.table import _pyarrow
+from fraudscore.data.table import pyarrow_or_none
 
 
 def _time(fn: Callable[[], object], repeats: int) -> tuple[list[float], object]:
@@ -53,7 +53,7 @@ def run(repeats: int, customers: int, terminals: int, days: int) -> dict:
     times, feats = _time(lambda: add_baseline_features(tx), repeats)
     record("features (in process)", times, len(tx))
 
-    formats = [".csv", ".csv.gz"] + ([".parquet"] if _pyarrow() else [])
+    formats = [".csv", ".csv.gz"] + ([".parquet"] if pyarrow_or_none() else [])
     with tempfile.TemporaryDirectory() as tmp:
         for name, table in (("transactions", tx), ("feature table", feats)):
             for suffix in formats:

@@ -9,7 +9,6 @@ Called by scripts/demo.sh after it has started Kafka and Prometheus and built th
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import threading
 import time
@@ -17,16 +16,15 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from fraudscore import read_table
-from fraudscore.serving.bundle import load_bundle
 from fraudscore.data.loadgen import transaction_messages
+from fraudscore.serving.bundle import load_bundle
 
-from .kafka_e2e import _collect, _produce
-from .kafka_mode import _send_times
+from .kafka_io import collect, create_topics, produce, produce_at_rate, start_sidecar
 
-TOPICS = ("tx-in", "tx-scores", "tx-alerts", "tx-dlq")  # suffixed per run: each demo starts clean
+# Topic names by role, suffixed per run: each demo starts clean.
+TOPICS = {"in": "tx-in", "out": "tx-scores", "alerts": "tx-alerts", "dlq": "tx-dlq"}
 
 
 def histogram_quantiles(exposition: str, name: str, quantiles: tuple[float, ...]) -> list[float]:
@@ -55,15 +53,6 @@ def histogram_quantiles(exposition: str, name: str, quantiles: tuple[float, ...]
     return out
 
 
-def create_topics(bootstrap: str, tag: str, partitions: int = 2) -> dict[str, str]:
-    names = {t: f"{t}-{tag}" for t in TOPICS}
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    new = [NewTopic(n, num_partitions=partitions if t == "tx-in" else 1, replication_factor=1) for t, n in names.items()]
-    for future in admin.create_topics(new).values():
-        future.result(30)
-    return names
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, required=True)
@@ -74,48 +63,33 @@ def main() -> None:
     parser.add_argument("--metrics-port", type=int, default=9464)
     args = parser.parse_args()
 
-    import subprocess
-    import sys
-
     tag = time.strftime("%Y%m%d-%H%M%S")
-    topics = create_topics(args.bootstrap_servers, tag)
+    topics = create_topics(args.bootstrap_servers, 2, tag=tag, names=TOPICS)
     bundle = load_bundle(args.bundle)
     table = read_table(args.features)
     n = int(args.rate * args.seconds)
     keys, values = transaction_messages(table.take(np.arange(len(table) - min(n, len(table)), len(table))), bundle.features)
-    group = f"demo-{tag}"
-    exe = str(Path(sys.executable).with_name("fraudscore"))
-    sidecar = subprocess.Popen([exe, "run", "--bundle", str(args.bundle), "--bootstrap-servers", args.bootstrap_servers,
-                                "--input-topic", topics["tx-in"], "--output-topic", topics["tx-scores"],
-                                "--alerts-topic", topics["tx-alerts"], "--dlq-topic", topics["tx-dlq"], "--group-id", group,
-                                "--metrics-port", str(args.metrics_port), "--log-level", "WARNING"])
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    sidecar, _ = start_sidecar(args.bootstrap_servers, args.bundle, topics, group=f"demo-{tag}",
+                               metrics_port=args.metrics_port)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{args.metrics_port}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.3)
         print(f"demo: topics {', '.join(topics.values())}", flush=True)
         # Warm-up: a broker started seconds ago is slow for its first seconds of traffic (JVM
         # warm-up, coordinators loading): measured, up to 1-5 s of latency in the first ~5 s.
         # Five seconds of traffic at the demo's rate go first; their results are awaited.
         warm = min(len(values) // 4, int(args.rate * 5))
         print(f"demo: warming up with {warm:,} transactions", flush=True)
-        _produce(args.bootstrap_servers, topics["tx-in"], keys[:warm], values[:warm], rate=args.rate, poisson_seed=1)
-        _collect(args.bootstrap_servers, topics["tx-scores"], warm, 60)
+        produce(args.bootstrap_servers, topics["in"], keys[:warm], values[:warm], rate=args.rate, poisson_seed=1)
+        collect(args.bootstrap_servers, topics["out"], warm, 60)
         keys, values = keys[warm:], values[warm:]
         print(f"demo: sidecar ready; streaming {len(values):,} transactions at {args.rate:,.0f}/s", flush=True)
         collected: dict = {}
         reader = threading.Thread(target=lambda: collected.update(
-            zip(("arrival", "stamps", "ids"), _collect(args.bootstrap_servers, topics["tx-scores"], warm + len(values), args.seconds + 60))))
+            zip(("arrival", "stamps", "ids"), collect(args.bootstrap_servers, topics["out"], warm + len(values), args.seconds + 60))))
         reader.start()
         t0 = time.time()
-        sent_at = _send_times(args.bootstrap_servers, topics["tx-in"], keys, values, args.rate)
+        sent_at = produce_at_rate(args.bootstrap_servers, topics["in"], keys, values, args.rate)
         elapsed = time.time() - t0
         reader.join()
         with urllib.request.urlopen(f"http://127.0.0.1:{args.metrics_port}/metrics", timeout=5) as r:

@@ -27,10 +27,12 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .workload import simulated_messages
 
 SCHEMA = "fraudscore.bench/1"
 INJECT_ENV = "FRAUDSCORE_BENCH_INJECT_DELAY_MS"
@@ -39,6 +41,8 @@ PERCENTILES = (1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9)
 
 @dataclass(frozen=True)
 class BenchConfig:
+    """What `fraudscore bench` measures, built once from its flags; the fields mirror them."""
+
     bundle: Path
     modes: tuple[str, ...] = ("model", "pipeline")
     batch_sizes: tuple[int, ...] = (1, 8, 64, 512, 4096)
@@ -55,7 +59,6 @@ class BenchConfig:
     kafka_repeats: int = 1
     naive_messages: int = 5_000
     slo_ms: float = 50.0
-    extra: dict = field(default_factory=dict)
 
 
 def _busy_wait(ms: float) -> None:
@@ -101,16 +104,6 @@ def _summarise(mode: str, device: str, batch: int, repeats: list[np.ndarray], va
     }
 
 
-def _messages(features, n: int, seed: int = 3) -> tuple[list[bytes], list[bytes]]:
-    from fraudscore import add_baseline_features, simulate
-    from fraudscore.data.loadgen import transaction_messages
-
-    days = max(3, int(n / 9_000) + 2)
-    table = add_baseline_features(simulate(customers=5000, terminals=10000, days=days, seed=seed).transactions)
-    keys, values = transaction_messages(table, features)
-    return keys[:n], values[:n]
-
-
 def machine_info() -> dict:
     import importlib.metadata as md
 
@@ -147,7 +140,7 @@ def run_bench(config: BenchConfig, say: Callable[[str], None] = lambda m: None) 
     results: list[dict] = []
     ratios: dict[str, float] = {}
     needs_messages = {"model", "pipeline"} & set(config.modes)
-    _, values = _messages(bundle.features, max(config.batch_sizes) * 8) if needs_messages else ([], [])
+    _, values = simulated_messages(bundle.features, max(config.batch_sizes) * 8) if needs_messages else ([], [])
 
     for device in config.devices:
         scorer = Scorer(bundle, device=device, intra_op_threads=config.threads)
@@ -179,7 +172,7 @@ def run_bench(config: BenchConfig, say: Callable[[str], None] = lambda m: None) 
             from fraudscore.errors import UsageError
 
             raise UsageError("--mode kafka needs --bootstrap-servers HOST:PORT (deploy/kafka/local.sh start gives one)")
-        from .kafka_mode import run_kafka
+        from .kafka_mode import run_kafka  # here, not at the top: the model and pipeline modes need no Kafka client
 
         kafka_results, kafka_ratios = run_kafka(config, bundle, say)
         results += kafka_results

@@ -4,33 +4,39 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .kafka_e2e import _collect, _produce, _sidecar, _topics
+from .kafka_io import collect, create_topics, produce, produce_at_rate, start_sidecar
+from .workload import simulated_messages
+
+if TYPE_CHECKING:
+    from fraudscore.serving.bundle import Bundle
+
+    from .harness import BenchConfig
 
 
-def run_kafka(config, bundle, say) -> tuple[list[dict], dict]:
-    import threading
-
-    from .harness import _messages
-
+def run_kafka(config: BenchConfig, bundle: Bundle, say: Callable[[str], None]) -> tuple[list[dict], dict]:
+    """The Kafka results (drain, one per rate, naive) and ratios (highest rate under the SLO, speed-up over naive)."""
     bootstrap = config.bootstrap_servers
     rate_total = int(sum(config.kafka_rates) * config.kafka_rate_seconds) if config.kafka_rates else 0
     budget = config.kafka_messages + max(rate_total, 4 * config.kafka_messages) + config.naive_messages
-    keys, values = _messages(bundle.features, budget, seed=11)
+    keys, values = simulated_messages(bundle.features, budget, seed=11)
     backlog = slice(0, config.kafka_messages)
     results, ratios = [], {}
 
     drains, lost = [], 0
     for repeat in range(config.kafka_repeats):
         say(f"kafka drain of {config.kafka_messages:,} messages ({repeat + 1}/{config.kafka_repeats})")
-        topics = _topics(bootstrap, 2)
-        _produce(bootstrap, topics["in"], keys[backlog], values[backlog])
-        proc, _ = _sidecar(bootstrap, config.bundle, topics, config.kafka_batch_size)
+        topics = create_topics(bootstrap, 2)
+        produce(bootstrap, topics["in"], keys[backlog], values[backlog])
+        proc, _ = start_sidecar(bootstrap, config.bundle, topics, batch_size=config.kafka_batch_size)
         try:
-            _, stamps, ids = _collect(bootstrap, topics["out"], config.kafka_messages, timeout_s=900)
+            _, stamps, ids = collect(bootstrap, topics["out"], config.kafka_messages, timeout_s=900)
         finally:
             proc.terminate()
             proc.wait(60)
@@ -51,14 +57,14 @@ def run_kafka(config, bundle, say) -> tuple[list[dict], dict]:
         p50s, p99s, missing = [], [], 0
         for repeat in range(config.kafka_repeats):
             say(f"kafka at {rate:,.0f} msg/s for {config.kafka_rate_seconds:g} s ({repeat + 1}/{config.kafka_repeats})")
-            topics = _topics(bootstrap, 2)
-            proc, _ = _sidecar(bootstrap, config.bundle, topics, config.kafka_batch_size)
+            topics = create_topics(bootstrap, 2)
+            proc, _ = start_sidecar(bootstrap, config.bundle, topics, batch_size=config.kafka_batch_size)
             collected: dict = {}
             try:
                 reader = threading.Thread(target=lambda: collected.update(
-                    zip(("arrival", "stamps", "ids"), _collect(bootstrap, topics["out"], n, config.kafka_rate_seconds + 120))))
+                    zip(("arrival", "stamps", "ids"), collect(bootstrap, topics["out"], n, config.kafka_rate_seconds + 120))))
                 reader.start()
-                sent_at = _send_times(bootstrap, topics["in"], keys[stream], values[stream], rate)
+                sent_at = produce_at_rate(bootstrap, topics["in"], keys[stream], values[stream], rate)
                 reader.join()
             finally:
                 proc.terminate()
@@ -84,37 +90,15 @@ def run_kafka(config, bundle, say) -> tuple[list[dict], dict]:
     ratios["kafka_max_rate_under_slo"] = best
 
     say(f"naive reference on {config.naive_messages:,} messages")
-    topics = _topics(bootstrap, 1)
+    topics = create_topics(bootstrap, 1)
     naive = slice(cursor, cursor + config.naive_messages)
-    _produce(bootstrap, topics["in"], keys[naive], values[naive])
+    produce(bootstrap, topics["in"], keys[naive], values[naive])
     done = subprocess.run([sys.executable, "-m", "fraudscore.bench.naive", str(config.bundle), bootstrap, topics["in"],
                            topics["out"], f"naive-{uuid.uuid4().hex[:6]}", str(config.naive_messages)],
                           capture_output=True, text=True, timeout=900)
-    _, stamps, ids = _collect(bootstrap, topics["out"], config.naive_messages, timeout_s=60)
+    _, stamps, ids = collect(bootstrap, topics["out"], config.naive_messages, timeout_s=60)
     naive_rate = len(ids) / max(1e-9, (stamps.max() - stamps.min()) / 1e3) if len(ids) > 1 else 0.0
     results.append({"mode": "kafka-naive", "device": "cpu", "batch_size": 1, "p50_ms": None, "p99_ms": None,
                     "throughput_per_s": naive_rate, "messages": len(ids), "exit_code": done.returncode})
     ratios["kafka_speedup_vs_naive"] = drain / naive_rate if naive_rate else float("nan")
     return results, ratios
-
-
-def _send_times(bootstrap: str, topic: str, keys, values, rate: float) -> dict:
-    """Produce at `rate` (Poisson) and return each transaction id's input timestamp in seconds."""
-    import json
-
-    from confluent_kafka import Consumer
-
-    _produce(bootstrap, topic, keys, values, rate=rate, poisson_seed=0)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"ts-{uuid.uuid4().hex[:6]}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([topic])
-    sent: dict = {}
-    misses = 0
-    while len(sent) < len(values) and misses < 5:
-        batch = consumer.consume(5000, 1.0)
-        misses = misses + 1 if not batch else 0
-        for m in batch:
-            if m.error() is None:
-                sent[json.loads(m.value())["TRANSACTION_ID"]] = m.timestamp()[1] / 1e3
-    consumer.close()
-    return sent

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from fraudscore.cli import reports_errors, say
+from fraudscore.console import reports_errors, say
 
 
 def register(app: typer.Typer) -> None:

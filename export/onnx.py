@@ -154,6 +154,7 @@ def export_bundle(run_dir: Path, out: Path, opset: int = OPSET, tolerance: float
         metrics={"test": metrics["test"], "validation": metrics["validation"], "split": metrics["split"],
                  "export_parity": {"max_abs_diff": max_diff, "worst_row": worst, "rows": int(len(rows)), "opset": opset}},
         fingerprint=fingerprint,
+        feature_spec=params.get("feature_spec", {}),
         libraries=params.get("libraries", {}) | {
             "tensorflow": tf.__version__, "keras": keras.__version__, "tf2onnx": tf2onnx.__version__,
             "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,

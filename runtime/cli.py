@@ -10,18 +10,15 @@ test checks that no TensorFlow, Keras, tf2onnx or onnx module is imported).
 
 from __future__ import annotations
 
-import datetime as dt
-import functools
-
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional, TypeVar
+from typing import Annotated, Optional
 
 import typer
 
 from fraudscore import __version__
-from fraudscore.errors import FraudscoreError, UsageError
+from fraudscore.console import check_output, parse_date, reports_errors, say
+from fraudscore.errors import UsageError
 
 app = typer.Typer(
     name="fraudscore",
@@ -31,27 +28,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-
-F = TypeVar("F", bound=Callable[..., None])
-
-
-def reports_errors(command: F) -> F:
-    """Turn a FraudscoreError into one line on stderr and its exit code, without a traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except FraudscoreError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(exc.exit_code) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def say(message: str) -> None:
-    """Progress and summaries go to stderr, so stdout stays free for data."""
-    typer.echo(message, err=True)
 
 
 def _version(value: bool) -> None:
@@ -67,25 +43,6 @@ def main_options(
     ] = False,
 ) -> None:
     """Real-time card-fraud scoring: simulate data, build features, score with ONNX Runtime."""
-
-
-def parse_date(value: str, flag: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise UsageError(f"{flag} must be a date like 2018-04-01, got {value!r}") from None
-
-
-def check_output(path: Path) -> None:
-    """Fail before the work, not after it, when the output cannot be written."""
-    from fraudscore.data.table import _pyarrow, file_format
-
-    fmt = file_format(path)
-    if fmt == "parquet" and _pyarrow() is None:
-        raise UsageError(f"{path}: writing Parquet needs pyarrow; pip install 'fraudscore[parquet]' or use .csv")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"{path}: directory {parent} does not exist; create it first")
 
 
 @app.command()
@@ -174,16 +131,6 @@ def features(
         )
 
 
-def int_list(value: str, flag: str) -> tuple[int, ...]:
-    try:
-        widths = tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise UsageError(f"{flag} takes comma-separated integers like 64,32, got {value!r}") from None
-    if any(w < 1 for w in widths):
-        raise UsageError(f"{flag}: widths must be positive")
-    return widths
-
-
 @app.command()
 @reports_errors
 def evaluate(
@@ -268,10 +215,20 @@ def run(
     kafka_property: Annotated[Optional[list[str]], typer.Option("-X", "--kafka-property", help="Any librdkafka property, key=value (repeat): security.protocol, sasl.*, ssl.* ... Keep secrets out of flags (they show in ps): use FRAUDSCORE_KAFKA_* variables or --kafka-properties-file.")] = None,
     kafka_properties_file: Annotated[Optional[Path], typer.Option(help="File of librdkafka properties, key=value lines (# comments), e.g. a mounted secret with sasl.password.", envvar="FRAUDSCORE_KAFKA_PROPERTIES_FILE")] = None,
     require_tls: Annotated[Optional[bool], typer.Option("--require-tls/--allow-plaintext", help="Refuse to start unless security.protocol is SSL or SASL_SSL with certificate verification on [default: allow-plaintext].", envvar="FRAUDSCORE_REQUIRE_TLS")] = None,
+    input_mode: Annotated[Optional[str], typer.Option("--input", help="raw: messages are raw transactions (TRANSACTION_ID, TX_DATETIME, CUSTOMER_ID, TERMINAL_ID, TX_AMOUNT; `fraudscore schema`) and the features are computed here; features: messages carry the bundle's feature fields [default: raw when the bundle records a feature specification, else features].", envvar="FRAUDSCORE_INPUT")] = None,
+    labels_topic: Annotated[Optional[str], typer.Option(help="Raw mode: fraud confirmations (TRANSACTION_ID, TERMINAL_ID, TX_DATETIME, TX_FRAUD=1), read whole by every instance for the terminal-risk features.", envvar="FRAUDSCORE_LABELS_TOPIC")] = None,
+    emit_features: Annotated[Optional[bool], typer.Option("--emit-features/--no-emit-features", help="Raw mode: put the computed features in each result, under \"features\".", envvar="FRAUDSCORE_EMIT_FEATURES")] = None,
+    allowed_lateness: Annotated[Optional[int], typer.Option(help="Raw mode: seconds a transaction may be older than the newest one of its partition and still be scored; older ones are dead-lettered as late [default: 86400].", envvar="FRAUDSCORE_ALLOWED_LATENESS")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML file with any of these options (flag names with underscores) and a [kafka] table.", envvar="FRAUDSCORE_CONFIG")] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.", envvar="FRAUDSCORE_LOG_LEVEL")] = "INFO",
 ) -> None:
     """Run the Kafka sidecar: score input batches, publish results, alerts and dead letters.
+
+    In raw mode (the default for bundles that record their feature specification) each
+    message is a raw transaction keyed by its CUSTOMER_ID; the 15 features are computed
+    here from per-customer windows (rebuilt from the input topic when a partition is
+    assigned) and a terminal table read from the whole input and --labels-topic
+    (docs/raw-transactions.md).
 
     Settings come from flags, then FRAUDSCORE_* environment variables, then --config, then
     defaults. librdkafka properties: -X, then FRAUDSCORE_KAFKA_<NAME> variables
@@ -290,13 +247,98 @@ def run(
         "poll_timeout_s": poll_timeout, "device": device, "threads": threads, "exactly_once": exactly_once,
         "transactional_id": transactional_id, "offset_reset": offset_reset, "wait": wait,
         "startup_timeout_s": startup_timeout, "drain_timeout_s": drain_timeout, "watch": watch,
-        "require_tls": require_tls,
+        "require_tls": require_tls, "input_mode": input_mode, "labels_topic": labels_topic,
+        "emit_features": emit_features, "allowed_lateness_s": allowed_lateness,
     }
     cfg = SidecarConfig.from_sources(flags, config_file=config, properties_file=kafka_properties_file,
                                      kafka_flags=kafka_property)
     sidecar = Sidecar(cfg)
     install_signal_handlers(sidecar)
     raise typer.Exit(sidecar.run())
+
+
+@app.command()
+@reports_errors
+def schema(
+    bundle: Annotated[Optional[Path], typer.Option("--bundle", "-b", help="Bundle directory: its input mode and feature fields.")] = None,
+    input_mode: Annotated[Optional[str], typer.Option("--input", help="raw, features or labels [default: the bundle's default input mode; raw without --bundle].")] = None,
+) -> None:
+    """Print the JSON Schema of input messages, for producers to validate against.
+
+    raw: the raw transaction of raw mode; features: the bundle's feature fields (feature
+    mode); labels: a fraud confirmation on the labels topic.
+    """
+    import json
+
+    from fraudscore.serving.transactions import label_json_schema, raw_json_schema
+
+    manifest = None
+    if bundle is not None:
+        from fraudscore.serving.bundle import load_bundle
+
+        manifest = load_bundle(bundle).manifest
+    mode = input_mode or ("raw" if manifest is None or manifest.feature_spec else "features")
+    if mode == "raw":
+        out = raw_json_schema()
+    elif mode == "labels":
+        out = label_json_schema()
+    elif mode == "features":
+        if manifest is None:
+            raise UsageError("--input features needs --bundle (the feature fields come from its manifest)")
+        numbers = {f: {"type": "number"} for f in manifest.features}
+        out = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "fraudscore feature-mode message",
+               "type": "object", "required": ["TRANSACTION_ID", *manifest.features],
+               "properties": {"TRANSACTION_ID": {"type": ["integer", "string"], "maxLength": 256}} | numbers}
+    else:
+        raise UsageError(f"--input must be raw, features or labels, got {mode!r}")
+    typer.echo(json.dumps(out, indent=2))
+
+
+@app.command()
+@reports_errors
+def replay(
+    bootstrap_servers: Annotated[str, typer.Option(help="Kafka bootstrap servers.", envvar="FRAUDSCORE_BOOTSTRAP_SERVERS")],
+    input_path: Annotated[Optional[Path], typer.Option("--in", "-i", help="Raw transactions with TX_FRAUD (.csv, .csv.gz, .parquet); default: simulate them.")] = None,
+    input_topic: Annotated[str, typer.Option(help="Where transactions go, keyed by CUSTOMER_ID.", envvar="FRAUDSCORE_INPUT_TOPIC")] = "tx-in",
+    labels_topic: Annotated[str, typer.Option(help="Where fraud confirmations go.", envvar="FRAUDSCORE_LABELS_TOPIC")] = "tx-labels",
+    speedup: Annotated[float, typer.Option(min=0, help="Event-time seconds per wall second; 0 sends as fast as possible.")] = 0.0,
+    customers: Annotated[int, typer.Option(min=1, help="Without --in: customers to simulate.")] = 500,
+    terminals: Annotated[int, typer.Option(min=1, help="Without --in: terminals to simulate.")] = 1000,
+    days: Annotated[int, typer.Option(min=1, help="Without --in: days to simulate.")] = 60,
+    start: Annotated[str, typer.Option(help="Without --in: first day, YYYY-MM-DD.")] = "2018-04-01",
+    seed: Annotated[int, typer.Option(min=0, help="Simulation seed and confirmation delays.")] = 0,
+    delay_days: Annotated[int, typer.Option(min=1, help="Confirmations arrive up to this many days after the transaction.")] = 7,
+    kafka_property: Annotated[Optional[list[str]], typer.Option("-X", "--kafka-property", help="librdkafka property key=value (repeat).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Produce a raw transaction stream and its delayed fraud confirmations to Kafka, in event-time order.
+
+    The input for `fraudscore run --input raw --labels-topic ...`: each transaction keyed by
+    its CUSTOMER_ID, each fraud confirmed up to --delay-days later on the labels topic.
+    """
+    from fraudscore.data.replay import raw_stream, replay as run_replay
+
+    if input_path is not None:
+        from fraudscore.data.table import read_table
+
+        table = read_table(input_path)
+    else:
+        from fraudscore.data.simulate import simulate as run_simulation
+
+        table = run_simulation(customers=customers, terminals=terminals, days=days,
+                               start=parse_date(start, "--start"), seed=seed).transactions
+    kafka = {"bootstrap.servers": bootstrap_servers}
+    for n, item in enumerate(kafka_property or [], 1):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"-X number {n} is not key=value")
+        kafka[key.strip()] = value
+    events = raw_stream(table, delay_days=delay_days, seed=seed)
+    labels = int(events.is_label.sum())
+    seconds = run_replay(events, kafka, input_topic, labels_topic, speedup=speedup)
+    if not quiet:
+        say(f"sent {len(events) - labels:,} transactions to {input_topic} and {labels:,} confirmations to "
+            f"{labels_topic} in {seconds:.1f} s")
 
 
 PLUGIN_GROUP = "fraudscore.commands"

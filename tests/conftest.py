@@ -1,12 +1,11 @@
-"""Shared fixtures: a real Apache Kafka broker for the session, fresh topics for each test."""
+"""Shared fixtures: a real Apache Kafka broker for the session, fresh topics for each test, a small
+bundle and its transactions, a second broker, and the clean-up of sidecars. The plain helpers
+they use (and the tests import) are in kafka_helpers.py."""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,16 +13,9 @@ from pathlib import Path
 import pytest
 
 from fraudscore import add_baseline_features, simulate, write_table
-
-ROOT = Path(__file__).resolve().parents[1]
-_EXE = str(Path(sys.executable).with_name("fraudscore"))
-LOCAL_KAFKA = ROOT / "deploy" / "kafka" / "local.sh"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from fraudscore.data.loadgen import transaction_messages
+from fraudscore.serving.bundle import load_bundle
+from kafka_helpers import EXE, LOCAL_KAFKA, STARTED, OwnBroker, four_topics, free_port
 
 
 @pytest.fixture(scope="session")
@@ -88,60 +80,41 @@ def small_bundle(tmp_path_factory) -> Path:
          "--out", work / "run", "--quiet"],
         ["export", "--run", work / "run", "--out", work / "bundle", "--quiet"],
     ):
-        done = subprocess.run([_EXE, *map(str, args)], capture_output=True, text=True, timeout=600)
+        done = subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
     return work / "bundle"
 
 
-class OwnBroker:
-    """A second broker the tests may stop and start, with a SASL_SSL (SCRAM-SHA-512) listener
-    next to the PLAINTEXT one. Its CA, keystore and user password are generated for the run."""
-
-    def __init__(self, work: Path):
-        self.certs = work / "certs"
-        subprocess.run([str(ROOT / "deploy" / "kafka" / "dev-certs.sh"), str(self.certs)], check=True,
-                        capture_output=True, timeout=60)
-        self.user = "fraudscore-test"
-        self.password = uuid.uuid4().hex
-        password_file = work / "scram.password"
-        password_file.write_text(self.password)
-        password_file.chmod(0o600)
-        self.port, self.sasl_ssl_port = free_port(), free_port()
-        self.env = dict(
-            os.environ, KAFKA_PORT=str(self.port), KAFKA_CONTROLLER_PORT=str(free_port()),
-            KAFKA_SASL_SSL_PORT=str(self.sasl_ssl_port), KAFKA_STATE_DIR=str(work / "state"),
-            KAFKA_HEAP=os.environ.get("KAFKA_HEAP", "384m"), KAFKA_SSL_KEYSTORE=str(self.certs / "broker.p12"),
-            KAFKA_SSL_KEYSTORE_PASSWORD_FILE=str(self.certs / "keystore.password"),
-            KAFKA_SCRAM_USER=self.user, KAFKA_SCRAM_PASSWORD_FILE=str(password_file),
-        )
-        self.bootstrap = f"127.0.0.1:{self.port}"
-        self.sasl_ssl_bootstrap = f"127.0.0.1:{self.sasl_ssl_port}"
-        self.ca = self.certs / "ca.pem"
-
-    def client_config(self, password: str | None = None) -> dict[str, str]:
-        return {"bootstrap.servers": self.sasl_ssl_bootstrap, "security.protocol": "SASL_SSL",
-                "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": self.user,
-                "sasl.password": self.password if password is None else password, "ssl.ca.location": str(self.ca)}
-
-    def _local(self, action: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(LOCAL_KAFKA), action], env=self.env, capture_output=True, text=True, timeout=300)
-
-    def start(self) -> float:
-        t0 = time.monotonic()
-        done = self._local("start")
-        if done.returncode != 0:
-            pytest.fail(f"could not start the second broker:\n{done.stderr}")
-        return time.monotonic() - t0
-
-    def stop(self) -> None:
-        self._local("stop")
-
-
 @pytest.fixture(scope="session")
 def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnBroker]:
+    """The second broker (TLS, SCRAM), started once for the session and stopped at its end."""
     broker = OwnBroker(tmp_path_factory.mktemp("own-broker"))
     broker.start()
     try:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def transactions(small_bundle: Path) -> tuple[list[bytes], list[bytes]]:
+    """Keys and values of simulated transactions (12 days) carrying `small_bundle`'s features."""
+    table = add_baseline_features(simulate(customers=300, terminals=600, days=12, seed=9).transactions)
+    return transaction_messages(table, load_bundle(small_bundle).features)
+
+
+@pytest.fixture
+def topics(make_topic) -> dict[str, str]:
+    """Fresh input (3 partitions), scores, alerts and dead-letter topics for one test."""
+    return four_topics(make_topic)
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_sidecars() -> Iterator[None]:
+    """A failing test must not leave a sidecar running: kill whatever a test started."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

@@ -11,7 +11,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -22,14 +21,12 @@ import orjson
 import pytest
 import yaml
 
-from conftest import free_port
 from fraudscore import add_baseline_features, simulate
 from fraudscore.serving.bundle import load_bundle
 from fraudscore.data.loadgen import transaction_messages
+from kafka_helpers import EXE, ROOT, free_port
 
 pytestmark = pytest.mark.kafka
-ROOT = Path(__file__).resolve().parents[1]
-EXE = str(Path(sys.executable).with_name("fraudscore"))
 PROMETHEUS = shutil.which("prometheus")
 ALERTMANAGER = shutil.which("prometheus-alertmanager")
 
@@ -93,7 +90,8 @@ def test_alert_rate_spike_reaches_the_webhook(kafka_bootstrap, small_bundle, mak
         procs.append(subprocess.Popen([EXE, "run", "--bundle", str(small_bundle), "--bootstrap-servers", kafka_bootstrap,
                                        "--input-topic", topics["in"], "--output-topic", topics["out"],
                                        "--alerts-topic", topics["alerts"], "--dlq-topic", topics["dlq"],
-                                       "--group-id", "g-alerting", "--metrics-port", str(metrics_port), "--log-level", "WARNING"],
+                                       "--group-id", "g-alerting", "--metrics-port", str(metrics_port), "--log-level", "WARNING",
+                                       "--input", "features"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         _wait_http(f"http://127.0.0.1:{am_port}/-/ready")
         _wait_http(f"http://127.0.0.1:{prom_port}/-/ready")

@@ -6,16 +6,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from kafka_helpers import EXE, free_port
 
-EXE = str(Path(sys.executable).with_name("fraudscore"))
 SMALL = ["--mode", "model", "--mode", "pipeline", "--batch-sizes", "1,64", "--seconds", "0.2", "--repeats", "3", "--quiet"]
 
 

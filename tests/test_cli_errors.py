@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from test_sidecar import EXE
+from kafka_helpers import EXE
 
 START = ["--start", "2018-04-01"]
 KAFKA = ["--bootstrap-servers", "127.0.0.1:9", "--input-topic", "a", "--output-topic", "b", "--alerts-topic", "c",

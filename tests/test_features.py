@@ -14,13 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fraudscore import BASELINE_FEATURES, InputError, Table, add_baseline_features, baseline_features, read_table, simulate, write_table
-from fraudscore.features.baseline import CUSTOMER_WINDOWS_DAYS, TERMINAL_DELAY_DAYS, TERMINAL_WINDOWS_DAYS
+from fraudscore.features import BASELINE_SPEC, FeatureSpec
 
 DAY = 86_400
 EPOCH = dt.datetime(2018, 4, 1)
 
 
-def reference_features(tx: list[dict]) -> list[dict]:
+def reference_features(tx: list[dict], spec: FeatureSpec = BASELINE_SPEC) -> list[dict]:
     """The definitions of data.md, one transaction at a time, with no cleverness."""
     out = []
     for row in tx:
@@ -28,9 +28,9 @@ def reference_features(tx: list[dict]) -> list[dict]:
         f = {
             "TX_AMOUNT": row["amount"],
             "TX_DURING_WEEKEND": int(when.weekday() >= 5),
-            "TX_DURING_NIGHT": int(when.hour <= 6),
+            "TX_DURING_NIGHT": int(when.hour <= spec.night_last_hour),
         }
-        for w in CUSTOMER_WINDOWS_DAYS:
+        for w in spec.customer_windows_days:
             mine = [
                 o["amount"]
                 for o in tx
@@ -40,8 +40,8 @@ def reference_features(tx: list[dict]) -> list[dict]:
             ]
             f[f"CUSTOMER_ID_NB_TX_{w}DAY_WINDOW"] = len(mine)
             f[f"CUSTOMER_ID_AVG_AMOUNT_{w}DAY_WINDOW"] = math.fsum(mine) / len(mine)
-        for w in TERMINAL_WINDOWS_DAYS:
-            end = t - TERMINAL_DELAY_DAYS * DAY
+        for w in spec.terminal_windows_days:
+            end = t - spec.terminal_delay_days * DAY
             seen = [o["fraud"] for o in tx if o["terminal"] == row["terminal"] and end - w * DAY < o["t"] <= end]
             f[f"TERMINAL_ID_NB_TX_{w}DAY_WINDOW"] = len(seen)
             f[f"TERMINAL_ID_RISK_{w}DAY_WINDOW"] = sum(seen) / len(seen) if seen else 0.0
@@ -62,11 +62,11 @@ def to_table(tx: list[dict]) -> Table:
     )
 
 
-def assert_matches_reference(tx: list[dict]) -> None:
-    got = baseline_features(to_table(tx))
-    want = reference_features(tx)
-    assert got.columns == list(BASELINE_FEATURES)
-    for name in BASELINE_FEATURES:
+def assert_matches_reference(tx: list[dict], spec: FeatureSpec = BASELINE_SPEC) -> None:
+    got = baseline_features(to_table(tx), spec)
+    want = reference_features(tx, spec)
+    assert got.columns == list(spec.names)
+    for name in spec.names:
         expected = np.array([w[name] for w in want])
         if "NB_TX" in name or "DURING" in name:
             assert got[name].dtype.kind == "i", name
@@ -110,6 +110,21 @@ def transactions(draw) -> list[dict]:
 @given(transactions())
 def test_vectorised_features_equal_the_reference(tx: list[dict]) -> None:
     assert_matches_reference(tx)
+
+
+specs = st.builds(
+    FeatureSpec,
+    customer_windows_days=st.lists(st.integers(1, 40), min_size=1, max_size=3, unique=True).map(tuple),
+    terminal_windows_days=st.lists(st.integers(1, 40), min_size=1, max_size=3, unique=True).map(tuple),
+    terminal_delay_days=st.integers(0, 10),
+    night_last_hour=st.integers(0, 23),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(transactions(), specs)
+def test_any_spec_equals_the_reference(tx: list[dict], spec: FeatureSpec) -> None:
+    assert_matches_reference(tx, spec)
 
 
 def test_single_transaction() -> None:
@@ -256,3 +271,55 @@ def test_cli_refuses_bad_files_and_writes_nothing(tmp_path: Path) -> None:
 
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+# ---------------------------------------------------------------- the specification
+
+
+def test_the_baseline_spec_names_the_15_model_inputs() -> None:
+    assert BASELINE_SPEC.names == BASELINE_FEATURES
+    assert len(BASELINE_FEATURES) == 15
+    assert (BASELINE_SPEC.customer_reach_s, BASELINE_SPEC.terminal_reach_s) == (30 * DAY, 37 * DAY)
+
+
+def test_spec_round_trips_through_a_manifest_dict() -> None:
+    spec = FeatureSpec(customer_windows_days=(2, 14), terminal_delay_days=3)
+    assert FeatureSpec.from_dict(spec.to_dict()) == spec
+    assert FeatureSpec.from_dict(BASELINE_SPEC.to_dict()) is not BASELINE_SPEC
+    assert FeatureSpec.from_dict(BASELINE_SPEC.to_dict()) == BASELINE_SPEC
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"version": 2}, "version 2 is not one this runtime computes"),
+        ({"tie_rule": "arrival_order"}, "tie_rule 'arrival_order' is unknown"),
+        ({"colour": "red"}, "unknown field(s) colour"),
+        ({"night_last_hour": None}, "night_last_hour must be an hour 0..23"),
+        ({"customer_windows_days": []}, "customer_windows_days must be a non-empty tuple"),
+        ({"terminal_windows_days": [7, 7]}, "repeats a window"),
+        ({"terminal_delay_days": -1}, "terminal_delay_days must be a whole number of days >= 0"),
+    ],
+)
+def test_a_spec_this_runtime_cannot_compute_is_refused(change: dict, message: str) -> None:
+    manifest = {**BASELINE_SPEC.to_dict(), **change}
+    with pytest.raises(InputError) as err:
+        FeatureSpec.from_dict(manifest)
+    assert message in str(err.value)
+    if "version" in change or "tie_rule" in change or "colour" in change:
+        assert "re-export the bundle with this fraudscore version" in str(err.value)
+
+
+def test_a_spec_missing_a_field_is_refused() -> None:
+    manifest = BASELINE_SPEC.to_dict()
+    del manifest["terminal_delay_days"]
+    with pytest.raises(InputError, match="missing field\\(s\\) terminal_delay_days"):
+        FeatureSpec.from_dict(manifest)
+
+
+def test_public_names_are_exported() -> None:
+    from fraudscore import features
+
+    for name in features.__all__:
+        assert hasattr(features, name), name
+    assert {"BASELINE_SPEC", "FeatureSpec", "OnlineFeatures", "CustomerState", "TerminalState", "calendar_features"} <= set(features.__all__)

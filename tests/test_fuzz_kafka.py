@@ -19,7 +19,7 @@ from fraudscore.serving.bundle import load_bundle
 from fraudscore.serving.decode import MAX_MESSAGE_BYTES, Rejection, decode_one
 from fraudscore.serving.scorer import Scorer
 from fraudscore.serving.sidecar import MAX_KEY_BYTES, TRUNCATED_DLQ_BYTES
-from test_sidecar import Sidecar, client, no_leftover_sidecars  # noqa: F401
+from kafka_helpers import Sidecar, client
 
 pytestmark = pytest.mark.kafka
 HUGE = (MAX_MESSAGE_BYTES + 1, 300_000, 950_000)  # the last one is cut down in the dead-letter topic

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from conftest import LOCAL_KAFKA
+from kafka_helpers import LOCAL_KAFKA
 
 pytestmark = pytest.mark.kafka
 

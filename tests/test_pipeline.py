@@ -11,7 +11,7 @@ import numpy as np
 from fraudscore.serving.bundle import load_bundle
 from fraudscore.serving.pipeline import Pipeline
 from fraudscore.serving.scorer import Scorer
-from test_sidecar import EXE
+from kafka_helpers import EXE
 
 
 def extreme_messages(features) -> list[bytes]:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from test_sidecar import STARTED, Sidecar, _ids, client, drain, four_topics, no_leftover_sidecars, produce, topics, transactions  # noqa: F401
+from kafka_helpers import Sidecar, client, drain, four_topics, own_topics, produce, transaction_ids
 
 pytestmark = pytest.mark.kafka
 BATCH = 500
@@ -50,7 +50,7 @@ def test_repeated_hard_kills_under_a_stream_lose_nothing(kafka_bootstrap, small_
     feeder.join(120)
     scores = drain(kafka_bootstrap, [topics["out"]], len(values), timeout_s=120)
     dead = drain(kafka_bootstrap, [topics["dlq"]], len(bad), timeout_s=60)
-    ids = _ids(scores)
+    ids = transaction_ids(scores)
     expected = {json.loads(v)["TRANSACTION_ID"] for v in values}
     assert set(ids) == expected  # zero lost
     assert len(dead) >= len(bad)
@@ -84,7 +84,7 @@ def test_sigterm_while_busy_drains_commits_and_exits_zero(kafka_bootstrap, small
     second = Sidecar(kafka_bootstrap, small_bundle, topics, "g-term")
     second.wait_ready()
     scores = drain(kafka_bootstrap, [topics["out"]], len(values))
-    ids = _ids(scores)
+    ids = transaction_ids(scores)
     assert len(ids) == len(set(ids)) == len(values)
     print(f"\nreliability: SIGTERM while busy: exit 0 in {stopped_in:.2f} s; {len(values)} in, "
           f"{len(ids)} results after restart, 0 duplicates")
@@ -132,8 +132,6 @@ class stream(threading.Thread):
 
 
 def test_broker_restart_mid_stream_recovers_by_itself(own_broker, small_bundle, transactions) -> None:
-    from test_security import own_topics
-
     topics = own_topics(own_broker, partitions=3)
     keys, values = transactions
     keys, values = keys[:10_000], values[:10_000]
@@ -164,7 +162,7 @@ def test_broker_restart_mid_stream_recovers_by_itself(own_broker, small_bundle, 
     assert resumed_at is not None, "no results after the broker came back"
     feeder.join(120)
     scores = drain(own_broker.bootstrap, [topics["out"]], len(values), timeout_s=120)
-    ids = _ids(scores)
+    ids = transaction_ids(scores)
     assert set(ids) == {json.loads(v)["TRANSACTION_ID"] for v in values}  # zero lost
     duplicates = len(ids) - len(set(ids))
     produce_errors = metric(sidecar, "fraudscore_produce_errors_total")
@@ -190,7 +188,7 @@ def test_exactly_once_under_repeated_hard_kills_has_no_visible_duplicates(kafka_
     feeder.join(120)
     committed = drain(kafka_bootstrap, [topics["out"]], len(values), timeout_s=120, committed_only=True)
     everything = drain(kafka_bootstrap, [topics["out"]], len(values), timeout_s=30)
-    ids = _ids(committed)
+    ids = transaction_ids(committed)
     assert set(ids) == {json.loads(v)["TRANSACTION_ID"] for v in values}  # zero lost
     assert len(ids) == len(set(ids))  # zero duplicates visible to read_committed
     aborted = len(everything) - len(committed)  # results of killed transactions, hidden from read_committed
@@ -264,7 +262,7 @@ def test_overload_keeps_memory_bounded_reports_lag_and_loses_nothing(kafka_boots
     sampler.join(10)
     peak_rss = rss_kib(sidecar.proc.pid)[1]
     scores = drain(kafka_bootstrap, [topics["out"]], sent, timeout_s=120)
-    ids = _ids(scores)
+    ids = transaction_ids(scores)
     expected = {json.loads(v)["TRANSACTION_ID"] for v in values}
     assert set(ids) == expected and len(ids) >= sent  # every copy scored, nothing lost
     # Throughput does not collapse as the backlog is worked off: the time from 60 % to 90 %
@@ -313,7 +311,7 @@ def test_reload_under_load_with_a_corrupt_bundle_keeps_scoring(kafka_bootstrap, 
     sidecar.proc.send_signal(signal.SIGHUP)
     feeder.join(120)
     scores = drain(kafka_bootstrap, [topics["out"]], len(values))
-    ids = _ids(scores)
+    ids = transaction_ids(scores)
     assert set(ids) == {json.loads(v)["TRANSACTION_ID"] for v in values}
     assert metric(sidecar, 'fraudscore_model_reloads_total{result="success"}') == 1
     code, out = sidecar.stop()
@@ -343,7 +341,7 @@ def test_rebalance_under_load_an_instance_joins_then_one_leaves(kafka_bootstrap,
     feeder.join(120)
     keys, values = keys[:feeder.sent], values[:feeder.sent]
     scores = drain(kafka_bootstrap, [topics["out"]], len(values), timeout_s=120)
-    ids = _ids(scores)
+    ids = transaction_ids(scores)
     assert set(ids) == {json.loads(v)["TRANSACTION_ID"] for v in values}  # zero lost
     assert metric(b, "fraudscore_assigned_partitions") == 4
     duplicates = len(ids) - len(set(ids))

@@ -10,26 +10,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient, NewTopic
 
-from test_sidecar import EXE, Sidecar, _ids, drain, no_leftover_sidecars, produce, transactions  # noqa: F401
+from kafka_helpers import EXE, Sidecar, drain, own_topics, produce, transaction_ids
 
 pytestmark = pytest.mark.kafka
-
-
-def own_topics(broker, partitions: int = 2) -> dict[str, str]:
-    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
-    names = {role: f"sec-{role}-{uuid.uuid4().hex[:8]}" for role in ("in", "out", "alerts", "dlq")}
-    futures = admin.create_topics([NewTopic(n, num_partitions=partitions if r == "in" else 1, replication_factor=1)
-                                   for r, n in names.items()])
-    for future in futures.values():
-        future.result(timeout=30)
-    return names
 
 
 def listening_address(port: int) -> str:
@@ -74,7 +62,7 @@ def test_sasl_ssl_end_to_end_without_leaking_secrets_or_payloads(own_broker, sma
     dead = drain(client, [topics["dlq"]], len(bad))
     code, log = sidecar.stop()
     assert code == 0, log[-2000:]
-    assert sorted(_ids(scores)) == sorted(json.loads(v)["TRANSACTION_ID"] for v in values)
+    assert sorted(transaction_ids(scores)) == sorted(json.loads(v)["TRANSACTION_ID"] for v in values)
     assert len(dead) == len(bad)
     assert own_broker.password not in log
     assert marker not in log  # neither ids nor payloads of rejected messages
@@ -87,7 +75,8 @@ def test_wrong_password_and_untrusted_broker_are_refused_with_a_clear_error(own_
     topics = own_topics(own_broker)
     base = [EXE, "run", "--bundle", str(small_bundle), "--bootstrap-servers", own_broker.sasl_ssl_bootstrap,
             "--input-topic", topics["in"], "--output-topic", topics["out"], "--alerts-topic", topics["alerts"],
-            "--dlq-topic", topics["dlq"], "--group-id", "g-refused", "--metrics-port", "0", "--startup-timeout", "4"]
+            "--dlq-topic", topics["dlq"], "--group-id", "g-refused", "--metrics-port", "0", "--startup-timeout", "4",
+            "--input", "features"]
     wrong = f"wrong-{uuid.uuid4().hex}"
     env, args = secret_env_and_file(own_broker, tmp_path, wrong)
     done = subprocess.run([*base, *args], env=os.environ | env, capture_output=True, text=True, timeout=60)

@@ -3,33 +3,18 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import subprocess
-import sys
-import tempfile
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
-from conftest import free_port
-from fraudscore import add_baseline_features, simulate
 from fraudscore.serving.bundle import load_bundle
-from fraudscore.data.loadgen import transaction_messages
+from kafka_helpers import EXE, STARTED, Sidecar, drain, four_topics, free_port, produce, transaction_ids, wait_ready
 
 pytestmark = pytest.mark.kafka
-EXE = str(Path(sys.executable).with_name("fraudscore"))
-
-
-@pytest.fixture(scope="session")
-def transactions(small_bundle: Path) -> tuple[list[bytes], list[bytes]]:
-    table = add_baseline_features(simulate(customers=300, terminals=600, days=12, seed=9).transactions)
-    return transaction_messages(table, load_bundle(small_bundle).features)
-
 
 BAD = [
     (b"not json", "bad_json"),
@@ -37,120 +22,6 @@ BAD = [
     (b"[1,2,3]", "not_object"),
     (b'{"TRANSACTION_ID": "bad-2", "TX_AMOUNT": "12"}', "wrong_type"),  # first feature checked first
 ]
-
-
-def client(bootstrap: str | dict) -> dict:
-    """Client settings: a bootstrap address, or a full configuration (TLS, SASL). librdkafka's
-    log lines go to Python logging, which pytest shows only for a failing test (a test client
-    that outlives a stopped broker would otherwise print reconnect errors to the CI log)."""
-    base = dict(bootstrap) if isinstance(bootstrap, dict) else {"bootstrap.servers": bootstrap}
-    return base | {"logger": logging.getLogger("tests.kafka")}
-
-
-def produce(bootstrap: str | dict, topic: str, keys: list[bytes], values: list[bytes | None]) -> None:
-    producer = Producer(client(bootstrap) | {"linger.ms": 5, "enable.idempotence": True})
-    for key, value in zip(keys, values):
-        while True:
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:
-                producer.poll(0.1)
-    assert producer.flush(60) == 0
-
-
-def drain(bootstrap: str | dict, topics: list[str], expected: int, timeout_s: float = 90, committed_only: bool = False) -> list:
-    consumer = Consumer(client(bootstrap) | {
-        "group.id": f"reader-{time.time_ns()}", "auto.offset.reset": "earliest",
-        "enable.auto.commit": False, "isolation.level": "read_committed" if committed_only else "read_uncommitted",
-    })
-    consumer.subscribe(topics)
-    got, deadline, quiet_since = [], time.monotonic() + timeout_s, None
-    while time.monotonic() < deadline:
-        batch = [m for m in consumer.consume(1000, 0.5) if m.error() is None]
-        got += batch
-        if len(got) >= expected:
-            # Keep reading briefly: duplicates would show up here.
-            quiet_since = quiet_since or time.monotonic()
-            if time.monotonic() - quiet_since > 2:
-                break
-    consumer.close()
-    return got
-
-
-STARTED: list[subprocess.Popen] = []
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_sidecars():
-    """A failing test must not leave a sidecar running: kill whatever a test started."""
-    yield
-    while STARTED:
-        proc = STARTED.pop()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-
-
-class Sidecar:
-    def __init__(self, bootstrap: str, bundle: Path, topics: dict[str, str], group: str, *extra: str,
-                 env: dict[str, str] | None = None):
-        self.port = free_port()
-        self.args = [
-            EXE, "run", "--bundle", str(bundle), "--bootstrap-servers", bootstrap,
-            "--input-topic", topics["in"], "--output-topic", topics["out"], "--alerts-topic", topics["alerts"],
-            "--dlq-topic", topics["dlq"], "--group-id", group, "--metrics-port", str(self.port), "--batch-size", "500",
-            *extra,
-        ]
-        # The log goes to a file, not a pipe: a pipe nobody reads fills up, and a sidecar that
-        # logs a lot (a broker outage) would block writing to it.
-        self.log = tempfile.TemporaryFile("w+")
-        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, text=True,
-                                     env=None if env is None else os.environ | env)
-        STARTED.append(self.proc)
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-
-    def wait_ready(self, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.output()
-            try:
-                if self.get("/readyz")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("sidecar not ready in time")
-
-    def stop(self, sig=signal.SIGTERM, timeout_s: float = 40) -> tuple[int, str]:
-        self.proc.send_signal(sig)
-        self.proc.wait(timeout=timeout_s)
-        return self.proc.returncode, self.output()
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read()
-
-
-def four_topics(make_topic, partitions: int = 3) -> dict[str, str]:
-    """Fresh input (with `partitions`), scores, alerts and dead-letter topics."""
-    return {"in": make_topic(partitions=partitions, prefix="in"), "out": make_topic(prefix="scores"),
-            "alerts": make_topic(prefix="alerts"), "dlq": make_topic(prefix="dlq")}
-
-
-@pytest.fixture
-def topics(make_topic) -> dict[str, str]:
-    return four_topics(make_topic)
-
-
-def _ids(messages) -> list:
-    return [json.loads(m.value())["transaction_id"] for m in messages]
 
 
 def test_every_input_ends_in_scores_or_dead_letters(kafka_bootstrap, small_bundle, transactions, topics) -> None:
@@ -167,14 +38,14 @@ def test_every_input_ends_in_scores_or_dead_letters(kafka_bootstrap, small_bundl
     alerts = drain(kafka_bootstrap, [topics["alerts"]], 0, timeout_s=5)
 
     expected_ids = [json.loads(v)["TRANSACTION_ID"] for v in values]
-    assert sorted(_ids(scores)) == sorted(expected_ids)  # each exactly once in a clean run
+    assert sorted(transaction_ids(scores)) == sorted(expected_ids)  # each exactly once in a clean run
     result = json.loads(scores[0].value())
     assert {"transaction_id", "score", "decision", "model_version", "threshold", "timings"} <= set(result)
     by_id = {json.loads(v)["TRANSACTION_ID"]: k for k, v in zip(keys, values)}
     assert all(m.key() == by_id[json.loads(m.value())["transaction_id"]] for m in scores[:200])  # keyed like the input
 
     threshold = load_bundle(small_bundle).manifest.threshold
-    assert sorted(_ids(alerts)) == sorted(i for i, s in ((json.loads(m.value())["transaction_id"], json.loads(m.value())["score"]) for m in scores) if s >= threshold)
+    assert sorted(transaction_ids(alerts)) == sorted(i for i, s in ((json.loads(m.value())["transaction_id"], json.loads(m.value())["score"]) for m in scores) if s >= threshold)
 
     reasons = {}
     for m in dlq:
@@ -217,7 +88,7 @@ def test_restart_after_hard_kill_loses_nothing(kafka_bootstrap, small_bundle, tr
     second = Sidecar(kafka_bootstrap, small_bundle, topics, "g-kill")
     second.wait_ready()
     scores = drain(kafka_bootstrap, [topics["out"]], len(values))
-    ids = _ids(scores)
+    ids = transaction_ids(scores)
     assert set(ids) == {json.loads(v)["TRANSACTION_ID"] for v in values}  # none lost
     duplicates = len(ids) - len(set(ids))
     assert duplicates <= 3 * 500  # at most the batches in flight when killed (batch 500, 3 partitions)
@@ -235,7 +106,7 @@ def test_two_instances_split_partitions_and_lose_nothing(kafka_bootstrap, small_
     produce(kafka_bootstrap, topics["in"], keys[half:], values[half:])
     b.wait_ready()
     scores = drain(kafka_bootstrap, [topics["out"]], len(values))
-    assert set(_ids(scores)) == {json.loads(v)["TRANSACTION_ID"] for v in values}
+    assert set(transaction_ids(scores)) == {json.loads(v)["TRANSACTION_ID"] for v in values}
     assigned = []
     for s in (a, b):
         metrics = s.get("/metrics")[1]
@@ -252,7 +123,7 @@ def test_exactly_once_results_are_transactional(kafka_bootstrap, small_bundle, t
     sidecar = Sidecar(kafka_bootstrap, small_bundle, topics, "g-eos", "--exactly-once", "--transactional-id", f"t-{time.time_ns()}")
     sidecar.wait_ready()
     scores = drain(kafka_bootstrap, [topics["out"]], len(values), committed_only=True)
-    assert sorted(_ids(scores)) == sorted(json.loads(v)["TRANSACTION_ID"] for v in values)
+    assert sorted(transaction_ids(scores)) == sorted(json.loads(v)["TRANSACTION_ID"] for v in values)
     assert sidecar.stop()[0] == 0
 
 
@@ -292,7 +163,8 @@ def test_config_file_and_environment(kafka_bootstrap, small_bundle, topics, tmp_
     env = dict(os.environ, FRAUDSCORE_BUNDLE=str(small_bundle), FRAUDSCORE_GROUP_ID="g-env", FRAUDSCORE_METRICS_PORT=str(free_port()))
     proc = subprocess.Popen([EXE, "run", "--config", str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     STARTED.append(proc)
-    time.sleep(6)
+    # Started: it has read the file and the environment, logged its settings and joined its group.
+    wait_ready(int(env["FRAUDSCORE_METRICS_PORT"]), proc, output=lambda: proc.communicate()[0][-2000:])
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=40)
     assert proc.returncode == 0, out[-2000:]

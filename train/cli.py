@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fraudscore.cli import int_list, parse_date, reports_errors, say
+from fraudscore.console import int_list, parse_date, reports_errors, say
 
 
 

@@ -42,6 +42,7 @@ from fraudscore.data.evaluation import (
     threshold_for_precision,
 )
 from fraudscore.data.matrix import feature_matrix
+from fraudscore.features.spec import BASELINE_SPEC
 from fraudscore.data.table import Table
 
 MODELS = ("mlp", "autoencoder")
@@ -257,6 +258,8 @@ def train(config: TrainConfig, say=lambda message: None) -> RunResult:
         model.save(tmp / "model.keras")
         params = {k: (str(v) if isinstance(v, (Path, dt.date)) else v) for k, v in dataclasses.asdict(config).items()}
         params["features"] = features
+        # Raw-mode serving computes these features online; recorded only when every input is one of them.
+        params["feature_spec"] = BASELINE_SPEC.to_dict() if set(features) <= set(BASELINE_SPEC.names) else {}
         params["libraries"] = _library_versions()
         params["command"] = " ".join(sys.argv)
         (tmp / "params.json").write_text(json.dumps(params, indent=2) + "\n")

@@ -129,7 +129,8 @@ def file_format(path: str | os.PathLike[str]) -> str:
     raise InputError(f"{path}: unknown file type; name it *.csv, *.csv.gz or *.parquet")
 
 
-def _pyarrow():
+def pyarrow_or_none():
+    """The pyarrow module with its csv and parquet parts, or None where pyarrow is not installed."""
     try:
         import pyarrow  # noqa: F401
         import pyarrow.csv
@@ -149,7 +150,7 @@ def read_table(path: str | os.PathLike[str], *, engine: str = "auto") -> Table:
     fmt = file_format(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    pa = _pyarrow()
+    pa = pyarrow_or_none()
     if fmt == "parquet":
         if pa is None:
             raise InputError(f"{path}: reading Parquet needs pyarrow; pip install 'fraudscore[parquet]' or use CSV")
@@ -295,7 +296,7 @@ def write_table(table: Table, path: str | os.PathLike[str]) -> None:
     """Write atomically as CSV, gzipped CSV (deterministic: no timestamp in the header) or Parquet."""
     path = Path(path)
     fmt = file_format(path)
-    if fmt == "parquet" and _pyarrow() is None:
+    if fmt == "parquet" and pyarrow_or_none() is None:
         raise InputError(f"{path}: writing Parquet needs pyarrow; pip install 'fraudscore[parquet]' or use .csv")
     if path.parent and not path.parent.exists():
         raise InputError(f"{path}: directory {path.parent} does not exist")

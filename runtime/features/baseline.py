@@ -16,34 +16,38 @@ Windows are time-based and left-open. Transactions at the same second are ordere
 by TRANSACTION_ID: for the customer windows, only earlier ids and the current one
 count. All windows are computed with one sort per key and `searchsorted` over
 composite (entity, time) keys plus cumulative sums: no per-row Python.
+
+The parameters (windows, delay, night hours, tie rule) come from a `FeatureSpec`
+(`spec.py`); the online engine (`online.py`) computes the same columns batch by batch
+and shares the arithmetic in `windows.py`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from fraudscore.errors import InputError
 from fraudscore.data.table import Table
+from fraudscore.errors import InputError
+from fraudscore.features.spec import (
+    BASELINE_SPEC,
+    SECONDS_PER_DAY,
+    FeatureSpec,
+    customer_count_name,
+    customer_mean_name,
+    terminal_count_name,
+    terminal_risk_name,
+)
+from fraudscore.features.windows import calendar_features, cent_sums, fraud_shares, mean_amounts
 
-SECONDS_PER_DAY = 86_400
-CUSTOMER_WINDOWS_DAYS = (1, 7, 30)
-TERMINAL_WINDOWS_DAYS = (1, 7, 30)
-TERMINAL_DELAY_DAYS = 7
-NIGHT_LAST_HOUR = 6
+# The handbook's parameters under their historical names; BASELINE_SPEC is the source.
+CUSTOMER_WINDOWS_DAYS = BASELINE_SPEC.customer_windows_days
+TERMINAL_WINDOWS_DAYS = BASELINE_SPEC.terminal_windows_days
+TERMINAL_DELAY_DAYS = BASELINE_SPEC.terminal_delay_days
+NIGHT_LAST_HOUR = BASELINE_SPEC.night_last_hour
 
 RAW_COLUMNS = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD")
 
-
-def _baseline_names() -> tuple[str, ...]:
-    names = ["TX_AMOUNT", "TX_DURING_WEEKEND", "TX_DURING_NIGHT"]
-    for w in CUSTOMER_WINDOWS_DAYS:
-        names += [f"CUSTOMER_ID_NB_TX_{w}DAY_WINDOW", f"CUSTOMER_ID_AVG_AMOUNT_{w}DAY_WINDOW"]
-    for w in TERMINAL_WINDOWS_DAYS:
-        names += [f"TERMINAL_ID_NB_TX_{w}DAY_WINDOW", f"TERMINAL_ID_RISK_{w}DAY_WINDOW"]
-    return tuple(names)
-
-
-BASELINE_FEATURES: tuple[str, ...] = _baseline_names()
+BASELINE_FEATURES: tuple[str, ...] = BASELINE_SPEC.names
 """The 15 model inputs, in the order the model takes them."""
 
 
@@ -95,28 +99,23 @@ def _bad_rows(column: str, bad: np.ndarray, what: str, n: int) -> list[str]:
     return [f"column {column}: {count} of {n} rows {'is' if count == 1 else 'are'} {what} (first at data row {int(np.argmax(bad)) + 1})"]
 
 
-def baseline_features(table: Table, *, source: str = "input") -> Table:
-    """The 15 baseline features of `table`'s raw transactions, row-aligned with it."""
+def baseline_features(table: Table, spec: FeatureSpec = BASELINE_SPEC, *, source: str = "input") -> Table:
+    """The baseline features (`spec.names`) of `table`'s raw transactions, row-aligned with it."""
     validate_transactions(table, source)
     seconds = table["TX_DATETIME"].astype("datetime64[s]").astype(np.int64)
     ids = table["TRANSACTION_ID"]
     amount = table["TX_AMOUNT"].astype(np.float64)
     out: dict[str, np.ndarray] = {"TX_AMOUNT": amount}
-
-    day = seconds // SECONDS_PER_DAY
-    weekday = (day + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
-    out["TX_DURING_WEEKEND"] = (weekday >= 5).astype(np.int64)
-    out["TX_DURING_NIGHT"] = ((seconds % SECONDS_PER_DAY) // 3600 <= NIGHT_LAST_HOUR).astype(np.int64)
-
-    out.update(_customer_windows(table["CUSTOMER_ID"], seconds, ids, amount))
-    out.update(_terminal_windows(table["TERMINAL_ID"], seconds, ids, table["TX_FRAUD"]))
-    return Table((name, out[name]) for name in BASELINE_FEATURES)
+    out.update(calendar_features(seconds, spec))
+    out.update(_customer_windows(table["CUSTOMER_ID"], seconds, ids, amount, spec))
+    out.update(_terminal_windows(table["TERMINAL_ID"], seconds, ids, table["TX_FRAUD"], spec))
+    return Table((name, out[name]) for name in spec.names)
 
 
-def add_baseline_features(table: Table, *, source: str = "input") -> Table:
-    """`table` with the 15 baseline features appended (TX_AMOUNT is already there)."""
-    features = baseline_features(table, source=source)
-    return table.with_columns({name: features[name] for name in BASELINE_FEATURES if name != "TX_AMOUNT"})
+def add_baseline_features(table: Table, spec: FeatureSpec = BASELINE_SPEC, *, source: str = "input") -> Table:
+    """`table` with the baseline features appended (TX_AMOUNT is already there)."""
+    features = baseline_features(table, spec, source=source)
+    return table.with_columns({name: features[name] for name in spec.names if name != "TX_AMOUNT"})
 
 
 def _sorted_keys(entity: np.ndarray, seconds: np.ndarray, ids: np.ndarray, reach: int) -> tuple[np.ndarray, np.ndarray]:
@@ -138,42 +137,34 @@ def _sorted_keys(entity: np.ndarray, seconds: np.ndarray, ids: np.ndarray, reach
     return order, keys
 
 
-def _cent_sums(values: np.ndarray) -> tuple[np.ndarray, float]:
-    """Prefix sums, exact (int64 cents) when every value is a whole number of cents."""
-    cents = np.rint(values * 100)
-    if len(values) and np.all(np.abs(cents - values * 100) < 1e-6) and np.abs(cents).sum() < 2**62:
-        return np.concatenate([[0], np.cumsum(cents.astype(np.int64))]), 100.0
-    return np.concatenate([[0.0], np.cumsum(values)]), 1.0
-
-
-def _customer_windows(customer: np.ndarray, seconds: np.ndarray, ids: np.ndarray, amount: np.ndarray) -> dict[str, np.ndarray]:
-    reach = max(CUSTOMER_WINDOWS_DAYS) * SECONDS_PER_DAY
-    order, keys = _sorted_keys(customer, seconds, ids, reach)
-    sums, scale = _cent_sums(amount[order])
+def _customer_windows(
+    customer: np.ndarray, seconds: np.ndarray, ids: np.ndarray, amount: np.ndarray, spec: FeatureSpec
+) -> dict[str, np.ndarray]:
+    order, keys = _sorted_keys(customer, seconds, ids, spec.customer_reach_s)
+    sums, scale = cent_sums(amount[order])
     position = np.arange(len(keys))
     out = {}
-    for w in CUSTOMER_WINDOWS_DAYS:
+    for w in spec.customer_windows_days:
         first = np.searchsorted(keys, keys - w * SECONDS_PER_DAY, side="right")
         count = position - first + 1
-        mean = (sums[position + 1] - sums[first]) / scale / count
-        out[f"CUSTOMER_ID_NB_TX_{w}DAY_WINDOW"] = _unsort(order, count)
-        out[f"CUSTOMER_ID_AVG_AMOUNT_{w}DAY_WINDOW"] = _unsort(order, mean.astype(np.float64))
+        out[customer_count_name(w)] = _unsort(order, count)
+        out[customer_mean_name(w)] = _unsort(order, mean_amounts(sums[position + 1] - sums[first], scale, count))
     return out
 
 
-def _terminal_windows(terminal: np.ndarray, seconds: np.ndarray, ids: np.ndarray, fraud: np.ndarray) -> dict[str, np.ndarray]:
-    delay = TERMINAL_DELAY_DAYS * SECONDS_PER_DAY
-    reach = delay + max(TERMINAL_WINDOWS_DAYS) * SECONDS_PER_DAY
-    order, keys = _sorted_keys(terminal, seconds, ids, reach)
+def _terminal_windows(
+    terminal: np.ndarray, seconds: np.ndarray, ids: np.ndarray, fraud: np.ndarray, spec: FeatureSpec
+) -> dict[str, np.ndarray]:
+    delay = spec.terminal_delay_s
+    order, keys = _sorted_keys(terminal, seconds, ids, spec.terminal_reach_s)
     frauds = np.concatenate([[0], np.cumsum(fraud[order].astype(np.int64))])
     end = np.searchsorted(keys, keys - delay, side="right")
     out = {}
-    for w in TERMINAL_WINDOWS_DAYS:
+    for w in spec.terminal_windows_days:
         first = np.searchsorted(keys, keys - delay - w * SECONDS_PER_DAY, side="right")
         count = end - first
-        risk = np.divide(frauds[end] - frauds[first], count, out=np.zeros(len(count)), where=count > 0)
-        out[f"TERMINAL_ID_NB_TX_{w}DAY_WINDOW"] = _unsort(order, count)
-        out[f"TERMINAL_ID_RISK_{w}DAY_WINDOW"] = _unsort(order, risk)
+        out[terminal_count_name(w)] = _unsort(order, count)
+        out[terminal_risk_name(w)] = _unsort(order, fraud_shares(frauds[end] - frauds[first], count))
     return out
 
 

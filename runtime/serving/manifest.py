@@ -50,6 +50,9 @@ class Manifest:
     fingerprint: dict[str, Any] = field(default_factory=dict)
     libraries: dict[str, str] = field(default_factory=dict)
     created: str = ""
+    # The feature specification the model was trained with (fraudscore.features.spec), when its
+    # inputs are features the runtime can compute from raw transactions; {} otherwise.
+    feature_spec: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -69,6 +72,7 @@ class Manifest:
             "metrics": self.metrics,
             "fingerprint": self.fingerprint,
             "libraries": self.libraries,
+            "feature_spec": self.feature_spec,
         }
 
     def write(self, path: Path) -> None:
@@ -112,6 +116,7 @@ class Manifest:
                 metrics=dict(data.get("metrics", {})),
                 fingerprint=dict(data.get("fingerprint", {})),
                 libraries=dict(data.get("libraries", {})),
+                feature_spec=dict(data.get("feature_spec") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{source}: malformed manifest ({type(exc).__name__}: {exc}); re-export the bundle") from None

@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import HistogramMetricFamily
 
 from fraudscore.serving.decode import REASONS
+from fraudscore.serving.transactions import LABEL_OUTCOMES, RAW_REASONS
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_SIZE_BUCKETS = (1, 8, 32, 128, 512, 1024, 2048, 4096, 8192, 16384)
@@ -81,7 +82,7 @@ class SidecarMetrics:
         self.dead_letters = Counter(
             "fraudscore_dead_letters", "Input messages sent to the dead-letter topic, by reason.", ["reason"], registry=r)
         # oversized_key: the sidecar's check of Kafka keys; non_finite_score: the pipeline's check of the model output
-        for reason in (*REASONS, "oversized_key", "non_finite_score"):
+        for reason in (*REASONS, *RAW_REASONS, "oversized_key", "non_finite_score"):
             self.dead_letters.labels(reason)
         self.produce_errors = Counter(
             "fraudscore_produce_errors", "Output messages the broker did not acknowledge (their batch is retried).", registry=r)
@@ -97,7 +98,27 @@ class SidecarMetrics:
         self.feature_psi = Gauge("fraudscore_feature_psi",
                                  "Population stability index of each feature against the training fingerprint.",
                                  ["feature"], registry=r)
-        self.ready = Gauge("fraudscore_ready", "1 when the model is loaded and partitions are assigned.", registry=r)
+        self.ready = Gauge("fraudscore_ready", "1 when the model is loaded, partitions are assigned and feature state is restored.", registry=r)
+        # Raw input mode: the online feature state (docs/raw-transactions.md).
+        self.labels = Counter("fraudscore_labels", "Fraud confirmations read from the labels topic, by outcome.",
+                              ["outcome"], registry=r)
+        for outcome in LABEL_OUTCOMES:
+            self.labels.labels(outcome)
+        self.key_mismatches = Counter(
+            "fraudscore_key_mismatches", "Raw transactions whose Kafka key is not their CUSTOMER_ID (scored; their "
+            "customer windows are only complete if every such message lands on one partition).", registry=r)
+        self.restore_seconds = Histogram(
+            "fraudscore_state_restore_duration_seconds", "Time to rebuild one partition's customer windows from Kafka.",
+            buckets=(0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300), registry=r)
+        self.restored_transactions = Counter(
+            "fraudscore_state_restored_messages", "Input messages replayed into customer windows on assignment.", registry=r)
+        self.restore_messages = Gauge(
+            "fraudscore_state_restore_progress_messages", "Messages replayed so far by the partition's last or current restore.",
+            ["partition"], registry=r)
+        self.restoring = Gauge("fraudscore_state_restoring", "1 while feature state is being rebuilt (not ready).", registry=r)
+        self.state_bytes = Gauge("fraudscore_state_bytes", "Memory held by online feature state, by kind.", ["kind"], registry=r)
+        self.state_rows = Gauge("fraudscore_state_transactions", "Transactions held in online feature state, by kind.",
+                                ["kind"], registry=r)
         self.assigned_partitions = Gauge("fraudscore_assigned_partitions", "Input partitions assigned.", registry=r)
 
     def set_model(self, version: str, sha256: str, kind: str) -> None:

@@ -31,6 +31,14 @@ class BatchResult:
     inference_seconds: float
 
 
+@dataclass(frozen=True)
+class Emitted:
+    """Feature values to put in each result (`fraudscore run --emit-features`)."""
+
+    names: tuple[str, ...]
+    values: np.ndarray  # float64, rows x names
+
+
 def non_finite_rejections(index: np.ndarray, scores: np.ndarray) -> list[Rejection]:
     """`non_finite_score` rejections for the rows whose score is NaN or infinite."""
     return [Rejection(int(index[i]), "non_finite_score", f"the model returned {float(scores[i])!r} for this input")
@@ -63,8 +71,10 @@ class Pipeline:
         """Decode message values, score the good ones in one call, encode the results."""
         return self.score_decoded(decode_batch(values, self.features, max_message_bytes=self.max_message_bytes))
 
-    def score_decoded(self, decoded: DecodedBatch) -> BatchResult:
-        """Score decoded rows; a row whose score is not finite becomes a `non_finite_score` rejection."""
+    def score_decoded(self, decoded: DecodedBatch, emitted: Emitted | None = None) -> BatchResult:
+        """Score decoded rows; a row whose score is not finite becomes a `non_finite_score` rejection.
+
+        With `emitted` (rows aligned with `decoded`), each result also carries those feature values."""
         t0 = time.perf_counter()
         scores = self.scorer.score(decoded.matrix)
         inference = time.perf_counter() - t0
@@ -77,13 +87,17 @@ class Pipeline:
             rejections = sorted(rejections + non_finite_rejections(index, scores), key=lambda r: r.index)
             index, matrix, scores = index[keep], matrix[keep], scores[keep]
             ids = [ids[i] for i in keep.tolist()]
+            if emitted is not None:
+                emitted = Emitted(emitted.names, emitted.values[keep])
         alerts = scores >= self.threshold
-        payloads = self.encode(ids, scores, alerts, inference_ms=inference * 1e3)
+        payloads = self.encode(ids, scores, alerts, inference_ms=inference * 1e3, emitted=emitted)
         return BatchResult(index, ids, matrix, scores, alerts, payloads, rejections, inference)
 
-    def encode(self, ids: list, scores: np.ndarray, alerts: np.ndarray, inference_ms: float) -> list[bytes]:
+    def encode(self, ids: list, scores: np.ndarray, alerts: np.ndarray, inference_ms: float,
+               emitted: Emitted | None = None) -> list[bytes]:
         """One JSON result a row: id, score (9 significant digits: float32 round-trips), decision,
-        threshold, model version, and the batch's inference time and size."""
+        threshold, model version, the batch's inference time and size, and with `emitted` a
+        "features" object (the values computed online, before float32)."""
         tail = (
             f',"threshold":{self.threshold!r},"model_version":{self._version_json},'
             f'"timings":{{"inference_ms":{inference_ms:.3f},"batch_size":{len(ids)}}}}}'
@@ -93,5 +107,10 @@ class Pipeline:
         else:
             id_json = list(map(orjson.dumps, ids))
         decisions = [b"alert" if a else b"pass" for a in alerts.tolist()]
+        if emitted is not None:
+            names = emitted.names
+            tails = [b',"features":' + orjson.dumps(dict(zip(names, row))) + tail for row in emitted.values.tolist()]
+        else:
+            tails = [tail] * len(id_json)
         template = b'{"transaction_id":%s,"score":%.9g,"decision":"%s"%s'
-        return [template % (i, s, d, tail) for i, s, d in zip(id_json, scores.tolist(), decisions)]
+        return [template % (i, s, d, t) for i, s, d, t in zip(id_json, scores.tolist(), decisions, tails)]

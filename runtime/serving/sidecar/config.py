@@ -24,7 +24,8 @@ TLS_PROTOCOLS = ("ssl", "sasl_ssl")
 KAFKA_ENV_PREFIX = "FRAUDSCORE_KAFKA_"
 REQUIRED = ("bundle", "bootstrap_servers", "input_topic", "output_topic", "alerts_topic", "dlq_topic", "group_id")
 # TOML keys that are spelled like the flag rather than like the field.
-_ALIASES = {"poll_timeout": "poll_timeout_s", "startup_timeout": "startup_timeout_s", "drain_timeout": "drain_timeout_s"}
+_ALIASES = {"poll_timeout": "poll_timeout_s", "startup_timeout": "startup_timeout_s", "drain_timeout": "drain_timeout_s",
+            "input": "input_mode", "allowed_lateness": "allowed_lateness_s"}
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,11 @@ class SidecarConfig:
     watch_interval_s: float = 5.0
     max_message_bytes: int = 64 * 1024
     require_tls: bool = False
+    # Raw mode: "" chooses raw when the bundle carries a feature specification, else features.
+    input_mode: str = ""
+    labels_topic: str = ""
+    emit_features: bool = False
+    allowed_lateness_s: int = 86_400
     kafka: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -92,8 +98,12 @@ class SidecarConfig:
             raise UsageError("--offset-reset must be earliest or latest")
         if self.batch_size < 1 or self.threads < 1:
             raise UsageError("--batch-size and --threads must be positive")
-        if len({self.input_topic, self.output_topic, self.alerts_topic, self.dlq_topic}) < 4:
-            raise UsageError("input, output, alerts and dead-letter topics must be four different topics")
+        if len(set(self.topics)) < len(self.topics):
+            raise UsageError("input, output, alerts, dead-letter (and labels) topics must all be different topics")
+        if self.input_mode not in ("", "raw", "features"):
+            raise UsageError(f"--input must be raw or features, got {self.input_mode!r}")
+        if self.allowed_lateness_s < 0:
+            raise UsageError("--allowed-lateness must be >= 0 seconds")
         protocol = self.kafka.get("security.protocol", "plaintext").lower()
         if self.require_tls:
             if protocol not in TLS_PROTOCOLS:
@@ -115,7 +125,8 @@ class SidecarConfig:
     @property
     def topics(self) -> tuple[str, ...]:
         """Every topic the sidecar reads or writes."""
-        return (self.input_topic, self.output_topic, self.alerts_topic, self.dlq_topic)
+        labels = (self.labels_topic,) if self.labels_topic else ()
+        return (self.input_topic, self.output_topic, self.alerts_topic, self.dlq_topic) + labels
 
     def redacted_kafka(self) -> dict[str, str]:
         return {k: ("***" if any(m in k.lower() for m in SECRET_MARKERS) else v) for k, v in self.kafka.items()}

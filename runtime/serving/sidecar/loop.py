@@ -34,6 +34,7 @@ from fraudscore.serving.scorer import Scorer
 from fraudscore.serving.sidecar.clients import ClientHooks, build_clients, check_topics, kafka_log, quiet_repeats
 from fraudscore.serving.sidecar.config import SidecarConfig
 from fraudscore.serving.sidecar.delivery import MAX_KEY_BYTES, Delivery
+from fraudscore.serving.sidecar.state import FeatureState, input_spec
 
 log = logging.getLogger("fraudscore.sidecar")
 DRIFT_MIN_ROWS = 500  # PSI of a smaller batch says nothing
@@ -54,21 +55,25 @@ class Sidecar:
         self.config = config
         quiet_repeats()
         self.metrics = SidecarMetrics()
+        self.spec = None  # the feature specification raw mode computes; None in feature mode
         self.pipeline = self._load_pipeline()
         self._stop = False
         self._reload = False
         self._assignment: set[tuple[str, int]] = set()
+        self._was_ready = False
         self._watch_state = self._bundle_state()
         self._last_watch = time.monotonic()
         self.http: HealthServer | None = None
         self.consumer = None
         self.producer = None
         self.delivery: Delivery | None = None
+        self.state: FeatureState | None = None
 
     # ------------------------------------------------------------------ set-up
 
     def _load_pipeline(self) -> Pipeline:
         bundle = load_bundle(self.config.bundle)
+        self.spec = input_spec(self.config, bundle.manifest, self.spec)
         scorer = Scorer(bundle, device=self.config.device, intra_op_threads=self.config.threads)
         pipeline = Pipeline(bundle.manifest, scorer, self.config.max_message_bytes)
         self.metrics.set_model(bundle.manifest.model_version, bundle.manifest.model_sha256, bundle.manifest.model_kind)
@@ -87,6 +92,9 @@ class Sidecar:
                             on_delivery=lambda err, msg: self.delivery.on_delivery(err, msg))
         self.consumer, self.producer = build_clients(self.config, hooks, lambda t, p: (t, p) in self._assignment)
         self.delivery = Delivery(self.config, self.consumer, self.producer)
+        if self.spec is not None:
+            self.state = FeatureState(self.config, self.spec, self.metrics)
+            self.state.start()
         self.consumer.subscribe([self.config.input_topic], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
 
@@ -99,8 +107,15 @@ class Sidecar:
 
     def _on_assign(self, consumer, partitions) -> None:
         self._assignment |= {(p.topic, p.partition) for p in partitions}
-        self._update_ready()
         log.info("assigned %s", sorted(p for _, p in self._assignment))
+        if self.state is not None and partitions:
+            # Before any message of these partitions is scored: their customer windows come
+            # back from the input topic, up to the committed offsets (not ready meanwhile).
+            self.metrics.restoring.set(1)
+            self._update_ready()
+            self.state.restore(consumer, [p.partition for p in partitions])
+            self.metrics.restoring.set(0)
+        self._update_ready()
 
     def _on_revoke(self, consumer, partitions) -> None:
         # Every batch is delivered before the next consume() call, which is where this
@@ -110,6 +125,8 @@ class Sidecar:
         self.delivery.commit_done(revoked)
         self.delivery.forget(revoked)
         self._assignment -= revoked
+        if self.state is not None:
+            self.state.revoke([p for _, p in revoked])
         for topic, partition in revoked:
             try:
                 self.metrics.lag.remove(topic, str(partition))
@@ -119,12 +136,17 @@ class Sidecar:
         log.info("revoked %s", sorted(p for _, p in revoked))
 
     def _update_ready(self) -> None:
+        ready = self.ready()
+        if ready and self.state is not None and not self._was_ready:
+            log.info("ready: feature state restored")
+        self._was_ready = ready
         self.metrics.assigned_partitions.set(len(self._assignment))
-        self.metrics.ready.set(1 if self.ready() else 0)
+        self.metrics.ready.set(1 if ready else 0)
 
     def ready(self) -> bool:
-        """Serving: a model loaded and at least one partition assigned."""
-        return self.pipeline is not None and bool(self._assignment)
+        """Serving: a model loaded, at least one partition assigned, and (raw mode) feature state restored."""
+        state_ready = self.state is None or self.state.ready()
+        return self.pipeline is not None and bool(self._assignment) and state_ready
 
     # ------------------------------------------------------------------ the loop
 
@@ -151,6 +173,8 @@ class Sidecar:
             while not self._stop:
                 self._maybe_reload()
                 messages = self.consumer.consume(num_messages=c.batch_size, timeout=c.poll_timeout_s)
+                if self.state is not None:
+                    self._catch_up(messages)
                 if messages:
                     self._process(messages)
             log.info("stopping: batch in flight done, flushing")
@@ -166,6 +190,8 @@ class Sidecar:
         if self.consumer is not None:
             self.delivery.commit_done()
             self.consumer.close()
+        if self.state is not None:
+            self.state.close()
         if self.http is not None:
             self.http.close()
 
@@ -205,7 +231,13 @@ class Sidecar:
         if long_keys:
             good = [msg for msg in good if len(msg.key() or b"") <= MAX_KEY_BYTES]
         pipeline = self.pipeline
-        result = pipeline.score_batch([msg.value() for msg in good])
+        values = [msg.value() for msg in good]
+        if self.state is None:
+            result = pipeline.score_batch(values)
+        else:
+            partitions = np.fromiter((msg.partition() for msg in good), np.int64, len(good))
+            decoded, emitted = self.state.decode(values, partitions, [msg.key() for msg in good], pipeline.features)
+            result = pipeline.score_decoded(decoded, emitted if self.config.emit_features else None)
         m.inference_seconds.observe(result.inference_seconds)
 
         delivery = self.delivery
@@ -222,6 +254,18 @@ class Sidecar:
             return
         self._observe(everything, result, [reason for _, reason, _ in rejected], pipeline)
         m.batch_seconds.observe(time.perf_counter() - t0)
+
+    def _catch_up(self, messages: list) -> None:
+        """Raw mode: the terminal table reads everything written before this batch was consumed."""
+        if not self.state.catch_up() and messages:
+            # Not every partition could be read in time: score nothing now, read the batch again.
+            self.delivery.rewind(messages, self._assignment)
+            messages.clear()
+        self._update_ready()
+        self.metrics.state_bytes.labels("terminal").set(self.state.terminals.nbytes)
+        self.metrics.state_bytes.labels("customer").set(self.state.nbytes - self.state.terminals.nbytes)
+        self.metrics.state_rows.labels("terminal").set(len(self.state.terminals))
+        self.metrics.state_rows.labels("customer").set(sum(len(s) for s in self.state.customers.values()))
 
     def _observe(self, messages: list, result: BatchResult, reasons: list[str], pipeline: Pipeline) -> None:
         """Metrics of a delivered batch: end-to-end latency, counts, scores and drift."""

@@ -1,0 +1,150 @@
+"""Kafka plumbing for the bench's `kafka` mode and the demo: fresh topics, a sidecar subprocess, load, results.
+
+Broker, sidecar and load generator share the machine.
+
+    topics = create_topics(bootstrap, partitions=2)
+    produce(bootstrap, topics["in"], keys, values)
+    proc, port = start_sidecar(bootstrap, bundle_dir, topics, batch_size=4096)
+    arrival, stamps, ids = collect(bootstrap, topics["out"], len(values), timeout_s=60)
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+ROLES = ("in", "out", "alerts", "dlq")  # input, scores, alerts, dead letters: the keys of a topics dict
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on at the moment of asking."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def create_topics(bootstrap: str, partitions: int, tag: str | None = None,
+                  names: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Create the four topics of one run and return them by role ("in", "out", "alerts", "dlq").
+
+    Only the input topic gets `partitions`; the others have one. Each name is `names[role]`
+    (default `bench-<role>`) followed by `-<tag>` (default: a random one), so a run starts clean.
+    """
+    tag = tag or uuid.uuid4().hex[:8]
+    bases = names or {role: f"bench-{role}" for role in ROLES}
+    topics = {role: f"{bases[role]}-{tag}" for role in ROLES}
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(name, num_partitions=partitions if role == "in" else 1, replication_factor=1)
+                                   for role, name in topics.items()])
+    for future in futures.values():
+        future.result(30)
+    return topics
+
+
+def start_sidecar(bootstrap: str, bundle: Path, topics: Mapping[str, str], *, batch_size: int | None = None,
+                  group: str | None = None, metrics_port: int | None = None,
+                  ready_timeout_s: float = 60) -> tuple[subprocess.Popen, int]:
+    """Start `fraudscore run` on `topics` and wait until its /readyz answers 200; return it and its metrics port.
+
+    A sidecar that is not ready within `ready_timeout_s` is killed and a RuntimeError raised.
+    The caller stops it (terminate or SIGTERM, then wait).
+    """
+    port = metrics_port or free_port()
+    exe = str(Path(sys.executable).with_name("fraudscore"))
+    args = [exe, "run", "--bundle", str(bundle), "--bootstrap-servers", bootstrap,
+            "--input-topic", topics["in"], "--output-topic", topics["out"], "--alerts-topic", topics["alerts"],
+            "--dlq-topic", topics["dlq"], "--group-id", group or f"bench-{uuid.uuid4().hex[:6]}",
+            "--metrics-port", str(port), "--log-level", "WARNING", "--input", "features"]
+    if batch_size is not None:
+        args += ["--batch-size", str(batch_size)]
+    proc = subprocess.Popen(args)
+    deadline = time.monotonic() + ready_timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    return proc, port
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    proc.wait(10)
+    raise RuntimeError(f"sidecar not ready in {ready_timeout_s:g} s")
+
+
+def produce(bootstrap: str, topic: str, keys, values, rate: float | None = None, poisson_seed: int | None = None) -> None:
+    """Produce as fast as possible, or at `rate` a second: evenly spaced, or Poisson arrivals with a seed."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1 if rate else 5, "batch.num.messages": 10000,
+                         "queue.buffering.max.messages": 2_000_000})
+    # Learn the topic's partitions and leaders before the clock starts: otherwise the first
+    # messages wait for metadata and that wait is counted as latency.
+    producer.list_topics(topic, timeout=30)
+    due = None
+    if rate:
+        gaps = (np.random.default_rng(poisson_seed).exponential(1.0 / rate, size=len(values))
+                if poisson_seed is not None else np.full(len(values), 1.0 / rate))
+        due = np.cumsum(gaps)
+    start = time.perf_counter()
+    for i, (k, v) in enumerate(zip(keys, values)):
+        if due is not None:
+            ahead = start + due[i] - time.perf_counter()
+            if ahead > 0.0005:
+                time.sleep(ahead)
+        while True:
+            try:
+                producer.produce(topic, v, k)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        if i % 500 == 0:
+            producer.poll(0)
+    producer.flush(120)
+
+
+def produce_at_rate(bootstrap: str, topic: str, keys, values, rate: float) -> dict:
+    """Produce at `rate` (Poisson) and return each transaction id's input timestamp in seconds."""
+    produce(bootstrap, topic, keys, values, rate=rate, poisson_seed=0)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"ts-{uuid.uuid4().hex[:6]}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    sent: dict = {}
+    misses = 0
+    while len(sent) < len(values) and misses < 5:
+        batch = consumer.consume(5000, 1.0)
+        misses = misses + 1 if not batch else 0
+        for m in batch:
+            if m.error() is None:
+                sent[json.loads(m.value())["TRANSACTION_ID"]] = m.timestamp()[1] / 1e3
+    consumer.close()
+    return sent
+
+
+def collect(bootstrap: str, topic: str, expected: int, timeout_s: float) -> tuple[np.ndarray, np.ndarray, list]:
+    """(arrival seconds, result timestamps ms, transaction ids) of `expected` results."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-reader-{uuid.uuid4().hex[:6]}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False, "fetch.wait.max.ms": 5})
+    consumer.subscribe([topic])
+    arrival, stamps, ids = [], [], []
+    deadline = time.monotonic() + timeout_s
+    while len(ids) < expected and time.monotonic() < deadline:
+        # A short timeout: arrival is stamped per returned batch, so a long wait to fill a
+        # batch would be counted as latency.
+        batch = consumer.consume(1000, 0.005)
+        now = time.time()
+        for m in batch:
+            if m.error() is None:
+                arrival.append(now)
+                stamps.append(m.timestamp()[1])
+                ids.append(json.loads(m.value())["transaction_id"])
+    consumer.close()
+    return np.array(arrival), np.array(stamps, dtype=np.float64), ids

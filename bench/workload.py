@@ -1,0 +1,14 @@
+"""The transactions every bench mode sends: simulated, with baseline features, as Kafka messages."""
+
+from __future__ import annotations
+
+
+def simulated_messages(features, n: int, seed: int = 3) -> tuple[list[bytes], list[bytes]]:
+    """Keys and values of `n` simulated transactions carrying the bundle's `features` (enough days to have `n`)."""
+    from fraudscore import add_baseline_features, simulate
+    from fraudscore.data.loadgen import transaction_messages
+
+    days = max(3, int(n / 9_000) + 2)
+    table = add_baseline_features(simulate(customers=5000, terminals=10000, days=days, seed=seed).transactions)
+    keys, values = transaction_messages(table, features)
+    return keys[:n], values[:n]

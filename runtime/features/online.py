@@ -1,0 +1,805 @@
+"""Online baseline features: the columns of `baseline_features`, computed batch by batch.
+
+The sidecar sees raw transactions in Kafka batches, not a table. This engine keeps
+just enough of the past to give every transaction the features the offline transform
+(`baseline.baseline_features`) would give it over the transactions seen so far:
+counts exactly, means and risks to the last bit when amounts are whole cents (within
+1e-9 relative otherwise). It is pure: no Kafka, no I/O, no clocks.
+
+Definitions (docs/data.md, handbook chapter 3.4); time is event time, integer seconds
+since the epoch, UTC:
+- customer windows: the customer's own transactions with time in (t - w, t], the
+  current one included; of those at the same second as t, only ids <= the current id
+  count (tie rule "same_second_by_transaction_id");
+- terminal windows: the terminal's transactions with time in (t - delay - w, t - delay],
+  all same-second ones included; risk = confirmed frauds / count, 0 when empty.
+
+State follows how the sidecar consumes: one `CustomerState` per Kafka input partition
+(transactions are keyed by customer) and one `TerminalState` per instance, fed with
+every transaction of every partition and every fraud confirmation. `OnlineFeatures`
+holds both and returns the model's input matrix.
+
+Layout. A store keeps rows sorted by (key, id), key = slot * 2**34 + (time - origin),
+where slot is the customer or terminal id itself when it lies in [0, 2**28) and a
+number handed out in first-seen order otherwise (hashed card numbers). A window is then
+a key range found with `searchsorted`, counted with prefix sums (`windows.py`, shared
+with the offline engine). Rewriting the whole store for every batch would cost more
+than the queries, so rows go into a small sorted `recent` run and are folded into the
+large `main` run when `recent` reaches max(fold_min_rows, len(main) / 8); queries add
+up both runs. Fraud confirmations go to a third small run (the overlay), folded the
+same way, so a label never rewrites the main run's prefix sums. Each batch is searched
+in key order: sorted needles make `searchsorted` several times faster.
+
+Lateness and memory. Each state's `watermark` is the largest event time it has been
+given. A row older than watermark - allowed_lateness is too late: `late_mask` finds
+those rows (against the watermark before their batch) so the caller can dead-letter
+them rather than score them with windows that eviction may have cut. A fold, at the
+start of `add`/`features` when `recent` is full or on `evict()`, drops rows that no
+query within the allowed lateness can reach: time <= watermark - reach -
+allowed_lateness, reach = the largest customer window (30 days), or the terminal delay
+plus the largest terminal window (7 + 30 days). So eviction never changes an on-time
+row's features, whenever it runs; and given the same batches in the same order it runs
+at the same points, so replaying a partition from its start rebuilds the same state.
+
+Out of order, within the allowed lateness, a transaction gets exactly the offline
+features of the set of transactions seen so far (earlier batches and its own batch).
+A transaction scored before a late, earlier one arrived is not re-scored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from fraudscore.errors import InputError
+from fraudscore.features.spec import (
+    BASELINE_SPEC,
+    SECONDS_PER_DAY,
+    FeatureSpec,
+    customer_count_name,
+    customer_mean_name,
+    terminal_count_name,
+    terminal_risk_name,
+)
+from fraudscore.features.windows import calendar_features, cent_sums, fraud_shares, mean_amounts
+
+# key = slot * 2**_SHIFT + (seconds - origin), origin = first event time seen - _HEADROOM.
+# 2**34 s is 544 years: times from 136 years before the first one seen to 408 years after
+# it fit, and slots below 2**29 keep keys inside int64.
+_SHIFT = 34
+_STRIDE = 1 << _SHIFT
+_OFFSET = _STRIDE - 1  # mask: the time part of a key
+_HEADROOM = 1 << 32
+_DIRECT = 1 << 28  # ids in [0, _DIRECT) are their own slot: no lookup table, no search
+_MAX_SLOT = (1 << 29) - 1
+# Far below every real key, and stays so after subtracting any window: an unknown
+# terminal finds empty windows.
+_MISSING = -(1 << 62)
+
+FOLD_MIN_ROWS = 16_384
+"""Default size at which the recent run is folded into the main run (old rows are evicted then)."""
+
+
+@dataclass
+class LabelCounts:
+    """What became of fraud confirmations (`TerminalState.add_labels`)."""
+
+    applied: int = 0
+    """Flagged a stored transaction as fraud."""
+    pending: int = 0
+    """Held because their transaction has not arrived yet; applied when it does."""
+    expired: int = 0
+    """At or before the retained horizon: they can no longer reach any window."""
+    duplicate: int = 0
+    """Already applied or already pending."""
+
+
+class _Run:
+    """Rows sorted by (key, id), with prefix sums of `values` computed when first needed."""
+
+    __slots__ = ("_prefix", "_scale", "ids", "keys", "newest", "oldest", "values")
+
+    def __init__(self, keys: np.ndarray, ids: np.ndarray, values: np.ndarray, newest: int, oldest: int):
+        self.keys, self.ids, self.values = keys, ids, values
+        # Bounds on the rows' event times (not always tight): they let a query skip work.
+        self.newest, self.oldest = newest, oldest
+        self._prefix: np.ndarray | None = None
+        self._scale = 1.0
+
+    @classmethod
+    def empty(cls, dtype: type) -> _Run:
+        return cls(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, dtype), -(1 << 62), 1 << 62)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def nbytes(self) -> int:
+        prefix = 0 if self._prefix is None else self._prefix.nbytes
+        return self.keys.nbytes + self.ids.nbytes + self.values.nbytes + prefix
+
+    def amount_sums(self) -> tuple[np.ndarray, float]:
+        """Prefix sums of amounts (exact cents when possible) and their scale."""
+        if self._prefix is None:
+            self._prefix, self._scale = cent_sums(self.values)
+        return self._prefix, self._scale
+
+    def fraud_sums(self) -> np.ndarray:
+        if self._prefix is None:
+            # int32: a run never holds 2**31 rows, and it is half the bytes of int64.
+            self._prefix = np.concatenate([np.zeros(1, np.int32), np.cumsum(self.values, dtype=np.int32)])
+        return self._prefix
+
+    def rank(self, keys: np.ndarray, ids: np.ndarray, min_time: int) -> tuple[np.ndarray, np.ndarray]:
+        """For each query (key, id): how many rows are <= it in (key, id) order, and whether it is a row.
+
+        For a stored row, rank - (window start) is its window count with the
+        same-second tie rule applied. Rows sharing a query's key (same entity, same
+        second) are compared by id; they are rare, so they are expanded with
+        `np.repeat` rather than searched. `min_time` (the earliest query time) skips
+        that step when no stored row can share a second with a query.
+        """
+        n = len(keys)
+        if not len(self.keys):
+            return np.zeros(n, np.int64), np.zeros(n, bool)
+        lo = np.searchsorted(self.keys, keys, side="left")
+        found = np.zeros(n, bool)
+        if min_time > self.newest:
+            return lo, found
+        hi = np.searchsorted(self.keys, keys, side="right")
+        tied = np.flatnonzero(hi > lo)
+        if tied.size:
+            lens = (hi - lo)[tied]
+            starts = np.cumsum(lens) - lens
+            at = np.repeat(lo[tied] - starts, lens) + np.arange(int(lens.sum()))
+            stored, query = self.ids[at], np.repeat(ids[tied], lens)
+            lo[tied] += np.add.reduceat((stored <= query).astype(np.int64), starts)
+            found[tied] = np.add.reduceat((stored == query).astype(np.int64), starts) > 0
+        return lo, found
+
+    def merged(self, keys: np.ndarray, ids: np.ndarray, values: np.ndarray, at: np.ndarray, newest: int, oldest: int) -> _Run:
+        """A run with new rows inserted before positions `at`.
+
+        The new rows are sorted by (key, id), none is stored yet, and their times lie
+        in [oldest, newest].
+        """
+        if not len(keys):
+            return self
+        n, m = len(self.keys), len(keys)
+        dest = at + np.arange(m)
+        old = np.ones(n + m, bool)
+        old[dest] = False
+        columns = []
+        for mine, theirs in ((self.keys, keys), (self.ids, ids), (self.values, values)):
+            out = np.empty(n + m, mine.dtype)
+            out[dest] = theirs
+            out[old] = mine
+            columns.append(out)
+        return _Run(*columns, max(self.newest, newest), min(self.oldest, oldest))
+
+    def taken(self, keep: np.ndarray) -> _Run:
+        return _Run(self.keys[keep], self.ids[keep], self.values[keep], self.newest, self.oldest)
+
+
+class _Directory:
+    """Customer or terminal id -> slot.
+
+    Ids in [0, 2**28) are their own slot. Others (negative, or large such as hashed
+    card numbers) get slots from 2**28 up in first-seen order, renumbered densely at
+    each fold so that the table holds only ids with retained rows.
+    """
+
+    def __init__(self) -> None:
+        self.values = np.empty(0, np.int64)  # sorted
+        self.slots = np.empty(0, np.int64)
+        self.next_slot = _DIRECT
+
+    @property
+    def nbytes(self) -> int:
+        return self.values.nbytes + self.slots.nbytes
+
+    def lookup(self, entities: np.ndarray, create: bool) -> np.ndarray:
+        """Slots of `entities`; unknown ones get new slots if `create`, else -1."""
+        mapped = np.flatnonzero((entities < 0) | (entities >= _DIRECT))
+        if not mapped.size:
+            return entities
+        slots = entities.copy()
+        values = entities[mapped]
+        at = np.searchsorted(self.values, values)
+        known = at < len(self.values)
+        known[known] = self.values[at[known]] == values[known]
+        found = np.full(len(values), -1, np.int64)
+        found[known] = self.slots[at[known]]
+        if create and not known.all():
+            fresh, inverse = np.unique(values[~known], return_inverse=True)
+            numbers = self.next_slot + np.arange(len(fresh), dtype=np.int64)
+            if int(numbers[-1]) > _MAX_SLOT:
+                raise InputError(
+                    f"more than {_MAX_SLOT - _DIRECT + 1} customers or terminals with ids outside "
+                    f"[0, {_DIRECT}) retained at once; lower allowed_lateness_s or map ids to smaller numbers"
+                )
+            found[~known] = numbers[inverse]
+            where = np.searchsorted(self.values, fresh)
+            self.values = np.insert(self.values, where, fresh)
+            self.slots = np.insert(self.slots, where, numbers)
+            self.next_slot += len(fresh)
+        slots[mapped] = found
+        return slots
+
+    def renumbered(self, live: np.ndarray) -> None:
+        """Keep only the sorted mapped slots `live`, renumbered from 2**28 in the same order."""
+        at = np.searchsorted(live, self.slots)
+        keep = at < len(live)
+        keep[keep] = live[at[keep]] == self.slots[keep]
+        self.values, self.slots = self.values[keep], _DIRECT + at[keep].astype(np.int64)
+        self.next_slot = _DIRECT + len(live)
+
+
+class _Batch(NamedTuple):
+    """A batch after `_Store._insert`, in (key, id) order."""
+
+    perm: np.ndarray  # sorts the caller's rows by (key, id)
+    keys: np.ndarray
+    ids: np.ndarray
+    oldest: int  # earliest event time in the batch
+    newest: int  # latest event time in the batch
+    rank_main: np.ndarray | None  # `_Run.rank` in the main run, if the state asked for it
+    rank_recent: np.ndarray  # `_Run.rank` in the recent run, the batch's new rows included
+    new: np.ndarray  # which rows were new, in the caller's order
+
+
+class _Store:
+    """What both states share: slots, keys, the two runs, folding and eviction."""
+
+    _ranks_in_main = True  # whether queries need `_Batch.rank_main` (else it is skipped when possible)
+
+    def __init__(self, spec: FeatureSpec, reach_s: int, allowed_lateness_s: int, fold_min_rows: int, dtype: type):
+        if allowed_lateness_s < 0:
+            raise InputError(f"allowed_lateness_s must be >= 0 seconds, got {allowed_lateness_s}")
+        if fold_min_rows < 1:
+            raise InputError(f"fold_min_rows must be >= 1, got {fold_min_rows}")
+        self.spec = spec
+        self.reach_s = reach_s
+        self.allowed_lateness_s = int(allowed_lateness_s)
+        self.fold_min_rows = int(fold_min_rows)
+        self.watermark: int | None = None
+        # Set by a caller whose queries lag this state's watermark (the sidecar's terminal
+        # table reads every partition, some ahead of the partitions it scores): eviction
+        # and label expiry then never pass this event time.
+        self.horizon_cap: int | None = None
+        self._dtype = dtype
+        self._directory = _Directory()
+        self._origin: int | None = None
+        self._main = _Run.empty(dtype)
+        self._recent = _Run.empty(dtype)
+
+    def __len__(self) -> int:
+        """Rows stored (some may be due for eviction at the next fold)."""
+        return len(self._main) + len(self._recent)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in numpy arrays: rows, prefix sums, id table."""
+        return self._main.nbytes + self._recent.nbytes + self._directory.nbytes
+
+    @property
+    def entities(self) -> int:
+        """Customers or terminals with stored rows."""
+        return len(np.union1d(_slots_of(self._main.keys), _slots_of(self._recent.keys)))
+
+    @property
+    def horizon(self) -> int | None:
+        """Rows at or before this event time can reach no window within the allowed lateness."""
+        if self.watermark is None:
+            return None
+        own = self.watermark - self.reach_s - self.allowed_lateness_s
+        return own if self.horizon_cap is None else min(own, self.horizon_cap)
+
+    def stored_mask(self, ids: np.ndarray, seconds: np.ndarray, entities: np.ndarray) -> np.ndarray:
+        """True where the row (entity, time, id) is stored already: a redelivery, not a new transaction."""
+        ids, seconds, entities = _columns(None, ids=ids, seconds=seconds, entities=entities)
+        if not len(ids) or self._origin is None:
+            return np.zeros(len(ids), bool)
+        keys = self._keys(self._directory.lookup(entities, create=False), seconds)
+        perm = _by_key(keys, ids)
+        oldest = int(seconds.min())
+        stored = self._main.rank(keys[perm], ids[perm], oldest)[1] | self._recent.rank(keys[perm], ids[perm], oldest)[1]
+        out = np.empty(len(ids), bool)
+        out[perm] = stored
+        return out
+
+    def late_mask(self, seconds: np.ndarray) -> np.ndarray:
+        """True where a row is older than watermark - allowed_lateness: too late to score.
+
+        Ask it just before the batch's `features`: the watermark is then the one from
+        before the batch, so rows of one batch never make each other late.
+        """
+        seconds = _int_column("seconds", seconds)
+        if self.watermark is None:
+            return np.zeros(len(seconds), bool)
+        return seconds < self.watermark - self.allowed_lateness_s
+
+    def evict(self) -> int:
+        """Fold the recent rows into the main run now and drop rows no on-time query can reach; returns rows dropped."""
+        return self._fold()
+
+    def _keys(self, slots: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+        if self._origin is None:
+            self._origin = int(seconds.min()) - _HEADROOM
+        low, high = int(seconds.min()), int(seconds.max())
+        # An offset below the reach would let a window reach into the previous slot's keys.
+        if low - self._origin <= self.reach_s or high - self._origin > _OFFSET:
+            bad = low if low - self._origin <= self.reach_s else high
+            raise InputError(
+                f"event time {bad} s is more than {_HEADROOM // (365 * SECONDS_PER_DAY)} years from the first one "
+                f"this state saw ({self._origin + _HEADROOM} s); check the producer's TX_DATETIME"
+            )
+        return np.where(slots >= 0, (slots << _SHIFT) + (seconds - self._origin), _MISSING)
+
+    def _insert(self, ids: np.ndarray, seconds: np.ndarray, entities: np.ndarray, values: np.ndarray) -> _Batch:
+        """Store the rows not stored yet (n >= 1)."""
+        # Fold first, under the watermark from before this batch: eviction then keeps all
+        # that the batch's on-time rows (late_mask was asked just before) can reach.
+        if len(self._recent) >= max(self.fold_min_rows, len(self._main) // 8):
+            self._fold()
+        keys = self._keys(self._directory.lookup(entities, create=True), seconds)
+        perm = _by_key(keys, ids)
+        keys, ids, seconds = keys[perm], ids[perm], seconds[perm]
+        oldest, newest = int(seconds.min()), int(seconds.max())
+        if self._ranks_in_main or oldest <= self._main.newest:
+            rank_main, in_main = self._main.rank(keys, ids, oldest)
+        else:  # the batch is newer than the main run: none of its rows can be stored there
+            rank_main, in_main = None, np.zeros(len(keys), bool)
+        rank_recent, in_recent = self._recent.rank(keys, ids, oldest)
+        new = ~(in_main | in_recent)
+        # A redelivery may repeat a row inside one batch: only the first copy is new.
+        new[1:] &= (keys[1:] != keys[:-1]) | (ids[1:] != ids[:-1])
+        rows = np.flatnonzero(new)
+        if rows.size:
+            self._recent = self._recent.merged(
+                keys[rows], ids[rows], values[perm[rows]].astype(self._dtype, copy=False), rank_recent[rows],
+                int(seconds[rows].max()), int(seconds[rows].min()),
+            )
+            self._on_insert(keys[rows], ids[rows], seconds[rows], entities[perm[rows]])
+            # Every new row <= a query (in sorted order: at or before it; a later copy
+            # of the same row is never the new one) now precedes it in the recent run.
+            rank_recent = rank_recent + np.cumsum(new)
+        self.watermark = newest if self.watermark is None else max(self.watermark, newest)
+        was_new = np.empty(len(new), bool)
+        was_new[perm] = new
+        return _Batch(perm, keys, ids, oldest, newest, rank_main, rank_recent, was_new)
+
+    def _on_insert(self, keys: np.ndarray, ids: np.ndarray, seconds: np.ndarray, entities: np.ndarray) -> None:
+        """Hook for rows just stored (the terminal state applies pending labels)."""
+
+    def _fold(self) -> int:
+        before = len(self)
+        recent = self._recent
+        rank, _ = self._main.rank(recent.keys, recent.ids, recent.oldest)
+        main = self._fold_labels(self._main.merged(recent.keys, recent.ids, recent.values, rank, recent.newest, recent.oldest))
+        horizon = self.horizon
+        if horizon is not None and len(main) and main.oldest <= horizon:
+            main = main.taken((main.keys & _OFFSET) + self._origin > horizon)
+            main.oldest = horizon + 1
+        # Renumber the mapped slots densely (rows are sorted by slot, mapped ones last),
+        # so the id table keeps only ids with rows left.
+        tail = int(np.searchsorted(main.keys, _DIRECT << _SHIFT))
+        slots = main.keys[tail:] >> _SHIFT
+        boundary = np.flatnonzero(slots[1:] != slots[:-1]) + 1
+        self._directory.renumbered(slots[np.concatenate([[0], boundary])] if len(slots) else slots)
+        if len(slots):
+            group = np.zeros(len(slots), np.int64)
+            group[boundary] = 1
+            main.keys[tail:] = ((_DIRECT + np.cumsum(group)) << _SHIFT) + (main.keys[tail:] & _OFFSET)
+        self._main = main
+        self._recent = _Run.empty(self._dtype)
+        self._on_fold(horizon)
+        return before - len(self)
+
+    def _fold_labels(self, main: _Run) -> _Run:
+        """Hook: the merged main run before eviction (the terminal state applies its labels)."""
+        return main
+
+    def _on_fold(self, horizon: int | None) -> None:
+        """Hook after a fold (the terminal state expires pending labels)."""
+
+
+def _slots_of(keys: np.ndarray) -> np.ndarray:
+    slots = keys >> _SHIFT
+    return slots[np.concatenate([[True], slots[1:] != slots[:-1]])] if len(slots) else slots
+
+
+def _by_key(keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The permutation that sorts rows by (key, id)."""
+    perm = np.argsort(keys, kind="stable")
+    if len(perm) > 1:
+        k, i = keys[perm], ids[perm]
+        tie = k[1:] == k[:-1]
+        if tie.any() and np.any(i[1:][tie] < i[:-1][tie]):
+            perm = np.lexsort((ids, keys))
+    return perm
+
+
+def _unsorted(perm: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Values computed in `perm` order, back in the caller's row order."""
+    out = np.empty_like(values)
+    out[perm] = values
+    return out
+
+
+def _int_column(name: str, values: np.ndarray) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise InputError(f"{name} must be a 1-D array, got shape {array.shape}")
+    if array.dtype.kind not in "iu" and len(array):
+        raise InputError(f"{name} must hold integers, got {array.dtype}")
+    return array.astype(np.int64, copy=False)
+
+
+def _columns(amounts: np.ndarray | None = None, **columns: np.ndarray) -> list[np.ndarray]:
+    """The integer columns (then amounts, if given) as 1-D int64 (float64) arrays of one length."""
+    arrays = [_int_column(name, values) for name, values in columns.items()]
+    if amounts is not None:
+        amount = np.asarray(amounts)
+        if amount.ndim != 1 or (amount.dtype.kind not in "iuf" and len(amount)):
+            raise InputError(f"amounts must be a 1-D array of numbers, got {amount.dtype} of shape {amount.shape}")
+        arrays.append(amount.astype(np.float64, copy=False))
+    lengths = {len(a) for a in arrays}
+    if len(lengths) > 1:
+        raise InputError(f"columns have different lengths: {', '.join(f'{n}={len(a)}' for n, a in zip([*columns, 'amounts'], arrays))}")
+    return arrays
+
+
+class CustomerState(_Store):
+    """The customer windows over one Kafka input partition's transactions.
+
+    Example:
+        >>> state = CustomerState()
+        >>> f = state.features(ids=[1, 2], seconds=[100, 100], customers=[7, 7], amounts=[10.0, 20.0])
+        >>> f["CUSTOMER_ID_NB_TX_1DAY_WINDOW"].tolist(), f["CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW"].tolist()
+        ([1, 2], [10.0, 15.0])
+        >>> state.add(ids=[2, 3], seconds=[100, 200], customers=[7, 7], amounts=[20.0, 5.0]).tolist()
+        [False, True]
+
+    `add` stores rows without computing features (restoring state by replaying a
+    partition); `features` stores a batch's new rows, then answers for every row. A
+    transaction is identified by (customer, time, id): a redelivered row is not stored
+    twice and gets the features it got the first time, unless an earlier transaction
+    arrived in between. Amounts must be finite. Folding and eviction happen at the
+    start of `add`/`features` when the recent run is full; `evict()` forces them.
+    """
+
+    def __init__(self, spec: FeatureSpec = BASELINE_SPEC, *, allowed_lateness_s: int = SECONDS_PER_DAY, fold_min_rows: int = FOLD_MIN_ROWS):
+        super().__init__(spec, spec.customer_reach_s, allowed_lateness_s, fold_min_rows, np.float64)
+
+    def add(self, ids: np.ndarray, seconds: np.ndarray, customers: np.ndarray, amounts: np.ndarray) -> np.ndarray:
+        """Store the transactions not stored yet; returns which rows were new."""
+        ids, seconds, customers, amounts = _columns(amounts, ids=ids, seconds=seconds, customers=customers)
+        if not len(ids):
+            return np.zeros(0, bool)
+        return self._insert(ids, seconds, customers, amounts).new
+
+    def features(self, ids: np.ndarray, seconds: np.ndarray, customers: np.ndarray, amounts: np.ndarray) -> dict[str, np.ndarray]:
+        """Store the batch's new transactions, then the customer window features of every row.
+
+        Counts are int64 and means float64, keyed by the spec's feature names.
+        """
+        ids, seconds, customers, amounts = _columns(amounts, ids=ids, seconds=seconds, customers=customers)
+        n = len(ids)
+        if not n:
+            return {name: np.zeros(0, np.int64 if "NB_TX" in name else np.float64) for name in self.spec.names if name.startswith("CUSTOMER")}
+        batch = self._insert(ids, seconds, customers, amounts)
+        runs = [(run, rank) for run, rank in ((self._main, batch.rank_main), (self._recent, batch.rank_recent)) if len(run)]
+        exact = all(run.amount_sums()[1] == 100.0 for run, _ in runs)
+        whole: dict[int, np.ndarray] = {}  # per run: where each query's customer starts in it
+        out = {}
+        for w in self.spec.customer_windows_days:
+            width = w * SECONDS_PER_DAY
+            starts = batch.keys - width
+            count = np.zeros(n, np.int64)
+            total = np.zeros(n, np.int64 if exact else np.float64)
+            for j, (run, rank) in enumerate(runs):
+                # Two cheap cases spare a search: the run ends before every window starts
+                # (the main run for short windows), or every window starts before the run
+                # does (the recent run for long windows): the same answer for all such w.
+                if run.newest <= batch.oldest - width:
+                    first = rank
+                elif batch.newest - width < run.oldest:
+                    if j not in whole:
+                        whole[j] = np.searchsorted(run.keys, starts, side="right")
+                    first = whole[j]
+                else:
+                    first = np.searchsorted(run.keys, starts, side="right")
+                sums, scale = run.amount_sums()
+                count += rank - first
+                total += sums[rank] - sums[first] if exact else (sums[rank] - sums[first]) / scale
+            out[customer_count_name(w)] = _unsorted(batch.perm, count)
+            out[customer_mean_name(w)] = _unsorted(batch.perm, mean_amounts(total, 100.0 if exact else 1.0, count))
+        return out
+
+
+class TerminalState(_Store):
+    """The terminal windows, over every partition's transactions and the fraud confirmations.
+
+    Example:
+        >>> state = TerminalState()
+        >>> day = 86_400
+        >>> state.add_transactions(ids=[1, 2], seconds=[5, 10], terminals=[3, 3]).tolist()
+        [True, True]
+        >>> state.add_labels(ids=[2], seconds=[10], terminals=[3])
+        LabelCounts(applied=1, pending=0, expired=0, duplicate=0)
+        >>> f = state.features(seconds=[7 * day + 20], terminals=[3])  # window (20 s - 1 day, 20 s]
+        >>> f["TERMINAL_ID_NB_TX_1DAY_WINDOW"].tolist(), f["TERMINAL_ID_RISK_1DAY_WINDOW"].tolist()
+        ([2], [0.5])
+
+    A confirmation names its transaction by (id, event time, terminal). It may come
+    before the transaction (held pending, applied when the transaction arrives) or
+    after it; one at or before `horizon` is ignored as expired, and a pending one
+    expires once a fold finds it there. `labels` keeps running totals, its `pending`
+    being the number held now. `features` stores nothing: add the transactions first
+    (`add_and_features` does both and shares the work).
+    """
+
+    def __init__(self, spec: FeatureSpec = BASELINE_SPEC, *, allowed_lateness_s: int = SECONDS_PER_DAY, fold_min_rows: int = FOLD_MIN_ROWS):
+        super().__init__(spec, spec.terminal_reach_s, allowed_lateness_s, fold_min_rows, np.int8)
+        self._ranks_in_main = False  # windows end a delay back: they never need the batch's own place
+        self.labels = LabelCounts()
+        # Confirmed frauds of stored rows, not yet folded into the main run's fraud column.
+        self._overlay = _Run.empty(np.int8)
+        # Confirmations whose transaction has not arrived, sorted by id.
+        self._pending_ids = np.empty(0, np.int64)
+        self._pending_seconds = np.empty(0, np.int64)
+        self._pending_terminals = np.empty(0, np.int64)
+
+    @property
+    def nbytes(self) -> int:
+        pending = self._pending_ids.nbytes + self._pending_seconds.nbytes + self._pending_terminals.nbytes
+        return super().nbytes + self._overlay.nbytes + pending
+
+    @property
+    def pending_labels(self) -> int:
+        return len(self._pending_ids)
+
+    def add_transactions(self, ids: np.ndarray, seconds: np.ndarray, terminals: np.ndarray) -> np.ndarray:
+        """Store the transactions not stored yet; returns which rows were new."""
+        ids, seconds, terminals = _columns(ids=ids, seconds=seconds, terminals=terminals)
+        if not len(ids):
+            return np.zeros(0, bool)
+        return self._insert(ids, seconds, terminals, np.zeros(len(ids), np.int8)).new
+
+    def add_and_features(self, ids: np.ndarray, seconds: np.ndarray, terminals: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """`add_transactions`, then `features` of the same rows; returns (which rows were new, features)."""
+        ids, seconds, terminals = _columns(ids=ids, seconds=seconds, terminals=terminals)
+        if not len(ids):
+            return np.zeros(0, bool), self.features(seconds, terminals)
+        batch = self._insert(ids, seconds, terminals, np.zeros(len(ids), np.int8))
+        return batch.new, self._windows(batch.perm, batch.keys, batch.newest)
+
+    def features(self, seconds: np.ndarray, terminals: np.ndarray) -> dict[str, np.ndarray]:
+        """The terminal window features of transactions at `seconds` on `terminals` (counts int64, risks float64)."""
+        seconds, terminals = _columns(seconds=seconds, terminals=terminals)
+        if self._origin is None or not len(seconds):
+            keys = np.full(len(seconds), _MISSING, np.int64)
+        else:
+            keys = self._keys(self._directory.lookup(terminals, create=False), seconds)
+        perm = np.argsort(keys, kind="stable")
+        return self._windows(perm, keys[perm], int(seconds.max()) if len(seconds) else 0)
+
+    def _windows(self, perm: np.ndarray, keys: np.ndarray, newest: int) -> dict[str, np.ndarray]:
+        """Window features of sorted query keys, returned in the caller's order (`perm`)."""
+        n = len(keys)
+        delay = self.spec.terminal_delay_s
+        ends = keys - delay
+        latest_end = newest - delay
+        # Rows newer than every window's end cannot count: the recent run usually holds
+        # only such rows (they arrived in the last days, the windows end a week back).
+        parts = []
+        for run in (self._main, self._recent, self._overlay):
+            if len(run) and run.oldest <= latest_end:
+                parts.append((run, np.searchsorted(run.keys, ends, side="right")))
+        out = {}
+        for w in self.spec.terminal_windows_days:
+            starts = ends - w * SECONDS_PER_DAY
+            count = np.zeros(n, np.int64)
+            frauds = np.zeros(n, np.int64)
+            for run, end in parts:
+                first = np.searchsorted(run.keys, starts, side="right")
+                if run is self._overlay:  # one row per confirmed fraud
+                    frauds += end - first
+                    continue
+                count += end - first
+                if run is self._main:  # the recent run's frauds are all in the overlay
+                    sums = run.fraud_sums()
+                    frauds += sums[end] - sums[first]
+            out[terminal_count_name(w)] = _unsorted(perm, count)
+            out[terminal_risk_name(w)] = _unsorted(perm, fraud_shares(frauds, count))
+        return out
+
+    def add_labels(self, ids: np.ndarray, seconds: np.ndarray, terminals: np.ndarray) -> LabelCounts:
+        """Record fraud confirmations of transactions (id, event time, terminal); returns what became of them."""
+        ids, seconds, terminals = _columns(ids=ids, seconds=seconds, terminals=terminals)
+        counts = LabelCounts()
+        if not len(ids):
+            return counts
+        first = np.zeros(len(ids), bool)
+        first[np.unique(ids, return_index=True)[1]] = True
+        counts.duplicate += int((~first).sum())
+        horizon = self.horizon
+        expired = first & (seconds <= horizon) if horizon is not None else np.zeros(len(ids), bool)
+        counts.expired += int(expired.sum())
+        live = np.flatnonzero(first & ~expired)
+        ids, seconds, terminals = ids[live], seconds[live], terminals[live]
+        if self._origin is None or not len(live):  # no transaction yet: every confirmation waits
+            keys = np.full(len(live), _MISSING, np.int64)
+        else:
+            keys = self._keys(self._directory.lookup(terminals, create=False), seconds)
+        oldest = int(seconds.min()) if len(live) else 0
+        rank_main, in_main = self._main.rank(keys, ids, oldest)
+        _, in_recent = self._recent.rank(keys, ids, oldest)
+        _, flagged = self._overlay.rank(keys, ids, oldest)
+        flagged[in_main] |= self._main.values[rank_main[in_main] - 1] == 1
+        stored = in_main | in_recent
+        apply = stored & ~flagged
+        counts.duplicate += int((stored & flagged).sum())
+        self._flag(keys[apply], ids[apply])
+        counts.applied += int(apply.sum())
+        waiting = np.flatnonzero(~stored)
+        if waiting.size:
+            at = np.searchsorted(self._pending_ids, ids[waiting])
+            held = at < len(self._pending_ids)
+            held[held] = self._pending_ids[at[held]] == ids[waiting][held]
+            counts.duplicate += int(held.sum())
+            hold = waiting[~held]
+            hold = hold[np.argsort(ids[hold])]  # np.insert keeps the given order at equal positions
+            counts.pending += len(hold)
+            where = np.searchsorted(self._pending_ids, ids[hold])
+            self._pending_ids = np.insert(self._pending_ids, where, ids[hold])
+            self._pending_seconds = np.insert(self._pending_seconds, where, seconds[hold])
+            self._pending_terminals = np.insert(self._pending_terminals, where, terminals[hold])
+        self.labels.applied += counts.applied
+        self.labels.pending += counts.pending
+        self.labels.expired += counts.expired
+        self.labels.duplicate += counts.duplicate
+        return counts
+
+    def _flag(self, keys: np.ndarray, ids: np.ndarray) -> None:
+        """Add confirmed frauds of stored rows to the overlay."""
+        if not len(keys):
+            return
+        order = np.lexsort((ids, keys))
+        keys, ids = keys[order], ids[order]
+        rank, _ = self._overlay.rank(keys, ids, -(1 << 62))
+        times = (keys & _OFFSET) + self._origin
+        self._overlay = self._overlay.merged(keys, ids, np.ones(len(keys), np.int8), rank, int(times.max()), int(times.min()))
+
+    def _on_insert(self, keys: np.ndarray, ids: np.ndarray, seconds: np.ndarray, entities: np.ndarray) -> None:
+        if not len(self._pending_ids):
+            return
+        at = np.searchsorted(self._pending_ids, ids)
+        hit = at < len(self._pending_ids)
+        hit[hit] = self._pending_ids[at[hit]] == ids[hit]
+        # The confirmation must name the same transaction: same time and terminal too.
+        hit[hit] &= (self._pending_seconds[at[hit]] == seconds[hit]) & (self._pending_terminals[at[hit]] == entities[hit])
+        if hit.any():
+            self._flag(keys[hit], ids[hit])
+            self._drop_pending(at[hit])
+            self.labels.applied += int(hit.sum())
+            self.labels.pending -= int(hit.sum())
+
+    def _drop_pending(self, where: np.ndarray) -> None:
+        keep = np.ones(len(self._pending_ids), bool)
+        keep[where] = False
+        self._pending_ids = self._pending_ids[keep]
+        self._pending_seconds = self._pending_seconds[keep]
+        self._pending_terminals = self._pending_terminals[keep]
+
+    def _fold_labels(self, main: _Run) -> _Run:
+        overlay = self._overlay
+        if len(overlay):
+            rank, found = main.rank(overlay.keys, overlay.ids, -(1 << 62))
+            if not found.all():
+                raise AssertionError("a confirmed fraud lost its transaction")  # overlay rows are stored rows
+            main.values[rank - 1] = 1
+            main._prefix = None
+        self._overlay = _Run.empty(np.int8)
+        return main
+
+    def _on_fold(self, horizon: int | None) -> None:
+        if horizon is None or not len(self._pending_ids):
+            return
+        stale = np.flatnonzero(self._pending_seconds <= horizon)
+        if stale.size:
+            self._drop_pending(stale)
+            self.labels.expired += len(stale)
+            self.labels.pending -= len(stale)
+
+
+class OnlineFeatures:
+    """The model's input matrix, batch by batch: one CustomerState per partition, one TerminalState.
+
+    Example:
+        >>> online = OnlineFeatures()
+        >>> batch = dict(ids=[1, 2], seconds=[1_522_540_800, 1_522_540_900], customers=[4, 4], terminals=[9, 8], amounts=[12.5, 7.5])
+        >>> late = online.late_mask(0, batch["seconds"])  # dead-letter these rows instead of scoring them
+        >>> x = online.features(0, **batch)
+        >>> x.shape, float(x[1, online.spec.names.index("CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW")])
+        ((2, 15), 10.0)
+        >>> online.add_labels(ids=[1], seconds=[1_522_540_800], terminals=[9]).applied
+        1
+
+    `features` stores the batch in the partition's customer state and in the terminal
+    state, then returns float64 rows x `spec.names`: the columns `baseline_features`
+    gives. The terminal state must see every partition's transactions: feed those this
+    instance does not score through `terminals.add_transactions`. To restore a
+    partition after a restart or a rebalance, replay it through `add`.
+    `allowed_lateness_s` bounds how far event time may go backwards within a partition;
+    `terminal_lateness_s` (default: the same) must also cover the skew between
+    partitions, because the terminal state's watermark is the newest time of any.
+    """
+
+    def __init__(
+        self,
+        spec: FeatureSpec = BASELINE_SPEC,
+        *,
+        allowed_lateness_s: int = SECONDS_PER_DAY,
+        terminal_lateness_s: int | None = None,
+        fold_min_rows: int = FOLD_MIN_ROWS,
+    ):
+        self.spec = spec
+        self.allowed_lateness_s = allowed_lateness_s
+        self.fold_min_rows = fold_min_rows
+        self.terminals = TerminalState(
+            spec,
+            allowed_lateness_s=allowed_lateness_s if terminal_lateness_s is None else terminal_lateness_s,
+            fold_min_rows=fold_min_rows,
+        )
+        self.customers: dict[int, CustomerState] = {}
+
+    def partition(self, partition: int) -> CustomerState:
+        """The customer state of `partition`, created empty on first use."""
+        state = self.customers.get(partition)
+        if state is None:
+            state = self.customers[partition] = CustomerState(
+                self.spec, allowed_lateness_s=self.allowed_lateness_s, fold_min_rows=self.fold_min_rows
+            )
+        return state
+
+    def drop_partition(self, partition: int) -> None:
+        """Forget a revoked partition's customer state."""
+        self.customers.pop(partition, None)
+
+    def late_mask(self, partition: int, seconds: np.ndarray) -> np.ndarray:
+        """True where a row is too late for the partition's customer windows or for the terminal windows."""
+        return self.partition(partition).late_mask(seconds) | self.terminals.late_mask(seconds)
+
+    def add(self, partition: int, ids: np.ndarray, seconds: np.ndarray, customers: np.ndarray, terminals: np.ndarray, amounts: np.ndarray) -> np.ndarray:
+        """Store transactions without scoring them (replay); returns which were new to the partition."""
+        self.terminals.add_transactions(ids, seconds, terminals)
+        return self.partition(partition).add(ids, seconds, customers, amounts)
+
+    def add_labels(self, ids: np.ndarray, seconds: np.ndarray, terminals: np.ndarray) -> LabelCounts:
+        """Fraud confirmations; see `TerminalState.add_labels`."""
+        return self.terminals.add_labels(ids, seconds, terminals)
+
+    def features(self, partition: int, ids: np.ndarray, seconds: np.ndarray, customers: np.ndarray, terminals: np.ndarray, amounts: np.ndarray) -> np.ndarray:
+        """Store the batch, then its feature matrix: float64, rows x `spec.names`."""
+        ids, seconds, customers, terminals, amounts = _columns(amounts, ids=ids, seconds=seconds, customers=customers, terminals=terminals)
+        columns: dict[str, np.ndarray] = {"TX_AMOUNT": amounts}
+        columns.update(calendar_features(seconds, self.spec))
+        columns.update(self.partition(partition).features(ids, seconds, customers, amounts))
+        columns.update(self.terminals.add_and_features(ids, seconds, terminals)[1])
+        out = np.empty((len(ids), len(self.spec.names)), np.float64)
+        for j, name in enumerate(self.spec.names):
+            out[:, j] = columns[name]
+        return out
+
+    def evict(self) -> int:
+        """Fold and evict every state now; returns rows dropped."""
+        return self.terminals.evict() + sum(state.evict() for state in self.customers.values())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of state held, all partitions and the terminal state together."""
+        return self.terminals.nbytes + sum(state.nbytes for state in self.customers.values())

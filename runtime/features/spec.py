@@ -1,0 +1,152 @@
+"""The feature specification: which windows, which delay, which tie rule.
+
+One frozen `FeatureSpec` describes the 15 baseline features (handbook, chapter 3.4) so
+that training (`baseline.baseline_features`, offline over a whole table) and serving
+(`online.OnlineFeatures`, incrementally over Kafka batches) compute the same thing,
+and so that a bundle's manifest can record what its model was trained on.
+`from_dict` refuses a specification this runtime cannot compute, saying how to fix it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from fraudscore.errors import InputError
+
+SECONDS_PER_DAY = 86_400
+
+SUPPORTED_VERSIONS = (1,)
+TIE_RULES = ("same_second_by_transaction_id",)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The baseline features' parameters; `names` lists the model inputs in order.
+
+    Example:
+        >>> spec = FeatureSpec()
+        >>> spec.names[:3]
+        ('TX_AMOUNT', 'TX_DURING_WEEKEND', 'TX_DURING_NIGHT')
+        >>> FeatureSpec.from_dict(spec.to_dict()) == spec
+        True
+    """
+
+    version: int = 1
+    customer_windows_days: tuple[int, ...] = (1, 7, 30)
+    terminal_windows_days: tuple[int, ...] = (1, 7, 30)
+    terminal_delay_days: int = 7
+    night_last_hour: int = 6
+    tie_rule: str = "same_second_by_transaction_id"
+
+    def __post_init__(self) -> None:
+        problems = _problems(self)
+        if problems:
+            raise InputError("feature spec: " + "; ".join(problems))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The model inputs, in the order the model takes them."""
+        names = ["TX_AMOUNT", "TX_DURING_WEEKEND", "TX_DURING_NIGHT"]
+        for w in self.customer_windows_days:
+            names += [customer_count_name(w), customer_mean_name(w)]
+        for w in self.terminal_windows_days:
+            names += [terminal_count_name(w), terminal_risk_name(w)]
+        return tuple(names)
+
+    @property
+    def customer_reach_s(self) -> int:
+        """How far back (seconds) a customer window reaches from its transaction."""
+        return max(self.customer_windows_days) * SECONDS_PER_DAY
+
+    @property
+    def terminal_delay_s(self) -> int:
+        return self.terminal_delay_days * SECONDS_PER_DAY
+
+    @property
+    def terminal_reach_s(self) -> int:
+        """How far back (seconds) a terminal window reaches: the delay plus the largest window."""
+        return self.terminal_delay_s + max(self.terminal_windows_days) * SECONDS_PER_DAY
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping, for the bundle manifest."""
+        return {
+            "version": self.version,
+            "customer_windows_days": list(self.customer_windows_days),
+            "terminal_windows_days": list(self.terminal_windows_days),
+            "terminal_delay_days": self.terminal_delay_days,
+            "night_last_hour": self.night_last_hour,
+            "tie_rule": self.tie_rule,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FeatureSpec:
+        """The spec `to_dict` wrote; InputError if this runtime cannot compute it."""
+        if not isinstance(d, Mapping):
+            raise InputError(f"feature spec must be a mapping, got {type(d).__name__}; re-export the bundle with this fraudscore version")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        missing = sorted(known - set(d))
+        problems = []
+        if unknown:
+            problems.append(f"unknown field(s) {', '.join(unknown)}")
+        if missing:
+            problems.append(f"missing field(s) {', '.join(missing)}")
+        if problems:
+            raise InputError("feature spec: " + "; ".join(problems) + "; re-export the bundle with this fraudscore version")
+        values = dict(d)
+        for name in ("customer_windows_days", "terminal_windows_days"):
+            if isinstance(values[name], (list, tuple)):
+                values[name] = tuple(values[name])
+        return cls(**values)
+
+
+def customer_count_name(w: int) -> str:
+    return f"CUSTOMER_ID_NB_TX_{w}DAY_WINDOW"
+
+
+def customer_mean_name(w: int) -> str:
+    return f"CUSTOMER_ID_AVG_AMOUNT_{w}DAY_WINDOW"
+
+
+def terminal_count_name(w: int) -> str:
+    return f"TERMINAL_ID_NB_TX_{w}DAY_WINDOW"
+
+
+def terminal_risk_name(w: int) -> str:
+    return f"TERMINAL_ID_RISK_{w}DAY_WINDOW"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _problems(spec: FeatureSpec) -> list[str]:
+    """What makes `spec` uncomputable by this runtime, each with its fix."""
+    problems = []
+    if spec.version not in SUPPORTED_VERSIONS:
+        problems.append(
+            f"version {spec.version!r} is not one this runtime computes ({', '.join(map(str, SUPPORTED_VERSIONS))}); "
+            "re-export the bundle with this fraudscore version, or upgrade fraudscore"
+        )
+    if spec.tie_rule not in TIE_RULES:
+        problems.append(
+            f"tie_rule {spec.tie_rule!r} is unknown (known: {', '.join(TIE_RULES)}); "
+            "re-export the bundle with this fraudscore version"
+        )
+    for name in ("customer_windows_days", "terminal_windows_days"):
+        windows = getattr(spec, name)
+        if not isinstance(windows, tuple) or not windows or not all(_is_int(w) and w > 0 for w in windows):
+            problems.append(f"{name} must be a non-empty tuple of positive whole days, got {windows!r}")
+        elif len(set(windows)) != len(windows):
+            problems.append(f"{name} repeats a window: {windows!r}")
+    if not _is_int(spec.terminal_delay_days) or spec.terminal_delay_days < 0:
+        problems.append(f"terminal_delay_days must be a whole number of days >= 0, got {spec.terminal_delay_days!r}")
+    if not _is_int(spec.night_last_hour) or not 0 <= spec.night_last_hour <= 23:
+        problems.append(f"night_last_hour must be an hour 0..23, got {spec.night_last_hour!r}")
+    return problems
+
+
+BASELINE_SPEC = FeatureSpec()
+"""The handbook's specification: windows 1, 7, 30 days, a 7-day terminal delay, night until 06:59:59."""

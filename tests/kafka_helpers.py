@@ -1,0 +1,236 @@
+"""What the Kafka tests drive: the `fraudscore` command, sidecar processes, clients, topics, a second broker.
+
+Plain functions and classes; the fixtures built on them (`kafka_bootstrap`, `make_topic`,
+`topics`, `transactions`, `own_broker`, `no_leftover_sidecars`) are in conftest.py.
+
+    produce(kafka_bootstrap, topics["in"], keys, values)
+    sidecar = Sidecar(kafka_bootstrap, small_bundle, topics, "g-example")
+    sidecar.wait_ready()
+    scores = drain(kafka_bootstrap, [topics["out"]], len(values))
+    assert sorted(transaction_ids(scores)) == sorted(expected_ids)
+    assert sidecar.stop()[0] == 0
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parents[1]
+EXE = str(Path(sys.executable).with_name("fraudscore"))  # the installed command, as operators run it
+LOCAL_KAFKA = ROOT / "deploy" / "kafka" / "local.sh"
+
+# Every sidecar process a test starts, so that `no_leftover_sidecars` can kill what a failing test left behind.
+STARTED: list[subprocess.Popen] = []
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on at the moment of asking."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def client(bootstrap: str | dict) -> dict:
+    """Client settings: a bootstrap address, or a full configuration (TLS, SASL). librdkafka's
+    log lines go to Python logging, which pytest shows only for a failing test (a test client
+    that outlives a stopped broker would otherwise print reconnect errors to the CI log)."""
+    base = dict(bootstrap) if isinstance(bootstrap, dict) else {"bootstrap.servers": bootstrap}
+    return base | {"logger": logging.getLogger("tests.kafka")}
+
+
+def produce(bootstrap: str | dict, topic: str, keys: list[bytes], values: list[bytes | None]) -> None:
+    """Produce every (key, value) to `topic` with an idempotent producer; fail unless all are acknowledged."""
+    producer = Producer(client(bootstrap) | {"linger.ms": 5, "enable.idempotence": True})
+    for key, value in zip(keys, values):
+        while True:
+            try:
+                producer.produce(topic, value, key)
+                break
+            except BufferError:
+                producer.poll(0.1)
+    assert producer.flush(60) == 0
+
+
+def drain(bootstrap: str | dict, topics: list[str], expected: int, timeout_s: float = 90, committed_only: bool = False) -> list:
+    """Read `topics` from the start in a fresh group until `expected` messages arrived (then 2 s more, so
+    duplicates show) or `timeout_s` passed; `committed_only` reads as `read_committed`."""
+    consumer = Consumer(client(bootstrap) | {
+        "group.id": f"reader-{time.time_ns()}", "auto.offset.reset": "earliest",
+        "enable.auto.commit": False, "isolation.level": "read_committed" if committed_only else "read_uncommitted",
+    })
+    consumer.subscribe(topics)
+    got, deadline, quiet_since = [], time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        batch = [m for m in consumer.consume(1000, 0.5) if m.error() is None]
+        got += batch
+        if len(got) >= expected:
+            # Keep reading briefly: duplicates would show up here.
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since > 2:
+                break
+    consumer.close()
+    return got
+
+
+def transaction_ids(messages) -> list:
+    """The `transaction_id` of each result message, in order (duplicates kept)."""
+    return [json.loads(m.value())["transaction_id"] for m in messages]
+
+
+def four_topics(make_topic, partitions: int = 3) -> dict[str, str]:
+    """Fresh input (with `partitions`), scores, alerts and dead-letter topics."""
+    return {"in": make_topic(partitions=partitions, prefix="in"), "out": make_topic(prefix="scores"),
+            "alerts": make_topic(prefix="alerts"), "dlq": make_topic(prefix="dlq")}
+
+
+def own_topics(broker: OwnBroker, partitions: int = 2) -> dict[str, str]:
+    """Fresh input (with `partitions`), scores, alerts and dead-letter topics on the second broker (`own_broker`)."""
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    names = {role: f"sec-{role}-{uuid.uuid4().hex[:8]}" for role in ("in", "out", "alerts", "dlq")}
+    futures = admin.create_topics([NewTopic(n, num_partitions=partitions if r == "in" else 1, replication_factor=1)
+                                   for r, n in names.items()])
+    for future in futures.values():
+        future.result(timeout=30)
+    return names
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    """(status, body) of GET http://127.0.0.1:`port``path`; an error status is returned, not raised."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def wait_ready(port: int, proc: subprocess.Popen, timeout_s: float = 60, output: Callable[[], str] = lambda: "") -> None:
+    """Poll the sidecar's /readyz on `port` until it answers 200 (model loaded, partitions assigned).
+
+    Fails with `output()` as soon as `proc` exits, and when `timeout_s` passes first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, output()
+        try:
+            if http_get(port, "/readyz")[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("sidecar not ready in time")
+
+
+class Sidecar:
+    """`fraudscore run` as a subprocess on `topics` (roles "in", "out", "alerts", "dlq"), batch size 500,
+    metrics on a free port; `extra` flags are appended, `env` is added to the environment.
+
+        sidecar = Sidecar(kafka_bootstrap, small_bundle, topics, "g-example", "--exactly-once")
+        sidecar.wait_ready()
+        status, metrics = sidecar.get("/metrics")
+        code, log = sidecar.stop()  # SIGTERM: 0 after a clean stop
+    """
+
+    def __init__(self, bootstrap: str, bundle: Path, topics: dict[str, str], group: str, *extra: str,
+                 env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.args = [
+            EXE, "run", "--bundle", str(bundle), "--bootstrap-servers", bootstrap,
+            "--input-topic", topics["in"], "--output-topic", topics["out"], "--alerts-topic", topics["alerts"],
+            "--dlq-topic", topics["dlq"], "--group-id", group, "--metrics-port", str(self.port), "--batch-size", "500",
+            *(() if "--input" in extra else ("--input", "features")),
+            *extra,
+        ]
+        # The log goes to a file, not a pipe: a pipe nobody reads fills up, and a sidecar that
+        # logs a lot (a broker outage) would block writing to it.
+        self.log = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, text=True,
+                                     env=None if env is None else os.environ | env)
+        STARTED.append(self.proc)
+
+    def get(self, path: str) -> tuple[int, str]:
+        """(status, body) of GET `path` on the sidecar's metrics server."""
+        return http_get(self.port, path)
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        """Wait until /readyz answers 200; fail with the log if the sidecar exits first."""
+        wait_ready(self.port, self.proc, timeout_s, self.output)
+
+    def stop(self, sig=signal.SIGTERM, timeout_s: float = 40) -> tuple[int, str]:
+        """Send `sig`, wait for the exit; (exit code, log)."""
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=timeout_s)
+        return self.proc.returncode, self.output()
+
+    def output(self) -> str:
+        """Everything the sidecar has logged so far (stdout and stderr)."""
+        self.log.seek(0)
+        return self.log.read()
+
+
+class OwnBroker:
+    """A second broker the tests may stop and start, with a SASL_SSL (SCRAM-SHA-512) listener
+    next to the PLAINTEXT one. Its CA, keystore and user password are generated for the run.
+
+        broker = OwnBroker(tmp_path)
+        broker.start()
+        produce(broker.client_config(), topic, keys, values)  # over SASL_SSL
+        broker.stop()
+    """
+
+    def __init__(self, work: Path):
+        self.certs = work / "certs"
+        subprocess.run([str(ROOT / "deploy" / "kafka" / "dev-certs.sh"), str(self.certs)], check=True,
+                        capture_output=True, timeout=60)
+        self.user = "fraudscore-test"
+        self.password = uuid.uuid4().hex
+        password_file = work / "scram.password"
+        password_file.write_text(self.password)
+        password_file.chmod(0o600)
+        self.port, self.sasl_ssl_port = free_port(), free_port()
+        self.env = dict(
+            os.environ, KAFKA_PORT=str(self.port), KAFKA_CONTROLLER_PORT=str(free_port()),
+            KAFKA_SASL_SSL_PORT=str(self.sasl_ssl_port), KAFKA_STATE_DIR=str(work / "state"),
+            KAFKA_HEAP=os.environ.get("KAFKA_HEAP", "384m"), KAFKA_SSL_KEYSTORE=str(self.certs / "broker.p12"),
+            KAFKA_SSL_KEYSTORE_PASSWORD_FILE=str(self.certs / "keystore.password"),
+            KAFKA_SCRAM_USER=self.user, KAFKA_SCRAM_PASSWORD_FILE=str(password_file),
+        )
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.sasl_ssl_bootstrap = f"127.0.0.1:{self.sasl_ssl_port}"
+        self.ca = self.certs / "ca.pem"
+
+    def client_config(self, password: str | None = None) -> dict[str, str]:
+        """Client settings for the SASL_SSL listener: this run's user, its password (or `password`), the CA."""
+        return {"bootstrap.servers": self.sasl_ssl_bootstrap, "security.protocol": "SASL_SSL",
+                "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": self.user,
+                "sasl.password": self.password if password is None else password, "ssl.ca.location": str(self.ca)}
+
+    def _local(self, action: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(LOCAL_KAFKA), action], env=self.env, capture_output=True, text=True, timeout=300)
+
+    def start(self) -> float:
+        """Start the broker (deploy/kafka/local.sh); the seconds it took."""
+        t0 = time.monotonic()
+        done = self._local("start")
+        if done.returncode != 0:
+            pytest.fail(f"could not start the second broker:\n{done.stderr}")
+        return time.monotonic() - t0
+
+    def stop(self) -> None:
+        """Stop the broker; its state stays for the next start."""
+        self._local("stop")

@@ -1,0 +1,244 @@
+"""Raw mode against the real broker: features computed online equal `fraudscore features`,
+scores equal `fraudscore score` of the offline table, with one instance, three instances
+in a group, a SIGKILL and restart, and an instance joining mid-stream; bad raw input and
+bad confirmations never kill the process.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from kafka_helpers import EXE, Sidecar, drain, produce
+
+from fraudscore import baseline_features, simulate, write_table
+from fraudscore.data.replay import raw_stream, replay
+from fraudscore.features.spec import BASELINE_SPEC
+
+pytestmark = pytest.mark.kafka
+
+NAMES = BASELINE_SPEC.names
+COUNT_FEATURES = [n for n in NAMES if "NB_TX" in n or "DURING" in n]
+
+
+@pytest.fixture(scope="module")
+def month(tmp_path_factory, small_bundle: Path):
+    """A simulated stream (500 customers, 1,000 terminals, 60 days), its offline features and offline scores."""
+    work = tmp_path_factory.mktemp("raw-month")
+    table = simulate(customers=500, terminals=1000, days=60, seed=11).transactions
+    features = baseline_features(table)
+    offline = table.with_columns({n: features[n] for n in NAMES if n != "TX_AMOUNT"})
+    write_table(offline, work / "features.parquet")
+    done = subprocess.run([EXE, "score", "--bundle", str(small_bundle), "--in", str(work / "features.parquet"),
+                           "--out", str(work / "scores.jsonl"), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    scores = {json.loads(line)["transaction_id"]: json.loads(line)["score"]
+              for line in (work / "scores.jsonl").read_text().splitlines()}
+    ids = table["TRANSACTION_ID"].tolist()
+    expected = {i: {n: float(features[n][k]) for n in NAMES} for k, i in enumerate(ids)}
+    return raw_stream(table, seed=3), expected, scores
+
+
+def raw_topics(make_topic, partitions: int = 3) -> dict[str, str]:
+    return {"in": make_topic(partitions=partitions, prefix="raw-in"), "labels": make_topic(prefix="labels"),
+            "out": make_topic(prefix="scores"), "alerts": make_topic(prefix="alerts"), "dlq": make_topic(prefix="dlq")}
+
+
+def raw_sidecar(bootstrap: str, bundle: Path, topics: dict, group: str, *extra: str) -> Sidecar:
+    return Sidecar(bootstrap, bundle, topics, group, "--input", "raw", "--labels-topic", topics["labels"],
+                   "--emit-features", *extra)
+
+
+def assert_parity(results: list, expected: dict, scores: dict) -> None:
+    """Every transaction has a result; every result (duplicates included) has the offline features and score."""
+    seen = set()
+    worst_feature, worst_score = 0.0, 0.0
+    for message in results:
+        result = orjson.loads(message.value())
+        tx = result["transaction_id"]
+        seen.add(tx)
+        want = expected[tx]
+        for name in NAMES:
+            got, ref = result["features"][name], want[name]
+            if name in COUNT_FEATURES:
+                assert got == ref, (tx, name, got, ref)
+            else:
+                error = abs(got - ref) / max(1.0, abs(ref))
+                worst_feature = max(worst_feature, error)
+                assert error <= 1e-6, (tx, name, got, ref)
+        worst_score = max(worst_score, abs(result["score"] - scores[tx]))
+        assert abs(result["score"] - scores[tx]) <= 1e-5, (tx, result["score"], scores[tx])
+    missing = set(expected) - seen
+    assert not missing, f"{len(missing)} transactions without a result, e.g. {sorted(missing)[:5]}"
+    print(f"parity: {len(results)} results, worst relative feature error {worst_feature:.2g}, worst score error {worst_score:.2g}")
+
+
+def send(bootstrap: str, topics: dict, events, speedup: float = 0.0) -> float:
+    return replay(events, {"bootstrap.servers": bootstrap}, topics["in"], topics["labels"], speedup=speedup)
+
+
+def test_one_instance_matches_the_offline_features_and_scores(kafka_bootstrap, make_topic, small_bundle, month) -> None:
+    events, expected, scores = month
+    topics = raw_topics(make_topic)
+    send(kafka_bootstrap, topics, events)
+    sidecar = raw_sidecar(kafka_bootstrap, small_bundle, topics, "raw-one")
+    sidecar.wait_ready(120)
+    results = drain(kafka_bootstrap, [topics["out"]], len(expected), timeout_s=240)
+    status, metrics = sidecar.get("/metrics")
+    code, log = sidecar.stop()
+    assert code == 0, log[-3000:]
+    assert_parity(results, expected, scores)
+    assert 'fraudscore_labels_total{outcome="applied"}' in metrics
+    assert drain(kafka_bootstrap, [topics["dlq"]], 0, timeout_s=3) == []
+
+
+def test_three_instances_in_one_group_match(kafka_bootstrap, make_topic, small_bundle, month) -> None:
+    events, expected, scores = month
+    topics = raw_topics(make_topic)
+    send(kafka_bootstrap, topics, events)
+    sidecars = [raw_sidecar(kafka_bootstrap, small_bundle, topics, "raw-three") for _ in range(3)]
+    results = drain(kafka_bootstrap, [topics["out"]], len(expected), timeout_s=300)
+    for s in sidecars:
+        code, log = s.stop()
+        assert code == 0, log[-3000:]
+    assert_parity(results, expected, scores)
+    assigned = [s.output().count("restored from") for s in sidecars]
+    assert sum(1 for a in assigned if a) >= 2, "the partitions were not split between the instances"
+
+
+def stream_with_a_disturbance(bootstrap, make_topic, bundle, month, group: str, disturb) -> tuple[list, list]:
+    """Stream the month live (60 days in ~25 s) to one instance; a third of the way in,
+    `disturb(first)` returns the instances to stop at the end. (results, instances)"""
+    events, expected, _ = month
+    topics = raw_topics(make_topic)
+    first = raw_sidecar(bootstrap, bundle, topics, group)
+    first.wait_ready(120)
+    sender = _background_send(bootstrap, topics, events, speedup=60 * 86_400 / 25)
+    _wait_for_results(bootstrap, topics["out"], len(expected) // 3, timeout_s=120)
+    running = disturb(first, lambda: raw_sidecar(bootstrap, bundle, topics, group))
+    sender.wait(240)
+    assert sender.returncode == 0, sender.stderr.read()
+    results = drain(bootstrap, [topics["out"]], len(expected), timeout_s=240)
+    for instance in running:
+        code, log = instance.stop()
+        assert code == 0, log[-3000:]
+    return results, running
+
+
+def test_sigkill_and_restart_mid_stream_keep_parity(kafka_bootstrap, make_topic, small_bundle, month) -> None:
+    def kill_and_restart(first, start):
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(10)
+        return [start()]
+
+    results, (second,) = stream_with_a_disturbance(kafka_bootstrap, make_topic, small_bundle, month, "raw-kill", kill_and_restart)
+    assert "restored from" in second.output()
+    assert_parity(results, *month[1:])
+
+
+def test_an_instance_joining_mid_stream_keeps_parity(kafka_bootstrap, make_topic, small_bundle, month) -> None:
+    results, (first, second) = stream_with_a_disturbance(kafka_bootstrap, make_topic, small_bundle, month, "raw-join",
+                                                         lambda first, start: [first, start()])
+    assert "restored from" in second.output()
+    assert_parity(results, *month[1:])
+
+
+def test_bad_raw_input_and_bad_confirmations_are_handled(kafka_bootstrap, make_topic, small_bundle) -> None:
+    topics = raw_topics(make_topic, partitions=1)
+    good = {"TRANSACTION_ID": 1, "TX_DATETIME": "2018-04-01 10:00:00", "CUSTOMER_ID": 4, "TERMINAL_ID": 9, "TX_AMOUNT": 12.5}
+    bad = [
+        ({"TRANSACTION_ID": 2, "TX_AMOUNT": 3.0}, "missing_field", ["TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID"]),
+        (good | {"TRANSACTION_ID": 3, "TX_DATETIME": "soon"}, "bad_time", ["TX_DATETIME"]),
+        (good | {"TRANSACTION_ID": 4, "TX_AMOUNT": -1}, "bad_amount", ["TX_AMOUNT"]),
+        (good | {"TRANSACTION_ID": 5, "TX_AMOUNT": "12"}, "wrong_type", ["TX_AMOUNT"]),
+        (good | {"TRANSACTION_ID": 6, "CUSTOMER_ID": 4.5}, "wrong_type", ["CUSTOMER_ID"]),
+        (good | {"TRANSACTION_ID": 7, "TX_DATETIME": "2018-03-01 10:00:00"}, "late", ["TX_DATETIME"]),
+    ]
+    values = [orjson.dumps(good)] + [orjson.dumps(doc) for doc, _, _ in bad] + [b"{not json", b""]
+    produce(kafka_bootstrap, topics["in"], [b"4"] * len(values), values)
+    produce(kafka_bootstrap, topics["labels"], [b"x"] * 3, [
+        b"garbage", orjson.dumps({"TRANSACTION_ID": 999, "TERMINAL_ID": 9, "TX_DATETIME": "2018-04-01 09:00:00", "TX_FRAUD": 1}),
+        orjson.dumps({"TRANSACTION_ID": 998, "TERMINAL_ID": 9, "TX_DATETIME": "2017-01-01 09:00:00", "TX_FRAUD": 1}),
+    ])
+    sidecar = raw_sidecar(kafka_bootstrap, small_bundle, topics, "raw-bad")
+    sidecar.wait_ready(120)
+    scored = drain(kafka_bootstrap, [topics["out"]], 1, timeout_s=60)
+    dead = drain(kafka_bootstrap, [topics["dlq"]], len(bad) + 2, timeout_s=60)
+    time.sleep(1)
+    _, metrics = sidecar.get("/metrics")
+    code, log = sidecar.stop()
+    assert code == 0, log[-3000:]
+    assert [orjson.loads(m.value())["transaction_id"] for m in scored] == [1]
+    reasons = {}
+    for m in dead:
+        headers = dict(m.headers())
+        if m.value():
+            try:
+                reasons[orjson.loads(m.value()).get("TRANSACTION_ID")] = (headers["fraudscore.reason"].decode(),
+                                                                         headers["fraudscore.detail"].decode())
+            except orjson.JSONDecodeError:
+                reasons["bad_json"] = (headers["fraudscore.reason"].decode(), "")
+    for doc, reason, fields in bad:
+        got_reason, detail = reasons[doc["TRANSACTION_ID"]]
+        assert got_reason == reason, (doc, got_reason, detail)
+        for field in fields:
+            assert field in detail, (doc, detail)
+    assert len(dead) == len(bad) + 2
+    outcomes = {line.split('"')[1]: float(line.split()[-1]) for line in metrics.splitlines()
+                if line.startswith("fraudscore_labels_total{")}
+    # The unknown transaction's confirmation waits (pending) until its time leaves the retained
+    # history; the 2017 one is expired at once, or pending until the next fold if it was read
+    # before any transaction gave the table a watermark.
+    assert outcomes["unreadable"] == 1 and outcomes["pending"] + outcomes["expired"] == 2, outcomes
+
+
+def test_a_bundle_without_a_feature_specification_refuses_raw_mode(kafka_bootstrap, make_topic, small_bundle, tmp_path) -> None:
+    import shutil
+
+    from fraudscore.serving.manifest import Manifest
+
+    copy = tmp_path / "old-bundle"
+    shutil.copytree(small_bundle, copy)
+    manifest = Manifest.read(copy / "manifest.json")
+    Manifest(**{**manifest.__dict__, "feature_spec": {}}).write(copy / "manifest.json")
+    topics = raw_topics(make_topic, partitions=1)
+    done = subprocess.run([EXE, "run", "--bundle", str(copy), "--bootstrap-servers", kafka_bootstrap, "--input", "raw",
+                           "--input-topic", topics["in"], "--output-topic", topics["out"], "--alerts-topic", topics["alerts"],
+                           "--dlq-topic", topics["dlq"], "--group-id", "g-old"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "feature specification" in done.stderr and "--input features" in done.stderr
+
+
+def _background_send(bootstrap: str, topics: dict, events, speedup: float) -> subprocess.Popen:
+    """Replay `events` from another process, paced, so the sidecar sees a live stream."""
+    import pickle
+    import sys
+    import tempfile
+
+    path = Path(tempfile.mkdtemp()) / "events.pickle"
+    path.write_bytes(pickle.dumps(events))
+    code = ("import pickle,sys; from fraudscore.data.replay import replay; "
+            f"replay(pickle.loads(open({str(path)!r},'rb').read()), {{'bootstrap.servers': {bootstrap!r}}}, "
+            f"{topics['in']!r}, {topics['labels']!r}, speedup={speedup!r})")
+    return subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_results(bootstrap: str, topic: str, count: int, timeout_s: float) -> None:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"count-{time.time_ns()}"})
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+            if high >= count:
+                return
+            time.sleep(0.2)
+    finally:
+        consumer.close()
+    raise AssertionError(f"fewer than {count} results on {topic} after {timeout_s} s")
