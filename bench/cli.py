@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
 
 def bench(
     bundle: Annotated[Path, typer.Option("--bundle", "-b", help="Bundle directory to measure.")],
-    mode: Annotated[Optional[list[str]], typer.Option("--mode", help="model, pipeline or kafka; repeat for several [default: model and pipeline].")] = None,
+    mode: Annotated[Optional[list[str]], typer.Option("--mode", help="model, pipeline (feature mode), raw (raw mode: online features at the reference size) or kafka; repeat for several [default: model and pipeline].")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the versioned report (docs/bench.md) here.")] = None,
     gate: Annotated[Optional[Path], typer.Option(help="Bounds to enforce (TOML or YAML); exit 1 when one fails.")] = None,
     baseline: Annotated[Optional[Path], typer.Option(help="Earlier report for the gate's relative bounds.")] = None,
@@ -55,9 +55,9 @@ def bench(
     from fraudscore.progress import progress_wanted
 
     modes = tuple(mode or ("model", "pipeline"))
-    unknown = set(modes) - {"model", "pipeline", "kafka"}
+    unknown = set(modes) - {"model", "pipeline", "raw", "kafka"}
     if unknown:
-        raise UsageError(f"--mode {', '.join(sorted(unknown))}: choose model, pipeline or kafka")
+        raise UsageError(f"--mode {', '.join(sorted(unknown))}: choose model, pipeline, raw or kafka")
     bounds = load_gate(gate) if gate else None
     base = load_report(baseline) if baseline else None
     config = BenchConfig(

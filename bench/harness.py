@@ -7,6 +7,9 @@ median over repeats, with the spread (min-max) beside it):
   sizes, per device;
 - `pipeline`: raw message bytes -> decode -> one ORT call -> encoded results, the same
   sweep; its overhead is reported as a ratio to `model` measured in the same run;
+- `raw`: raw transaction bytes -> decode -> online features (state warmed with 30 days
+  of the handbook's reference size) -> one ORT call -> encoded results (bench/raw_pipeline.py);
+  its cost is reported as a ratio to `pipeline` (feature mode) measured in the same run;
 - `kafka`: through a real broker with `fraudscore run` as a subprocess: the drain rate
   of a backlog, then a sweep of fixed rates (Poisson arrivals) reporting p50/p99 from the
   input's timestamp to the result's arrival, and the highest rate whose p99 stays under
@@ -166,6 +169,17 @@ def run_bench(config: BenchConfig, say: Callable[[str], None] = lambda m: None) 
             if "model" in cases and "pipeline" in cases:
                 model_p50 = results[-2]["p50_ms"]
                 ratios[f"pipeline_overhead.{device}.b{batch}"] = results[-1]["p50_ms"] / model_p50
+
+    if "raw" in config.modes:
+        from .raw_pipeline import run_raw_pipeline
+
+        raw_results, _ = run_raw_pipeline(config, bundle, say)
+        results += raw_results
+        feature_mode = {(r["device"], r["batch_size"]): r for r in results if r["mode"] == "pipeline"}
+        for r in raw_results:
+            base = feature_mode.get((r["device"], r["batch_size"]))
+            if base:
+                ratios[f"raw_overhead.{r['device']}.b{r['batch_size']}"] = r["p50_ms"] / base["p50_ms"]
 
     if "kafka" in config.modes:
         if not config.bootstrap_servers:

@@ -69,7 +69,7 @@ CASES = [
     ("bench --bundle {dir} --json {dir}/j.json", "a bundle directory holds model.onnx and manifest.json", "j.json"),
     ("bench --bundle {bundle} --gate {bad_toml} --json {dir}/j.json", "not valid TOML", "j.json"),
     ("bench --bundle {bundle} --batch-sizes a,b --json {dir}/j.json", "comma-separated integers", "j.json"),
-    ("bench --bundle {bundle} --mode fast --json {dir}/j.json", "choose model, pipeline or kafka", "j.json"),
+    ("bench --bundle {bundle} --mode fast --json {dir}/j.json", "choose model, pipeline, raw or kafka", "j.json"),
     ("run --config {bad_toml}", "not valid TOML", None),
     ("run --bundle {bundle} {kafka} --offset-reset middle", "earliest or latest", None),
     ("run --bundle {bundle} {kafka} --batch-size 0", "must be positive", None),

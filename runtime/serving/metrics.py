@@ -10,6 +10,7 @@ message.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -18,8 +19,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import HistogramMetricFamily
 
 from fraudscore.serving.decode import REASONS
+from fraudscore.serving.drift import psi
 from fraudscore.serving.transactions import LABEL_OUTCOMES, RAW_REASONS
 
+DRIFT_MIN_ROWS = 500  # PSI of a smaller batch says nothing
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_SIZE_BUCKETS = (1, 8, 32, 128, 512, 1024, 2048, 4096, 8192, 16384)
 SCORE_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0, 2.0, 5.0, 10.0, 100.0)
@@ -120,6 +123,21 @@ class SidecarMetrics:
         self.state_rows = Gauge("fraudscore_state_transactions", "Transactions held in online feature state, by kind.",
                                 ["kind"], registry=r)
         self.assigned_partitions = Gauge("fraudscore_assigned_partitions", "Input partitions assigned.", registry=r)
+
+    def observe_batch(self, messages: list, result, reasons: list[str], drift_baselines: list) -> None:
+        """A delivered batch: end-to-end latency from each input's Kafka timestamp, counts,
+        dead letters by reason, scores, and feature drift (PSI) of batches large enough."""
+        now_ms = time.time() * 1e3
+        stamps = np.fromiter((msg.timestamp()[1] for msg in messages), dtype=np.float64, count=len(messages))
+        self.end_to_end_seconds.observe_many(np.maximum(now_ms - stamps[stamps > 0], 0) / 1e3)
+        self.scored.inc(len(result.index))
+        self.alerts.inc(int(result.alerts.sum()))
+        for reason in reasons:
+            self.dead_letters.labels(reason).inc()
+        self.scores.observe_many(result.scores)
+        if len(result.index) >= DRIFT_MIN_ROWS:
+            for j, name, shares, edges in drift_baselines:
+                self.feature_psi.labels(name).set(psi(shares, result.matrix[:, j], edges))
 
     def set_model(self, version: str, sha256: str, kind: str) -> None:
         self.model_info.clear()

@@ -19,17 +19,14 @@ loaded first, and the old one keeps serving if it fails.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import time
 from pathlib import Path
 
 import numpy as np
 
 from fraudscore.serving.bundle import load_bundle
-from fraudscore.serving.drift import psi
 from fraudscore.serving.metrics import HealthServer, SidecarMetrics
-from fraudscore.serving.pipeline import BatchResult, Pipeline
+from fraudscore.serving.pipeline import Pipeline
 from fraudscore.serving.scorer import Scorer
 from fraudscore.serving.sidecar.clients import ClientHooks, build_clients, check_topics, kafka_log, quiet_repeats
 from fraudscore.serving.sidecar.config import SidecarConfig
@@ -37,7 +34,7 @@ from fraudscore.serving.sidecar.delivery import MAX_KEY_BYTES, Delivery
 from fraudscore.serving.sidecar.state import FeatureState, input_spec
 
 log = logging.getLogger("fraudscore.sidecar")
-DRIFT_MIN_ROWS = 500  # PSI of a smaller batch says nothing
+IDLE_CATCH_UP_S = 1.0
 
 
 class Sidecar:
@@ -61,6 +58,7 @@ class Sidecar:
         self._reload = False
         self._assignment: set[tuple[str, int]] = set()
         self._was_ready = False
+        self._last_catch_up = 0.0
         self._watch_state = self._bundle_state()
         self._last_watch = time.monotonic()
         self.http: HealthServer | None = None
@@ -252,49 +250,18 @@ class Sidecar:
             log.error("batch of %d not fully delivered (%s); rewound to reprocess it",
                       len(good), delivery.failures[0] if delivery.failures else "timeout")
             return
-        self._observe(everything, result, [reason for _, reason, _ in rejected], pipeline)
+        m.observe_batch(everything, result, [reason for _, reason, _ in rejected], pipeline.drift_baselines)
         m.batch_seconds.observe(time.perf_counter() - t0)
 
     def _catch_up(self, messages: list) -> None:
-        """Raw mode: the terminal table reads everything written before this batch was consumed."""
+        """Raw mode: the terminal table reads everything written before this batch was consumed.
+        Idle, it reads once a second (a high-watermark query per partition is a broker round trip)."""
+        if not messages and self.state.ready() and time.monotonic() - self._last_catch_up < IDLE_CATCH_UP_S:
+            return
+        self._last_catch_up = time.monotonic()
         if not self.state.catch_up() and messages:
             # Not every partition could be read in time: score nothing now, read the batch again.
             self.delivery.rewind(messages, self._assignment)
             messages.clear()
         self._update_ready()
-        self.metrics.state_bytes.labels("terminal").set(self.state.terminals.nbytes)
-        self.metrics.state_bytes.labels("customer").set(self.state.nbytes - self.state.terminals.nbytes)
-        self.metrics.state_rows.labels("terminal").set(len(self.state.terminals))
-        self.metrics.state_rows.labels("customer").set(sum(len(s) for s in self.state.customers.values()))
-
-    def _observe(self, messages: list, result: BatchResult, reasons: list[str], pipeline: Pipeline) -> None:
-        """Metrics of a delivered batch: end-to-end latency, counts, scores and drift."""
-        m = self.metrics
-        now_ms = time.time() * 1e3
-        stamps = np.fromiter((msg.timestamp()[1] for msg in messages), dtype=np.float64, count=len(messages))
-        m.end_to_end_seconds.observe_many(np.maximum(now_ms - stamps[stamps > 0], 0) / 1e3)
-        m.scored.inc(len(result.index))
-        m.alerts.inc(int(result.alerts.sum()))
-        for reason in reasons:
-            m.dead_letters.labels(reason).inc()
-        m.scores.observe_many(result.scores)
-        if len(result.index) >= DRIFT_MIN_ROWS:
-            for j, name, shares, edges in pipeline.drift_baselines:
-                m.feature_psi.labels(name).set(psi(shares, result.matrix[:, j], edges))
-
-
-def install_signal_handlers(sidecar: Sidecar) -> None:
-    """SIGTERM/SIGINT stop, SIGHUP reloads, SIGUSR1 dumps every thread's stack on stderr."""
-    import faulthandler
-
-    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID`: for a stuck process
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
-    signal.signal(signal.SIGTERM, sidecar.request_stop)
-    signal.signal(signal.SIGINT, sidecar.request_stop)
-    if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, sidecar.request_reload)
-
-
-def configure_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+        self.state.report(self.metrics)

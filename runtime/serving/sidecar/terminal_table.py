@@ -1,0 +1,137 @@
+"""The terminal table of a raw-mode sidecar: every partition of the input topic and the
+labels topic, read whole into one `TerminalState` (the "global table" pattern).
+
+A terminal serves customers on every partition, so its windows need every partition's
+transactions, whichever partitions this instance scores. Before a batch is scored the
+reader catches up to the topics' high watermarks, so every transaction and fraud
+confirmation written before the batch was consumed is counted.
+
+    table = TerminalTable(config, terminals, metrics)
+    table.start()            # every partition, from the beginning
+    table.catch_up()         # before each batch; False if not every partition was read in time
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+import numpy as np
+
+from fraudscore.features.online import TerminalState
+from fraudscore.serving.sidecar.clients import common_config
+from fraudscore.serving.sidecar.config import SidecarConfig
+from fraudscore.serving.transactions import decode_labels, decode_transactions
+
+log = logging.getLogger("fraudscore.sidecar")
+
+READ_BATCH = 10_000
+OFFSET_BEGINNING = -2  # confluent_kafka.OFFSET_BEGINNING
+PARTITION_EOF = -191  # confluent_kafka.KafkaError.PARTITION_EOF
+
+
+class TerminalTable:
+    """Reads the input and labels topics whole into `terminals`; `metrics` counts the confirmations."""
+
+    def __init__(self, config: SidecarConfig, terminals: TerminalState, metrics):
+        self.config = config
+        self.terminals = terminals
+        self.metrics = metrics
+        self.reader = None
+        self.caught_up = False
+        self.partition_watermarks: dict[int, int] = {}  # input partition -> newest event time read
+        self._reader_partitions: list = []
+        self._ends: dict[tuple[str, int], int] = {}  # partition -> offset where the reader last hit its end
+        self.before_apply = lambda: None  # the owner's hook: cap the table's eviction before rows go in
+
+    def start(self) -> None:
+        """Start the global reader: every partition of the input and labels topics, from the beginning."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        c = self.config
+        self.reader = Consumer(common_config(c) | {
+            # Never commits: the group id only satisfies librdkafka; offsets are not stored.
+            "group.id": f"{c.group_id}.terminal-table.{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed" if c.exactly_once else "read_uncommitted",
+            "fetch.wait.max.ms": 10,
+            "queued.max.messages.kbytes": 16384,
+            # The end of a partition is signalled: offsets of transaction markers would
+            # otherwise keep the position short of the high watermark for ever.
+            "enable.partition.eof": True,
+        } | c.kafka)
+        topics = [c.input_topic] + ([c.labels_topic] if c.labels_topic else [])
+        metadata = self.reader.list_topics(timeout=c.startup_timeout_s)
+        self._reader_partitions = [TopicPartition(t, p, OFFSET_BEGINNING) for t in topics
+                                   for p in sorted(metadata.topics[t].partitions)]
+        self.reader.assign(self._reader_partitions)
+
+    def catch_up(self, timeout_s: float | None = None) -> bool:
+        """Read the input and labels topics up to their current high watermarks. True when done."""
+        from confluent_kafka import TopicPartition
+
+        c, reader = self.config, self.reader
+        t0 = time.monotonic()
+        deadline = t0 + (c.drain_timeout_s if timeout_s is None else timeout_s)
+        targets = {}
+        for tp in self._reader_partitions:
+            _, high = reader.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=c.startup_timeout_s, cached=False)
+            targets[(tp.topic, tp.partition)] = high
+        remaining = self._behind(targets)
+        while remaining and time.monotonic() < deadline:
+            messages = reader.consume(num_messages=READ_BATCH, timeout=0.05)
+            if messages:
+                self._apply(messages)
+            remaining = self._behind(targets, remaining)
+        if remaining:
+            log.warning("terminal table: %d partition(s) not read to their high watermark within %.0f s; retrying "
+                        "before the next batch", len(remaining), deadline - t0)
+            return False
+        if not self.caught_up:
+            self.caught_up = True
+            log.info("terminal table caught up: %d transactions of %d terminals, %d pending confirmations, %.1f MB, "
+                     "%.2f s", len(self.terminals), self.terminals.entities, self.terminals.pending_labels,
+                     self.terminals.nbytes / 1e6, time.monotonic() - t0)
+        return True
+
+    def _behind(self, targets: dict, among=None) -> list:
+        from confluent_kafka import TopicPartition
+
+        keys = list(targets) if among is None else among
+        positions = self.reader.position([TopicPartition(t, p) for t, p in keys])
+        return [(tp.topic, tp.partition) for tp in positions
+                if max(tp.offset, self._ends.get((tp.topic, tp.partition), 0)) < targets[(tp.topic, tp.partition)]]
+
+    def _apply(self, messages: list) -> None:
+        c = self.config
+        for m in messages:
+            if m.error() is not None and m.error().code() == PARTITION_EOF:
+                self._ends[(m.topic(), m.partition())] = m.offset()
+        tx = [m for m in messages if m.error() is None and m.topic() == c.input_topic]
+        labels = [m.value() for m in messages if m.error() is None and m.topic() == c.labels_topic]
+        if tx:
+            raw = decode_transactions([m.value() for m in tx], max_message_bytes=c.max_message_bytes)
+            if len(raw):
+                self.before_apply()
+                partitions = np.fromiter((tx[i].partition() for i in raw.index.tolist()), np.int64, len(raw))
+                for p in np.unique(partitions).tolist():
+                    high = int(raw.seconds[partitions == p].max())
+                    self.partition_watermarks[p] = max(self.partition_watermarks.get(p, high), high)
+                self.terminals.add_transactions(raw.ids, raw.seconds, raw.terminals)
+        if labels:
+            batch = decode_labels(labels, max_message_bytes=c.max_message_bytes)
+            counts = self.terminals.add_labels(batch.ids, batch.seconds, batch.terminals)
+            m = self.metrics
+            m.labels.labels("applied").inc(counts.applied)
+            m.labels.labels("pending").inc(counts.pending)
+            m.labels.labels("duplicate").inc(counts.duplicate)
+            m.labels.labels("expired").inc(counts.expired)
+            m.labels.labels("unreadable").inc(batch.unreadable)
+            m.labels.labels("genuine").inc(batch.genuine)
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
