@@ -35,15 +35,17 @@ def free_port() -> int:
 
 
 def create_topics(bootstrap: str, partitions: int, tag: str | None = None,
-                  names: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Create the four topics of one run and return them by role ("in", "out", "alerts", "dlq").
+                  names: Mapping[str, str] | None = None, labels: bool = False) -> dict[str, str]:
+    """Create the topics of one run and return them by role ("in", "out", "alerts", "dlq", and
+    "labels" for a raw-mode run with `labels`).
 
     Only the input topic gets `partitions`; the others have one. Each name is `names[role]`
     (default `bench-<role>`) followed by `-<tag>` (default: a random one), so a run starts clean.
     """
     tag = tag or uuid.uuid4().hex[:8]
-    bases = names or {role: f"bench-{role}" for role in ROLES}
-    topics = {role: f"{bases[role]}-{tag}" for role in ROLES}
+    roles = ROLES + (("labels",) if labels else ())
+    bases = {role: f"bench-{role}" for role in roles} | dict(names or {})
+    topics = {role: f"{bases[role]}-{tag}" for role in roles}
     admin = AdminClient({"bootstrap.servers": bootstrap})
     futures = admin.create_topics([NewTopic(name, num_partitions=partitions if role == "in" else 1, replication_factor=1)
                                    for role, name in topics.items()])
@@ -54,7 +56,7 @@ def create_topics(bootstrap: str, partitions: int, tag: str | None = None,
 
 def start_sidecar(bootstrap: str, bundle: Path, topics: Mapping[str, str], *, batch_size: int | None = None,
                   group: str | None = None, metrics_port: int | None = None,
-                  ready_timeout_s: float = 60) -> tuple[subprocess.Popen, int]:
+                  ready_timeout_s: float = 60, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, int]:
     """Start `fraudscore run` on `topics` and wait until its /readyz answers 200; return it and its metrics port.
 
     A sidecar that is not ready within `ready_timeout_s` is killed and a RuntimeError raised.
@@ -65,7 +67,8 @@ def start_sidecar(bootstrap: str, bundle: Path, topics: Mapping[str, str], *, ba
     args = [exe, "run", "--bundle", str(bundle), "--bootstrap-servers", bootstrap,
             "--input-topic", topics["in"], "--output-topic", topics["out"], "--alerts-topic", topics["alerts"],
             "--dlq-topic", topics["dlq"], "--group-id", group or f"bench-{uuid.uuid4().hex[:6]}",
-            "--metrics-port", str(port), "--log-level", "WARNING", "--input", "features"]
+            "--metrics-port", str(port), "--log-level", "WARNING",
+            *(extra if "--input" in extra else ("--input", "features", *extra))]
     if batch_size is not None:
         args += ["--batch-size", str(batch_size)]
     proc = subprocess.Popen(args)
@@ -112,19 +115,25 @@ def produce(bootstrap: str, topic: str, keys, values, rate: float | None = None,
 
 
 def produce_at_rate(bootstrap: str, topic: str, keys, values, rate: float) -> dict:
-    """Produce at `rate` (Poisson) and return each transaction id's input timestamp in seconds."""
+    """Produce at `rate` (Poisson) and return each transaction id's input timestamp in seconds.
+
+    Only the ids sent here are read back (the topic may hold earlier messages: a backlog, a
+    warm-up), so every latency is measured against its own message."""
+    wanted = {json.loads(v)["TRANSACTION_ID"] for v in values}
     produce(bootstrap, topic, keys, values, rate=rate, poisson_seed=0)
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"ts-{uuid.uuid4().hex[:6]}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([topic])
     sent: dict = {}
     misses = 0
-    while len(sent) < len(values) and misses < 5:
+    while len(sent) < len(wanted) and misses < 5:
         batch = consumer.consume(5000, 1.0)
         misses = misses + 1 if not batch else 0
         for m in batch:
             if m.error() is None:
-                sent[json.loads(m.value())["TRANSACTION_ID"]] = m.timestamp()[1] / 1e3
+                tx = json.loads(m.value())["TRANSACTION_ID"]
+                if tx in wanted:
+                    sent[tx] = m.timestamp()[1] / 1e3
     consumer.close()
     return sent
 

@@ -101,4 +101,61 @@ def run_kafka(config: BenchConfig, bundle: Bundle, say: Callable[[str], None]) -
     results.append({"mode": "kafka-naive", "device": "cpu", "batch_size": 1, "p50_ms": None, "p99_ms": None,
                     "throughput_per_s": naive_rate, "messages": len(ids), "exit_code": done.returncode})
     ratios["kafka_speedup_vs_naive"] = drain / naive_rate if naive_rate else float("nan")
+    if bundle.manifest.feature_spec:
+        results += run_kafka_raw(config, say)
     return results, ratios
+
+
+def run_kafka_raw(config: BenchConfig, say: Callable[[str], None]) -> list[dict]:
+    """Raw mode through the broker: the drain of 30 days of the reference size (transactions
+    and confirmations, 2 input partitions), then the recovery of a second instance that takes
+    over the group: customer windows replayed from the input topic, the terminal table read whole."""
+    import time
+    import urllib.request
+
+    from fraudscore import simulate
+    from fraudscore.data.replay import raw_stream, replay
+
+    from .raw_pipeline import REFERENCE, WARMUP_DAYS
+
+    bootstrap = config.bootstrap_servers
+    table = simulate(**(REFERENCE | {"days": WARMUP_DAYS})).transactions
+    events = raw_stream(table)
+    n = len(table)
+    topics = create_topics(bootstrap, 2, labels=True)
+    say(f"kafka raw drain of {n:,} transactions ({WARMUP_DAYS} days of 5,000 customers)")
+    replay(events, {"bootstrap.servers": bootstrap}, topics["in"], topics["labels"])
+    group = f"bench-raw-{uuid.uuid4().hex[:6]}"
+    extra = ("--input", "raw", "--labels-topic", topics["labels"])
+    proc, _ = start_sidecar(bootstrap, config.bundle, topics, batch_size=config.kafka_batch_size, group=group,
+                            extra=extra, ready_timeout_s=300)
+    try:
+        _, stamps, ids = collect(bootstrap, topics["out"], n, timeout_s=900)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    drain = len(ids) / max(1e-9, (stamps.max() - stamps.min()) / 1e3) if len(ids) > 1 else 0.0
+    say("kafka raw recovery: a second instance restores the state of the first")
+    started = time.monotonic()
+    proc, port = start_sidecar(bootstrap, config.bundle, topics, batch_size=config.kafka_batch_size, group=group,
+                               extra=extra, ready_timeout_s=600)
+    ready_s = time.monotonic() - started
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            metrics = r.read().decode()
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    series = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
+              if line.startswith("fraudscore_state_") and " " in line}
+    return [
+        {"mode": "kafka-raw-drain", "device": "cpu", "batch_size": config.kafka_batch_size, "p50_ms": None,
+         "p99_ms": None, "throughput_per_s": drain, "messages": n, "lost": n - len(set(ids)), "repeats": 1},
+        {"mode": "kafka-raw-restore", "device": "cpu", "batch_size": config.kafka_batch_size, "p50_ms": None,
+         # Transactions of history brought back per second of recovery (start to ready).
+         "p99_ms": None, "throughput_per_s": n / ready_s, "history_days": WARMUP_DAYS, "history_transactions": n,
+         "ready_after_s": ready_s,
+         "customer_restore_s": series.get("fraudscore_state_restore_duration_seconds_sum"),
+         "restored_messages": series.get("fraudscore_state_restored_messages_total"),
+         "state_bytes": {k.split('"')[1]: v for k, v in series.items() if k.startswith("fraudscore_state_bytes{")}},
+    ]

@@ -36,15 +36,15 @@ prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/prome
 prom_pid=$!
 say "Prometheus at http://127.0.0.1:$prom_port (log $work/prometheus.log)"
 
-if [[ ! -f "$work/bundle/manifest.json" ]]; then
+if ! grep -q "\"tie_rule\"" "$work/bundle/manifest.json" 2>/dev/null; then  # none yet, or one from before raw mode
   "$fs" simulate --customers 2000 --terminals 4000 --days 60 --seed 0 --out "$work/tx.parquet"
   "$fs" features --in "$work/tx.parquet" --out "$work/features.parquet"
-  rm -rf "$work/run"
+  rm -rf "$work/run" "$work/bundle"
   "$fs" train --data "$work/features.parquet" --start 2018-05-01 --seed 0 --ensemble 1 --out "$work/run"
   "$fs" export --run "$work/run" --out "$work/bundle"
 fi
 "$fs" evaluate --bundle "$work/bundle" --data "$work/features.parquet" --start 2018-05-01
-.venv/bin/python -m fraudscore.bench.demo --bundle "$work/bundle" --features "$work/features.parquet" \
+.venv/bin/python -m fraudscore.bench.demo --bundle "$work/bundle" --transactions "$work/tx.parquet" \
   --bootstrap-servers "$bootstrap" --rate "${DEMO_RATE:-2000}" --seconds "${DEMO_SECONDS:-20}" --metrics-port "$metrics_port"
 scored=$(curl -s "http://127.0.0.1:$prom_port/api/v1/query?query=sum(max_over_time(fraudscore_transactions_scored_total%5B5m%5D))" | sed -n 's/.*"value":\[[^,]*,"\([^"]*\)".*/\1/p')
 say "Prometheus saw ${scored:-?} transactions scored (query fraudscore_transactions_scored_total at http://127.0.0.1:$prom_port)"

@@ -14,6 +14,7 @@ needs it has it, as investigators' confirmations would be.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,7 +86,8 @@ def replay(events: Events, kafka: dict, input_topic: str, labels_topic: str, *, 
         if err is not None:
             errors.append(err)
 
-    producer = Producer({"linger.ms": 5, "acks": "all", "enable.idempotence": True, "on_delivery": report,
+    producer = Producer({"logger": logging.getLogger("fraudscore.kafka"),  # not librdkafka's raw stderr lines
+                         "linger.ms": 5, "acks": "all", "enable.idempotence": True, "on_delivery": report,
                          "delivery.report.only.error": True, "queue.buffering.max.messages": 1_000_000} | kafka)
     start_wall, start_event = time.monotonic(), int(events.seconds[0]) if len(events) else 0
     chunk = 2_000

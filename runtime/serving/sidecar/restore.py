@@ -73,7 +73,7 @@ def _replay(config: SidecarConfig, reader, partition: int, end: int, state: Cust
     rows, done = 0, False
     while not done:
         values = []
-        for m in reader.consume(num_messages=READ_BATCH, timeout=1.0):
+        for m in reader.consume(num_messages=READ_BATCH, timeout=0.05):
             if m.error() is not None:
                 done = done or (m.error().code() == PARTITION_EOF)  # nothing retained up to `end` is left
             elif m.offset() < end:

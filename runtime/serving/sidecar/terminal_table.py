@@ -81,7 +81,9 @@ class TerminalTable:
             targets[(tp.topic, tp.partition)] = high
         remaining = self._behind(targets)
         while remaining and time.monotonic() < deadline:
-            messages = reader.consume(num_messages=READ_BATCH, timeout=0.05)
+            # A short wait: consume() blocks until READ_BATCH messages or the timeout, and what is
+            # missing is usually a few messages already on their way.
+            messages = reader.consume(num_messages=READ_BATCH, timeout=0.002)
             if messages:
                 self._apply(messages)
             remaining = self._behind(targets, remaining)
