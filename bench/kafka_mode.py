@@ -101,7 +101,7 @@ def run_kafka(config: BenchConfig, bundle: Bundle, say: Callable[[str], None]) -
     results.append({"mode": "kafka-naive", "device": "cpu", "batch_size": 1, "p50_ms": None, "p99_ms": None,
                     "throughput_per_s": naive_rate, "messages": len(ids), "exit_code": done.returncode})
     ratios["kafka_speedup_vs_naive"] = drain / naive_rate if naive_rate else float("nan")
-    if bundle.manifest.feature_spec:
+    if "raw" in config.modes:
         results += run_kafka_raw(config, say)
     return results, ratios
 

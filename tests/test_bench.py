@@ -141,3 +141,16 @@ def test_kafka_mode_reports_drain_rates_and_the_naive_ratio(kafka_bootstrap, sma
         assert r["lost"] == 0 and r["p99_ms"] >= r["p50_ms"] > 0
     assert report["ratios"]["kafka_max_rate_under_slo"] == 600
     assert report["ratios"]["kafka_speedup_vs_naive"] > 1
+
+
+def test_raw_mode_streams_the_reference_size_with_exact_features(small_bundle, tmp_path: Path) -> None:
+    out = tmp_path / "raw.json"
+    done = bench("--bundle", small_bundle, "--mode", "pipeline", "--mode", "raw", "--batch-sizes", "4096",
+                 "--repeats", "1", "--seconds", "0.3", "--json", out, "--quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    (raw,) = [r for r in report["results"] if r["mode"] == "raw"]
+    assert raw["throughput_per_s"] > 0 and raw["p99_ms"] >= raw["p50_ms"]
+    assert raw["parity"]["rows"] >= 4096 and raw["parity"]["max_abs_diff"] == 0.0
+    assert raw["state"]["customers"] == 5000 and raw["state"]["customer_bytes"] > 0 and raw["state"]["terminal_bytes"] > 0
+    assert "raw_overhead.cpu.b4096" in report["ratios"]

@@ -242,3 +242,103 @@ def _wait_for_results(bootstrap: str, topic: str, count: int, timeout_s: float) 
     finally:
         consumer.close()
     raise AssertionError(f"fewer than {count} results on {topic} after {timeout_s} s")
+
+
+def hostile_raw():
+    """Raw transactions broken every way a producer could: fields dropped or retyped, bad
+    times and amounts, JSON that is not JSON, huge and deeply nested values."""
+    from hypothesis import strategies as st
+
+    junk = st.one_of(st.none(), st.booleans(), st.text(max_size=6), st.floats(), st.integers(-(2**70), 2**70),
+                     st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+
+    @st.composite
+    def message(draw) -> tuple[bytes | None, bytes | None]:
+        customer = draw(st.integers(0, 50))
+        doc = {"TRANSACTION_ID": draw(st.integers(0, 10**9)), "CUSTOMER_ID": customer,
+               "TERMINAL_ID": draw(st.integers(0, 80)), "TX_AMOUNT": draw(st.floats(0, 5000)),
+               "TX_DATETIME": f"2018-04-{draw(st.integers(1, 9)):02d} {draw(st.integers(0, 23)):02d}:00:00"}
+        key = draw(st.sampled_from([str(customer).encode(), None, b"", b"other"]))
+        kind = draw(st.sampled_from(["valid"] * 5 + ["drop", "retype", "time", "amount", "bytes", "nested", "huge", "epoch"]))
+        if kind == "drop":
+            for name in draw(st.lists(st.sampled_from(sorted(doc)), min_size=1, max_size=5, unique=True)):
+                doc.pop(name)
+        elif kind == "retype":
+            doc[draw(st.sampled_from(sorted(doc)))] = draw(junk)
+        elif kind == "time":
+            doc["TX_DATETIME"] = draw(st.one_of(st.text(max_size=30), st.sampled_from(
+                ["2018-04-01T10:00:00Z", "2018-04-01 10:00:00+02:00", "2018-02-30 10:00:00", "3018-01-01 00:00:00",
+                 "1960-01-01 00:00:00", "2018-04-01", "2018-04-01T10:00:00.123456"])))
+        elif kind == "amount":
+            return key, json.dumps(doc).replace(json.dumps(doc["TX_AMOUNT"]), draw(st.sampled_from(
+                ["-1", "NaN", "Infinity", "1e400", '"12"', "null", "true"])), 1).encode()
+        elif kind == "epoch":
+            doc["TX_DATETIME"] = draw(st.integers(-(2**40), 2**45))
+        elif kind == "bytes":
+            return key, draw(st.binary(max_size=200))
+        elif kind == "nested":
+            return key, ("[" * 20_000 + "]" * 20_000).encode()
+        elif kind == "huge":
+            return key, json.dumps(doc | {"pad": "x" * 70_000}).encode()
+        return key, json.dumps(doc).encode()
+
+    return message()
+
+
+def test_hostile_raw_messages_and_confirmations_never_stop_the_sidecar(kafka_bootstrap, make_topic, small_bundle) -> None:
+    """Every raw message ends exactly once, scored or dead-lettered with the reason the
+    single-message decoder gives (or `late`); garbage on the labels topic is counted; the
+    sidecar stays up throughout."""
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import strategies as st
+
+    from fraudscore.serving.transactions import decode_transactions
+
+    topics = raw_topics(make_topic, partitions=2)
+    sidecar = raw_sidecar(kafka_bootstrap, small_bundle, topics, "raw-fuzz")
+    sidecar.wait_ready(120)
+    sent: list[tuple[str | None, bytes | None]] = []  # (decoder's reason or None, value)
+    garbage_labels = 0
+
+    @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), database=None,
+              phases=[Phase.explicit, Phase.reuse, Phase.generate])
+    @given(st.lists(hostile_raw(), min_size=20, max_size=80), st.lists(st.binary(max_size=100), max_size=10))
+    def rounds(messages, labels) -> None:
+        nonlocal garbage_labels
+        produce(kafka_bootstrap, topics["in"], [k for k, _ in messages], [v for _, v in messages])
+        produce(kafka_bootstrap, topics["labels"], [b"x"] * len(labels), labels)
+        garbage_labels += len(labels)
+        for _, value in messages:
+            single = decode_transactions([value])
+            sent.append((single.rejections[0].reason if single.rejections else None, value))
+        assert sidecar.proc.poll() is None, sidecar.output()[-3000:]
+
+    rounds()
+    scored = drain(kafka_bootstrap, [topics["out"]], 0, timeout_s=5)
+    dead = drain(kafka_bootstrap, [topics["dlq"]], 0, timeout_s=5)
+    deadline = time.monotonic() + 120
+    while len(scored) + len(dead) < len(sent) and time.monotonic() < deadline:
+        scored = drain(kafka_bootstrap, [topics["out"]], 0, timeout_s=3)
+        dead = drain(kafka_bootstrap, [topics["dlq"]], 0, timeout_s=3)
+    assert sidecar.proc.poll() is None, sidecar.output()[-3000:]
+    assert len(scored) + len(dead) == len(sent), (len(scored), len(dead), len(sent))
+    expected_dead = {}
+    for reason, value in sent:
+        if reason is not None:
+            expected_dead[reason] = expected_dead.get(reason, 0) + 1
+    got_dead: dict = {}
+    for m in dead:
+        reason = dict(m.headers())["fraudscore.reason"].decode()
+        got_dead[reason] = got_dead.get(reason, 0) + 1
+    # Decided by the stream, not the message alone: late rows, and rows whose features or score overflow.
+    late = got_dead.pop("late", 0) + got_dead.pop("non_finite_score", 0) + got_dead.pop("out_of_range", 0)
+    assert got_dead == expected_dead, (got_dead, expected_dead)
+    assert len(scored) + late == sum(1 for reason, _ in sent if reason is None)
+    _, metrics = sidecar.get("/metrics")
+    unreadable = float(next(line.split()[-1] for line in metrics.splitlines()
+                            if line.startswith('fraudscore_labels_total{outcome="unreadable"}')))
+    assert unreadable == garbage_labels
+    code, log = sidecar.stop()
+    assert code == 0, log[-3000:]
+    print(f"\nraw fuzz: {len(sent)} messages, {len(scored)} scored, dead letters {got_dead | {'late and other': late}}, "
+          f"{garbage_labels} garbage confirmations counted; sidecar up throughout")
