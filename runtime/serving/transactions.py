@@ -167,7 +167,8 @@ def _show(value) -> str:
 
 def parse_times(values: list) -> np.ndarray | None:
     """Event times in seconds of a list of TX_DATETIME values, or None if any is invalid."""
-    if all(type(v) is str and len(v) == 19 for v in values):
+    # set(map(...)) runs in C: a generator over 4,096 values would cost ~1 ms a batch.
+    if set(map(type, values)) == {str} and set(map(len, values)) == {19}:
         try:  # the canonical "YYYY-MM-DD HH:MM:SS" (or with "T"), parsed by numpy in C
             seconds = np.array(values, dtype="datetime64[s]").astype(np.int64)
         except ValueError:

@@ -113,8 +113,9 @@ class FeatureState:
         raw = decode_transactions(values, max_message_bytes=self.config.max_message_bytes)
         rejections = list(raw.rejections)
         parts = partitions[raw.index]
-        expected = [str(c).encode() for c in raw.customers.tolist()]
-        mismatched = sum(keys[i] != e for i, e in zip(raw.index.tolist(), expected))
+        # Compared as fixed-width byte strings, in numpy (a per-message Python loop costs ~1 ms a batch).
+        given = np.array([keys[i] or b"" for i in raw.index.tolist()], dtype="S21")
+        mismatched = int((given != raw.customers.astype("S21")).sum()) if len(raw) else 0
         if mismatched:
             self.metrics.key_mismatches.inc(mismatched)
         late = self.late_mask(raw, parts)
