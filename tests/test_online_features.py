@@ -494,3 +494,26 @@ def test_the_usage_examples_in_the_docstrings_run() -> None:
 
     for module in (online, spec):
         assert doctest.testmod(module).failed == 0, module.__name__
+
+
+def test_eviction_is_recorded_and_a_horizon_cap_holds_it_back() -> None:
+    """The sidecar caps the terminal table's eviction at the slowest partition it scores, and
+    reads the table again when a newly assigned partition needs rows past `evicted_through`."""
+    from fraudscore.features.online import TerminalState
+
+    day = 86_400
+    seconds = np.arange(0, 80 * day, 3600, dtype=np.int64)
+    ids = np.arange(len(seconds), dtype=np.int64)
+    free, capped = TerminalState(fold_min_rows=1), TerminalState(fold_min_rows=1)
+    capped.horizon_cap = 1 * day
+    for state in (free, capped):
+        for lo in range(0, len(ids), 100):
+            state.add_transactions(ids[lo:lo + 100], seconds[lo:lo + 100], np.zeros(len(ids[lo:lo + 100]), np.int64))
+        state.evict()
+    assert free.evicted_through == 80 * day - 3600 - free.spec.terminal_reach_s - day
+    assert capped.evicted_through == 1 * day
+    # A query 30 days in still sees its whole window in the capped table only.
+    at = np.array([30 * day + 8 * day], np.int64)
+    want = 24 * 30  # one an hour over the 30-day window ending 7 days before
+    assert capped.features(at, np.zeros(1, np.int64))["TERMINAL_ID_NB_TX_30DAY_WINDOW"].tolist() == [want]
+    assert free.features(at, np.zeros(1, np.int64))["TERMINAL_ID_NB_TX_30DAY_WINDOW"].tolist() != [want]

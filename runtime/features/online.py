@@ -269,6 +269,8 @@ class _Store:
         # table reads every partition, some ahead of the partitions it scores): eviction
         # and label expiry then never pass this event time.
         self.horizon_cap: int | None = None
+        # The latest horizon eviction has applied: rows at or before it may be gone.
+        self.evicted_through: int | None = None
         self._dtype = dtype
         self._directory = _Directory()
         self._origin: int | None = None
@@ -383,6 +385,8 @@ class _Store:
         if horizon is not None and len(main) and main.oldest <= horizon:
             main = main.taken((main.keys & _OFFSET) + self._origin > horizon)
             main.oldest = horizon + 1
+        if horizon is not None:
+            self.evicted_through = horizon if self.evicted_through is None else max(self.evicted_through, horizon)
         # Renumber the mapped slots densely (rows are sorted by slot, mapped ones last),
         # so the id table keeps only ids with rows left.
         tail = int(np.searchsorted(main.keys, _DIRECT << _SHIFT))

@@ -17,8 +17,8 @@ A raw transaction is one JSON object (extra fields ignored):
 Reasons (headers of the dead letter; every problem of a message is named in the detail):
 `empty`, `oversized`, `bad_json`, `not_object` (as in feature mode), `missing_field`,
 `wrong_type` (a string amount, a float id, a boolean...), `bad_time` (not a date-time,
-before 1970, or more than a day ahead of the wall clock), `bad_amount` (negative, NaN or
-infinite).
+before 1970, or more than a day after the message's Kafka timestamp), `bad_amount`
+(negative, NaN, infinite, or above 1e9).
 
 A confirmation on the labels topic is {"TRANSACTION_ID", "TERMINAL_ID", "TX_DATETIME",
 "TX_FRAUD": 1} (CUSTOMER_ID may be there and is not needed); one that cannot be read is
@@ -47,6 +47,9 @@ _INT_FIELDS = ("TRANSACTION_ID", "CUSTOMER_ID", "TERMINAL_ID")
 _MIN_S, _MAX_S = 0, 9_200_000_000  # 1970 .. year 2261: beyond, int64 nanoseconds and most tools overflow
 _INT64 = (-(2**63), 2**63 - 1)
 FUTURE_TOLERANCE_S = 86_400
+MAX_AMOUNT = 1e9
+"""Larger amounts are refused (`bad_amount`): one 1e300 would turn a partition's exact
+integer-cent sums into floats and spoil other customers' means for a month."""
 _UTC = dt.timezone.utc
 
 
@@ -83,13 +86,29 @@ def _raw_decoder() -> msgspec.json.Decoder:
     return msgspec.json.Decoder(RawTransaction)
 
 
-def decode_transactions(values: list[bytes | None], *, max_message_bytes: int = MAX_MESSAGE_BYTES) -> RawBatch:
-    """Decode a batch of raw transaction messages; every input ends as a row or a Rejection."""
-    fast = _decode_clean(values, max_message_bytes)
-    return fast if fast is not None else _decode_any(values, max_message_bytes)
+def decode_transactions(values: list[bytes | None], *, max_message_bytes: int = MAX_MESSAGE_BYTES,
+                        timestamps_ms: np.ndarray | None = None) -> RawBatch:
+    """Decode a batch of raw transaction messages; every input ends as a row or a Rejection.
+
+    `timestamps_ms`: the messages' Kafka timestamps. A TX_DATETIME more than a day after
+    its message's timestamp is `bad_time`; judged against the message rather than the
+    wall clock, so a replay decides as the live run did. Without them, the wall clock."""
+    latest = _latest_times(values, timestamps_ms)
+    fast = _decode_clean(values, max_message_bytes, latest)
+    return fast if fast is not None else _decode_any(values, max_message_bytes, latest)
 
 
-def _decode_clean(values: list, limit: int) -> RawBatch | None:
+def _latest_times(values: list, timestamps_ms: np.ndarray | None) -> np.ndarray:
+    """Per message, the latest acceptable event time in seconds."""
+    if timestamps_ms is None:
+        return np.full(len(values), latest_time(), dtype=np.int64)
+    stamps = np.asarray(timestamps_ms, dtype=np.int64)
+    # A message without a timestamp (<= 0) falls back to the wall clock.
+    wall = latest_time()
+    return np.where(stamps > 0, np.minimum(stamps // 1000 + FUTURE_TOLERANCE_S, _MAX_S), wall)
+
+
+def _decode_clean(values: list, limit: int, latest: np.ndarray) -> RawBatch | None:
     """Every message valid: msgspec checks the types in C and numpy the ranges. None as soon
     as one message is not, and the general path then names each problem."""
     if not values or not all(values) or max(map(len, values)) > limit:
@@ -106,12 +125,12 @@ def _decode_clean(values: list, limit: int) -> RawBatch | None:
         return None
     seconds = parse_times(list(times))
     amount = np.array(amounts, dtype=np.float64)
-    if seconds is None or not (amount >= 0).all() or not np.isfinite(amount).all():
+    if seconds is None or not (seconds <= latest).all() or not ((amount >= 0) & (amount <= MAX_AMOUNT)).all():
         return None
     return RawBatch(np.arange(len(values)), columns[0], seconds, columns[1], columns[2], amount, [])
 
 
-def _decode_any(values: list, limit: int) -> RawBatch:
+def _decode_any(values: list, limit: int, latest: np.ndarray) -> RawBatch:
     keep, rejections = [], []
     rows: list[tuple] = []
     for i, value in enumerate(values):
@@ -119,7 +138,7 @@ def _decode_any(values: list, limit: int) -> RawBatch:
         if type(doc) is _Bad:
             rejections.append(Rejection(i, doc.reason, doc.detail))
             continue
-        row, reason, problems = _check_transaction(doc)
+        row, reason, problems = _check_transaction(doc, int(latest[i]))
         if problems:
             rejections.append(Rejection(i, reason, "; ".join(problems)))
         else:
@@ -133,7 +152,7 @@ def _decode_any(values: list, limit: int) -> RawBatch:
                     customers.astype(np.int64), terminals.astype(np.int64), amounts.astype(np.float64), rejections)
 
 
-def _check_transaction(doc: dict) -> tuple[tuple | None, str, list[str]]:
+def _check_transaction(doc: dict, latest: int) -> tuple[tuple | None, str, list[str]]:
     """(row, reason, problems) of one parsed object; the reason is that of the first problem."""
     problems: list[tuple[str, str]] = []
     missing = [f for f in RAW_FIELDS if f not in doc]
@@ -146,15 +165,15 @@ def _check_transaction(doc: dict) -> tuple[tuple | None, str, list[str]]:
     seconds = None
     if "TX_DATETIME" in doc:
         seconds = parse_time(doc["TX_DATETIME"])
-        if seconds is None:
+        if seconds is None or seconds > latest:
             problems.append(("bad_time", f"TX_DATETIME {_show(doc['TX_DATETIME'])} is not an ISO-8601 date-time "
-                                         "or epoch milliseconds from 1970 to one day ahead of now"))
+                                         "or epoch milliseconds from 1970 to one day after the message's timestamp"))
     amount = doc.get("TX_AMOUNT")
     if "TX_AMOUNT" in doc:
         if type(amount) not in (int, float):
             problems.append(("wrong_type", f"TX_AMOUNT must be a number, got {_show(amount)}"))
-        elif not (0 <= amount < float("inf")):
-            problems.append(("bad_amount", f"TX_AMOUNT {amount!r} must be finite and not negative"))
+        elif not (0 <= amount <= MAX_AMOUNT):
+            problems.append(("bad_amount", f"TX_AMOUNT {amount!r} must be a number from 0 to {MAX_AMOUNT:.0e}"))
     if problems:
         return None, problems[0][0], [p for _, p in problems]
     return (doc["TRANSACTION_ID"], seconds, doc["CUSTOMER_ID"], doc["TERMINAL_ID"], float(amount)), "", []
@@ -178,7 +197,7 @@ def parse_times(values: list) -> np.ndarray | None:
         if any(p is None for p in parsed):
             return None
         seconds = np.array(parsed, dtype=np.int64)
-    if not ((seconds >= _MIN_S) & (seconds <= latest_time())).all():
+    if not ((seconds >= _MIN_S) & (seconds <= _MAX_S)).all():
         return None
     return seconds
 
@@ -197,7 +216,7 @@ def parse_time(value) -> int | None:
         seconds = int(when.timestamp() // 1)
     else:
         return None
-    return seconds if _MIN_S <= seconds <= latest_time() else None
+    return seconds if _MIN_S <= seconds <= _MAX_S else None
 
 
 def latest_time() -> int:
@@ -259,7 +278,7 @@ def raw_json_schema() -> dict:
             },
             "CUSTOMER_ID": {"type": "integer", "minimum": _INT64[0], "maximum": _INT64[1]},
             "TERMINAL_ID": {"type": "integer", "minimum": _INT64[0], "maximum": _INT64[1]},
-            "TX_AMOUNT": {"type": "number", "minimum": 0},
+            "TX_AMOUNT": {"type": "number", "minimum": 0, "maximum": MAX_AMOUNT},
         },
     }
 

@@ -104,6 +104,8 @@ class Sidecar:
         self.metrics.lag.labels(topic, partition).set(lag)
 
     def _on_assign(self, consumer, partitions) -> None:
+        if self.state is not None:  # not ready from the first moment these partitions are ours
+            self.state.restoring |= {p.partition for p in partitions}
         self._assignment |= {(p.topic, p.partition) for p in partitions}
         log.info("assigned %s", sorted(p for _, p in self._assignment))
         if self.state is not None and partitions:
@@ -234,7 +236,8 @@ class Sidecar:
             result = pipeline.score_batch(values)
         else:
             partitions = np.fromiter((msg.partition() for msg in good), np.int64, len(good))
-            decoded, emitted = self.state.decode(values, partitions, [msg.key() for msg in good], pipeline.features)
+            stamps = np.fromiter((msg.timestamp()[1] for msg in good), np.int64, len(good))
+            decoded, emitted = self.state.decode(values, partitions, [msg.key() for msg in good], pipeline.features, stamps)
             result = pipeline.score_decoded(decoded, emitted if self.config.emit_features else None)
         m.inference_seconds.observe(result.inference_seconds)
 

@@ -26,6 +26,8 @@ restoring; restore time, rows and progress are metrics.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from fraudscore.features.online import CustomerState, TerminalState
@@ -37,6 +39,8 @@ from fraudscore.serving.sidecar.terminal_table import TerminalTable
 from fraudscore.serving.decode import FLOAT32_MAX, DecodedBatch, Rejection
 from fraudscore.serving.pipeline import Emitted
 from fraudscore.serving.transactions import RawBatch, decode_transactions
+
+log = logging.getLogger("fraudscore.sidecar")
 
 
 def input_spec(config: SidecarConfig, manifest, current: FeatureSpec | None) -> FeatureSpec | None:
@@ -93,9 +97,26 @@ class FeatureState:
         """Rebuild newly assigned partitions' customer windows from the input topic (not ready meanwhile)."""
         self.restoring |= set(partitions)
         try:
-            self.customers.update(restore_partitions(self.config, consumer, partitions, self.spec, self.metrics))
+            restored = restore_partitions(self.config, consumer, partitions, self.spec, self.metrics)
+            self.customers.update(restored)
+            self._rebuild_terminals_if_needed(restored)
         finally:
             self.restoring -= set(partitions)
+
+    def _rebuild_terminals_if_needed(self, restored: dict[int, CustomerState]) -> None:
+        """A partition taken over from another instance may lag the ones scored here so far:
+        if the terminal table has already evicted rows its next transactions need, the table
+        is read again from the beginning (not ready until it has caught up)."""
+        evicted = self.terminals.evicted_through
+        if evicted is None:
+            return
+        floors = [s.watermark for s in restored.values()]
+        needed = (None if None in floors else min(floors)) if floors else None
+        reach = self.config.allowed_lateness_s + self.spec.terminal_reach_s
+        if needed is None or needed - reach <= evicted:
+            log.info("terminal table: a newly assigned partition needs rows already evicted; reading it again")
+            self.terminals = TerminalState(self.spec, allowed_lateness_s=self.config.allowed_lateness_s)
+            self.table.reset(self.terminals)
 
     def revoke(self, partitions: list[int]) -> None:
         """Forget the customer state of partitions this instance no longer owns."""
@@ -105,12 +126,13 @@ class FeatureState:
 
     # ------------------------------------------------------------- scoring
 
-    def decode(self, values: list, partitions: np.ndarray, keys: list, model_features: tuple[str, ...]) -> tuple[DecodedBatch, Emitted]:
+    def decode(self, values: list, partitions: np.ndarray, keys: list, model_features: tuple[str, ...],
+               timestamps_ms: np.ndarray | None = None) -> tuple[DecodedBatch, Emitted]:
         """Raw messages -> the model's rows (online features, stored first) and the rejections.
 
         `partitions` and `keys` are the messages' Kafka partitions and keys. Late rows are
         rejected (`late`); a row whose feature falls outside float32 is `out_of_range`."""
-        raw = decode_transactions(values, max_message_bytes=self.config.max_message_bytes)
+        raw = decode_transactions(values, max_message_bytes=self.config.max_message_bytes, timestamps_ms=timestamps_ms)
         rejections = list(raw.rejections)
         parts = partitions[raw.index]
         # Compared as fixed-width byte strings, in numpy (a per-message Python loop costs ~1 ms a batch).
@@ -169,7 +191,11 @@ class FeatureState:
                 floors.append(state.watermark)
             elif p in self.table.partition_watermarks:
                 floors.append(None)
-        if not floors or None in floors:
+        if not self.customers:
+            # Nothing scored here: the table keeps its own horizon; a later assignment that
+            # needs older rows has them read again (_rebuild_terminals_if_needed).
+            self.terminals.horizon_cap = None
+        elif not floors or None in floors:
             self.terminals.horizon_cap = np.iinfo(np.int64).min // 4
         else:
             self.terminals.horizon_cap = min(floors) - self.config.allowed_lateness_s - self.spec.terminal_reach_s

@@ -22,6 +22,7 @@ import numpy as np
 from fraudscore.features.online import TerminalState
 from fraudscore.serving.sidecar.clients import common_config
 from fraudscore.serving.sidecar.config import SidecarConfig
+from fraudscore.serving.sidecar.delivery import MAX_KEY_BYTES
 from fraudscore.serving.transactions import decode_labels, decode_transactions
 
 log = logging.getLogger("fraudscore.sidecar")
@@ -61,24 +62,40 @@ class TerminalTable:
             # The end of a partition is signalled: offsets of transaction markers would
             # otherwise keep the position short of the high watermark for ever.
             "enable.partition.eof": True,
-        } | c.kafka)
+        } | c.kafka | {"auto.offset.reset": "earliest"})  # an offset lost to retention: the oldest kept, never the end
         topics = [c.input_topic] + ([c.labels_topic] if c.labels_topic else [])
         metadata = self.reader.list_topics(timeout=c.startup_timeout_s)
         self._reader_partitions = [TopicPartition(t, p, OFFSET_BEGINNING) for t in topics
                                    for p in sorted(metadata.topics[t].partitions)]
         self.reader.assign(self._reader_partitions)
 
+    def reset(self, terminals: TerminalState) -> None:
+        """Read everything again, from the beginning, into `terminals` (a fresh state)."""
+        self.terminals = terminals
+        self.caught_up = False
+        self.partition_watermarks.clear()
+        self._ends.clear()
+        for tp in self._reader_partitions:
+            self.reader.seek(tp)  # tp.offset is OFFSET_BEGINNING
+
     def catch_up(self, timeout_s: float | None = None) -> bool:
         """Read the input and labels topics up to their current high watermarks. True when done."""
         from confluent_kafka import TopicPartition
+
+        from confluent_kafka import KafkaException
 
         c, reader = self.config, self.reader
         t0 = time.monotonic()
         deadline = t0 + (c.drain_timeout_s if timeout_s is None else timeout_s)
         targets = {}
-        for tp in self._reader_partitions:
-            _, high = reader.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=c.startup_timeout_s, cached=False)
-            targets[(tp.topic, tp.partition)] = high
+        try:
+            for tp in self._reader_partitions:
+                _, high = reader.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
+                                                       timeout=c.startup_timeout_s, cached=False)
+                targets[(tp.topic, tp.partition)] = high
+        except KafkaException as exc:  # a leader moving, a broker restarting: try again before the next batch
+            log.warning("terminal table: high watermarks unavailable (%s); retrying before the next batch", exc)
+            return False
         remaining = self._behind(targets)
         while remaining and time.monotonic() < deadline:
             # A short wait: consume() blocks until READ_BATCH messages or the timeout, and what is
@@ -111,16 +128,19 @@ class TerminalTable:
         for m in messages:
             if m.error() is not None and m.error().code() == PARTITION_EOF:
                 self._ends[(m.topic(), m.partition())] = m.offset()
-        tx = [m for m in messages if m.error() is None and m.topic() == c.input_topic]
+        # Keys over the limit are dead-lettered by the scoring path: they are not transactions here either.
+        tx = [m for m in messages if m.error() is None and m.topic() == c.input_topic
+              and len(m.key() or b"") <= MAX_KEY_BYTES]
         labels = [m.value() for m in messages if m.error() is None and m.topic() == c.labels_topic]
         if tx:
-            raw = decode_transactions([m.value() for m in tx], max_message_bytes=c.max_message_bytes)
+            stamps = np.fromiter((m.timestamp()[1] for m in tx), np.int64, len(tx))
+            raw = decode_transactions([m.value() for m in tx], max_message_bytes=c.max_message_bytes, timestamps_ms=stamps)
             if len(raw):
-                self.before_apply()
                 partitions = np.fromiter((tx[i].partition() for i in raw.index.tolist()), np.int64, len(raw))
                 for p in np.unique(partitions).tolist():
                     high = int(raw.seconds[partitions == p].max())
                     self.partition_watermarks[p] = max(self.partition_watermarks.get(p, high), high)
+                self.before_apply()
                 self.terminals.add_transactions(raw.ids, raw.seconds, raw.terminals)
         if labels:
             batch = decode_labels(labels, max_message_bytes=c.max_message_bytes)
