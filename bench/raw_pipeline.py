@@ -22,12 +22,10 @@ WARMUP_DAYS = 30
 REFERENCE = {"customers": 5000, "terminals": 10000, "days": 183, "seed": 0}
 
 
-def raw_stream_values() -> tuple[list[bytes], list[bytes], np.ndarray]:
-    """(keys, raw message values, event seconds) of the reference simulation, in event-time order."""
-    from fraudscore import simulate
+def raw_stream_values(table) -> tuple[list[bytes], list[bytes], np.ndarray]:
+    """(keys, raw message values, event seconds) of `table`'s transactions, in event-time order."""
     from fraudscore.data.replay import raw_stream
 
-    table = simulate(**REFERENCE).transactions
     events = raw_stream(table)
     tx = ~events.is_label
     values = [v for v, t in zip(events.values, tx.tolist()) if t]
@@ -48,8 +46,8 @@ def run_raw_pipeline(config, bundle, say: Callable[[str], None]) -> tuple[list[d
     from .harness import _summarise, _timed_runs
 
     say("raw: simulating the reference size (5,000 customers, 10,000 terminals, 183 days)")
-    keys, values, seconds = raw_stream_values()
     table = simulate(**REFERENCE).transactions
+    keys, values, seconds = raw_stream_values(table)
     offline = baseline_features(table)
     frauds = np.flatnonzero(table["TX_FRAUD"] == 1)
     fraud_seconds = table["TX_DATETIME"].astype("datetime64[s]").astype(np.int64)[frauds]
@@ -67,7 +65,7 @@ def run_raw_pipeline(config, bundle, say: Callable[[str], None]) -> tuple[list[d
         for batch in config.batch_sizes:
             state = FeatureState(sidecar_config, spec, SidecarMetrics())
             history = decode_transactions(values[:warm])
-            state.customer_state(0).add(history.ids, history.seconds, history.customers, history.amounts)
+            state.online.partition(0).add(history.ids, history.seconds, history.customers, history.amounts)
             state.terminals.add_transactions(history.ids, history.seconds, history.terminals)
             state.terminals.add_labels(table["TRANSACTION_ID"][frauds], fraud_seconds, table["TERMINAL_ID"][frauds])
             memory = {"customer_bytes": state.customers[0].nbytes, "terminal_bytes": state.terminals.nbytes,

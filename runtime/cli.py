@@ -327,12 +327,9 @@ def replay(
 
         table = run_simulation(customers=customers, terminals=terminals, days=days,
                                start=parse_date(start, "--start"), seed=seed).transactions
-    kafka = {"bootstrap.servers": bootstrap_servers}
-    for n, item in enumerate(kafka_property or [], 1):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"-X number {n} is not key=value")
-        kafka[key.strip()] = value
+    from fraudscore.serving.sidecar.config import parse_kafka_flags
+
+    kafka = {"bootstrap.servers": bootstrap_servers} | parse_kafka_flags(kafka_property or [])
     events = raw_stream(table, delay_days=delay_days, seed=seed)
     labels = int(events.is_label.sum())
     seconds = run_replay(events, kafka, input_topic, labels_topic, speedup=speedup)

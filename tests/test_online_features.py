@@ -517,3 +517,9 @@ def test_eviction_is_recorded_and_a_horizon_cap_holds_it_back() -> None:
     want = 24 * 30  # one an hour over the 30-day window ending 7 days before
     assert capped.features(at, np.zeros(1, np.int64))["TERMINAL_ID_NB_TX_30DAY_WINDOW"].tolist() == [want]
     assert free.features(at, np.zeros(1, np.int64))["TERMINAL_ID_NB_TX_30DAY_WINDOW"].tolist() != [want]
+
+
+def test_a_batch_with_no_rows_left_gives_an_empty_matrix() -> None:
+    online = OnlineFeatures()
+    empty = np.empty(0, np.int64)
+    assert online.features_of_partitions(empty, empty, empty, empty, empty, np.empty(0)).shape == (0, 15)

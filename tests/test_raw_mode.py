@@ -12,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 from kafka_helpers import EXE, Sidecar, drain, produce
@@ -342,3 +343,44 @@ def test_hostile_raw_messages_and_confirmations_never_stop_the_sidecar(kafka_boo
     assert code == 0, log[-3000:]
     print(f"\nraw fuzz: {len(sent)} messages, {len(scored)} scored, dead letters {got_dead | {'late and other': late}}, "
           f"{garbage_labels} garbage confirmations counted; sidecar up throughout")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_reference_size_three_instances_and_a_kill_match_the_offline_features(kafka_bootstrap, make_topic, small_bundle) -> None:
+    """The handbook's reference size (5,000 customers, 10,000 terminals; 40 days, ~390,000
+    transactions and their confirmations): three instances in one group, one SIGKILLed a
+    third of the way through and restarted; every result equals the offline features and
+    scores (counts exactly, the rest within 1e-6 relative / 1e-5 for scores)."""
+    from fraudscore.serving.bundle import load_bundle
+    from fraudscore.serving.scorer import Scorer
+
+    table = simulate(customers=5000, terminals=10000, days=40, seed=0).transactions
+    offline = baseline_features(table)
+    expected = np.stack([np.asarray(offline[n], np.float64) for n in NAMES], axis=1)  # row = TRANSACTION_ID
+    bundle = load_bundle(small_bundle)
+    scores = Scorer(bundle).score(expected[:, [NAMES.index(f) for f in bundle.features]].astype(np.float32))
+    topics = raw_topics(make_topic)
+    send(kafka_bootstrap, topics, raw_stream(table, seed=5))
+    group = "raw-reference"
+    sidecars = [raw_sidecar(kafka_bootstrap, small_bundle, topics, group) for _ in range(3)]
+    _wait_for_results(kafka_bootstrap, topics["out"], len(table) // 3, timeout_s=300)
+    sidecars[0].proc.send_signal(signal.SIGKILL)
+    sidecars[0].proc.wait(10)
+    sidecars[0] = raw_sidecar(kafka_bootstrap, small_bundle, topics, group)
+    results = drain(kafka_bootstrap, [topics["out"]], len(table), timeout_s=600)
+    for s in sidecars:
+        code, log = s.stop()
+        assert code == 0, log[-3000:]
+    docs = [orjson.loads(m.value()) for m in results]
+    ids = np.array([d["transaction_id"] for d in docs], np.int64)
+    got = np.array([[d["features"][n] for n in NAMES] for d in docs], np.float64)
+    assert set(ids.tolist()) == set(range(len(table))), "transactions without a result"
+    counts = [j for j, n in enumerate(NAMES) if n in COUNT_FEATURES]
+    assert (got[:, counts] == expected[ids][:, counts]).all()
+    relative = np.abs(got - expected[ids]) / np.maximum(1.0, np.abs(expected[ids]))
+    score_error = np.abs(np.array([d["score"] for d in docs]) - scores[ids])
+    assert relative.max() <= 1e-6 and score_error.max() <= 1e-5, (relative.max(), score_error.max())
+    print(f"reference size: {len(table):,} transactions, {len(results):,} results "
+          f"({len(results) - len(table):,} redelivered after the kill); worst relative feature error "
+          f"{relative.max():.2g}, worst score error {score_error.max():.2g}")

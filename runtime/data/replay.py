@@ -30,7 +30,7 @@ SECONDS_PER_DAY = 86_400
 
 @dataclass(frozen=True)
 class Events:
-    """Messages in event-time order: `topic_is_label[i]` says where message i goes."""
+    """Messages in event-time order: `is_label[i]` says whether message i goes to the labels topic."""
 
     seconds: np.ndarray  # int64 event time of each message (a label's: its confirmation time)
     is_label: np.ndarray  # bool

@@ -794,7 +794,29 @@ class OnlineFeatures:
         columns.update(calendar_features(seconds, self.spec))
         columns.update(self.partition(partition).features(ids, seconds, customers, amounts))
         columns.update(self.terminals.add_and_features(ids, seconds, terminals)[1])
-        out = np.empty((len(ids), len(self.spec.names)), np.float64)
+        return self._matrix(columns, len(ids))
+
+    def features_of_partitions(self, partitions: np.ndarray, ids: np.ndarray, seconds: np.ndarray, customers: np.ndarray,
+                               terminals: np.ndarray, amounts: np.ndarray) -> np.ndarray:
+        """Like `features`, for a batch spread over several partitions (`partitions[i]` is row
+        i's), when the terminal state is fed by its own reader (the sidecar's terminal table
+        reads every partition): each partition's customer windows store their rows; the
+        terminal state is only asked."""
+        ids, seconds, customers, terminals, amounts = _columns(amounts, ids=ids, seconds=seconds, customers=customers, terminals=terminals)
+        if not len(ids):  # every row rejected or late
+            return np.empty((0, len(self.spec.names)), np.float64)
+        columns: dict[str, np.ndarray] = {"TX_AMOUNT": amounts}
+        columns.update(calendar_features(seconds, self.spec))
+        columns.update(self.terminals.features(seconds, terminals))
+        partitions = np.asarray(partitions, dtype=np.int64)
+        for p in np.unique(partitions).tolist():
+            rows = np.flatnonzero(partitions == p)
+            for name, values in self.partition(p).features(ids[rows], seconds[rows], customers[rows], amounts[rows]).items():
+                columns.setdefault(name, np.empty(len(ids), values.dtype))[rows] = values
+        return self._matrix(columns, len(ids))
+
+    def _matrix(self, columns: dict[str, np.ndarray], n: int) -> np.ndarray:
+        out = np.empty((n, len(self.spec.names)), np.float64)
         for j, name in enumerate(self.spec.names):
             out[:, j] = columns[name]
         return out

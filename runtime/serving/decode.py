@@ -72,7 +72,9 @@ class DecodedBatch:
         return len(self.index)
 
 
-class _Bad:
+class BadMessage:
+    """Why a message is not a JSON object (`parse_object`), before any field is looked at."""
+
     __slots__ = ("reason", "detail")
 
     def __init__(self, reason: str, detail: str):
@@ -80,17 +82,19 @@ class _Bad:
         self.detail = detail
 
 
-def _parse(value: bytes | None, limit: int):
+def parse_object(value: bytes | None, limit: int):
+    """The message as a dict, or a BadMessage (empty, oversized, bad_json, not_object). Shared by
+    feature-mode and raw-mode decoding."""
     if not value:
-        return _Bad("empty", "message value is empty")
+        return BadMessage("empty", "message value is empty")
     if len(value) > limit:
-        return _Bad("oversized", f"message is {len(value)} bytes, limit {limit}")
+        return BadMessage("oversized", f"message is {len(value)} bytes, limit {limit}")
     try:
         doc = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        return _Bad("bad_json", str(exc)[:200])
+        return BadMessage("bad_json", str(exc)[:200])
     if type(doc) is not dict:
-        return _Bad("not_object", f"JSON {type(doc).__name__}, expected an object")
+        return BadMessage("not_object", f"JSON {type(doc).__name__}, expected an object")
     return doc
 
 
@@ -143,8 +147,8 @@ def _decode_clean_batch(values, features, id_field: str, limit: int) -> DecodedB
 
 
 def _decode_any_batch(values, features, id_field: str, max_message_bytes: int) -> DecodedBatch:
-    parsed = [_parse(v, max_message_bytes) for v in values]
-    bad: dict[int, _Bad] = {i: p for i, p in enumerate(parsed) if type(p) is _Bad}
+    parsed = [parse_object(v, max_message_bytes) for v in values]
+    bad: dict[int, BadMessage] = {i: p for i, p in enumerate(parsed) if type(p) is BadMessage}
     docs = [p if type(p) is dict else None for p in parsed]
 
     alive = np.array([d is not None for d in docs], dtype=bool)
@@ -152,12 +156,12 @@ def _decode_any_batch(values, features, id_field: str, max_message_bytes: int) -
     for i in np.flatnonzero(alive):
         value = ids[i]
         if value is _MISSING:
-            bad[i] = _Bad("missing_field", f"missing field {id_field}")
+            bad[i] = BadMessage("missing_field", f"missing field {id_field}")
         elif type(value) is str:
             if len(value) > MAX_ID_CHARS:
-                bad[i] = _Bad("oversized_field", f"{id_field} is {len(value)} characters, limit {MAX_ID_CHARS}")
+                bad[i] = BadMessage("oversized_field", f"{id_field} is {len(value)} characters, limit {MAX_ID_CHARS}")
         elif type(value) is not int:
-            bad[i] = _Bad("wrong_type", f"{id_field} must be a string or an integer, got {type(value).__name__}")
+            bad[i] = BadMessage("wrong_type", f"{id_field} must be a string or an integer, got {type(value).__name__}")
     alive[list(bad)] = False
 
     matrix = np.zeros((len(values), len(features)), dtype=np.float32)
@@ -172,9 +176,9 @@ def _decode_any_batch(values, features, id_field: str, max_message_bytes: int) -
                 if kind is float or kind is int:
                     continue
                 if value is _MISSING:
-                    bad[i] = _Bad("missing_field", f"missing field {name}")
+                    bad[i] = BadMessage("missing_field", f"missing field {name}")
                 else:
-                    bad[i] = _Bad("wrong_type", f"{name} must be a number, got {type(value).__name__}")
+                    bad[i] = BadMessage("wrong_type", f"{name} must be a number, got {type(value).__name__}")
                 alive[i] = False
                 column[i] = 0.0
             for i in np.flatnonzero(~alive):
@@ -185,7 +189,7 @@ def _decode_any_batch(values, features, id_field: str, max_message_bytes: int) -
             as_double = np.array([float(v) if abs(v) < 1e308 else float("inf") for v in column])
         out = ~(np.abs(as_double) <= FLOAT32_MAX) & alive  # catches NaN too
         for i in np.flatnonzero(out):
-            bad[i] = _Bad("out_of_range", f"{name} = {column[i]!r} is not a finite float32")
+            bad[i] = BadMessage("out_of_range", f"{name} = {column[i]!r} is not a finite float32")
         alive &= ~out
         matrix[:, j] = np.where(alive, as_double, 0.0)
 
@@ -197,8 +201,8 @@ def _decode_any_batch(values, features, id_field: str, max_message_bytes: int) -
 def decode_one(value: bytes | None, features: tuple[str, ...] | list[str], *, id_field: str = ID_FIELD,
                max_message_bytes: int = MAX_MESSAGE_BYTES) -> tuple[object, np.ndarray] | Rejection:
     """The reference: one message at a time, written for clarity. Tests hold decode_batch to it."""
-    p = _parse(value, max_message_bytes)
-    if type(p) is _Bad:
+    p = parse_object(value, max_message_bytes)
+    if type(p) is BadMessage:
         return Rejection(0, p.reason, p.detail)
     if id_field not in p:
         return Rejection(0, "missing_field", f"missing field {id_field}")

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import msgspec
 import numpy as np
 
-from fraudscore.serving.decode import MAX_MESSAGE_BYTES, Rejection, _Bad, _parse
+from fraudscore.serving.decode import MAX_MESSAGE_BYTES, BadMessage, Rejection, parse_object
 
 RAW_REASONS = ("bad_time", "bad_amount", "late")
 """Dead-letter reasons of raw mode besides decode.REASONS; `late`: older than the partition's newest
@@ -134,8 +134,8 @@ def _decode_any(values: list, limit: int, latest: np.ndarray) -> RawBatch:
     keep, rejections = [], []
     rows: list[tuple] = []
     for i, value in enumerate(values):
-        doc = _parse(value, limit)
-        if type(doc) is _Bad:
+        doc = parse_object(value, limit)
+        if type(doc) is BadMessage:
             rejections.append(Rejection(i, doc.reason, doc.detail))
             continue
         row, reason, problems = _check_transaction(doc, int(latest[i]))
@@ -241,8 +241,8 @@ def decode_labels(values: list[bytes | None], *, max_message_bytes: int = MAX_ME
     ids, seconds, terminals = [], [], []
     unreadable = genuine = 0
     for value in values:
-        doc = _parse(value, max_message_bytes)
-        if type(doc) is _Bad or any(f not in doc for f in LABEL_FIELDS):
+        doc = parse_object(value, max_message_bytes)
+        if type(doc) is BadMessage or any(f not in doc for f in LABEL_FIELDS):
             unreadable += 1
             continue
         when = parse_time(doc["TX_DATETIME"])

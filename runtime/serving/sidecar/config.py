@@ -72,11 +72,7 @@ class SidecarConfig:
         if properties_file:
             kafka.update(read_properties_file(properties_file))
         kafka.update(kafka_environment(os.environ if environ is None else environ))
-        for n, item in enumerate(kafka_flags or [], 1):
-            key, sep, value = item.partition("=")
-            if not sep or not key.strip():  # the value is not echoed: it may be a secret
-                raise UsageError(f"-X number {n} is not key=value (e.g. -X security.protocol=SASL_SSL)")
-            kafka[key.strip()] = value
+        kafka.update(parse_kafka_flags(kafka_flags or []))
         settings.update({k: v for k, v in flags.items() if v is not None})
         if "bundle" in settings:
             settings["bundle"] = Path(settings["bundle"])
@@ -130,6 +126,17 @@ class SidecarConfig:
 
     def redacted_kafka(self) -> dict[str, str]:
         return {k: ("***" if any(m in k.lower() for m in SECRET_MARKERS) else v) for k, v in self.kafka.items()}
+
+
+def parse_kafka_flags(items: list[str]) -> dict[str, str]:
+    """`-X key=value` flags as librdkafka properties; an error names the flag's position, never its value."""
+    out = {}
+    for n, item in enumerate(items, 1):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():  # the value is not echoed: it may be a secret
+            raise UsageError(f"-X number {n} is not key=value (e.g. -X security.protocol=SASL_SSL)")
+        out[key.strip()] = value
+    return out
 
 
 def kafka_environment(environ: Mapping[str, str]) -> dict[str, str]:

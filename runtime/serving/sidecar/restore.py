@@ -125,6 +125,7 @@ def _replay(config: SidecarConfig, reader, partition: int, end: int, state: Cust
     reader.unassign()
     return rows
 
+
 def late_in_order(seconds: np.ndarray, watermark: int | None, lateness_s: int) -> np.ndarray:
     """Row i is late when it is more than `lateness_s` older than the newest of the watermark
     and rows 0..i-1."""

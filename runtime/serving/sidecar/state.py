@@ -30,9 +30,8 @@ import logging
 
 import numpy as np
 
-from fraudscore.features.online import CustomerState, TerminalState
+from fraudscore.features.online import CustomerState, OnlineFeatures, TerminalState
 from fraudscore.features.spec import FeatureSpec
-from fraudscore.features.windows import calendar_features
 from fraudscore.serving.sidecar.config import SidecarConfig
 from fraudscore.serving.sidecar.restore import late_in_order, restore_partitions
 from fraudscore.serving.sidecar.terminal_table import TerminalTable
@@ -79,11 +78,20 @@ class FeatureState:
         self.config = config
         self.spec = spec
         self.metrics = metrics
-        self.customers: dict[int, CustomerState] = {}
-        self.terminals = TerminalState(spec, allowed_lateness_s=config.allowed_lateness_s)
+        self.online = OnlineFeatures(spec, allowed_lateness_s=config.allowed_lateness_s)
         self.table = TerminalTable(config, self.terminals, metrics)
         self.table.before_apply = self._cap_terminal_horizon
         self.restoring: set[int] = set()
+
+    @property
+    def customers(self) -> dict[int, CustomerState]:
+        """Customer windows by assigned input partition."""
+        return self.online.customers
+
+    @property
+    def terminals(self) -> TerminalState:
+        """The terminal table's state: every partition's transactions and the confirmations."""
+        return self.online.terminals
 
     def start(self) -> None:
         """Start reading the terminal table: every partition of the input and labels topics, from the beginning."""
@@ -115,13 +123,13 @@ class FeatureState:
         reach = self.config.allowed_lateness_s + self.spec.terminal_reach_s
         if needed is None or needed - reach <= evicted:
             log.info("terminal table: a newly assigned partition needs rows already evicted; reading it again")
-            self.terminals = TerminalState(self.spec, allowed_lateness_s=self.config.allowed_lateness_s)
+            self.online.terminals = TerminalState(self.spec, allowed_lateness_s=self.config.allowed_lateness_s)
             self.table.reset(self.terminals)
 
     def revoke(self, partitions: list[int]) -> None:
         """Forget the customer state of partitions this instance no longer owns."""
         for p in partitions:
-            self.customers.pop(p, None)
+            self.online.drop_partition(p)
             self.restoring.discard(p)
 
     # ------------------------------------------------------------- scoring
@@ -165,19 +173,12 @@ class FeatureState:
         late = np.zeros(len(raw.seconds), bool)
         for p in np.unique(partitions).tolist():
             rows = np.flatnonzero(partitions == p)
-            state = self.customer_state(p)
+            state = self.online.partition(p)
             late[rows] = late_in_order(raw.seconds[rows], state.watermark, self.config.allowed_lateness_s)
             if late[rows].any():
                 # A redelivery (a rewound batch) was on time the first time: it is scored again.
                 late[rows] &= ~state.stored_mask(raw.ids[rows], raw.seconds[rows], raw.customers[rows])
         return late
-
-    def customer_state(self, partition: int) -> CustomerState:
-        """The customer windows of `partition` (restored on assignment; empty if never restored)."""
-        state = self.customers.get(partition)
-        if state is None:  # assigned without a restore (should not happen): an empty history
-            state = self.customers[partition] = CustomerState(self.spec, allowed_lateness_s=self.config.allowed_lateness_s)
-        return state
 
     def _cap_terminal_horizon(self) -> None:
         """Keep in the terminal table everything the partitions this instance scores can still ask for.
@@ -202,21 +203,8 @@ class FeatureState:
 
     def features(self, raw: RawBatch, partitions: np.ndarray) -> np.ndarray:
         """float64 rows x spec.names for the batch's (on-time) transactions; stores them first."""
-        out = np.empty((len(raw), len(self.spec.names)), np.float64)
         self._cap_terminal_horizon()
-        columns: dict[str, np.ndarray] = {"TX_AMOUNT": raw.amounts}
-        columns.update(calendar_features(raw.seconds, self.spec))
-        columns.update(self.terminals.features(raw.seconds, raw.terminals))
-        for j, name in enumerate(self.spec.names):
-            if name in columns:
-                out[:, j] = columns[name]
-        for p in np.unique(partitions).tolist():
-            rows = np.flatnonzero(partitions == p)
-            customer = self.customer_state(p).features(raw.ids[rows], raw.seconds[rows], raw.customers[rows], raw.amounts[rows])
-            for j, name in enumerate(self.spec.names):
-                if name in customer:
-                    out[rows, j] = customer[name]
-        return out
+        return self.online.features_of_partitions(partitions, raw.ids, raw.seconds, raw.customers, raw.terminals, raw.amounts)
 
     def ready(self) -> bool:
         """The terminal table has caught up once and no partition is restoring."""
@@ -229,10 +217,6 @@ class FeatureState:
         metrics.state_bytes.labels("customer").set(customer_bytes)
         metrics.state_rows.labels("terminal").set(len(self.terminals))
         metrics.state_rows.labels("customer").set(sum(len(state) for state in self.customers.values()))
-
-    @property
-    def nbytes(self) -> int:
-        return self.terminals.nbytes + sum(s.nbytes for s in self.customers.values())
 
     def close(self) -> None:
         self.table.close()
