@@ -15,7 +15,7 @@ import pytest
 from fraudscore import add_baseline_features, simulate, write_table
 from fraudscore.data.loadgen import transaction_messages
 from fraudscore.serving.bundle import load_bundle
-from kafka_helpers import EXE, LOCAL_KAFKA, STARTED, OwnBroker, four_topics, free_port
+from kafka_helpers import EXE, LOCAL_KAFKA, STARTED, OwnBroker, client, four_topics, free_port
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +49,9 @@ def make_topic(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Iterator
     """Create fresh, uniquely named topics for one test; delete them afterwards."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    # client(): librdkafka's lines (e.g. "%6|...|BGQUEUE|...Purging 1 unserved events" when the
+    # client is destroyed) go to Python logging, not straight to the terminal.
+    admin = AdminClient(client(kafka_bootstrap))
     created: list[str] = []
 
     def make(partitions: int = 1, prefix: str | None = None) -> str:

@@ -52,9 +52,14 @@ fetch() {
   log "resolving Apache Kafka $kafka_version from Maven Central into $jars"
   rm -rf "$jars"
   mkdir -p "$jars"
-  mvn -q -B -f "$here/pom.xml" dependency:copy-dependencies \
-    -DincludeScope=runtime -DoutputDirectory="$jars" >&2 \
-    || die "mvn could not resolve Kafka $kafka_version (see the output above)"
+  # Maven's output goes to a log, shown (without terminal escape codes, which Maven 3.8
+  # writes even in batch mode) only when it fails.
+  local mvn_log="$cache/kafka-$kafka_version/mvn.log"
+  if ! mvn -q -B --no-transfer-progress -Dstyle.color=never -f "$here/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$jars" >"$mvn_log" 2>&1; then
+    sed 's/\x1b\[[0-9;]*[A-Za-z]//g' "$mvn_log" | tail -n 30 >&2
+    die "mvn could not resolve Kafka $kafka_version (see the output above, all of it in $mvn_log)"
+  fi
   touch "$jars/.complete"
   log "$(ls "$jars"/*.jar | wc -l) jars in $jars"
 }

@@ -60,8 +60,38 @@ class RepeatFilter(logging.Filter):
         return True
 
 
+class ExpectedAtStartup(logging.Filter):
+    """Lowers to INFO, and explains, what librdkafka warns about while a broker that started
+    moments ago still loads its group and transaction coordinators ("Coordinator load in
+    progress": librdkafka retries, and the sidecar waits). Only in the first `window_s` after
+    the filter is installed; later the same line is a WARNING again, since a coordinator
+    that stays unavailable is a broker problem.
+
+        logging.getLogger("fraudscore.kafka").addFilter(ExpectedAtStartup(60.0))
+    """
+
+    EXPECTED = ("Coordinator load in progress",)
+    WHY = "expected while a freshly started broker loads its coordinators; librdkafka retries"
+
+    def __init__(self, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self.clock = clock
+        self.until = clock() + window_s
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and self.clock() < self.until:
+            text = record.getMessage()
+            if any(e in text for e in self.EXPECTED):
+                record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+                record.msg, record.args = f"{text} ({self.WHY})", ()
+                return logging.getLogger(record.name).isEnabledFor(logging.INFO)  # --log-level warning hides it
+        return True
+
+
 def quiet_repeats() -> None:
-    """Install the RepeatFilter on librdkafka's logger once per process."""
+    """Install the RepeatFilter and ExpectedAtStartup on librdkafka's logger once per process."""
+    if not any(isinstance(f, ExpectedAtStartup) for f in kafka_log.filters):
+        kafka_log.addFilter(ExpectedAtStartup())  # first: a lowered line is not counted as a warning repeat
     if not any(isinstance(f, RepeatFilter) for f in kafka_log.filters):
         kafka_log.addFilter(RepeatFilter())
 
