@@ -5,12 +5,14 @@ Broker, sidecar and load generator share the machine.
     topics = create_topics(bootstrap, partitions=2)
     produce(bootstrap, topics["in"], keys, values)
     proc, port = start_sidecar(bootstrap, bundle_dir, topics, batch_size=4096)
-    arrival, stamps, ids = collect(bootstrap, topics["out"], len(values), timeout_s=60)
+    results = collect(bootstrap, topics["out"], len(values), timeout_s=60)
+    latency_s = streamed_latencies(sent_at, results)   # sent_at: produce_at_rate's {id: input time}
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -19,11 +21,13 @@ import urllib.request
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+KAFKA_LOG = logging.getLogger("fraudscore.kafka")  # librdkafka's lines via logging, never raw on stderr
 ROLES = ("in", "out", "alerts", "dlq")  # input, scores, alerts, dead letters: the keys of a topics dict
 
 
@@ -46,7 +50,7 @@ def create_topics(bootstrap: str, partitions: int, tag: str | None = None,
     roles = ROLES + (("labels",) if labels else ())
     bases = {role: f"bench-{role}" for role in roles} | dict(names or {})
     topics = {role: f"{bases[role]}-{tag}" for role in roles}
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": KAFKA_LOG})
     futures = admin.create_topics([NewTopic(name, num_partitions=partitions if role == "in" else 1, replication_factor=1)
                                    for role, name in topics.items()])
     for future in futures.values():
@@ -87,7 +91,7 @@ def start_sidecar(bootstrap: str, bundle: Path, topics: Mapping[str, str], *, ba
 
 def produce(bootstrap: str, topic: str, keys, values, rate: float | None = None, poisson_seed: int | None = None) -> None:
     """Produce as fast as possible, or at `rate` a second: evenly spaced, or Poisson arrivals with a seed."""
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1 if rate else 5, "batch.num.messages": 10000,
+    producer = Producer({"bootstrap.servers": bootstrap, "logger": KAFKA_LOG, "linger.ms": 1 if rate else 5, "batch.num.messages": 10000,
                          "queue.buffering.max.messages": 2_000_000})
     # Learn the topic's partitions and leaders before the clock starts: otherwise the first
     # messages wait for metadata and that wait is counted as latency.
@@ -117,13 +121,15 @@ def produce(bootstrap: str, topic: str, keys, values, rate: float | None = None,
 def produce_at_rate(bootstrap: str, topic: str, keys, values, rate: float) -> dict:
     """Produce at `rate` (Poisson) and return each transaction id's input timestamp in seconds.
 
-    Only the ids sent here are read back (the topic may hold earlier messages: a backlog, a
-    warm-up), so every latency is measured against its own message."""
+    The timestamps are read back from the topic, from where it ended before the first send,
+    and only for the ids sent here: earlier messages (a history, a backlog, a warm-up) are
+    never taken for these, so every latency is measured against its own message."""
     wanted = {json.loads(v)["TRANSACTION_ID"] for v in values}
+    start = end_offsets(bootstrap, topic)
     produce(bootstrap, topic, keys, values, rate=rate, poisson_seed=0)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"ts-{uuid.uuid4().hex[:6]}",
+    consumer = Consumer({"bootstrap.servers": bootstrap, "logger": KAFKA_LOG, "group.id": f"ts-{uuid.uuid4().hex[:6]}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([topic])
+    consumer.assign(start)
     sent: dict = {}
     misses = 0
     while len(sent) < len(wanted) and misses < 5:
@@ -138,12 +144,41 @@ def produce_at_rate(bootstrap: str, topic: str, keys, values, rate: float) -> di
     return sent
 
 
-def collect(bootstrap: str, topic: str, expected: int, timeout_s: float) -> tuple[np.ndarray, np.ndarray, list]:
-    """(arrival seconds, result timestamps ms, transaction ids) of `expected` results."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-reader-{uuid.uuid4().hex[:6]}",
+class Results(NamedTuple):
+    """Result messages as a reader saw them, in arrival order (duplicates kept)."""
+
+    arrival: np.ndarray  # seconds (time.time()) when the reader got each result
+    stamps: np.ndarray  # each result message's Kafka timestamp, ms
+    ids: list  # each result's transaction_id
+    alerts: np.ndarray  # each result's decision == "alert"
+
+
+def end_offsets(bootstrap: str, topic: str) -> list[TopicPartition]:
+    """Every partition of `topic` at its current end: where a reader of only what comes next starts."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "logger": KAFKA_LOG, "group.id": f"ends-{uuid.uuid4().hex[:6]}",
+                         "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        out = []
+        for p in sorted(partitions):
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+            out.append(TopicPartition(topic, p, high))
+        return out
+    finally:
+        consumer.close()
+
+
+def collect(bootstrap: str, topic: str, expected: int, timeout_s: float,
+            start: list[TopicPartition] | None = None) -> Results:
+    """The first `expected` results on `topic` (fewer if `timeout_s` passes first), read from its
+    beginning, or from `start` (end_offsets taken earlier) to skip what was there before."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "logger": KAFKA_LOG, "group.id": f"bench-reader-{uuid.uuid4().hex[:6]}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False, "fetch.wait.max.ms": 5})
-    consumer.subscribe([topic])
-    arrival, stamps, ids = [], [], []
+    if start is None:
+        consumer.subscribe([topic])
+    else:
+        consumer.assign(start)
+    arrival, stamps, ids, alerts = [], [], [], []
     deadline = time.monotonic() + timeout_s
     while len(ids) < expected and time.monotonic() < deadline:
         # A short timeout: arrival is stamped per returned batch, so a long wait to fill a
@@ -152,8 +187,21 @@ def collect(bootstrap: str, topic: str, expected: int, timeout_s: float) -> tupl
         now = time.time()
         for m in batch:
             if m.error() is None:
+                result = json.loads(m.value())
                 arrival.append(now)
                 stamps.append(m.timestamp()[1])
-                ids.append(json.loads(m.value())["transaction_id"])
+                ids.append(result["transaction_id"])
+                alerts.append(result.get("decision") == "alert")
     consumer.close()
-    return np.array(arrival), np.array(stamps, dtype=np.float64), ids
+    return Results(np.array(arrival), np.array(stamps, dtype=np.float64), ids, np.array(alerts, dtype=bool))
+
+
+def streamed_latencies(sent_at: Mapping, results: Results) -> dict:
+    """{transaction id: seconds from its input timestamp to the first arrival of its result}, for
+    exactly the ids of `sent_at`: results of anything else on the topic (a history, a backlog, a
+    warm-up) are left out, and a redelivered result counts at its first arrival."""
+    out: dict = {}
+    for arrived, tx in zip(results.arrival.tolist(), results.ids):
+        if tx in sent_at and tx not in out:
+            out[tx] = arrived - sent_at[tx]
+    return out

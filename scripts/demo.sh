@@ -44,8 +44,13 @@ if ! grep -q "\"tie_rule\"" "$work/bundle/manifest.json" 2>/dev/null; then  # no
   "$fs" export --run "$work/run" --out "$work/bundle"
 fi
 "$fs" evaluate --bundle "$work/bundle" --data "$work/features.parquet" --start 2018-05-01
+
+# Fresh topics for each run, created as a user would create theirs (docs/sidecar.md#topics).
+tag="$(date +%Y%m%d-%H%M%S)"
+topics=(--input-topic "tx-in-$tag" --labels-topic "tx-labels-$tag" --output-topic "tx-scores-$tag"
+        --alerts-topic "tx-alerts-$tag" --dlq-topic "tx-dlq-$tag")
+"$fs" topics create --bootstrap-servers "$bootstrap" "${topics[@]}" --partitions 2
 .venv/bin/python -m fraudscore.bench.demo --bundle "$work/bundle" --transactions "$work/tx.parquet" \
-  --bootstrap-servers "$bootstrap" --rate "${DEMO_RATE:-2000}" --seconds "${DEMO_SECONDS:-20}" --metrics-port "$metrics_port"
-scored=$(curl -s "http://127.0.0.1:$prom_port/api/v1/query?query=sum(max_over_time(fraudscore_transactions_scored_total%5B5m%5D))" | sed -n 's/.*"value":\[[^,]*,"\([^"]*\)".*/\1/p')
-say "Prometheus saw ${scored:-?} transactions scored (query fraudscore_transactions_scored_total at http://127.0.0.1:$prom_port)"
+  --bootstrap-servers "$bootstrap" "${topics[@]}" --rate "${DEMO_RATE:-2000}" --seconds "${DEMO_SECONDS:-20}" \
+  --metrics-port "$metrics_port" --prometheus-url "http://127.0.0.1:$prom_port"
 say "done in $((SECONDS - t0)) s; files in $work"

@@ -45,6 +45,7 @@ class SidecarConfig:
     poll_timeout_s: float = 0.005
     device: str = "cpu"
     threads: int = 1
+    workers: int = 1
     exactly_once: bool = False
     transactional_id: str = ""
     offset_reset: str = "earliest"
@@ -67,13 +68,8 @@ class SidecarConfig:
                      properties_file: Path | None = None, kafka_flags: list[str] | None = None,
                      environ: Mapping[str, str] | None = None) -> SidecarConfig:
         """Flags (None = not given) over the TOML file over defaults; Kafka properties as above."""
-        settings = read_config_file(config_file) if config_file else {}
-        kafka = {str(k): str(v) for k, v in settings.pop("kafka", {}).items()}
-        if properties_file:
-            kafka.update(read_properties_file(properties_file))
-        kafka.update(kafka_environment(os.environ if environ is None else environ))
-        kafka.update(parse_kafka_flags(kafka_flags or []))
-        settings.update({k: v for k, v in flags.items() if v is not None})
+        settings, kafka = read_sources(flags, config_file=config_file, properties_file=properties_file,
+                                       kafka_flags=kafka_flags, environ=environ)
         if "bundle" in settings:
             settings["bundle"] = Path(settings["bundle"])
         missing = [k for k in REQUIRED if not settings.get(k)]
@@ -94,6 +90,11 @@ class SidecarConfig:
             raise UsageError("--offset-reset must be earliest or latest")
         if self.batch_size < 1 or self.threads < 1:
             raise UsageError("--batch-size and --threads must be positive")
+        if not 1 <= self.workers <= 256:
+            raise UsageError(f"--workers must be from 1 to 256, got {self.workers} (one a core is the usual choice)")
+        if self.workers > 1 and self.metrics_port and self.metrics_port + self.workers > 65535:
+            raise UsageError(f"--workers {self.workers} need ports {self.metrics_port}..{self.metrics_port + self.workers}: "
+                             "lower --metrics-port")
         if len(set(self.topics)) < len(self.topics):
             raise UsageError("input, output, alerts, dead-letter (and labels) topics must all be different topics")
         if self.input_mode not in ("", "raw", "features"):
@@ -126,6 +127,24 @@ class SidecarConfig:
 
     def redacted_kafka(self) -> dict[str, str]:
         return {k: ("***" if any(m in k.lower() for m in SECRET_MARKERS) else v) for k, v in self.kafka.items()}
+
+
+def read_sources(flags: Mapping[str, Any], *, config_file: Path | None = None, properties_file: Path | None = None,
+                 kafka_flags: list[str] | None = None,
+                 environ: Mapping[str, str] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """(settings, librdkafka properties) in the sidecar's precedence: flags (None = not given)
+    over the TOML file; -X over FRAUDSCORE_KAFKA_* over the properties file over [kafka].
+
+    Shared by `fraudscore run` (SidecarConfig.from_sources) and `fraudscore topics create`,
+    so both read the same flags, variables and files the same way."""
+    settings = read_config_file(config_file) if config_file else {}
+    kafka = {str(k): str(v) for k, v in settings.pop("kafka", {}).items()}
+    if properties_file:
+        kafka.update(read_properties_file(properties_file))
+    kafka.update(kafka_environment(os.environ if environ is None else environ))
+    kafka.update(parse_kafka_flags(kafka_flags or []))
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    return settings, kafka
 
 
 def parse_kafka_flags(items: list[str]) -> dict[str, str]:
