@@ -24,7 +24,7 @@ import yaml
 from fraudscore import add_baseline_features, simulate
 from fraudscore.serving.bundle import load_bundle
 from fraudscore.data.loadgen import transaction_messages
-from kafka_helpers import EXE, ROOT, free_port
+from kafka_helpers import EXE, ROOT, client, free_port
 
 pytestmark = pytest.mark.kafka
 PROMETHEUS = shutil.which("prometheus")
@@ -110,7 +110,7 @@ def test_alert_rate_spike_reaches_the_webhook(kafka_bootstrap, small_bundle, mak
 
         from confluent_kafka import Producer
 
-        producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 5})
+        producer = Producer(client(kafka_bootstrap) | {"linger.ms": 5})
 
         def stream(values, seconds: float, rate: int = 100) -> None:
             for i in range(int(seconds * rate)):
@@ -131,7 +131,7 @@ def test_alert_rate_spike_reaches_the_webhook(kafka_bootstrap, small_bundle, mak
         assert fired, f"no FraudscoreAlertRateSpike at the webhook; got {[a['labels'] for b in received for a in b['alerts']]}"
         alert = fired[0]
         assert alert["labels"]["severity"] == "critical"
-        assert alert["annotations"]["runbook_url"] == "docs/operations.md#fraudscorealertratespike"
+        assert alert["annotations"]["runbook_url"] == "https://github.com/fraudscore/fraudscore/blob/main/docs/operations.md#fraudscorealertratespike"
     finally:
         for proc in reversed(procs):
             proc.terminate()

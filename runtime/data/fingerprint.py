@@ -2,7 +2,11 @@
 
 A fingerprint holds the sha256 of the input file, the row count, the positive rate and,
 per feature, decile edges and the share of training rows in each decile bin. The
-runtime compares live traffic with those shares (population stability index, PSI).
+runtime counts live traffic into those bins and Prometheus compares the window's shares
+with the training shares (population stability index, PSI; `fraudscore.serving.drift`).
+
+A score reference (`score_reference`) is the model's own scale: mean and quantiles of its
+scores on the validation day(s), which the score-shift alert compares live scores with.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 QUANTILES = tuple(i / 10 for i in range(11))
+SCORE_QUANTILES = (0.5, 0.9, 0.99)
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -49,3 +54,19 @@ def fingerprint(matrix: np.ndarray, labels: np.ndarray, features: list[str], sou
         out["source"] = str(source)
         out["sha256"] = file_sha256(source)
     return out
+
+
+def score_reference(scores: np.ndarray) -> dict:
+    """A model's score scale: the mean and the p50/p90/p99 of its scores on held-out rows, and their count.
+
+    An MLP's mean score is ~0.01, an autoencoder's reconstruction error is in its own units:
+    a score-shift bound is only meaningful relative to this."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    scores = scores[np.isfinite(scores)]
+    if not len(scores):
+        return {}
+    return {
+        "rows": int(len(scores)),
+        "mean": float(scores.mean()),
+        "quantiles": {f"{q:g}": float(v) for q, v in zip(SCORE_QUANTILES, np.quantile(scores, SCORE_QUANTILES))},
+    }

@@ -54,6 +54,14 @@ class Manifest:
     # inputs are features the runtime can compute from raw transactions; {} otherwise.
     feature_spec: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def score_reference(self) -> dict[str, Any]:
+        """The model's score scale on its validation day(s) (`fraudscore.data.fingerprint.score_reference`):
+        {"rows", "mean", "quantiles": {"0.5", "0.9", "0.99"}}; {} for a bundle exported before it was
+        recorded (the score-shift alert then stays silent)."""
+        reference = self.metrics.get("validation", {}).get("score_reference") if isinstance(self.metrics, dict) else None
+        return dict(reference) if isinstance(reference, dict) else {}
+
     def to_json(self) -> dict[str, Any]:
         return {
             "schema_version": self.schema_version,

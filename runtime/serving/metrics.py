@@ -4,7 +4,8 @@ Conventions: `fraudscore_` prefix, seconds, `_total` counters, histograms (never
 summaries) so that p99 aggregates across instances. Latency buckets include the SLO
 boundaries (5, 10, 25, 50, 100 ms). Per-message histograms (end-to-end latency, score)
 are updated a batch at a time with numpy (`BatchHistogram`), which costs no Python per
-message.
+message. Feature drift is counted the same way (`FeatureBins`): every scored row into the
+training fingerprint's bins, PSI computed by Prometheus over a window (rules.yml).
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from fraudscore.serving.decode import REASONS
-from fraudscore.serving.drift import psi
+from fraudscore.serving.drift import DriftBaseline, bin_counts, drift_baselines
+from fraudscore.serving.manifest import Manifest
 from fraudscore.serving.transactions import LABEL_OUTCOMES, RAW_REASONS
 
-DRIFT_MIN_ROWS = 500  # PSI of a smaller batch says nothing
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_SIZE_BUCKETS = (1, 8, 32, 128, 512, 1024, 2048, 4096, 8192, 16384)
 SCORE_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0, 2.0, 5.0, 10.0, 100.0)
@@ -63,6 +64,60 @@ class BatchHistogram:
         return [HistogramMetricFamily(self.name, self.documentation)]
 
 
+class FeatureBins:
+    """Scored rows counted into each feature's training bins, and the training share of each bin.
+
+    `fraudscore_feature_bin_total{feature, bin}` (counter) and
+    `fraudscore_feature_training_share{feature, bin}` (gauge), `bin` "0".."n" as in
+    `DriftBaseline`. At most 13 features x 10 bins: ~130 series of each. A new model with other
+    bin edges restarts the counts at zero (a counter reset, which rate/increase handle).
+
+        bins = FeatureBins(registry)
+        bins.set_baselines(drift_baselines(manifest.features, manifest.fingerprint))
+        bins.observe(result.matrix)  # one np.bincount per feature
+    """
+
+    def __init__(self, registry: CollectorRegistry):
+        self._baselines: list[DriftBaseline] = []
+        self._counts: list[np.ndarray] = []
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def set_baselines(self, baselines: list[DriftBaseline]) -> None:
+        def key(bs: list[DriftBaseline]) -> list:
+            return [(b.column, b.feature, b.edges.tolist(), b.shares.tolist()) for b in bs]
+
+        with self._lock:
+            if key(baselines) != key(self._baselines):
+                self._baselines = list(baselines)
+                self._counts = [np.zeros(len(b.shares), dtype=np.int64) for b in baselines]
+
+    def observe(self, matrix: np.ndarray) -> None:
+        if not len(matrix) or not self._baselines:
+            return
+        with self._lock:
+            for baseline, counts in zip(self._baselines, self._counts):
+                counts += bin_counts(matrix[:, baseline.column], baseline.edges)
+
+    def collect(self):
+        counter = CounterMetricFamily("fraudscore_feature_bin", "Scored rows whose feature value fell in each bin of "
+                                      "the training fingerprint (drift; PSI is computed by the recording rules).",
+                                      labels=["feature", "bin"])
+        share = GaugeMetricFamily("fraudscore_feature_training_share", "Share of the training rows in each bin of "
+                                  "the training fingerprint (the drift baseline of the model served).",
+                                  labels=["feature", "bin"])
+        with self._lock:
+            for baseline, counts in zip(self._baselines, self._counts):
+                for i, (count, train) in enumerate(zip(counts.tolist(), baseline.shares.tolist())):
+                    counter.add_metric([baseline.feature, str(i)], count)
+                    share.add_metric([baseline.feature, str(i)], train)
+        yield counter
+        yield share
+
+    def describe(self):
+        return []
+
+
 class SidecarMetrics:
     """Every series the sidecar exports, in one registry."""
 
@@ -98,9 +153,18 @@ class SidecarMetrics:
         self.reloads = Counter("fraudscore_model_reloads", "Model reload attempts, by result.", ["result"], registry=r)
         for result in ("success", "failure"):
             self.reloads.labels(result)
-        self.feature_psi = Gauge("fraudscore_feature_psi",
-                                 "Population stability index of each feature against the training fingerprint.",
-                                 ["feature"], registry=r)
+        self.feature_bins = FeatureBins(r)
+        # The score-shift alert compares live scores with the model's own scale (docs/operations.md).
+        self.score_reference = Gauge(
+            "fraudscore_model_score_reference", "The served model's scores on its validation day(s): mean, p50, p90, "
+            "p99 (absent for a bundle exported without them).", ["statistic"], registry=r)
+        self.scores_compared = Counter(
+            "fraudscore_score_reference_compared", "Scores compared with the served model's validation quantiles "
+            "(none while the bundle has no score reference).", registry=r)
+        self.scores_above_reference = Counter(
+            "fraudscore_score_above_reference", "Scores at or above the served model's validation quantile "
+            "(p50, p90, p99: 50 %, 10 %, 1 % of scores when nothing shifted).", ["reference"], registry=r)
+        self._reference_quantiles: list[tuple[str, float]] = []
         self.ready = Gauge("fraudscore_ready", "1 when the model is loaded, partitions are assigned and feature state is restored.", registry=r)
         # Raw input mode: the online feature state (docs/raw-transactions.md).
         self.labels = Counter("fraudscore_labels", "Fraud confirmations read from the labels topic, by outcome.",
@@ -124,9 +188,9 @@ class SidecarMetrics:
                                 ["kind"], registry=r)
         self.assigned_partitions = Gauge("fraudscore_assigned_partitions", "Input partitions assigned.", registry=r)
 
-    def observe_batch(self, messages: list, result, reasons: list[str], drift_baselines: list) -> None:
+    def observe_batch(self, messages: list, result, reasons: list[str]) -> None:
         """A delivered batch: end-to-end latency from each input's Kafka timestamp, counts,
-        dead letters by reason, scores, and feature drift (PSI) of batches large enough."""
+        dead letters by reason, scores, and its feature values counted into the training bins."""
         now_ms = time.time() * 1e3
         stamps = np.fromiter((msg.timestamp()[1] for msg in messages), dtype=np.float64, count=len(messages))
         self.end_to_end_seconds.observe_many(np.maximum(now_ms - stamps[stamps > 0], 0) / 1e3)
@@ -135,13 +199,26 @@ class SidecarMetrics:
         for reason in reasons:
             self.dead_letters.labels(reason).inc()
         self.scores.observe_many(result.scores)
-        if len(result.index) >= DRIFT_MIN_ROWS:
-            for j, name, shares, edges in drift_baselines:
-                self.feature_psi.labels(name).set(psi(shares, result.matrix[:, j], edges))
+        if self._reference_quantiles and len(result.scores):
+            self.scores_compared.inc(len(result.scores))
+            for name, value in self._reference_quantiles:
+                self.scores_above_reference.labels(name).inc(int(np.count_nonzero(result.scores >= value)))
+        self.feature_bins.observe(result.matrix)
 
-    def set_model(self, version: str, sha256: str, kind: str) -> None:
+    def set_model(self, manifest: Manifest) -> None:
+        """The model now served: its info series, drift baselines and score reference."""
         self.model_info.clear()
-        self.model_info.labels(version, sha256, kind).set(1)
+        self.model_info.labels(manifest.model_version, manifest.model_sha256, manifest.model_kind).set(1)
+        self.feature_bins.set_baselines(drift_baselines(manifest.features, manifest.fingerprint))
+        self.score_reference.clear()
+        reference = manifest.score_reference
+        quantiles = [(f"p{round(float(q) * 100):d}", float(v)) for q, v in reference.get("quantiles", {}).items()]
+        if reference:
+            self.score_reference.labels("mean").set(float(reference["mean"]))
+        for name, value in quantiles:
+            self.score_reference.labels(name).set(value)
+            self.scores_above_reference.labels(name)  # the series exists from the start, at 0
+        self._reference_quantiles = quantiles
 
 
 class HealthServer:

@@ -60,12 +60,6 @@ class Pipeline:
         self.model_version = manifest.model_version
         self.max_message_bytes = max_message_bytes
         self._version_json = orjson.dumps(self.model_version).decode()
-        profiles = manifest.fingerprint.get("features", {})
-        # (column, feature, training bin shares, bin edges) for the PSI drift metric.
-        self.drift_baselines = [
-            (j, name, np.array(profiles[name]["bin_shares"]), np.array(profiles[name]["bin_edges"]))
-            for j, name in enumerate(self.features) if name in profiles
-        ]
 
     def score_batch(self, values: list[bytes | None]) -> BatchResult:
         """Decode message values, score the good ones in one call, encode the results."""
