@@ -24,10 +24,12 @@ def bench(
     bundle: Annotated[Path, typer.Option("--bundle", "-b", help="Bundle directory to measure.")],
     mode: Annotated[Optional[list[str]], typer.Option("--mode", help="model, pipeline (feature mode), raw (raw mode: online features at the reference size) or kafka; repeat for several [default: model and pipeline].")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the versioned report (docs/bench.md) here.")] = None,
-    gate: Annotated[Optional[Path], typer.Option(help="Bounds to enforce (TOML or YAML); exit 1 when one fails.")] = None,
-    baseline: Annotated[Optional[Path], typer.Option(help="Earlier report for the gate's relative bounds.")] = None,
-    pushgateway: Annotated[Optional[str], typer.Option(help="Push fraudscore_bench_* metrics to this Pushgateway URL.")] = None,
+    gate: Annotated[Optional[Path], typer.Option(help="Bounds to enforce (TOML or YAML, checked strictly); exit 1 when one fails.")] = None,
+    baseline: Annotated[Optional[Path], typer.Option(help="Earlier report for the gate's relative bounds; without it they are skipped with a notice.")] = None,
+    pushgateway: Annotated[Optional[str], typer.Option(help="Push fraudscore_bench_* metrics to this Pushgateway URL (group job/run_id/commit).")] = None,
     prom_file: Annotated[Optional[Path], typer.Option(help="Write the metrics in text format for a node-exporter textfile collector.")] = None,
+    run_id: Annotated[Optional[str], typer.Option(help="Name of this run in the report and metrics [default: the CI's run id, else local-HOST-TIME].")] = None,
+    commit: Annotated[Optional[str], typer.Option(help="Commit measured [default: the CI's commit, else git rev-parse HEAD].")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write latency and throughput against batch size as a PNG (matplotlib).")] = None,
     bootstrap_servers: Annotated[Optional[str], typer.Option(help="Broker for --mode kafka.")] = None,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes of the model/pipeline sweep.")] = "1,8,64,512,4096",
@@ -40,17 +42,21 @@ def bench(
     kafka_rate_seconds: Annotated[float, typer.Option(min=1, help="Seconds of each fixed-rate run.")] = 8.0,
     naive_messages: Annotated[int, typer.Option(min=10, help="Messages for the naive per-message reference.")] = 5_000,
     kafka_repeats: Annotated[int, typer.Option(min=1, help="Repeats of each Kafka drain and rate run (median and spread).")] = 1,
+    kafka_workers: Annotated[str, typer.Option(help="Comma-separated worker counts: the same backlog drained by `fraudscore run --workers N` for each, repeats interleaved (e.g. 1,2); the rate sweep uses the first.")] = "1",
     slo_ms: Annotated[float, typer.Option(help="p99 latency objective for the highest sustainable rate.")] = 50.0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no table; only the gate's verdict.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no results table; only the gate's table and verdict.")] = False,
 ) -> None:
     """Measure p50/p99 latency and throughput (model, pipeline, Kafka); export them; gate CI on them.
 
-    Exit codes: 0 measured (and every gate bound held), 1 a gate bound failed, 2 usage error.
+    The results table, the gate's table and its verdict go to stdout; progress to stderr.
+    Exit codes: 0 measured (and every checked gate bound held), 1 a gate bound failed, 2 usage error.
     """
     import json
 
-    from fraudscore.bench.gate import check, format_outcomes, load_gate, load_report
-    from fraudscore.bench.harness import BenchConfig, format_table, run_bench
+    from fraudscore.bench.gate import (baseline_problem, check, format_outcomes, load_gate, load_report,
+                                       require_checked_bounds, verdict)
+    from fraudscore.bench.harness import SCHEMA, BenchConfig, format_table, run_bench
+    from fraudscore.bench.provenance import run_identity
 
     from fraudscore.progress import progress_wanted
 
@@ -60,15 +66,20 @@ def bench(
         raise UsageError(f"--mode {', '.join(sorted(unknown))}: choose model, pipeline, raw or kafka")
     bounds = load_gate(gate) if gate else None
     base = load_report(baseline) if baseline else None
+    if bounds is not None:
+        # Before measuring: a gate that would check nothing must not pass silently.
+        require_checked_bounds(bounds, baseline_problem(base, SCHEMA), str(gate))
+    run = run_identity(run_id, commit)
     config = BenchConfig(
         bundle=bundle, modes=modes, batch_sizes=int_list(batch_sizes, "--batch-sizes"),
         devices=tuple(device or ("cpu",)), threads=threads, repeats=repeats, seconds=seconds,
         bootstrap_servers=bootstrap_servers, kafka_messages=kafka_messages,
         kafka_rates=tuple(float(r) for r in kafka_rates.split(",") if r.strip()), kafka_rate_seconds=kafka_rate_seconds,
         naive_messages=naive_messages, slo_ms=slo_ms, kafka_repeats=kafka_repeats,
+        kafka_workers=int_list(kafka_workers, "--kafka-workers"),
     )
     talk = not quiet and progress_wanted()
-    report = run_bench(config, say=(lambda m: say(f"bench: {m}")) if talk else (lambda m: None))
+    report = run_bench(config, say=(lambda m: say(f"bench: {m}")) if talk else (lambda m: None), run=run)
     if not quiet:
         typer.echo(format_table(report))
     if json_path:
@@ -93,8 +104,9 @@ def bench(
     if bounds is not None:
         outcomes = check(report, bounds, base)
         typer.echo(format_outcomes(outcomes))
-        failed = [o for o in outcomes if not o.ok]
-        if failed:
-            say(f"gate: {len(failed)} of {len(outcomes)} bounds failed")
+        if all(o.status == "SKIP" for o in outcomes):
+            raise UsageError(f"--gate {gate}: no bound was checked (every one skipped, see the table); "
+                             "add an absolute or ratio bound, or pass a --baseline of this report's schema")
+        typer.echo(verdict(outcomes))
+        if not all(o.ok for o in outcomes):
             raise typer.Exit(1)
-        say(f"gate: all {len(outcomes)} bounds hold")

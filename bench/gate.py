@@ -1,54 +1,115 @@
 """The CI gate: bounds on a bench report, absolute, relative to a baseline report, or on same-run ratios.
 
-A gate file is TOML (or YAML, with PyYAML installed) holding a list `bound`:
+A gate file is TOML (or YAML, with PyYAML installed) holding a list `bound` and nothing else:
 
 ```toml
-[[bound]]                      # absolute
-mode = "model"                 # selects the result: mode, batch_size, device (default cpu)
+[[bound]]                      # a case bound, absolute
+mode = "model"                 # selects the result: mode, batch_size, device (default cpu), variant (default fp32)
 batch_size = 1024
 metric = "p99_ms"              # p50_ms, p99_ms or throughput_per_s
 max = 2.0                      # and/or min
 
-[[bound]]                      # relative to --baseline REPORT.json
+[[bound]]                      # a case bound relative to --baseline REPORT.json
 mode = "pipeline"
 batch_size = 1024
-metric = "p99_ms"
-max_increase = 0.15            # may rise at most 15 % (max_decrease for throughput)
+metric = "throughput_per_s"
+max_decrease = 0.6             # may fall at most 60 % below the baseline (max_increase: rise at most)
 
 [[bound]]                      # a same-run ratio from the report's "ratios"
 ratio = "pipeline_overhead.cpu.b1024"
-max = 12.0
+max = 40.0                     # and/or min
 ```
 
-Ratios measured within one run (pipeline overhead over the model, speed-up over the
-naive loop) are robust on shared machines; absolute and relative bounds need headroom.
-Exit codes of `fraudscore bench --gate`: 0 all bounds hold, 1 a bound failed, 2 a usage
-error (unreadable gate file, a bound that selects nothing, a relative bound without a
-baseline).
+The file is checked strictly before anything is measured: an unknown key (a typo such as
+`maximum` or `max_increse`), a bound without a limit, a wrong type, or a gate in which no
+bound would be checked is a usage error (exit 2) naming the key and the valid ones.
+
+Without `--baseline`, relative bounds are skipped with a notice (the first CI run has no
+baseline yet); so are those whose case the baseline lacks or whose baseline has another
+report schema. A gate in which every bound is skipped is a usage error.
+
+What each kind of bound can catch is in docs/bench.md ("What each bound catches"): in short,
+same-run ratios catch a slowdown of the pipeline around the model and are blind to one that
+slows the model and the pipeline alike; absolute and relative bounds catch both but need
+headroom beyond the run-to-run noise of the machine.
+
+Exit codes of `fraudscore bench --gate`: 0 every checked bound holds, 1 a bound failed,
+2 a usage error.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from fraudscore.errors import UsageError
 
 METRICS = ("p50_ms", "p99_ms", "throughput_per_s")
+CASE_KEYS = ("mode", "batch_size", "device", "variant", "metric", "min", "max", "max_increase", "max_decrease")
+RATIO_KEYS = ("ratio", "min", "max")
+TOP_KEYS = ("bound",)
+
+
+@dataclass(frozen=True)
+class Bound:
+    """One validated `[[bound]]`: a same-run `ratio`, or a case (mode, batch_size, device, variant) and `metric`."""
+
+    ratio: str | None = None
+    mode: str | None = None
+    batch_size: int | None = None
+    device: str = "cpu"
+    variant: str = "fp32"
+    metric: str | None = None
+    min: float | None = None
+    max: float | None = None
+    max_increase: float | None = None
+    max_decrease: float | None = None
+
+    @property
+    def label(self) -> str:
+        if self.ratio is not None:
+            return f"ratio {self.ratio}"
+        variant = "" if self.variant == "fp32" else f" {self.variant}"
+        return f"{self.mode} b{self.batch_size} {self.device}{variant} {self.metric}"
+
+    @property
+    def is_relative(self) -> bool:
+        return self.max_increase is not None or self.max_decrease is not None
+
+    @property
+    def is_absolute(self) -> bool:
+        return self.min is not None or self.max is not None
 
 
 @dataclass(frozen=True)
 class Outcome:
+    """One checked (or skipped) limit of a bound.
+
+    `headroom` is the single "how close" figure of the table: the distance from the measured
+    value to the limit as a fraction of the limit, positive inside the limit, negative beyond
+    it ((max - measured) / max for an upper limit, (measured - min) / min for a lower one; for
+    a relative bound the limit is the baseline's value moved by the allowed change).
+    """
+
     bound: str
-    measured: float
-    limit: str
-    ok: bool
-    margin: str
-    spread: str
+    status: str  # PASS, FAIL or SKIP
+    measured: float | None = None
+    limit: str = ""
+    headroom: float | None = None
+    spread: str = ""
+    baseline: str = ""
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "FAIL"
 
 
-def load_gate(path: Path) -> list[dict]:
+def load_gate(path: Path) -> list[Bound]:
+    """Read and validate a gate file; every mistake is a UsageError that says how to fix it."""
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -58,7 +119,10 @@ def load_gate(path: Path) -> list[dict]:
             import yaml
         except ImportError:
             raise UsageError("--gate: YAML needs PyYAML (pip install pyyaml), or write the gate as TOML") from None
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise UsageError(f"--gate {path}: not valid YAML ({exc})") from None
     else:
         import tomllib
 
@@ -66,79 +130,185 @@ def load_gate(path: Path) -> list[dict]:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise UsageError(f"--gate {path}: not valid TOML ({exc})") from None
-    bounds = (data or {}).get("bound")
+    return parse_gate(data, str(path))
+
+
+def parse_gate(data: object, where: str = "gate") -> list[Bound]:
+    """Validate the parsed gate document `data` (a mapping with a list `bound`)."""
+    if not isinstance(data, dict):
+        raise UsageError(f"--gate {where}: expected a list of [[bound]] tables")
+    for key in data:
+        _known(key, TOP_KEYS, f"--gate {where}: unknown top-level key", "valid top-level keys")
+    bounds = data.get("bound")
     if not isinstance(bounds, list) or not bounds:
-        raise UsageError(f"--gate {path}: expected a list of [[bound]] tables")
-    return bounds
+        raise UsageError(f"--gate {where}: expected a list of [[bound]] tables (none found)")
+    return [_parse_bound(b, f"--gate {where}: bound {i}") for i, b in enumerate(bounds, 1)]
 
 
-def _select(report: dict, bound: dict, source: str) -> dict:
-    matches = [r for r in report["results"] if r["mode"] == bound.get("mode")
-               and r["batch_size"] == bound.get("batch_size") and r.get("device", "cpu") == bound.get("device", "cpu")]
-    if not matches:
-        raise UsageError(f"gate bound {bound} selects no result in the {source} report; "
-                         "check mode, batch_size and device against the report")
-    return matches[0]
+def _parse_bound(raw: object, where: str) -> Bound:
+    if not isinstance(raw, dict):
+        raise UsageError(f"{where}: expected a table of keys, got {raw!r}")
+    ratio = "ratio" in raw
+    valid = RATIO_KEYS if ratio else CASE_KEYS
+    kind = "a ratio bound" if ratio else "a case bound"
+    for key in raw:
+        _known(key, valid, f"{where}: unknown key", f"valid keys for {kind}")
+    limits = {k: _number(raw[k], f"{where}: {k}") for k in ("min", "max", "max_increase", "max_decrease") if k in raw}
+    if not limits:
+        raise UsageError(f"{where}: no limit; give {'min and/or max' if ratio else 'min, max, max_increase or max_decrease'}")
+    for key in ("max_increase", "max_decrease"):
+        if key in limits and limits[key] < 0:
+            raise UsageError(f"{where}: {key} = {limits[key]:g} is negative; give the allowed change as a fraction (0.5 = 50 %)")
+    if "min" in limits and "max" in limits and limits["min"] > limits["max"]:
+        raise UsageError(f"{where}: min {limits['min']:g} is above max {limits['max']:g}")
+    if ratio:
+        if not isinstance(raw["ratio"], str) or not raw["ratio"]:
+            raise UsageError(f"{where}: ratio must be a ratio's name from the report, e.g. \"pipeline_overhead.cpu.b512\"")
+        return Bound(ratio=raw["ratio"], **limits)
+    for key in ("mode", "batch_size", "metric"):
+        if key not in raw:
+            raise UsageError(f"{where}: missing {key}; a case bound needs mode, batch_size and metric (or is a ratio bound)")
+    if raw["metric"] not in METRICS:
+        raise UsageError(f"{where}: metric {raw['metric']!r} is not one of {', '.join(METRICS)}")
+    if not isinstance(raw["batch_size"], int) or isinstance(raw["batch_size"], bool):
+        raise UsageError(f"{where}: batch_size must be a whole number, got {raw['batch_size']!r}")
+    for key in ("mode", "device", "variant"):
+        if key in raw and not isinstance(raw[key], str):
+            raise UsageError(f"{where}: {key} must be a string, got {raw[key]!r}")
+    return Bound(mode=raw["mode"], batch_size=raw["batch_size"], device=raw.get("device", "cpu"),
+                 variant=raw.get("variant", "fp32"), metric=raw["metric"], **limits)
 
 
-def check(report: dict, bounds: list[dict], baseline: dict | None) -> list[Outcome]:
-    outcomes = []
+def _known(key: object, valid: tuple[str, ...], message: str, listing: str) -> None:
+    if key in valid:
+        return
+    close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise UsageError(f"{message} {key!r}{hint}; {listing}: {', '.join(valid)}")
+
+
+def _number(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UsageError(f"{where} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def baseline_problem(baseline: dict | None, schema: str) -> str | None:
+    """Why the baseline cannot serve relative bounds (None when it can)."""
+    if baseline is None:
+        return "no --baseline given"
+    if baseline.get("schema") != schema:
+        return f"the baseline's schema is {baseline.get('schema')!r}, this run's {schema!r}: figures not comparable"
+    return None
+
+
+def require_checked_bounds(bounds: list[Bound], baseline_issue: str | None, where: str) -> None:
+    """A usage error when no bound of the gate would be checked (every one relative, and no usable baseline)."""
+    if baseline_issue and not any(b.ratio is not None or b.is_absolute for b in bounds):
+        raise UsageError(f"--gate {where}: no bound would be checked: all {len(bounds)} are relative and "
+                         f"{baseline_issue}; pass --baseline REPORT.json or add an absolute or ratio bound")
+
+
+def check(report: dict, bounds: list[Bound], baseline: dict | None) -> list[Outcome]:
+    """Every limit of every bound against `report` (and `baseline` for relative limits)."""
+    outcomes: list[Outcome] = []
+    base_issue = baseline_problem(baseline, report.get("schema", ""))
     for bound in bounds:
-        if "ratio" in bound:
-            name = bound["ratio"]
-            if name not in report.get("ratios", {}):
-                raise UsageError(f"gate ratio {name!r} is not in the report (has: {', '.join(report.get('ratios', {}))})")
-            value = float(report["ratios"][name])
-            outcomes.append(_absolute(f"ratio {name}", value, bound, ""))
+        if bound.ratio is not None:
+            ratios = report.get("ratios", {})
+            if bound.ratio not in ratios:
+                raise UsageError(f"gate ratio {bound.ratio!r} is not in the report (it has: {', '.join(ratios) or 'none'}); "
+                                 "check the name, the modes and the batch sizes measured")
+            outcomes.append(_absolute(bound, float(ratios[bound.ratio]), ""))
             continue
-        metric = bound.get("metric")
-        if metric not in METRICS:
-            raise UsageError(f"gate bound {bound}: metric must be one of {', '.join(METRICS)}")
-        result = _select(report, bound, "current")
-        value = result.get(metric)
+        result = _select(report, bound)
+        if result is None:
+            raise UsageError(f"gate bound {bound.label!r} selects no result in the report; "
+                             "check mode, batch_size, device and variant against --mode, --batch-sizes and --device")
+        value = result.get(bound.metric)
         if value is None:
-            raise UsageError(f"gate bound {bound}: the report has no {metric} for that case")
-        spread = result.get("spread", {}).get(metric)
-        spread_text = f"{spread[0]:.4g}-{spread[1]:.4g}" if spread else ""
-        label = f"{bound['mode']} b{bound['batch_size']} {bound.get('device', 'cpu')} {metric}"
-        if "min" in bound or "max" in bound:
-            outcomes.append(_absolute(label, float(value), bound, spread_text))
-        for key in ("max_increase", "max_decrease"):
-            if key in bound:
-                if baseline is None:
-                    raise UsageError(f"gate bound {bound} is relative: pass --baseline REPORT.json")
-                base = float(_select(baseline, bound, "baseline")[metric])
-                change = (float(value) - base) / base
-                ok = change <= bound[key] if key == "max_increase" else -change <= bound[key]
-                limit = f"{'+' if key == 'max_increase' else '-'}{bound[key]:.0%} of {base:.4g}"
-                outcomes.append(Outcome(label + " vs baseline", float(value), limit, ok, f"{change:+.1%}", spread_text))
+            raise UsageError(f"gate bound {bound.label!r}: the report has no {bound.metric} for that case")
+        spread = result.get("spread", {}).get(bound.metric)
+        spread_text = f"{_fmt(spread[0])}-{_fmt(spread[1])}" if spread else ""
+        if bound.is_absolute:
+            outcomes.append(_absolute(bound, float(value), spread_text))
+        if bound.is_relative:
+            outcomes += _relative(bound, float(value), spread_text, baseline, base_issue)
     return outcomes
 
 
-def _absolute(label: str, value: float, bound: dict, spread: str) -> Outcome:
-    ok, parts, margin = True, [], ""
-    if "max" in bound:
-        ok &= value <= bound["max"]
-        parts.append(f"<= {bound['max']:g}")
-        margin = f"{(value - bound['max']) / bound['max']:+.1%}"
-    if "min" in bound:
-        ok &= value >= bound["min"]
-        parts.append(f">= {bound['min']:g}")
-        margin = margin or f"{(value - bound['min']) / bound['min']:+.1%}"
-    return Outcome(label, value, " and ".join(parts), ok, margin, spread)
+def _select(report: dict, bound: Bound) -> dict | None:
+    return next((r for r in report.get("results", []) if r["mode"] == bound.mode and r["batch_size"] == bound.batch_size
+                 and r.get("device", "cpu") == bound.device and r.get("variant", "fp32") == bound.variant), None)
+
+
+def _headroom(value: float, limit: float, upper: bool) -> float:
+    scale = abs(limit) or 1.0
+    return (limit - value) / scale if upper else (value - limit) / scale
+
+
+def _absolute(bound: Bound, value: float, spread: str) -> Outcome:
+    checks = [(bound.max, True), (bound.min, False)]
+    room = [_headroom(value, limit, upper) for limit, upper in checks if limit is not None]
+    parts = [f"{'<=' if upper else '>='} {_fmt(limit)}" for limit, upper in checks if limit is not None]
+    worst = min(room)
+    return Outcome(bound.label, "PASS" if worst >= 0 else "FAIL", value, " and ".join(parts), worst, spread)
+
+
+def _relative(bound: Bound, value: float, spread: str, baseline: dict | None, issue: str | None) -> list[Outcome]:
+    label = f"{bound.label} vs baseline"
+    if issue is None:
+        base_row = _select(baseline, bound)
+        if base_row is None or base_row.get(bound.metric) is None:
+            issue = "the baseline has no such case"
+    if issue is not None:
+        return [Outcome(label, "SKIP", value, spread=spread, note=f"not checked: {issue}")]
+    base = float(base_row[bound.metric])
+    change = f"{_fmt(base)} ({(value - base) / base:+.1%})" if base else _fmt(base)
+    out = []
+    for fraction, upper in ((bound.max_increase, True), (bound.max_decrease, False)):
+        if fraction is None:
+            continue
+        limit = base * (1 + fraction) if upper else base * (1 - fraction)
+        room = _headroom(value, limit, upper)
+        text = f"{'<=' if upper else '>='} {_fmt(limit)} ({'+' if upper else '-'}{fraction:.0%})"
+        out.append(Outcome(label, "PASS" if room >= 0 else "FAIL", value, text, room, spread, change))
+    return out
 
 
 def format_outcomes(outcomes: list[Outcome]) -> str:
-    rows = [("", "bound", "measured", "limit", "margin", "spread")] + [
-        ("PASS" if o.ok else "FAIL", o.bound, f"{o.measured:.4g}", o.limit, o.margin, o.spread) for o in outcomes]
-    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    """The gate's table: one row per checked or skipped limit."""
+    rows = [("", "bound", "measured", "limit", "headroom", "baseline (change)", "spread", "")] + [
+        (o.status, o.bound, "" if o.measured is None else _fmt(o.measured), o.limit,
+         "" if o.headroom is None else f"{o.headroom:+.1%}", o.baseline, o.spread, o.note) for o in outcomes]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+def _fmt(value: float) -> str:
+    # Four significant digits, but whole numbers with separators for large figures (tx/s).
+    return f"{value:,.0f}" if abs(value) >= 10_000 else f"{value:.4g}"
+
+
+def verdict(outcomes: list[Outcome]) -> str:
+    """One line: how many limits were checked, failed and skipped."""
+    checked = [o for o in outcomes if o.status != "SKIP"]
+    failed = [o for o in checked if o.status == "FAIL"]
+    skipped = len(outcomes) - len(checked)
+    tail = f"; {skipped} relative bound{'s' if skipped != 1 else ''} skipped (see the table)" if skipped else ""
+    if failed:
+        return f"gate: FAIL, {len(failed)} of {len(checked)} checked bounds failed{tail}"
+    return f"gate: PASS, all {len(checked)} checked bounds hold{tail}"
+
+
 def load_report(path: Path) -> dict:
+    """Read a report written by `fraudscore bench --json` (for --baseline)."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise UsageError(f"--baseline {path}: no such file") from None
+        raise UsageError(f"--baseline {path}: no such file (leave --baseline out to skip relative bounds)") from None
     except json.JSONDecodeError as exc:
         raise UsageError(f"--baseline {path}: not a JSON report ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+        raise UsageError(f"--baseline {path}: not a fraudscore bench report (no \"results\" list)")
+    return data

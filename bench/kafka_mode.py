@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .kafka_io import collect, create_topics, produce, produce_at_rate, start_sidecar
+from .kafka_io import collect, create_topics, produce, produce_at_rate, start_sidecar, streamed_latencies
 from .workload import simulated_messages
 
 if TYPE_CHECKING:
@@ -29,23 +29,36 @@ def run_kafka(config: BenchConfig, bundle: Bundle, say: Callable[[str], None]) -
     backlog = slice(0, config.kafka_messages)
     results, ratios = [], {}
 
-    drains, lost = [], 0
+    # Every worker count drains the same backlog; repeats interleave the counts, so a slow
+    # moment of the shared machine does not land on one of them only.
+    drains: dict[int, list[float]] = {w: [] for w in config.kafka_workers}
+    partitions = max(2, 2 * max(config.kafka_workers))  # the same topic layout for every worker count
+    lost: dict[int, int] = {w: 0 for w in config.kafka_workers}
     for repeat in range(config.kafka_repeats):
-        say(f"kafka drain of {config.kafka_messages:,} messages ({repeat + 1}/{config.kafka_repeats})")
-        topics = create_topics(bootstrap, 2)
-        produce(bootstrap, topics["in"], keys[backlog], values[backlog])
-        proc, _ = start_sidecar(bootstrap, config.bundle, topics, batch_size=config.kafka_batch_size)
-        try:
-            _, stamps, ids = collect(bootstrap, topics["out"], config.kafka_messages, timeout_s=900)
-        finally:
-            proc.terminate()
-            proc.wait(60)
-        drains.append(len(ids) / max(1e-9, (stamps.max() - stamps.min()) / 1e3) if len(ids) > 1 else 0.0)
-        lost += config.kafka_messages - len(set(ids))
-    drain = float(np.median(drains))
-    results.append({"mode": "kafka-drain", "device": "cpu", "batch_size": config.kafka_batch_size, "p50_ms": None,
-                    "p99_ms": None, "throughput_per_s": drain, "messages": config.kafka_messages, "lost": lost,
-                    "repeats": len(drains), "spread": {"throughput_per_s": [min(drains), max(drains)]}})
+        for workers in config.kafka_workers:
+            say(f"kafka drain of {config.kafka_messages:,} messages, {workers} worker(s) "
+                f"({repeat + 1}/{config.kafka_repeats})")
+            topics = create_topics(bootstrap, partitions)
+            produce(bootstrap, topics["in"], keys[backlog], values[backlog])
+            proc, _ = start_sidecar(bootstrap, config.bundle, topics, batch_size=config.kafka_batch_size,
+                                    extra=("--workers", str(workers)) if workers > 1 else ())
+            try:
+                _, stamps, ids, _ = collect(bootstrap, topics["out"], config.kafka_messages, timeout_s=900)
+            finally:
+                proc.terminate()
+                proc.wait(120)
+            drains[workers].append(len(ids) / max(1e-9, (stamps.max() - stamps.min()) / 1e3) if len(ids) > 1 else 0.0)
+            lost[workers] += config.kafka_messages - len(set(ids))
+    for workers, rates_seen in drains.items():
+        results.append({"mode": "kafka-drain", "device": "cpu", "batch_size": config.kafka_batch_size, "p50_ms": None,
+                        "p99_ms": None, "throughput_per_s": float(np.median(rates_seen)), "workers": workers,
+                        "messages": config.kafka_messages, "lost": lost[workers], "repeats": len(rates_seen),
+                        "spread": {"throughput_per_s": [min(rates_seen), max(rates_seen)]}})
+    first = config.kafka_workers[0]
+    first_extra = ("--workers", str(first)) if first > 1 else ()
+    drain = float(np.median(drains[first]))
+    for workers in config.kafka_workers[1:]:
+        ratios[f"kafka_drain_workers_{workers}_over_{first}"] = float(np.median(drains[workers])) / drain if drain else float("nan")
 
     rates = config.kafka_rates or tuple(round(drain * f) for f in (0.25, 0.5, 0.75))
     cursor = config.kafka_messages
@@ -57,12 +70,13 @@ def run_kafka(config: BenchConfig, bundle: Bundle, say: Callable[[str], None]) -
         p50s, p99s, missing = [], [], 0
         for repeat in range(config.kafka_repeats):
             say(f"kafka at {rate:,.0f} msg/s for {config.kafka_rate_seconds:g} s ({repeat + 1}/{config.kafka_repeats})")
-            topics = create_topics(bootstrap, 2)
-            proc, _ = start_sidecar(bootstrap, config.bundle, topics, batch_size=config.kafka_batch_size)
+            topics = create_topics(bootstrap, partitions)
+            proc, _ = start_sidecar(bootstrap, config.bundle, topics, batch_size=config.kafka_batch_size,
+                                    extra=first_extra)
             collected: dict = {}
             try:
-                reader = threading.Thread(target=lambda: collected.update(
-                    zip(("arrival", "stamps", "ids"), collect(bootstrap, topics["out"], n, config.kafka_rate_seconds + 120))))
+                reader = threading.Thread(target=lambda out=topics["out"], count=n, box=collected: box.update(
+                    results=collect(bootstrap, out, count, config.kafka_rate_seconds + 120)))
                 reader.start()
                 sent_at = produce_at_rate(bootstrap, topics["in"], keys[stream], values[stream], rate)
                 reader.join()
@@ -73,9 +87,9 @@ def run_kafka(config: BenchConfig, bundle: Bundle, say: Callable[[str], None]) -
             # figures; a sidecar's first second on fresh topics runs several times slower.
             start = min(sent_at.values()) if sent_at else 0.0
             warm = min(2.0, config.kafka_rate_seconds / 4)
-            latency = np.array([a - sent_at[i] for a, i in zip(collected["arrival"], collected["ids"])
-                                if i in sent_at and sent_at[i] >= start + warm]) * 1e3
-            missing += n - len(set(collected["ids"]))
+            latency = np.array([s for i, s in streamed_latencies(sent_at, collected["results"]).items()
+                                if sent_at[i] >= start + warm]) * 1e3
+            missing += n - len(set(collected["results"].ids) & set(sent_at))
             if len(latency):
                 p50s.append(float(np.median(latency)))
                 p99s.append(float(np.quantile(latency, 0.99)))
@@ -96,7 +110,7 @@ def run_kafka(config: BenchConfig, bundle: Bundle, say: Callable[[str], None]) -
     done = subprocess.run([sys.executable, "-m", "fraudscore.bench.naive", str(config.bundle), bootstrap, topics["in"],
                            topics["out"], f"naive-{uuid.uuid4().hex[:6]}", str(config.naive_messages)],
                           capture_output=True, text=True, timeout=900)
-    _, stamps, ids = collect(bootstrap, topics["out"], config.naive_messages, timeout_s=60)
+    _, stamps, ids, _ = collect(bootstrap, topics["out"], config.naive_messages, timeout_s=60)
     naive_rate = len(ids) / max(1e-9, (stamps.max() - stamps.min()) / 1e3) if len(ids) > 1 else 0.0
     results.append({"mode": "kafka-naive", "device": "cpu", "batch_size": 1, "p50_ms": None, "p99_ms": None,
                     "throughput_per_s": naive_rate, "messages": len(ids), "exit_code": done.returncode})
@@ -130,7 +144,7 @@ def run_kafka_raw(config: BenchConfig, say: Callable[[str], None]) -> list[dict]
     proc, _ = start_sidecar(bootstrap, config.bundle, topics, batch_size=config.kafka_batch_size, group=group,
                             extra=extra, ready_timeout_s=300)
     try:
-        _, stamps, ids = collect(bootstrap, topics["out"], n, timeout_s=900)
+        _, stamps, ids, _ = collect(bootstrap, topics["out"], n, timeout_s=900)
     finally:
         proc.terminate()
         proc.wait(60)

@@ -43,7 +43,7 @@ def run_raw_pipeline(config, bundle, say: Callable[[str], None]) -> tuple[list[d
     from fraudscore import baseline_features, simulate
     from fraudscore.serving.transactions import decode_transactions
 
-    from .harness import _summarise, _timed_runs
+    from .harness import _summarise, _timed_runs, injected_delays
 
     say("raw: simulating the reference size (5,000 customers, 10,000 terminals, 183 days)")
     table = simulate(**REFERENCE).transactions
@@ -89,7 +89,8 @@ def run_raw_pipeline(config, bundle, say: Callable[[str], None]) -> tuple[list[d
 
             say(f"raw {device} batch {batch}")
             runs = max(1, config.repeats)
-            repeats = [_timed_runs(one, config.seconds, min(config.warmup_s, 0.05), min_runs=3) for _ in range(runs)]
+            repeats = [_timed_runs(one, config.seconds, min(config.warmup_s, 0.05), min_runs=3,
+                                   inject_ms=injected_delays().get("raw", 0.0)) for _ in range(runs)]
             row = _summarise("raw", device, batch, repeats)
             row["state"] = memory
             row["parity"] = parity(computed, offline, spec.names)

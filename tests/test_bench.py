@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -11,9 +12,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from kafka_helpers import EXE, free_port
 
+ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--mode", "model", "--mode", "pipeline", "--batch-sizes", "1,64", "--seconds", "0.2", "--repeats", "3", "--quiet"]
 
 
@@ -32,14 +35,29 @@ def baseline(small_bundle, tmp_path_factory) -> Path:
 
 def test_report_has_every_case_with_spread_machine_and_versions(baseline: Path) -> None:
     report = json.loads(baseline.read_text())
-    assert report["schema"] == "fraudscore.bench/1"
+    assert report["schema"] == "fraudscore.bench/2"
     cases = {(r["mode"], r["batch_size"]) for r in report["results"]}
     assert cases == {("model", 1), ("model", 64), ("pipeline", 1), ("pipeline", 64)}
     for r in report["results"]:
         assert r["p50_ms"] > 0 and r["p99_ms"] >= r["p50_ms"] and r["throughput_per_s"] > 0
         assert r["repeats"] == 3 and r["spread"]["p99_ms"][0] <= r["spread"]["p99_ms"][1]
+        # One definition of each figure: the headline p50/p99 are the pooled percentiles.
+        assert r["p50_ms"] == r["percentiles_ms"]["50"] and r["p99_ms"] == r["percentiles_ms"]["99"]
+        assert r["throughput_per_s"] == pytest.approx(r["batch_size"] / (r["p50_ms"] / 1e3))
     assert report["ratios"]["pipeline_overhead.cpu.b64"] > 1
     assert report["machine"]["cpus"] and "onnxruntime" in report["libraries"] and "numpy" in report["libraries"]
+    assert report["run"]["id"] and report["run"]["commit"] and report["run"]["source"]
+
+
+def test_every_report_field_is_documented(baseline: Path) -> None:
+    """docs/bench.md has a table row for every key a model/pipeline report carries."""
+    report = json.loads(baseline.read_text())
+    documented = set(re.findall(r"^\| `([a-z_0-9.\[\]\"*]+)`", (ROOT / "docs" / "bench.md").read_text(), re.M))
+    keys = {k for k in report} | {f"{k}.{sub}" for k in ("run", "machine", "libraries", "bundle", "config")
+                                  for sub in report[k] if k != "libraries"}
+    keys |= {f"results[].{k}" for r in report["results"] for k in r}
+    keys |= {"libraries.*", "ratios.*", "results[].percentiles_ms.*"}
+    assert keys - documented == set(), "add these to docs/bench.md's table of report fields"
 
 
 def _gate(path: Path, text: str) -> Path:
@@ -75,7 +93,7 @@ max = 200
     failing = [line for line in slowed.stdout.splitlines() if line.startswith("FAIL")]
     assert any("pipeline b64 cpu p50_ms vs baseline" in line for line in failing)
     assert any("model b64 cpu throughput_per_s" in line for line in failing)
-    assert "bounds failed" in slowed.stderr
+    assert "gate: FAIL" in slowed.stdout and "checked bounds failed" in slowed.stdout  # the verdict beside its table
 
 
 def test_absolute_bounds_and_usage_errors(small_bundle, baseline: Path, tmp_path: Path) -> None:
@@ -85,7 +103,12 @@ def test_absolute_bounds_and_usage_errors(small_bundle, baseline: Path, tmp_path
 
     relative = _gate(tmp_path / "rel.toml", '[[bound]]\nmode = "model"\nbatch_size = 1\nmetric = "p99_ms"\nmax_increase = 0.1\n')
     done = bench("--bundle", small_bundle, *SMALL, "--gate", relative)
-    assert done.returncode == 2 and "--baseline" in done.stderr
+    assert done.returncode == 2 and "no bound would be checked" in done.stderr and "--baseline" in done.stderr
+    ratio_and_relative = _gate(tmp_path / "both.toml", relative.read_text() + '[[bound]]\nratio = "pipeline_overhead.cpu.b64"\nmax = 500\n')
+    done = bench("--bundle", small_bundle, *SMALL, "--gate", ratio_and_relative)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SKIP" in done.stdout and "not checked: no --baseline given" in done.stdout
+    assert "gate: PASS, all 1 checked bounds hold; 1 relative bound skipped" in done.stdout
     nothing = _gate(tmp_path / "none.toml", '[[bound]]\nmode = "model"\nbatch_size = 999\nmetric = "p99_ms"\nmax = 1\n')
     done = bench("--bundle", small_bundle, *SMALL, "--gate", nothing)
     assert done.returncode == 2 and "selects no result" in done.stderr
@@ -93,6 +116,9 @@ def test_absolute_bounds_and_usage_errors(small_bundle, baseline: Path, tmp_path
     assert bench("--bundle", small_bundle, *SMALL, "--gate", tmp_path / "absent.toml").returncode == 2
     done = bench("--bundle", small_bundle, "--mode", "kafka")
     assert done.returncode == 2 and "--bootstrap-servers" in done.stderr
+
+
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 
 def test_prom_file_plot_and_a_real_pushgateway(small_bundle, tmp_path: Path) -> None:
@@ -110,17 +136,89 @@ def test_prom_file_plot_and_a_real_pushgateway(small_bundle, tmp_path: Path) -> 
                 time.sleep(0.2)
         prom, png = tmp_path / "bench.prom", tmp_path / "bench.png"
         done = bench("--bundle", small_bundle, *SMALL, "--pushgateway", f"http://127.0.0.1:{port}",
-                     "--prom-file", prom, "--plot", png)
+                     "--prom-file", prom, "--plot", png, env={"GITHUB_RUN_ID": "4242", "GITHUB_RUN_ATTEMPT": "1",
+                                                             "GITHUB_SHA": "c0ffee"})
         assert done.returncode == 0, done.stderr
+        again = bench("--bundle", small_bundle, *SMALL, "--pushgateway", f"http://127.0.0.1:{port}",
+                      "--run-id", "4243.1", "--commit", "beef")
+        assert again.returncode == 0, again.stderr
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             pushed = r.read().decode()
-        assert 'fraudscore_bench_throughput_per_second{batch_size="64",device="cpu",instance=' in pushed
-        assert 'job="fraudscore_bench"' in pushed and 'fraudscore_bench_ratio{' in pushed
-        assert 'quantile="0.99"' in prom.read_text()
+        # Each run is its own group, named by run and commit, so a figure leads back to its CI run.
+        for run_id, commit in (("4242.1", "c0ffee"), ("4243.1", "beef")):
+            assert (f'fraudscore_bench_ratio{{commit="{commit}",instance="",job="fraudscore_bench",'
+                    f'name="pipeline_overhead.cpu.b64",run_id="{run_id}"}}') in pushed
+            assert f'push_time_seconds{{commit="{commit}",instance="",job="fraudscore_bench",run_id="{run_id}"}}' in pushed
+        assert 'fraudscore_bench_latency_p99_seconds{batch_size="64",commit="c0ffee",device="cpu",instance=""' in pushed
+        text = prom.read_text()
+        assert 'run_id="4242.1"' in text and 'commit="c0ffee"' in text and "quantile" not in text
+        # The exposition conventions, as Prometheus' own linter reads them.
+        lint = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+        assert lint.returncode == 0, lint.stdout + lint.stderr
         assert png.read_bytes()[:4] == b"\x89PNG"
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_the_shipped_ci_gate_catches_each_kind_of_slowdown_on_the_bound_meant_for_it(small_bundle) -> None:
+    """docs/bench.md "What each bound catches": the ratio's max catches a slower pipeline around
+    the model, its min a cost added to model and pipeline alike (which a max alone cannot see)."""
+    sweep = ["--bundle", small_bundle, "--mode", "model", "--mode", "pipeline", "--batch-sizes", "1,64,512,4096",
+             "--repeats", "1", "--seconds", "0.1", "--quiet", "--gate", ROOT / "deploy" / "bench" / "ci-gate.toml"]
+    unchanged = bench(*sweep)
+    assert unchanged.returncode == 0, unchanged.stdout + unchanged.stderr
+
+    def failing(done: subprocess.CompletedProcess) -> set[str]:
+        assert done.returncode == 1, done.stdout + done.stderr
+        return {" ".join(line.split()[1:3]) for line in done.stdout.splitlines() if line.startswith("FAIL")}
+
+    pipeline_only = failing(bench(*sweep, env={"FRAUDSCORE_BENCH_INJECT_DELAY_MS": "pipeline=5"}))
+    assert pipeline_only == {"ratio pipeline_overhead.cpu.b512"}
+    alike = bench(*sweep, env={"FRAUDSCORE_BENCH_INJECT_DELAY_MS": "5"})
+    assert {"ratio pipeline_overhead.cpu.b512", "model b1"} <= failing(alike)
+    ratio_row = next(line for line in alike.stdout.splitlines() if "ratio pipeline_overhead.cpu.b512" in line)
+    assert "<= 40 and >= 2" in ratio_row and float(ratio_row.split()[3]) < 2  # failed on its min
+
+
+WORKFLOW = ROOT / "deploy" / "ci" / "github-actions.yml"
+
+
+def _workflow_steps() -> list[dict]:
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    return [step for job in workflow["jobs"].values() for step in job["steps"]]
+
+
+def test_every_artefact_the_ci_example_downloads_is_uploaded_and_the_baseline_comes_from_main() -> None:
+    steps = _workflow_steps()
+    uploads = {s["with"]["name"]: s for s in steps if str(s.get("uses", "")).startswith("actions/upload-artifact")}
+    scripts = "\n".join(str(s.get("run", "")) for s in steps)
+    downloaded = {s["with"]["name"] for s in steps if str(s.get("uses", "")).startswith("actions/download-artifact")}
+    downloaded |= set(re.findall(r"gh run download [^\n]*--name (\S+)", scripts))
+    assert downloaded, "the example compares against a baseline"
+    assert downloaded - set(uploads) == set(), "downloaded artefacts nothing uploads"
+    baseline = uploads["bench-baseline"]
+    assert "refs/heads/main" in baseline["if"] and baseline["with"]["path"] == "baseline.json"
+    assert "--baseline baseline.json" in scripts and "[ -f baseline.json ]" in scripts
+    # docs/performance.md shows the shipped file, not a variant of it.
+    assert WORKFLOW.read_text() in (ROOT / "docs" / "performance.md").read_text()
+
+
+def test_the_ci_examples_bench_step_runs_as_written_first_without_then_with_a_baseline(small_bundle, tmp_path: Path) -> None:
+    (step,) = [s["run"] for s in _workflow_steps() if "fraudscore bench" in str(s.get("run", ""))]
+    (tmp_path / "bundle").symlink_to(small_bundle)  # what the workflow's export step leaves
+    (tmp_path / "deploy").symlink_to(ROOT / "deploy")
+    env = dict(os.environ, PATH=f"{Path(EXE).parent}{os.pathsep}{os.environ['PATH']}")
+    shell = ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step]  # GitHub's `run:` shell
+
+    first = subprocess.run(shell, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "not checked: no --baseline given" in first.stdout and "gate: PASS" in first.stdout
+
+    (tmp_path / "baseline.json").write_bytes((tmp_path / "bench.json").read_bytes())  # main's upload, downloaded
+    second = subprocess.run(shell, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "SKIP" not in second.stdout and "vs baseline" in second.stdout
 
 
 @pytest.mark.kafka
@@ -128,16 +226,18 @@ def test_kafka_mode_reports_drain_rates_and_the_naive_ratio(kafka_bootstrap, sma
     out = tmp_path / "kafka.json"
     done = bench("--bundle", small_bundle, "--mode", "kafka", "--bootstrap-servers", kafka_bootstrap, "--kafka-messages", "3000",
                  "--kafka-rates", "300,600", "--kafka-rate-seconds", "2", "--naive-messages", "300", "--slo-ms", "5000",
-                 "--kafka-repeats", "2",
+                 "--kafka-repeats", "2", "--kafka-workers", "1,2",
                  "--json", out, "--quiet")
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     modes = [r["mode"] for r in report["results"]]
-    assert modes == ["kafka-drain", "kafka-rate", "kafka-rate", "kafka-naive"]
-    drain = report["results"][0]
-    assert drain["messages"] == 3000 and drain["lost"] == 0 and drain["throughput_per_s"] > 0
-    assert drain["repeats"] == 2 and drain["spread"]["throughput_per_s"][0] <= drain["spread"]["throughput_per_s"][1]
-    for r in report["results"][1:3]:
+    assert modes == ["kafka-drain", "kafka-drain", "kafka-rate", "kafka-rate", "kafka-naive"]
+    for drain, workers in zip(report["results"][:2], (1, 2)):  # `fraudscore run --workers 2` drains it all too
+        assert drain["workers"] == workers
+        assert drain["messages"] == 3000 and drain["lost"] == 0 and drain["throughput_per_s"] > 0
+        assert drain["repeats"] == 2 and drain["spread"]["throughput_per_s"][0] <= drain["spread"]["throughput_per_s"][1]
+    assert report["ratios"]["kafka_drain_workers_2_over_1"] > 0
+    for r in report["results"][2:4]:
         assert r["lost"] == 0 and r["p99_ms"] >= r["p50_ms"] > 0
     assert report["ratios"]["kafka_max_rate_under_slo"] == 600
     assert report["ratios"]["kafka_speedup_vs_naive"] > 1

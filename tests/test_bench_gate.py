@@ -1,0 +1,123 @@
+"""The bench gate's file checking and verdicts, the report's run identity: pure logic, no bench is run."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fraudscore.bench.gate import check, format_outcomes, load_gate, parse_gate, verdict
+from fraudscore.bench.harness import SCHEMA
+from fraudscore.bench.provenance import run_identity
+from fraudscore.errors import UsageError
+from kafka_helpers import EXE
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _report(**figures: float) -> dict:
+    """A report with one pipeline b64 case and the ratio; figures override the defaults."""
+    row = {"mode": "pipeline", "device": "cpu", "variant": "fp32", "batch_size": 64, "p50_ms": 0.3, "p99_ms": 0.5,
+           "throughput_per_s": 200_000.0, "spread": {"p99_ms": [0.45, 0.55]}}
+    row.update({k: v for k, v in figures.items() if k != "ratio"})
+    return {"schema": SCHEMA, "results": [row], "ratios": {"pipeline_overhead.cpu.b64": figures.get("ratio", 10.0)}}
+
+
+CASE = {"mode": "pipeline", "batch_size": 64, "metric": "p99_ms"}
+
+
+@pytest.mark.parametrize(("bound", "named", "suggested"), [
+    (CASE | {"maximum": 1}, "maximum", "max"),
+    (CASE | {"max_increse": 0.2}, "max_increse", "max_increase"),
+    (CASE | {"max": 1, "batchsize": 64}, "batchsize", "batch_size"),
+    ({"ratio": "pipeline_overhead.cpu.b64", "max": 40, "metric": "p99_ms"}, "metric", None),
+])
+def test_an_unknown_key_in_a_bound_is_refused_with_the_valid_keys_and_the_closest(bound, named, suggested) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_gate({"bound": [bound]}, "g.toml")
+    message = str(caught.value)
+    assert f"unknown key {named!r}" in message and "bound 1" in message
+    valid = "ratio, min, max" if "ratio" in bound else "mode, batch_size, device, variant, metric, min, max"
+    assert f"valid keys for a {'ratio' if 'ratio' in bound else 'case'} bound: {valid}" in message
+    if suggested:
+        assert f"did you mean {suggested!r}" in message
+
+
+def test_unknown_top_level_keys_and_bounds_that_check_nothing_are_refused() -> None:
+    with pytest.raises(UsageError, match=r"unknown top-level key 'bounds' \(did you mean 'bound'\?\)"):
+        parse_gate({"bounds": [CASE | {"max": 1}]})
+    with pytest.raises(UsageError, match="none found"):
+        parse_gate({"bound": []})
+    with pytest.raises(UsageError, match="no limit"):
+        parse_gate({"bound": [CASE]})
+    with pytest.raises(UsageError, match="must be a finite number"):
+        parse_gate({"bound": [CASE | {"max": "1"}]})
+    with pytest.raises(UsageError, match="metric 'p95_ms' is not one of"):
+        parse_gate({"bound": [CASE | {"metric": "p95_ms", "max": 1}]})
+    with pytest.raises(UsageError, match="missing batch_size"):
+        parse_gate({"bound": [{"mode": "model", "metric": "p99_ms", "max": 1}]})
+    with pytest.raises(UsageError, match="negative"):
+        parse_gate({"bound": [CASE | {"max_increase": -0.1}]})
+
+
+def test_a_typo_in_a_gate_file_exits_2_before_anything_is_measured(tmp_path: Path) -> None:
+    gate = tmp_path / "gate.toml"
+    gate.write_text('[[bound]]\nmode = "model"\nbatch_size = 1\nmetric = "p99_ms"\nmaximum = 1\n')
+    done = subprocess.run([EXE, "bench", "--bundle", str(tmp_path / "no-bundle"), "--gate", str(gate)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "unknown key 'maximum' (did you mean 'max'?)" in done.stderr
+    # A gate of relative bounds only, without a baseline, would check nothing: refused as well.
+    gate.write_text('[[bound]]\nmode = "model"\nbatch_size = 1\nmetric = "p99_ms"\nmax_increase = 0.5\n')
+    done = subprocess.run([EXE, "bench", "--bundle", str(tmp_path / "no-bundle"), "--gate", str(gate)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "no bound would be checked" in done.stderr, done.stderr
+
+
+def test_the_shipped_gates_are_valid_and_check_something_without_a_baseline() -> None:
+    for name in ("gate.toml", "ci-gate.toml"):
+        bounds = load_gate(ROOT / "deploy" / "bench" / name)
+        assert any(b.ratio is not None or b.is_absolute for b in bounds), name
+
+
+def test_relative_bounds_are_skipped_with_a_notice_without_a_usable_baseline() -> None:
+    bounds = parse_gate({"bound": [CASE | {"max_increase": 0.5}, CASE | {"max": 1.0}]})
+    outcomes = check(_report(), bounds, None)
+    assert [o.status for o in outcomes] == ["SKIP", "PASS"]
+    assert "not checked: no --baseline given" in format_outcomes(outcomes)
+    assert verdict(outcomes) == "gate: PASS, all 1 checked bounds hold; 1 relative bound skipped (see the table)"
+    old = _report() | {"schema": "fraudscore.bench/1"}
+    assert "schema" in check(_report(), bounds, old)[0].note
+    other_case = _report() | {"results": [_report()["results"][0] | {"batch_size": 512}]}
+    assert check(_report(), bounds, other_case)[0].note == "not checked: the baseline has no such case"
+
+
+def test_headroom_has_one_meaning_for_every_kind_of_bound() -> None:
+    """Distance to the limit as a fraction of the limit: positive inside, negative beyond."""
+    bounds = parse_gate({"bound": [
+        CASE | {"max": 1.0},                                                    # 0.5 under 1.0: +50 %
+        {"mode": "pipeline", "batch_size": 64, "metric": "throughput_per_s", "min": 100_000},  # +100 %
+        {"ratio": "pipeline_overhead.cpu.b64", "max": 8.0},                    # 10 over 8: -25 %
+        CASE | {"max_increase": 0.25},                                          # limit 0.4 * 1.25 = 0.5: 0 %
+        {"mode": "pipeline", "batch_size": 64, "metric": "throughput_per_s", "max_decrease": 0.5},  # limit 200k: 0 %
+    ]})
+    baseline = _report(p99_ms=0.4, throughput_per_s=400_000.0)
+    outcomes = check(_report(), bounds, baseline)
+    assert [round(o.headroom, 6) for o in outcomes] == [0.5, 1.0, -0.25, 0.0, 0.0]
+    assert [o.status for o in outcomes] == ["PASS", "PASS", "FAIL", "PASS", "PASS"]
+    assert outcomes[3].limit == "<= 0.5 (+25%)" and outcomes[3].baseline == "0.4 (+25.0%)"
+    assert verdict(outcomes) == "gate: FAIL, 1 of 5 checked bounds failed"
+
+
+def test_run_identity_comes_from_the_ci_and_is_safe_as_a_label_and_a_url_segment() -> None:
+    github = run_identity(environ={"GITHUB_RUN_ID": "123", "GITHUB_RUN_ATTEMPT": "2", "GITHUB_SHA": "abc"})
+    assert github == {"id": "123.2", "commit": "abc", "source": "GITHUB_RUN_ID"}
+    gitlab = run_identity(environ={"CI_PIPELINE_ID": "77", "CI_COMMIT_SHA": "def"})
+    assert gitlab == {"id": "77", "commit": "def", "source": "CI_PIPELINE_ID"}
+    flags = run_identity("nightly/3", "f00", environ={"GITHUB_RUN_ID": "9", "GITHUB_SHA": "abc"})
+    assert flags == {"id": "nightly_3", "commit": "f00", "source": "--run-id"}
+    local = run_identity(environ={}, now=dt.datetime(2026, 11, 29, 15, 0, tzinfo=dt.UTC))
+    assert local["id"].startswith("local-") and local["id"].endswith("-20261129T150000Z") and local["source"] == "local"
+    assert local["commit"]  # git rev-parse HEAD here, "unknown" outside a checkout
