@@ -51,9 +51,9 @@ def check_output(path: Path) -> None:
     fmt = file_format(path)
     if fmt == "parquet" and pyarrow_or_none() is None:
         raise UsageError(f"{path}: writing Parquet needs pyarrow; pip install 'fraudscore[parquet]' or use .csv")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"{path}: directory {parent} does not exist; create it first")
+    from fraudscore.atomic import check_parent
+
+    check_parent(path)  # missing parent directories are created when the output is written
 
 
 def int_list(value: str, flag: str) -> tuple[int, ...]:

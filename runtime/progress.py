@@ -1,9 +1,13 @@
-"""Progress for long commands: a bar on an interactive terminal, silence in pipes and CI."""
+"""Progress for long commands: a bar on an interactive terminal, silence in pipes and CI;
+for commands that run for minutes (training), plain lines at a bounded rate when the
+output is not a terminal (`Throttle`), so CI logs and nohup files show the job is alive."""
 
 from __future__ import annotations
 
 import os
 import sys
+import time
+from collections.abc import Callable
 from types import TracebackType
 
 
@@ -48,3 +52,25 @@ class Progress:
     ) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+
+class Throttle:
+    """Says whether a progress line is due: always with `every_s` 0, else at most once per
+    `every_s` seconds, and whenever the caller forces it (the first and last line of a stage).
+
+        throttle = Throttle(10.0)
+        if throttle.due(force=last_epoch):
+            say(f"epoch {epoch} ...")
+    """
+
+    def __init__(self, every_s: float, clock: Callable[[], float] = time.monotonic):
+        self.every_s = every_s
+        self.clock = clock
+        self._last: float | None = None
+
+    def due(self, force: bool = False) -> bool:
+        now = self.clock()
+        if force or self.every_s <= 0 or self._last is None or now - self._last >= self.every_s:
+            self._last = now
+            return True
+        return False

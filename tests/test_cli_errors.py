@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from fraudscore import Table, read_table, write_table
 from kafka_helpers import EXE
 
 START = ["--start", "2018-04-01"]
@@ -22,6 +23,8 @@ def files(tmp_path_factory, small_bundle: Path) -> dict[str, Path]:
     run = lambda *a: subprocess.run([EXE, *map(str, a)], check=True, capture_output=True, timeout=120)  # noqa: E731
     run("simulate", "--customers", "50", "--terminals", "100", "--days", "10", "--out", work / "tx.csv", "-q")
     run("features", "--in", work / "tx.csv", "--out", work / "features.parquet", "-q")
+    feats = read_table(work / "features.parquet")
+    write_table(Table({c: feats[c] for c in feats.columns if c != "TRANSACTION_ID"}), work / "no-id.csv")
     garbage = bytes(range(256)) * 12
     (work / "garbage.csv").write_bytes(garbage)
     (work / "garbage.parquet").write_bytes(garbage)
@@ -42,7 +45,7 @@ def files(tmp_path_factory, small_bundle: Path) -> dict[str, Path]:
 # (command line with {placeholders}, a phrase the message must contain, the output that must not appear)
 CASES = [
     ("simulate --out {dir}/x.txt", "*.csv, *.csv.gz or *.parquet", "x.txt"),
-    ("simulate --out {dir}/nodir/x.csv", "does not exist", "nodir"),
+    ("simulate --out {full}/x/y.csv", "is a file", None),
     ("simulate --out {dir}/x.csv --days 0", "--days", "x.csv"),
     ("simulate --out {dir}/x.csv --start 2018-02-30", "2018-04-01", "x.csv"),
     ("features --in {garbage_csv} --out {dir}/o.parquet", "not a well-formed CSV file", "o.parquet"),
@@ -59,13 +62,15 @@ CASES = [
     ("evaluate --bundle {bundle} --data {garbage_parquet} --start 2018-04-01", "not a readable Parquet file", None),
     ("evaluate --bundle {dir}/absent --data {features_parquet} --start 2018-04-01", "not a bundle directory", None),
     ("evaluate --bundle {bundle} --data {features_parquet} --start 2018-04-01 --device tpu", "auto, cpu, cuda", None),
-    ("evaluate --bundle {bundle} --data {features_parquet} --start 2018-04-01 --json {dir}/nodir/r.json", "does not exist", "nodir"),
+    ("evaluate --bundle {bundle} --data {features_parquet} --start 2018-04-01 --json {full}/x/r.json", "is a file", None),
     ("score --bundle {bundle} --in {garbage_csv} --out {dir}/s.csv", "not a well-formed CSV file", "s.csv"),
     ("score --bundle {bundle} --in {tx_csv} --out {dir}/s.csv", "missing feature column(s)", "s.csv"),
     ("score --bundle {bad_manifest} --in {features_parquet} --out {dir}/s.csv", "not a readable JSON manifest", "s.csv"),
     ("score --bundle {bundle} --in {features_parquet} --out {dir}/s.csv --device tpu", "auto, cpu, cuda", "s.csv"),
     ("score --bundle {bundle} --in {features_parquet} --out {dir}/s.csv --threads 0", "--threads", "s.csv"),
-    ("score --bundle {bundle} --in {features_parquet} --out {dir}/nodir/s.csv", "does not exist", "nodir"),
+    ("score --bundle {bundle} --in {features_parquet} --out {full}/x/s.csv", "is a file", None),
+    ("score --bundle {bundle} --in {no_id_csv} --out {dir}/s.csv", "no id column TRANSACTION_ID", "s.csv"),
+    ("score --bundle {bundle} --in {no_id_csv} --out {dir}/s.csv --id-column REF", "no id column REF", "s.csv"),
     ("bench --bundle {dir} --json {dir}/j.json", "a bundle directory holds model.onnx and manifest.json", "j.json"),
     ("bench --bundle {bundle} --gate {bad_toml} --json {dir}/j.json", "not valid TOML", "j.json"),
     ("bench --bundle {bundle} --batch-sizes a,b --json {dir}/j.json", "comma-separated integers", "j.json"),
@@ -92,3 +97,23 @@ def test_bad_files_and_flags_fail_clearly_and_write_nothing(files, line, phrase,
     assert after == before  # no output, no temporary file left behind
     if output:
         assert not (files["dir"] / output).exists()
+
+
+def test_score_takes_ids_from_the_id_column_and_never_invents_them(files, tmp_path) -> None:
+    feats = read_table(files["features_parquet"])
+    renamed = tmp_path / "renamed.csv"
+    write_table(Table({("tx_ref" if c == "TRANSACTION_ID" else c): feats[c] for c in feats.columns}), renamed)
+    refused = subprocess.run([EXE, "score", "--bundle", str(files["bundle"]), "--in", str(renamed), "--out",
+                              str(tmp_path / "s.csv")], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "pass --id-column NAME" in refused.stderr and not (tmp_path / "s.csv").exists()
+    done = subprocess.run([EXE, "score", "--bundle", str(files["bundle"]), "--in", str(renamed), "--out",
+                           str(tmp_path / "s.csv"), "--id-column", "tx_ref"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    scored = read_table(tmp_path / "s.csv")
+    assert scored.columns == ["tx_ref", "score", "decision"]
+    assert scored["tx_ref"].tolist() == feats["TRANSACTION_ID"].tolist()  # the input's ids, in its order
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text('{"TRANSACTION_ID": 1}\n')
+    wrong = subprocess.run([EXE, "score", "--bundle", str(files["bundle"]), "--in", str(jsonl), "--out",
+                            str(tmp_path / "s.jsonl"), "--id-column", "tx_ref"], capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 2 and "--id-column applies to tables" in wrong.stderr

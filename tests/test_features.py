@@ -273,6 +273,46 @@ def test_cli_refuses_bad_files_and_writes_nothing(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
 
+RENAMED = {"TRANSACTION_ID": "tx_ref", "TX_DATETIME": "ts", "CUSTOMER_ID": "card", "TERMINAL_ID": "pos",
+           "TX_AMOUNT": "amount", "TX_FRAUD": "is_fraud"}
+
+
+def test_renamed_raw_columns_are_mapped_and_give_the_same_features(tmp_path: Path) -> None:
+    tx = simulate(customers=60, terminals=120, days=12, seed=4).transactions
+    renamed = Table({RENAMED.get(c, c): tx[c] for c in tx.columns})
+    expected = baseline_features(tx)
+    assert baseline_features(renamed, columns=RENAMED).equals(expected)
+    raw, out = tmp_path / "raw.csv", tmp_path / "features.csv"
+    write_table(renamed, raw)
+    refused = _fraudscore("features", "--in", str(raw), "--out", str(out))
+    assert refused.returncode == 2 and "missing column(s) tx_ref" not in refused.stderr
+    assert "missing column(s) TRANSACTION_ID" in refused.stderr and "--time-column" in refused.stderr
+    done = _fraudscore("features", "--in", str(raw), "--out", str(out), "--id-column", "tx_ref", "--time-column", "ts",
+                       "--customer-column", "card", "--terminal-column", "pos", "--amount-column", "amount",
+                       "--label", "is_fraud")
+    assert done.returncode == 0, done.stderr
+    table = read_table(out)
+    assert table.columns[: len(renamed.columns)] == renamed.columns  # raw columns kept under their own names
+    for name in BASELINE_FEATURES:  # the model's inputs under the handbook's names, TX_AMOUNT included
+        assert np.allclose(table[name], expected[name]), name
+
+
+def test_mapped_columns_are_named_in_errors() -> None:
+    columns = {RENAMED.get(c, c): v for c, v in _valid().items()}
+    columns["amount"][0] = -1.0
+    with pytest.raises(InputError, match="column amount: 1 of"):
+        baseline_features(Table(columns), source="tx.csv", columns=RENAMED)
+    columns.pop("ts")
+    with pytest.raises(InputError, match=r"missing column\(s\) ts;.*TX_DATETIME=ts"):
+        baseline_features(Table(columns), source="tx.csv", columns=RENAMED)
+
+
+def test_cli_refuses_two_roles_for_one_column(tmp_path: Path) -> None:
+    done = _fraudscore("features", "--in", str(tmp_path / "x.csv"), "--out", str(tmp_path / "o.csv"),
+                       "--time-column", "CUSTOMER_ID")
+    assert done.returncode == 2 and "six different columns" in done.stderr
+
+
 # ---------------------------------------------------------------- the specification
 
 

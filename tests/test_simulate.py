@@ -139,13 +139,17 @@ def test_cli_output_is_byte_identical_for_the_same_seed(tmp_path: Path, suffix: 
 def test_cli_rejects_bad_flags_with_a_fix(tmp_path: Path) -> None:
     bad_suffix = _fraudscore("simulate", "--out", str(tmp_path / "x.txt"))
     assert bad_suffix.returncode == 2 and "*.csv, *.csv.gz or *.parquet" in bad_suffix.stderr
-    bad_dir = _fraudscore("simulate", "--out", str(tmp_path / "nope" / "x.csv"))
-    assert bad_dir.returncode == 2 and "does not exist" in bad_dir.stderr
     bad_date = _fraudscore("simulate", "--out", str(tmp_path / "x.csv"), "--start", "01/04/2018")
     assert bad_date.returncode == 2 and "2018-04-01" in bad_date.stderr
     zero = _fraudscore("simulate", "--out", str(tmp_path / "x.csv"), "--customers", "0")
     assert zero.returncode == 2
     assert list(tmp_path.iterdir()) == []
+    (tmp_path / "afile").write_text("")
+    through_file = _fraudscore("simulate", "--out", str(tmp_path / "afile" / "x.csv"))
+    assert through_file.returncode == 2 and "is a file" in through_file.stderr
+    fresh = _fraudscore("simulate", "--out", str(tmp_path / "new" / "dir" / "x.csv"), "--days", "2", "--customers", "5",
+                        "--terminals", "10")
+    assert fresh.returncode == 0 and (tmp_path / "new" / "dir" / "x.csv").is_file()  # parents created
 
 
 def test_config_validation() -> None:

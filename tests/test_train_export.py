@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fraudscore import InputError, Table, add_baseline_features, read_table, simulate, write_table
+from fraudscore import InputError, Table, UsageError, add_baseline_features, read_table, simulate, write_table
 from fraudscore.serving.bundle import BundleIntegrityError, load_bundle
 from fraudscore.serving.manifest import manifest_digest
 from fraudscore.serving.scorer import Scorer
@@ -46,14 +46,14 @@ def feature_table(workspace: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def mlp_run(workspace: Path, feature_table: Path) -> Path:
-    out = workspace / "run-mlp"
+    out = workspace / "runs" / "mlp"  # as in the README: `runs/` does not exist yet
     fraudscore("train", "--data", feature_table, *MLP, "--start", START, "--seed", "3", "--out", out, *FAST)
     return out
 
 
 @pytest.fixture(scope="module")
 def mlp_bundle(workspace: Path, mlp_run: Path) -> Path:
-    out = workspace / "bundle-mlp"
+    out = workspace / "bundles" / "mlp"  # `bundles/` does not exist yet
     fraudscore("export", "--run", mlp_run, "--out", out)
     return out
 
@@ -265,3 +265,66 @@ def test_ensemble_members_of_neighbouring_seeds_never_share_a_seed() -> None:
     seeds = [member_seed(s, m) for s in range(50) for m in range(5)]
     assert len(set(seeds)) == len(seeds)
     assert member_seed(7, 2) == member_seed(7, 2)  # reproducible
+
+
+def test_renamed_columns_train_evaluate_and_progress_shows_off_a_terminal(workspace: Path, feature_table: Path) -> None:
+    table = read_table(feature_table)
+    names = {"TX_DATETIME": "ts", "CUSTOMER_ID": "card", "TX_FRAUD": "is_fraud"}
+    renamed = workspace / "renamed" / "features.parquet"
+    renamed.parent.mkdir()
+    write_table(Table({names.get(c, c): table[c] for c in table.columns}), renamed)
+    run, bundle = workspace / "renamed" / "runs" / "mlp", workspace / "renamed" / "bundles" / "mlp"
+    fast = [f for f in FAST if f != "--quiet"]
+    trained = fraudscore("train", "--data", renamed, "--start", START, "--ensemble", "1", "--out", run, *fast,
+                         "--time-column", "ts", "--customer-column", "card", "--label", "is_fraud")
+    # stderr is a pipe here, as in CI or under nohup: epoch lines still show, the first and last at least.
+    assert "member 0: epoch 1/6 loss " in trained.stderr and " val AP " in trained.stderr
+    assert "stopping" in trained.stderr
+    fraudscore("export", "--run", run, "--out", bundle, "--quiet")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["metrics"]["split"]["columns"] == {"time": "ts", "customer": "card", "label": "is_fraud"}
+    report_path = workspace / "renamed" / "eval.json"
+    fraudscore("evaluate", "--bundle", bundle, "--data", renamed, "--start", START, "--json", report_path)
+    report = json.loads(report_path.read_text())
+    trained_test = json.loads((run / "metrics.json").read_text())["test"]
+    assert report["ap"] == pytest.approx(trained_test["ap"], abs=1e-4)
+    assert report["columns"] == {"time": "ts", "customer": "card", "label": "is_fraud"}
+    # The original names, given as flags, evaluate the same model on the original table alike.
+    fraudscore("evaluate", "--bundle", bundle, "--data", feature_table, "--start", START, "--json", report_path,
+               "--time-column", "TX_DATETIME", "--customer-column", "CUSTOMER_ID", "--label", "TX_FRAUD")
+    assert json.loads(report_path.read_text())["ap"] == pytest.approx(report["ap"], abs=1e-9)
+    wrong = fraudscore("evaluate", "--bundle", bundle, "--data", feature_table, "--start", START, check=False)
+    assert wrong.returncode == 2 and "uses time ts" in wrong.stderr and "--time-column" in wrong.stderr
+
+
+def test_progress_throttle_lets_a_line_through_per_interval_and_forced_ones() -> None:
+    from fraudscore.progress import Throttle
+
+    now = [0.0]
+    throttle = Throttle(10.0, clock=lambda: now[0])
+    seen = []
+    for second in range(0, 35):
+        now[0] = float(second)
+        if throttle.due(force=second == 34):
+            seen.append(second)
+    assert seen == [0, 10, 20, 30, 34]
+    assert all(Throttle(0.0, clock=lambda: 1.0).due() for _ in range(3))
+
+
+def test_output_directories_get_their_parents_created_and_stay_atomic(tmp_path: Path) -> None:
+    from fraudscore.atomic import check_new_directory, new_directory
+
+    out = tmp_path / "a" / "b" / "run"
+    check_new_directory(out)
+    assert not (tmp_path / "a").exists()  # nothing is created before there is something to write
+    with pytest.raises(RuntimeError):
+        with new_directory(out) as tmp:
+            (tmp / "half").write_text("x")
+            raise RuntimeError("training failed")
+    assert not out.exists() and list((tmp_path / "a" / "b").iterdir()) == []
+    with new_directory(out) as tmp:
+        (tmp / "model").write_text("x")
+    assert (out / "model").read_text() == "x"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="is a file"):
+        check_new_directory(tmp_path / "file" / "run")

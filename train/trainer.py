@@ -29,7 +29,7 @@ import numpy as np
 
 from fraudscore import BASELINE_FEATURES, InputError, UsageError, __version__, read_table
 from fraudscore.atomic import check_new_directory, new_directory
-from fraudscore.data.fingerprint import fingerprint
+from fraudscore.data.fingerprint import fingerprint, score_reference
 from fraudscore.data.evaluation import (
     Split,
     average_precision,
@@ -43,6 +43,7 @@ from fraudscore.data.evaluation import (
 )
 from fraudscore.data.matrix import feature_matrix
 from fraudscore.features.spec import BASELINE_SPEC
+from fraudscore.progress import Throttle
 from fraudscore.data.table import Table
 
 MODELS = ("mlp", "autoencoder")
@@ -136,7 +137,7 @@ def _library_versions() -> dict[str, str]:
     }
 
 
-def _fit_one(config: TrainConfig, x_fit, y_fit, x_val, y_val, member: int, say) -> tuple[object, dict]:
+def _fit_one(config: TrainConfig, x_fit, y_fit, x_val, y_val, member: int, say, throttle: Throttle) -> tuple[object, dict]:
     from .models import build_autoencoder, build_mlp
 
     _seed_everything(member_seed(config.seed, member))
@@ -169,8 +170,12 @@ def _fit_one(config: TrainConfig, x_fit, y_fit, x_val, y_val, member: int, say) 
         history.append({"epoch": epoch, "loss": float(loss), "val_ap": ap, "seconds": time.perf_counter() - t0})
         if ap > best["ap"]:
             best = {"ap": ap, "epoch": epoch, "weights": model.get_weights()}
-        say(f"member {member}: epoch {epoch + 1}/{config.epochs} loss {loss:.5f} val AP {ap:.4f}")
-        if epoch - best["epoch"] >= config.patience:
+        last = epoch - best["epoch"] >= config.patience or epoch + 1 == config.epochs
+        # The first and last epoch of each member always show; in between, at the throttle's rate.
+        if throttle.due(force=epoch == 0 or last):
+            say(f"member {member}: epoch {epoch + 1}/{config.epochs} loss {loss:.5f} val AP {ap:.4f} "
+                f"(best {best['ap']:.4f} at epoch {best['epoch'] + 1})" + (", stopping" if last else ""))
+        if last:
             break
     model.set_weights(best["weights"])
     return model, {"best_epoch": best["epoch"] + 1, "best_val_ap": best["ap"], "history": history}
@@ -197,8 +202,12 @@ def _check_training_data(config: TrainConfig, table: Table, train: np.ndarray, t
         raise InputError(f"{source}: no positives in the validation day(s) at the end of the training window; use more --train-days or --val-days")
 
 
-def train(config: TrainConfig, say=lambda message: None) -> RunResult:
-    """Run the whole job; returns the run directory and its metrics."""
+def train(config: TrainConfig, say=lambda message: None, every_s: float = 0.0) -> RunResult:
+    """Run the whole job; returns the run directory and its metrics.
+
+    `say` gets progress lines: the data's sizes, then each member's epochs (epoch, loss,
+    validation AP): all of them with `every_s` 0, else at most one per `every_s` seconds
+    besides each member's first and last."""
     config.validate()
     out = Path(config.out)
     check_new_directory(out)
@@ -220,8 +229,10 @@ def train(config: TrainConfig, say=lambda message: None) -> RunResult:
     say(f"training {config.model} on {int(fit_mask.sum()):,} rows ({int(labels[fit_mask].sum()):,} positives), "
         f"validating on {int(val_mask.sum()):,}, testing on {int(test_mask.sum()):,}")
     members, member_info = [], []
+    throttle = Throttle(every_s)
     for member in range(config.members):
-        model, info = _fit_one(config, matrix[fit_mask], labels[fit_mask], matrix[val_mask], labels[val_mask], member, say)
+        model, info = _fit_one(config, matrix[fit_mask], labels[fit_mask], matrix[val_mask], labels[val_mask], member, say,
+                               throttle)
         members.append(model)
         member_info.append(info)
     from .models import ensemble
@@ -247,9 +258,13 @@ def train(config: TrainConfig, say=lambda message: None) -> RunResult:
 
     metrics = {
         "model": config.model,
-        "split": split.describe() | {"validation_days": config.val_days},
+        # The columns the split and the metrics used; export copies them into the bundle, so
+        # `fraudscore evaluate` reads a table with renamed columns the same way.
+        "split": split.describe() | {"validation_days": config.val_days, "columns": {
+            "time": config.time_column, "customer": config.customer_column, "label": config.label}},
         "test": block(test_mask, test_score),
-        "validation": block(val_mask, val_score),
+        # The model's own score scale, for the score-shift alert (docs/operations.md).
+        "validation": block(val_mask, val_score) | {"score_reference": score_reference(val_score)},
         "threshold": {"value": threshold, "rule": rule},
         "members": [{k: v for k, v in info.items() if k != "history"} for info in member_info],
     }

@@ -18,6 +18,17 @@ from fraudscore.serving.scorer import Scorer
 from fraudscore.data.matrix import feature_matrix
 from fraudscore.data.table import read_table
 
+# What a bundle trained before the columns were recorded used (`fraudscore train`'s defaults).
+DEFAULT_COLUMNS = {"time": "TX_DATETIME", "customer": "CUSTOMER_ID", "label": "TX_FRAUD"}
+
+
+def bundle_columns(manifest, overrides: dict[str, str | None] | None = None) -> dict[str, str]:
+    """The time, customer and label columns to evaluate a bundle with: the flags given, else what
+    training recorded in the manifest (`metrics.split.columns`), else train's defaults."""
+    recorded = (manifest.metrics.get("split") or {}).get("columns") or {}
+    given = {k: v for k, v in (overrides or {}).items() if v}
+    return DEFAULT_COLUMNS | {k: str(v) for k, v in recorded.items() if k in DEFAULT_COLUMNS} | given
+
 
 def evaluate_bundles(
     bundles: list[Path],
@@ -29,19 +40,33 @@ def evaluate_bundles(
     test_days: int = 7,
     k: int = 100,
     device: str = "cpu",
+    time_column: str | None = None,
+    customer_column: str | None = None,
+    label_column: str | None = None,
 ) -> dict:
-    """Metrics of each bundle on the test days of one split of `data`; the first bundle's at top level."""
+    """Metrics of each bundle on the test days of one split of `data`; the first bundle's at top level.
+
+    Each bundle is evaluated with its own recorded time/customer/label columns (`bundle_columns`)
+    unless the `*_column` arguments name them."""
     loaded = [load_bundle(b) for b in bundles]
     table = read_table(data)
     split = Split(start, train_days, delay_days, test_days)
-    _, test = split_masks(table, split)
-    if not test.any():
-        raise InputError(f"{data}: no rows in the test window {split.describe()['test']}; check --start and the data's dates")
+    overrides = {"time": time_column, "customer": customer_column, "label": label_column}
     results = []
     for bundle in loaded:
+        columns = bundle_columns(bundle.manifest, overrides)
+        named = {"time_column": columns["time"], "customer_column": columns["customer"], "label_column": columns["label"]}
+        try:
+            _, test = split_masks(table, split, **named)
+        except InputError as exc:
+            raise InputError(f"{data}: {exc} (bundle {bundle.path} uses time {columns['time']}, customer "
+                             f"{columns['customer']}, label {columns['label']}; name others with --time-column, "
+                             "--customer-column, --label)") from None
+        if not test.any():
+            raise InputError(f"{data}: no rows in the test window {split.describe()['test']}; check --start and the data's dates")
         matrix = feature_matrix(table, bundle.features, str(data))[test]
         scores = Scorer(bundle, device=device).score(matrix)
-        metrics = evaluate_scores(table, test, scores, k=k)
+        metrics = evaluate_scores(table, test, scores, k=k, **named)
         alerts = scores >= bundle.manifest.threshold
         metrics.update(
             {
@@ -49,8 +74,9 @@ def evaluate_bundles(
                 "model_kind": bundle.manifest.model_kind,
                 "model_version": bundle.manifest.model_version,
                 "threshold": bundle.manifest.threshold,
+                "columns": columns,
                 "alerts_per_day": float(alerts.sum() / max(1, metrics["days"])),
-                "precision_at_threshold": float(table["TX_FRAUD"][test][alerts].mean()) if alerts.any() else float("nan"),
+                "precision_at_threshold": float(table[columns["label"]][test][alerts].mean()) if alerts.any() else float("nan"),
             }
         )
         results.append(metrics)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fraudscore.atomic import replacing
+from fraudscore.atomic import check_parent, replacing
 from fraudscore.errors import InputError
 
 STRING = np.dtypes.StringDType()
@@ -298,8 +298,7 @@ def write_table(table: Table, path: str | os.PathLike[str]) -> None:
     fmt = file_format(path)
     if fmt == "parquet" and pyarrow_or_none() is None:
         raise InputError(f"{path}: writing Parquet needs pyarrow; pip install 'fraudscore[parquet]' or use .csv")
-    if path.parent and not path.parent.exists():
-        raise InputError(f"{path}: directory {path.parent} does not exist")
+    check_parent(path)  # missing directories are created by the atomic write
     with replacing(path) as tmp:
         if fmt == "parquet":
             _write_parquet(table, tmp)

@@ -24,12 +24,15 @@ and shares the arithmetic in `windows.py`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from fraudscore.data.table import Table
 from fraudscore.errors import InputError
 from fraudscore.features.spec import (
     BASELINE_SPEC,
+    MAX_AMOUNT,
     SECONDS_PER_DAY,
     FeatureSpec,
     customer_count_name,
@@ -51,41 +54,49 @@ BASELINE_FEATURES: tuple[str, ...] = BASELINE_SPEC.names
 """The 15 model inputs, in the order the model takes them."""
 
 
-def validate_transactions(table: Table, source: str = "input") -> None:
-    """Raise InputError, naming the column and how many rows, if `table` cannot be featurised."""
-    missing = [c for c in RAW_COLUMNS if c not in table]
+def validate_transactions(table: Table, source: str = "input", columns: Mapping[str, str] | None = None) -> None:
+    """Raise InputError, naming the column and how many rows, if `table` cannot be featurised.
+
+    `columns` maps the handbook's names (RAW_COLUMNS) to the table's own, e.g.
+    {"TX_DATETIME": "ts"}; errors name the table's columns."""
+    col = _column_names(columns)
+    missing = [col(c) for c in RAW_COLUMNS if col(c) not in table]
     if missing:
+        mapped = ", ".join(f"{c}={col(c)}" for c in RAW_COLUMNS if col(c) != c)
         raise InputError(
             f"{source}: missing column(s) {', '.join(missing)}; raw transactions need "
             f"{', '.join(RAW_COLUMNS)} (the output of `fraudscore simulate`)"
+            + (f", here mapped as {mapped}" if mapped else "; name columns called otherwise with --id-column, "
+               "--time-column, --customer-column, --terminal-column, --amount-column, --label")
         )
     n = len(table)
     problems: list[str] = []
-    when = table["TX_DATETIME"]
+    when = table[col("TX_DATETIME")]
     if when.dtype.kind != "M":
-        problems.append(f"column TX_DATETIME must hold dates (YYYY-MM-DD HH:MM:SS), got {when.dtype}")
+        problems.append(f"column {col('TX_DATETIME')} must hold dates (YYYY-MM-DD HH:MM:SS), got {when.dtype}")
     else:
-        problems += _bad_rows("TX_DATETIME", np.isnat(when), "empty or not a date", n)
+        problems += _bad_rows(col("TX_DATETIME"), np.isnat(when), "empty or not a date", n)
     for name in ("TRANSACTION_ID", "CUSTOMER_ID", "TERMINAL_ID", "TX_FRAUD"):
-        if table[name].dtype.kind not in "iu":
-            problems.append(f"column {name} must hold integers, got {table[name].dtype}")
-    amount = table["TX_AMOUNT"]
+        if table[col(name)].dtype.kind not in "iu":
+            problems.append(f"column {col(name)} must hold integers, got {table[col(name)].dtype}")
+    amount = table[col("TX_AMOUNT")]
     if amount.dtype.kind not in "iuf":
-        problems.append(f"column TX_AMOUNT must hold numbers, got {amount.dtype}")
+        problems.append(f"column {col('TX_AMOUNT')} must hold numbers, got {amount.dtype}")
     else:
         amount = amount.astype(np.float64)
-        problems += _bad_rows("TX_AMOUNT", np.isnan(amount), "NaN", n)
-        problems += _bad_rows("TX_AMOUNT", np.isinf(amount), "infinite", n)
-        problems += _bad_rows("TX_AMOUNT", amount < 0, "negative", n)
-    if table["TX_FRAUD"].dtype.kind in "iu":
-        fraud = table["TX_FRAUD"]
-        problems += _bad_rows("TX_FRAUD", (fraud != 0) & (fraud != 1), "not 0 or 1", n)
-    if table["TRANSACTION_ID"].dtype.kind in "iu":
-        ids = np.sort(table["TRANSACTION_ID"])
+        problems += _bad_rows(col("TX_AMOUNT"), np.isnan(amount), "NaN", n)
+        problems += _bad_rows(col("TX_AMOUNT"), np.isinf(amount), "infinite", n)
+        problems += _bad_rows(col("TX_AMOUNT"), amount < 0, "negative", n)
+        problems += _bad_rows(col("TX_AMOUNT"), amount > MAX_AMOUNT, f"above {MAX_AMOUNT:.0e} (the amount rule of every mode)", n)
+    if table[col("TX_FRAUD")].dtype.kind in "iu":
+        fraud = table[col("TX_FRAUD")]
+        problems += _bad_rows(col("TX_FRAUD"), (fraud != 0) & (fraud != 1), "not 0 or 1", n)
+    if table[col("TRANSACTION_ID")].dtype.kind in "iu":
+        ids = np.sort(table[col("TRANSACTION_ID")])
         dup = ids[1:] == ids[:-1]
         if dup.any():
             problems.append(
-                f"column TRANSACTION_ID: {int(dup.sum())} of {n} rows repeat an earlier id "
+                f"column {col('TRANSACTION_ID')}: {int(dup.sum())} of {n} rows repeat an earlier id "
                 f"(e.g. {int(ids[1:][dup][0])}); ids must be unique because they order same-second transactions"
             )
     if problems:
@@ -99,23 +110,42 @@ def _bad_rows(column: str, bad: np.ndarray, what: str, n: int) -> list[str]:
     return [f"column {column}: {count} of {n} rows {'is' if count == 1 else 'are'} {what} (first at data row {int(np.argmax(bad)) + 1})"]
 
 
-def baseline_features(table: Table, spec: FeatureSpec = BASELINE_SPEC, *, source: str = "input") -> Table:
-    """The baseline features (`spec.names`) of `table`'s raw transactions, row-aligned with it."""
-    validate_transactions(table, source)
-    seconds = table["TX_DATETIME"].astype("datetime64[s]").astype(np.int64)
-    ids = table["TRANSACTION_ID"]
-    amount = table["TX_AMOUNT"].astype(np.float64)
+def _column_names(columns: Mapping[str, str] | None):
+    """handbook name -> the table's column name, under the mapping `columns` (identity by default)."""
+    mapping = dict(columns or {})
+    unknown = sorted(set(mapping) - set(RAW_COLUMNS))
+    if unknown:
+        raise ValueError(f"column mapping keys must be among {', '.join(RAW_COLUMNS)}, got {', '.join(unknown)}")
+    return lambda name: mapping.get(name, name)
+
+
+def baseline_features(table: Table, spec: FeatureSpec = BASELINE_SPEC, *, source: str = "input",
+                      columns: Mapping[str, str] | None = None) -> Table:
+    """The baseline features (`spec.names`) of `table`'s raw transactions, row-aligned with it.
+
+    `columns` maps the handbook's raw column names to `table`'s (see `validate_transactions`)."""
+    validate_transactions(table, source, columns)
+    col = _column_names(columns)
+    seconds = table[col("TX_DATETIME")].astype("datetime64[s]").astype(np.int64)
+    ids = table[col("TRANSACTION_ID")]
+    amount = table[col("TX_AMOUNT")].astype(np.float64)
     out: dict[str, np.ndarray] = {"TX_AMOUNT": amount}
     out.update(calendar_features(seconds, spec))
-    out.update(_customer_windows(table["CUSTOMER_ID"], seconds, ids, amount, spec))
-    out.update(_terminal_windows(table["TERMINAL_ID"], seconds, ids, table["TX_FRAUD"], spec))
+    out.update(_customer_windows(table[col("CUSTOMER_ID")], seconds, ids, amount, spec))
+    out.update(_terminal_windows(table[col("TERMINAL_ID")], seconds, ids, table[col("TX_FRAUD")], spec))
     return Table((name, out[name]) for name in spec.names)
 
 
-def add_baseline_features(table: Table, spec: FeatureSpec = BASELINE_SPEC, *, source: str = "input") -> Table:
-    """`table` with the baseline features appended (TX_AMOUNT is already there)."""
-    features = baseline_features(table, spec, source=source)
-    return table.with_columns({name: features[name] for name in spec.names if name != "TX_AMOUNT"})
+def add_baseline_features(table: Table, spec: FeatureSpec = BASELINE_SPEC, *, source: str = "input",
+                          columns: Mapping[str, str] | None = None) -> Table:
+    """`table` with the baseline features appended under the handbook's names.
+
+    TX_AMOUNT is appended only when the amount column is called otherwise (`columns`): the
+    model's inputs are named as `spec.names` say, whatever the raw columns are called."""
+    features = baseline_features(table, spec, source=source, columns=columns)
+    amount_column = _column_names(columns)("TX_AMOUNT")
+    return table.with_columns({name: features[name] for name in spec.names
+                               if not (name == "TX_AMOUNT" and amount_column == "TX_AMOUNT")})
 
 
 def _sorted_keys(entity: np.ndarray, seconds: np.ndarray, ids: np.ndarray, reach: int) -> tuple[np.ndarray, np.ndarray]:

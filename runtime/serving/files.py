@@ -4,8 +4,10 @@
   through the same decode -> score -> encode path as the sidecar. Results are written as
   JSON Lines (the result messages) or as a table (.csv, .csv.gz, .parquet); rejected lines
   go to `<out>.rejected.jsonl` with their line number, reason and detail.
-- A table in (.csv, .csv.gz, .parquet with the feature columns): the same scorer on its
-  feature matrix; rows with non-finite features are rejected the same way.
+- A table in (.csv, .csv.gz, .parquet with the feature columns and an id column,
+  TRANSACTION_ID or `--id-column`): the same scorer on its feature matrix; rows with
+  non-finite features are rejected the same way. A table without its id column is
+  refused: every result carries an id that was in the input.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fraudscore.atomic import write_bytes
+from fraudscore.atomic import check_parent, write_bytes
 from fraudscore.serving.bundle import load_bundle
 from fraudscore.serving.decode import ID_FIELD, decode_table
 from fraudscore.errors import InputError, UsageError
@@ -44,7 +46,17 @@ def _jsonl_format(path: Path) -> str | None:
     return None
 
 
-def score_file(bundle_dir: Path, source: Path, out: Path, device: str = "cpu", threads: int = 1) -> ScoreSummary:
+def score_file(bundle_dir: Path, source: Path, out: Path, device: str = "cpu", threads: int = 1,
+               id_column: str | None = None) -> ScoreSummary:
+    """Score `source` into `out` (and `<out>.rejected.jsonl`); see the module docstring.
+
+    A table's ids come from `id_column` (default TRANSACTION_ID); a table without that
+    column is refused rather than given made-up ids. JSON Lines carry TRANSACTION_ID in
+    each message, as on the input topic, so `id_column` does not apply to them.
+    """
+    if id_column is not None and _jsonl_format(source) and id_column != ID_FIELD:
+        raise UsageError(f"--id-column applies to tables; JSON Lines messages carry their id in {ID_FIELD}, "
+                         "as on the input topic")
     bundle = load_bundle(bundle_dir)
     pipeline = Pipeline(bundle.manifest, Scorer(bundle, device=device, intra_op_threads=threads))
     out_jsonl = _jsonl_format(out)
@@ -73,14 +85,20 @@ def score_file(bundle_dir: Path, source: Path, out: Path, device: str = "cpu", t
         all_alerts = np.concatenate(alerts) if alerts else np.empty(0, bool)
     else:
         table = read_table(source)
-        row_ids = table[ID_FIELD].tolist() if ID_FIELD in table else list(range(1, len(table) + 1))
+        id_name = id_column or ID_FIELD
+        if id_name not in table:
+            hint = "pass --id-column NAME to say which column holds the ids" if id_column is None else "check the name"
+            raise InputError(f"{source}: no id column {id_name} (columns: {', '.join(table.columns)}); {hint}. "
+                             "Results carry the input's own ids, never made-up ones")
+        row_ids = table[id_name].tolist()
         result = pipeline.score_decoded(decode_table(table, pipeline.features, row_ids, source=str(source)))
         # Line numbers of a table count its header: data row i is line i + 2.
         rejects += [{"line": r.index + 2, "reason": r.reason, "detail": r.detail} for r in result.rejections]
         ids, all_scores, all_alerts = result.ids, result.scores, result.alerts
         payloads = result.payloads if out_jsonl else []
 
-    _write_atomic_results(out, out_jsonl, payloads, ids, all_scores, all_alerts, pipeline.model_version)
+    _write_atomic_results(out, out_jsonl, payloads, ids, all_scores, all_alerts, pipeline.model_version,
+                          id_column or ID_FIELD)
     rejects_path = None
     rejects.sort(key=lambda r: r["line"])
     if rejects:
@@ -89,14 +107,14 @@ def score_file(bundle_dir: Path, source: Path, out: Path, device: str = "cpu", t
     return ScoreSummary(len(all_scores), int(all_alerts.sum()), len(rejects), rejects_path)
 
 
-def _write_atomic_results(out: Path, out_jsonl: str | None, payloads, ids, scores, alerts, version: str) -> None:
-    if not out.parent.is_dir():
-        raise UsageError(f"{out}: directory {out.parent} does not exist")
+def _write_atomic_results(out: Path, out_jsonl: str | None, payloads, ids, scores, alerts, version: str,
+                          id_name: str = ID_FIELD) -> None:
+    check_parent(out)  # missing directories are created by the atomic write
     if out_jsonl is None:
         id_array = np.array(ids) if ids and not isinstance(ids[0], str) else np.array(ids, dtype=np.dtypes.StringDType())
         table = Table(
             {
-                ID_FIELD: id_array if len(ids) else np.empty(0, np.int64),
+                id_name: id_array if len(ids) else np.empty(0, np.int64),  # named as in the input, for joins
                 "score": scores.astype(np.float64),
                 "decision": np.where(alerts, "alert", "pass").astype(np.dtypes.StringDType()),
             }
