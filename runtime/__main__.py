@@ -2,4 +2,5 @@
 
 from fraudscore.cli import main
 
-main()
+if __name__ == "__main__":  # not when `run --workers` spawns a worker, which imports this module again
+    main()

@@ -105,22 +105,34 @@ def simulate(
 def features(
     input_path: Annotated[Path, typer.Option("--in", "-i", help="Raw transactions: .csv, .csv.gz or .parquet.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Feature table: .csv, .csv.gz or .parquet.")],
+    id_column: Annotated[str, typer.Option(help="Transaction id column (unique integers; orders same-second transactions).")] = "TRANSACTION_ID",
+    time_column: Annotated[str, typer.Option(help="Timestamp column.")] = "TX_DATETIME",
+    customer_column: Annotated[str, typer.Option(help="Card/customer column (integers).")] = "CUSTOMER_ID",
+    terminal_column: Annotated[str, typer.Option(help="Terminal column (integers).")] = "TERMINAL_ID",
+    amount_column: Annotated[str, typer.Option(help="Amount column; copied to the TX_AMOUNT feature when called otherwise.")] = "TX_AMOUNT",
+    label: Annotated[str, typer.Option(help="Label column (0/1), for the terminal-risk features.")] = "TX_FRAUD",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary.")] = False,
 ) -> None:
     """Add the handbook's 15 baseline features to raw transactions.
 
     Weekend/night flags, customer spending over 1/7/30 days, and terminal risk over
     1/7/30 days with a 7-day label delay (Le Borgne et al., 2022, ch. 3.4). The output
-    keeps every input column and appends the features under the handbook's names.
+    keeps every input column and appends the features under the handbook's names. Raw
+    columns called otherwise are named with the *-column flags and --label (as in `train`).
     """
     from fraudscore.features.baseline import add_baseline_features
     from fraudscore.data.table import read_table, write_table
 
     check_output(out)
+    columns = {"TRANSACTION_ID": id_column, "TX_DATETIME": time_column, "CUSTOMER_ID": customer_column,
+               "TERMINAL_ID": terminal_column, "TX_AMOUNT": amount_column, "TX_FRAUD": label}
+    if len(set(columns.values())) < len(columns):
+        raise UsageError("--id-column, --time-column, --customer-column, --terminal-column, --amount-column and "
+                         "--label must name six different columns")
     t0 = time.perf_counter()
     table = read_table(input_path)
     t1 = time.perf_counter()
-    result = add_baseline_features(table, source=str(input_path))
+    result = add_baseline_features(table, source=str(input_path), columns=columns)
     t2 = time.perf_counter()
     write_table(result, out)
     t3 = time.perf_counter()
@@ -143,8 +155,14 @@ def evaluate(
     k: Annotated[int, typer.Option(min=1, help="Cards a day for card precision@k.")] = 100,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
+    time_column: Annotated[Optional[str], typer.Option(help="Timestamp column [default: the one the bundle was trained with, else TX_DATETIME].")] = None,
+    customer_column: Annotated[Optional[str], typer.Option(help="Card/customer column [default: the bundle's, else CUSTOMER_ID].")] = None,
+    label: Annotated[Optional[str], typer.Option(help="Label column (0/1) [default: the bundle's, else TX_FRAUD].")] = None,
 ) -> None:
-    """Score a feature table through exported bundles; report AUC, AP and card precision@k per the protocol."""
+    """Score a feature table through exported bundles; report AUC, AP and card precision@k per the protocol.
+
+    The time, customer and label columns are those `fraudscore train` recorded in each
+    bundle (--time-column, --customer-column, --label there); these flags override them."""
     import json
 
     from fraudscore.data.evaluate import evaluate_bundles, format_table
@@ -156,7 +174,8 @@ def evaluate(
         check_output(json_path.with_suffix(".csv"))  # only its directory matters here
     report = evaluate_bundles(
         bundle, data, parse_date(start, "--start"), train_days=train_days, delay_days=delay_days,
-        test_days=test_days, k=k, device=device,
+        test_days=test_days, k=k, device=device, time_column=time_column, customer_column=customer_column,
+        label_column=label,
     )
     typer.echo(format_table(report, k))
     if json_path is not None:
@@ -173,17 +192,19 @@ def score(
     out: Annotated[Path, typer.Option("--out", "-o", help="Results: .jsonl (result messages) or .csv, .csv.gz, .parquet (id, score, decision).")],
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
     threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime intra-op threads.")] = 1,
+    id_column: Annotated[Optional[str], typer.Option(help="Table input: the column holding the transaction ids, copied to the results under its own name [default: TRANSACTION_ID]. JSON Lines always use TRANSACTION_ID.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Score a file offline through the same decode -> ONNX Runtime -> encode core as the sidecar.
 
     Rejected rows (bad JSON, missing or non-numeric features, NaN/inf) go to OUT.rejected.jsonl
     with their line number and reason; the exit code is 0 even then, 2 for bad flags or files.
+    A table without its id column is refused (exit 2): results never carry made-up ids.
     """
     from fraudscore.serving.files import score_file
 
     t0 = time.perf_counter()
-    summary = score_file(bundle, input_path, out, device=device, threads=threads)
+    summary = score_file(bundle, input_path, out, device=device, threads=threads, id_column=id_column)
     if not quiet:
         rejected = f"; {summary.rejected:,} rejected -> {summary.rejects_path}" if summary.rejected else ""
         say(f"scored {summary.scored:,} transactions ({summary.alerts:,} alerts){rejected}; wrote {out} in {time.perf_counter() - t0:.2f} s")
@@ -205,6 +226,7 @@ def run(
     poll_timeout: Annotated[Optional[float], typer.Option(help="Seconds consume() waits to fill a batch; a batch is whatever arrived by then, up to --batch-size [default: 0.005].", envvar="FRAUDSCORE_POLL_TIMEOUT")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda [default: cpu].", envvar="FRAUDSCORE_DEVICE")] = None,
     threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads [default: 1].", envvar="FRAUDSCORE_THREADS")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Sidecar processes in the group, one a core (one process scores on one core); the supervisor answers on --metrics-port, worker i on --metrics-port+1+i [default: 1].", envvar="FRAUDSCORE_WORKERS")] = None,
     exactly_once: Annotated[Optional[bool], typer.Option("--exactly-once/--at-least-once", help="Kafka transactions per batch [default: at-least-once].", envvar="FRAUDSCORE_EXACTLY_ONCE")] = None,
     transactional_id: Annotated[Optional[str], typer.Option(help="transactional.id with --exactly-once; stable per instance [default: fraudscore-GROUP-HOSTNAME].", envvar="FRAUDSCORE_TRANSACTIONAL_ID")] = None,
     offset_reset: Annotated[Optional[str], typer.Option(help="Where a group with no committed offsets starts: earliest or latest [default: earliest].", envvar="FRAUDSCORE_OFFSET_RESET")] = None,
@@ -236,6 +258,9 @@ def run(
     [kafka] table of --config; secret values are never printed. Exit codes: 0 after
     SIGTERM/SIGINT (batch in flight finished and committed), 2 bad configuration or bundle,
     3 broker unreachable, credentials or certificate refused, or topics missing.
+
+    --workers N runs N sidecar processes in the group under a supervisor that restarts
+    the ones that die (docs/sidecar.md, "Workers").
     """
     from fraudscore.serving.sidecar import Sidecar, SidecarConfig, configure_logging, install_signal_handlers
 
@@ -244,7 +269,8 @@ def run(
         "bundle": bundle, "bootstrap_servers": bootstrap_servers, "input_topic": input_topic,
         "output_topic": output_topic, "alerts_topic": alerts_topic, "dlq_topic": dlq_topic, "group_id": group_id,
         "metrics_port": metrics_port, "metrics_host": metrics_host, "batch_size": batch_size,
-        "poll_timeout_s": poll_timeout, "device": device, "threads": threads, "exactly_once": exactly_once,
+        "poll_timeout_s": poll_timeout, "device": device, "threads": threads, "workers": workers,
+        "exactly_once": exactly_once,
         "transactional_id": transactional_id, "offset_reset": offset_reset, "wait": wait,
         "startup_timeout_s": startup_timeout, "drain_timeout_s": drain_timeout, "watch": watch,
         "require_tls": require_tls, "input_mode": input_mode, "labels_topic": labels_topic,
@@ -252,6 +278,12 @@ def run(
     }
     cfg = SidecarConfig.from_sources(flags, config_file=config, properties_file=kafka_properties_file,
                                      kafka_flags=kafka_property)
+    if cfg.workers > 1:
+        from fraudscore.serving.sidecar.workers import Supervisor
+
+        supervisor = Supervisor(cfg, log_level)
+        supervisor.install_signal_handlers()
+        raise typer.Exit(supervisor.run())
     sidecar = Sidecar(cfg)
     install_signal_handlers(sidecar)
     raise typer.Exit(sidecar.run())
@@ -327,7 +359,10 @@ def replay(
 
         table = run_simulation(customers=customers, terminals=terminals, days=days,
                                start=parse_date(start, "--start"), seed=seed).transactions
+    from fraudscore.serving.sidecar.clients import quiet_repeats
     from fraudscore.serving.sidecar.config import parse_kafka_flags
+
+    quiet_repeats()  # a fresh broker's "Coordinator load in progress" is expected, not a warning
 
     kafka = {"bootstrap.servers": bootstrap_servers} | parse_kafka_flags(kafka_property or [])
     events = raw_stream(table, delay_days=delay_days, seed=seed)
@@ -336,6 +371,150 @@ def replay(
     if not quiet:
         say(f"sent {len(events) - labels:,} transactions to {input_topic} and {labels:,} confirmations to "
             f"{labels_topic} in {seconds:.1f} s")
+
+
+dlq_app = typer.Typer(name="dlq", help="Read the dead-letter topic and replay dead letters after a fix.",
+                      no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(dlq_app)
+# Connection and selection options shared by `dlq show` and `dlq replay`.
+_DlqTopic = Annotated[Optional[str], typer.Option(help="The dead-letter topic [default: dlq_topic of --config].", envvar="FRAUDSCORE_DLQ_TOPIC")]
+_Bootstrap = Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers, host:port[,host:port].", envvar="FRAUDSCORE_BOOTSTRAP_SERVERS")]
+_Reason = Annotated[Optional[list[str]], typer.Option("--reason", help="Only dead letters with this fraudscore.reason (repeat): bad_json, missing_field, late ...")]
+_Partition = Annotated[Optional[list[int]], typer.Option("--partition", help="Only this partition of the dead-letter topic (repeat).")]
+_FromOffset = Annotated[Optional[int], typer.Option(min=0, help="First dead-letter offset to read, in each partition read.")]
+_ToOffset = Annotated[Optional[int], typer.Option(min=0, help="Last dead-letter offset to read (inclusive), in each partition read.")]
+_Since = Annotated[Optional[str], typer.Option(help="Only dead letters written since: 2026-11-29T10:00:00 (UTC unless an offset is given) or 30m, 2h, 1d back.")]
+_Limit = Annotated[Optional[int], typer.Option(min=1, help="At most this many dead letters (the first ones).")]
+_Timeout = Annotated[float, typer.Option(min=0.1, help="Seconds to reach the broker, and the longest read stall.")]
+_KafkaX = Annotated[Optional[list[str]], typer.Option("-X", "--kafka-property", help="Any librdkafka property, key=value (repeat), as for run. Keep secrets out of flags: FRAUDSCORE_KAFKA_* variables or --kafka-properties-file.")]
+_KafkaFile = Annotated[Optional[Path], typer.Option(help="File of librdkafka properties, key=value lines (# comments).", envvar="FRAUDSCORE_KAFKA_PROPERTIES_FILE")]
+_Config = Annotated[Optional[Path], typer.Option("--config", help="The sidecar's TOML file: bootstrap_servers, dlq_topic and its [kafka] table are used.", envvar="FRAUDSCORE_CONFIG")]
+
+
+def _dead_letters(dlq_topic: Optional[str], bootstrap_servers: Optional[str], reason: Optional[list[str]],
+                  partition: Optional[list[int]], from_offset: Optional[int], to_offset: Optional[int],
+                  since: Optional[str], limit: Optional[int], timeout: float, kafka_property: Optional[list[str]],
+                  kafka_properties_file: Optional[Path], config: Optional[Path]) -> tuple[dict, str, list]:
+    """(kafka settings, topic, selected dead letters) from the options `dlq show` and `dlq replay` share."""
+    from fraudscore.serving.dlq import Selection, connection, dlq_topic_from, parse_since, read_dead_letters
+
+    kafka = connection(bootstrap_servers=bootstrap_servers, config_file=config,
+                       properties_file=kafka_properties_file, kafka_flags=kafka_property)
+    topic = dlq_topic_from(dlq_topic, config)
+    if from_offset is not None and to_offset is not None and to_offset < from_offset:
+        raise UsageError("--to-offset must not be below --from-offset")
+    selection = Selection(reasons=frozenset(reason or ()), partitions=frozenset(partition or ()),
+                          from_offset=from_offset, to_offset=to_offset, since_ms=parse_since(since), limit=limit)
+    return kafka, topic, read_dead_letters(kafka, topic, selection, timeout_s=timeout)
+
+
+@dlq_app.command("show")
+@reports_errors
+def dlq_show(
+    dlq_topic: _DlqTopic = None, bootstrap_servers: _Bootstrap = None, reason: _Reason = None,
+    partition: _Partition = None, from_offset: _FromOffset = None, to_offset: _ToOffset = None, since: _Since = None,
+    limit: _Limit = None,
+    json_lines: Annotated[bool, typer.Option("--json", help="One JSON object a dead letter (every header, the whole value) for scripts.")] = False,
+    payload_chars: Annotated[int, typer.Option(min=0, help="Characters of each value to print on a line (0: all); --json prints whole values.")] = 120,
+    timeout: _Timeout = 30.0, kafka_property: _KafkaX = None, kafka_properties_file: _KafkaFile = None,
+    config: _Config = None,
+) -> None:
+    """Print the dead letters: one line each with partition@offset, time, reason, source
+    topic/partition/offset, key, detail and the start of the value (--json: JSON Lines).
+
+    Reads the topic from the beginning (or --from-offset / --since) up to its end offsets
+    at the start, without a consumer group: nothing is committed, nothing moves for the
+    sidecars. A count per reason goes to stderr. Exit codes: 0 done (also when none
+    matched), 2 bad options, 3 broker or topic unreachable.
+    """
+    import collections
+    import json
+
+    _, topic, letters = _dead_letters(dlq_topic, bootstrap_servers, reason, partition, from_offset, to_offset,
+                                      since, limit, timeout, kafka_property, kafka_properties_file, config)
+    for letter in letters:
+        typer.echo(json.dumps(letter.to_json()) if json_lines else letter.line(payload_chars or 10**9))
+    counts = collections.Counter(letter.reason or "?" for letter in letters)
+    truncated = sum(letter.truncated is not None for letter in letters)
+    say(f"{len(letters):,} dead letters in {topic}" + (": " + ", ".join(f"{r} {n:,}" for r, n in counts.most_common()) if counts else "")
+        + (f"; {truncated:,} truncated (their full messages are at their source offsets)" if truncated else ""))
+
+
+@dlq_app.command("replay")
+@reports_errors
+def dlq_replay(
+    dlq_topic: _DlqTopic = None, bootstrap_servers: _Bootstrap = None, reason: _Reason = None,
+    partition: _Partition = None, from_offset: _FromOffset = None, to_offset: _ToOffset = None, since: _Since = None,
+    limit: _Limit = None,
+    to: Annotated[Optional[str], typer.Option("--to", help="Send to this topic, partitioned by key [default: each dead letter's source topic and partition].")] = None,
+    execute: Annotated[bool, typer.Option("--execute/--dry-run", help="Send; the default only counts what would be sent.")] = False,
+    timeout: _Timeout = 30.0, kafka_property: _KafkaX = None, kafka_properties_file: _KafkaFile = None,
+    config: _Config = None,
+) -> None:
+    """Re-produce selected dead letters' original values and keys to the input topic, after the
+    producer or the bundle was fixed.
+
+    A dry run by default: it prints what would go where; --execute sends, waits for every
+    acknowledgement, and prints counts and the dead-letter offsets replayed (keep them: a
+    second run with the same selection sends the same messages again; continue with
+    --from-offset LAST+1). Each replayed message carries a fraudscore.replayed.from header
+    (dlq-topic/partition/offset). Dead letters whose value or key was truncated are never
+    replayed; they are listed with the source offset of the full message. Exit codes: 0
+    done, 2 bad options, 3 broker or topic unreachable or a send not acknowledged.
+    """
+    from fraudscore.serving.dlq import replay as replay_letters
+
+    kafka, topic, letters = _dead_letters(dlq_topic, bootstrap_servers, reason, partition, from_offset, to_offset,
+                                          since, limit, timeout, kafka_property, kafka_properties_file, config)
+    report = replay_letters(kafka, letters, topic, to_topic=to, execute=execute, timeout_s=max(timeout, 60.0))
+    for line in report.lines(topic):
+        typer.echo(line)
+
+
+topics_app = typer.Typer(name="topics", help="The sidecar's Kafka topics.", no_args_is_help=True,
+                         rich_markup_mode=None)
+app.add_typer(topics_app)
+
+
+@topics_app.command("create")
+@reports_errors
+def topics_create(
+    bootstrap_servers: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers, host:port[,host:port].", envvar="FRAUDSCORE_BOOTSTRAP_SERVERS")] = None,
+    input_topic: Annotated[Optional[str], typer.Option(help="Transactions to score.", envvar="FRAUDSCORE_INPUT_TOPIC")] = None,
+    output_topic: Annotated[Optional[str], typer.Option(help="One result per scored input.", envvar="FRAUDSCORE_OUTPUT_TOPIC")] = None,
+    alerts_topic: Annotated[Optional[str], typer.Option(help="Results at or above the threshold.", envvar="FRAUDSCORE_ALERTS_TOPIC")] = None,
+    dlq_topic: Annotated[Optional[str], typer.Option(help="Rejected inputs: original bytes + reason headers.", envvar="FRAUDSCORE_DLQ_TOPIC")] = None,
+    labels_topic: Annotated[Optional[str], typer.Option(help="Raw mode: fraud confirmations (TRANSACTION_ID, TERMINAL_ID, TX_DATETIME, TX_FRAUD=1), read whole by every instance for the terminal-risk features.", envvar="FRAUDSCORE_LABELS_TOPIC")] = None,
+    input_mode: Annotated[Optional[str], typer.Option("--input", help="raw or features, as for run: features keeps the input topic 7 days instead of raw mode's 39 [default: raw's retention].", envvar="FRAUDSCORE_INPUT")] = None,
+    allowed_lateness: Annotated[Optional[int], typer.Option(help="Raw mode: the sidecar's --allowed-lateness in seconds; the input and labels topics keep it on top of the windows' 37 days [default: 86400].", envvar="FRAUDSCORE_ALLOWED_LATENESS")] = None,
+    partitions: Annotated[int, typer.Option(min=1, help="Partitions of every topic; the input's count bounds how many sidecars share the work. Fix it now: changing it later moves customers between partitions.")] = 1,
+    replication_factor: Annotated[int, typer.Option(min=1, help="Replicas of each partition (3 on a production cluster; at most the number of brokers).")] = 1,
+    startup_timeout: Annotated[Optional[float], typer.Option(help="Seconds to reach the broker [default: 15].", envvar="FRAUDSCORE_STARTUP_TIMEOUT")] = None,
+    kafka_property: Annotated[Optional[list[str]], typer.Option("-X", "--kafka-property", help="Any librdkafka property, key=value (repeat): security.protocol, sasl.*, ssl.* ... Keep secrets out of flags (they show in ps): use FRAUDSCORE_KAFKA_* variables or --kafka-properties-file.")] = None,
+    kafka_properties_file: Annotated[Optional[Path], typer.Option(help="File of librdkafka properties, key=value lines (# comments), e.g. a mounted secret with sasl.password.", envvar="FRAUDSCORE_KAFKA_PROPERTIES_FILE")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML file with any of these options (flag names with underscores) and a [kafka] table.", envvar="FRAUDSCORE_CONFIG")] = None,
+) -> None:
+    """Create the sidecar's topics: input, scores, alerts, dead letters, and labels when configured.
+
+    Takes the topic and connection settings of `fraudscore run` from the same flags,
+    FRAUDSCORE_* variables and --config file (run's other settings there are ignored).
+    Idempotent: topics that exist are reported and left as they are; an existing topic
+    with another partition count is refused before anything is created. Retention: input
+    and labels 37 days + --allowed-lateness + 1 day (raw mode rebuilds its state from
+    them), scores and alerts 7 days, dead letters 30 days; cleanup.policy=delete on all
+    (none holds keyed state). Exit codes: 0 done, 2 bad settings or a topic that cannot
+    serve (partition count, replication factor, authorisation), 3 broker unreachable.
+    """
+    from fraudscore.serving.topics import TopicsConfig, ensure_topics, plan_topics
+
+    flags = {"bootstrap_servers": bootstrap_servers, "input_topic": input_topic, "output_topic": output_topic,
+             "alerts_topic": alerts_topic, "dlq_topic": dlq_topic, "labels_topic": labels_topic,
+             "input_mode": input_mode, "allowed_lateness_s": allowed_lateness, "startup_timeout_s": startup_timeout}
+    cfg = TopicsConfig.from_sources(flags, config_file=config, properties_file=kafka_properties_file,
+                                    kafka_flags=kafka_property)
+    report = ensure_topics(cfg, plan_topics(cfg, partitions, replication_factor))
+    for line in report.lines():
+        say(line)
 
 
 PLUGIN_GROUP = "fraudscore.commands"

@@ -102,7 +102,7 @@ def four_topics(make_topic, partitions: int = 3) -> dict[str, str]:
 
 def own_topics(broker: OwnBroker, partitions: int = 2) -> dict[str, str]:
     """Fresh input (with `partitions`), scores, alerts and dead-letter topics on the second broker (`own_broker`)."""
-    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin = AdminClient(client(broker.bootstrap))
     names = {role: f"sec-{role}-{uuid.uuid4().hex[:8]}" for role in ("in", "out", "alerts", "dlq")}
     futures = admin.create_topics([NewTopic(n, num_partitions=partitions if r == "in" else 1, replication_factor=1)
                                    for r, n in names.items()])

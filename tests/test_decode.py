@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -118,6 +119,7 @@ def valid_messages(draw) -> bytes:
     doc = {"TRANSACTION_ID": draw(st.one_of(st.integers(-(2**63), 2**63 - 1), st.text(max_size=40)))}
     for name in FEATURES:
         doc[name] = draw(st.one_of(st.integers(-(2**31), 2**31), st.floats(-3e38, 3e38, allow_nan=False)))
+    doc["TX_AMOUNT"] = draw(st.one_of(st.integers(0, 10**9), st.floats(0, 1e9)))  # the amount rule: 0 to 1e9
     if draw(st.booleans()):
         doc["extra"] = draw(anything)
     return dumps(doc)
@@ -146,3 +148,67 @@ def test_deep_nesting_in_an_ignored_field_is_rejected_not_raised() -> None:
             assert [r.reason for r in decoded.rejections] == [expected.reason]
         else:
             assert decoded.index.tolist() == [0, 1]
+
+
+BUNDLE_FEATURES = (
+    "TX_AMOUNT", "TX_DURING_WEEKEND", "TX_DURING_NIGHT",
+    *(f"CUSTOMER_ID_{k}_{w}DAY_WINDOW" for w in (1, 7, 30) for k in ("NB_TX", "AVG_AMOUNT")),
+    *(f"TERMINAL_ID_{k}_{w}DAY_WINDOW" for w in (1, 7, 30) for k in ("NB_TX", "RISK")),
+)
+
+
+def test_a_rejection_names_every_problem_of_the_message() -> None:
+    # One field present of 15: the detail names all 14 missing ones, not only the first.
+    only_amount = orjson.dumps({"TRANSACTION_ID": 1, "TX_AMOUNT": 5.0})
+    wrong = orjson.dumps({"TRANSACTION_ID": 2, **{f: 0 for f in BUNDLE_FEATURES},
+                          "TX_AMOUNT": "12.5", "TX_DURING_NIGHT": True, "TERMINAL_ID_RISK_7DAY_WINDOW": 1e39})
+    good = orjson.dumps({"TRANSACTION_ID": 3, **{f: 1 for f in BUNDLE_FEATURES}})
+    decoded = decode_batch([only_amount, wrong, good], BUNDLE_FEATURES)
+    assert decoded.index.tolist() == [2]
+    missing, typed = decoded.rejections
+    assert missing.reason == "missing_field"
+    assert missing.detail.startswith("missing 14 fields: TX_DURING_WEEKEND, TX_DURING_NIGHT, ")
+    assert all(f in missing.detail for f in BUNDLE_FEATURES[1:])
+    assert typed.reason == "wrong_type"  # the first problem's reason, features in the bundle's order
+    assert typed.detail == (
+        "TX_AMOUNT must be a JSON number, got '12.5' (a string: send the number itself, unquoted); "
+        "TX_DURING_NIGHT must be a JSON number, got True (a boolean: send 1 or 0); "
+        "TERMINAL_ID_RISK_7DAY_WINDOW = 1e+39 is not a finite float32"
+    )
+    for value, rejection in ((only_amount, missing), (wrong, typed)):
+        reference = decode_one(value, BUNDLE_FEATURES)
+        assert (reference.reason, reference.detail) == (rejection.reason, rejection.detail)
+
+
+def test_the_amount_rule_is_the_same_in_every_mode(tmp_path) -> None:
+    # A negative amount or one above 1e9 is refused by feature messages, raw transactions,
+    # feature tables (`fraudscore score`) and `fraudscore features` alike.
+    from fraudscore import Table
+    from fraudscore.errors import InputError
+    from fraudscore.features import validate_transactions
+    from fraudscore.serving.decode import decode_table
+    from fraudscore.serving.transactions import decode_transactions
+
+    amounts = [-0.01, 1e9 + 1, 0.0, 1e9]
+    messages = [orjson.dumps({"TRANSACTION_ID": i, **{f: 0 for f in BUNDLE_FEATURES}, "TX_AMOUNT": a})
+                for i, a in enumerate(amounts)]
+    for batch in (messages, messages[:2]):  # with and without valid messages beside them
+        decoded = decode_batch(batch, BUNDLE_FEATURES)
+        assert [(r.index, r.reason) for r in decoded.rejections] == [(0, "bad_amount"), (1, "bad_amount")]
+    assert "must be a number from 0 to 1e+09" in decode_batch(messages, BUNDLE_FEATURES).rejections[0].detail
+    assert decode_batch(messages[2:], BUNDLE_FEATURES).rejections == []  # the clean (fast) path keeps 0 and 1e9
+
+    raw = [orjson.dumps({"TRANSACTION_ID": i, "TX_DATETIME": "2018-04-01 00:00:00", "CUSTOMER_ID": 1,
+                         "TERMINAL_ID": 2, "TX_AMOUNT": a}) for i, a in enumerate(amounts)]
+    assert [(r.index, r.reason) for r in decode_transactions(raw).rejections] == [(0, "bad_amount"), (1, "bad_amount")]
+
+    columns = {f: np.zeros(4) for f in BUNDLE_FEATURES} | {"TX_AMOUNT": np.array(amounts)}
+    table = decode_table(columns, BUNDLE_FEATURES, [0, 1, 2, 3])
+    assert [(r.index, r.reason) for r in table.rejections] == [(0, "bad_amount"), (1, "bad_amount")]
+
+    for amount, words in ((-0.01, "negative"), (1e9 + 1, r"above 1e\+09")):
+        tx = Table({"TRANSACTION_ID": np.array([1]), "TX_DATETIME": np.array(["2018-04-01T00:00:00"], dtype="datetime64[s]"),
+                    "CUSTOMER_ID": np.array([1]), "TERMINAL_ID": np.array([2]), "TX_AMOUNT": np.array([amount]),
+                    "TX_FRAUD": np.array([0])})
+        with pytest.raises(InputError, match=words):
+            validate_transactions(tx)

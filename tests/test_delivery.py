@@ -7,13 +7,20 @@ rewound) in milliseconds.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from fraudscore.serving.sidecar.config import SidecarConfig
-from fraudscore.serving.sidecar.delivery import MAX_KEY_BYTES, TRUNCATED_DLQ_BYTES, Delivery, next_offsets
+from fraudscore.serving.sidecar.delivery import (
+    MAX_KEY_BYTES,
+    TRUNCATED_DLQ_BYTES,
+    DeadLetterLog,
+    Delivery,
+    next_offsets,
+)
 
 
 class FakeMessage:
@@ -229,3 +236,50 @@ def test_exactly_once_fatal_error_is_raised() -> None:
     d.begin()
     with pytest.raises(FraudscoreError, match="fenced"):
         d.finish(BATCH, ASSIGNED)
+
+
+def test_dead_letters_are_logged_as_rate_limited_summaries_without_payloads(caplog) -> None:
+    now = [100.0]
+    producer = FakeProducer()
+    d = Delivery(config(), FakeConsumer(), producer)
+    d.dead_letters = DeadLetterLog("tx-dlq", interval_s=30.0, clock=lambda: now[0])
+    secret = b'{"card": "4111111111111111"'
+
+    def batch(reasons, first_offset, delivered=True):
+        producer.left_after_flush = 0 if delivered else 1
+        d.begin()
+        for k, reason in enumerate(reasons):
+            d.dead_letter(FakeMessage(3, first_offset + k, value=secret), reason, "detail", "v1")
+        return d.finish([FakeMessage(3, first_offset + k) for k in range(len(reasons))], {("tx-in", 3)})
+
+    with caplog.at_level("WARNING", logger="fraudscore.sidecar"):
+        assert batch(["bad_json", "missing_field", "missing_field"], 40)  # first dead letters: logged at once
+        now[0] += 5
+        assert not batch(["wrong_type"], 50, delivered=False)  # rewound: read again, not counted twice
+        assert batch(["wrong_type"], 50)
+        assert batch(["missing_field"], 51)  # within 30 s of the last line: held
+        assert len(caplog.records) == 1
+        now[0] += 30
+        assert batch(["bad_json"], 52)  # 30 s later: one summary of everything held
+        d.dead_letters.close()  # nothing held: no line
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("dead-lettered 3 messages to tx-dlq in the last 0 s (missing_field 2, bad_json 1); "
+                               "first from tx-in[3]@40")
+    assert lines[1].startswith("dead-lettered 3 messages to tx-dlq in the last 30 s (")
+    assert "wrong_type 1" in lines[1] and "missing_field 1" in lines[1] and "first from tx-in[3]@50" in lines[1]
+    assert not any("4111" in line for line in lines)
+
+
+def test_held_dead_letters_are_logged_at_close(caplog) -> None:
+    now = [0.0]
+    dead = DeadLetterLog("tx-dlq", clock=lambda: now[0])
+    with caplog.at_level("WARNING", logger="fraudscore.sidecar"):
+        dead.add(Counter(bad_json=1), "tx-in[0]@1")
+        now[0] += 1
+        dead.add(Counter(bad_json=2), "tx-in[0]@2")
+        dead.close()
+    assert [r.getMessage().split(";")[0] for r in caplog.records] == [
+        "dead-lettered 1 message to tx-dlq in the last 0 s (bad_json 1)",
+        "dead-lettered 2 messages to tx-dlq in the last 0 s (bad_json 2)",
+    ]

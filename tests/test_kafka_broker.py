@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from kafka_helpers import LOCAL_KAFKA
+from kafka_helpers import LOCAL_KAFKA, client
 
 pytestmark = pytest.mark.kafka
 
@@ -27,8 +27,7 @@ def _consume(consumer: Consumer, expected: int, timeout_s: float = 30.0) -> list
 
 def _consumer(bootstrap: str, group: str) -> Consumer:
     return Consumer(
-        {
-            "bootstrap.servers": bootstrap,
+        client(bootstrap) | {
             "group.id": group,
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
@@ -38,7 +37,7 @@ def _consumer(bootstrap: str, group: str) -> Consumer:
 
 def test_produce_consume_commit_and_resume(kafka_bootstrap: str, make_topic) -> None:
     topic = make_topic(partitions=3)
-    producer = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True})
+    producer = Producer(client(kafka_bootstrap) | {"enable.idempotence": True})
     delivered = []
     for i in range(300):
         producer.produce(topic, key=str(i % 17).encode(), value=f"tx-{i}".encode(),
@@ -78,12 +77,12 @@ def test_missing_topics_are_not_created_by_producers(kafka_bootstrap: str) -> No
     # auto.create.topics.enable=false: a typo in a topic name is an error, not a new topic.
     from confluent_kafka.admin import AdminClient
 
-    producer = Producer({"bootstrap.servers": kafka_bootstrap, "message.timeout.ms": 3000})
+    producer = Producer(client(kafka_bootstrap) | {"message.timeout.ms": 3000})
     errors = []
     producer.produce("no-such-topic-fraudscore", value=b"x", on_delivery=lambda err, msg: errors.append(err))
     producer.flush(10)
     assert errors and errors[0] is not None
-    topics = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=10).topics
+    topics = AdminClient(client(kafka_bootstrap)).list_topics(timeout=10).topics
     assert "no-such-topic-fraudscore" not in topics
 
 

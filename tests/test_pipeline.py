@@ -15,10 +15,14 @@ from kafka_helpers import EXE
 
 
 def extreme_messages(features) -> list[bytes]:
-    """Valid float32 inputs; the first three overflow the network (to NaN), the last two do not."""
+    """Valid float32 inputs; the first three overflow the network (to NaN), the last two do not.
+    TX_AMOUNT stays within the amount rule (0 to 1e9); the other features take float32's extremes."""
     n = len(features)
     rows = [[3e38] * n, [-3e38] * n, [3e38 if j % 2 else -3e38 for j in range(n)], [1.0] * n, [0.0] * n]
-    return [json.dumps({"TRANSACTION_ID": i, **dict(zip(features, row))}).encode() for i, row in enumerate(rows)]
+    docs = [dict(zip(features, row)) for row in rows]
+    for doc, amount in zip(docs, (1e9, 0.0, 1e9, 1.0, 0.0)):
+        doc["TX_AMOUNT"] = amount
+    return [json.dumps({"TRANSACTION_ID": i, **doc}).encode() for i, doc in enumerate(docs)]
 
 
 def test_a_non_finite_score_is_a_rejection_not_a_pass(small_bundle: Path) -> None:
@@ -44,7 +48,7 @@ def test_offline_scoring_rejects_non_finite_scores_in_both_paths(small_bundle: P
     rows = [json.loads(v) for v in values]
     header = ["TRANSACTION_ID", *features]
     (tmp_path / "in.csv").write_text(",".join(header) + "\n" + "".join(",".join(repr(r[h]) for h in header) + "\n" for r in rows))
-    for source, out in (("in.jsonl", "out.jsonl"), ("in.csv", "out.csv")):
+    for source, out in (("in.jsonl", "out.jsonl"), ("in.csv", "out.csv"), ("in.csv", "from-table.jsonl")):
         done = subprocess.run([EXE, "score", "--bundle", str(small_bundle), "--in", str(tmp_path / source),
                                "--out", str(tmp_path / out)], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
@@ -52,3 +56,6 @@ def test_offline_scoring_rejects_non_finite_scores_in_both_paths(small_bundle: P
         rejected = [json.loads(x) for x in (tmp_path / (out + ".rejected.jsonl")).read_text().splitlines()]
         assert [r["reason"] for r in rejected] == ["non_finite_score"] * 3
         assert "nan" not in (tmp_path / out).read_text().lower()
+        if out.endswith(".jsonl"):  # the measured inference time, never a placeholder 0.000
+            timings = [json.loads(line)["timings"] for line in (tmp_path / out).read_text().splitlines()]
+            assert all(t["inference_ms"] > 0 and t["batch_size"] == 2 for t in timings), timings

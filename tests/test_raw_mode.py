@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from kafka_helpers import EXE, Sidecar, drain, produce
+from kafka_helpers import EXE, Sidecar, client, drain, produce
 
 from fraudscore import baseline_features, simulate, write_table
 from fraudscore.data.replay import raw_stream, replay
@@ -232,7 +232,7 @@ def _background_send(bootstrap: str, topics: dict, events, speedup: float) -> su
 def _wait_for_results(bootstrap: str, topic: str, count: int, timeout_s: float) -> None:
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"count-{time.time_ns()}"})
+    consumer = Consumer(client(bootstrap) | {"group.id": f"count-{time.time_ns()}"})
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:

@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from fraudscore.serving.bundle import load_bundle
-from kafka_helpers import EXE, STARTED, Sidecar, drain, four_topics, free_port, produce, transaction_ids, wait_ready
+from kafka_helpers import EXE, STARTED, Sidecar, client, drain, four_topics, free_port, produce, transaction_ids, wait_ready
 
 pytestmark = pytest.mark.kafka
 
@@ -69,7 +69,7 @@ def test_every_input_ends_in_scores_or_dead_letters(kafka_bootstrap, small_bundl
     assert code == 0, out[-2000:]
     assert time.monotonic() - t0 < 30
     # Every input offset is committed: a restart would not re-read anything.
-    reader = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "g-main"})
+    reader = Consumer(client(kafka_bootstrap) | {"group.id": "g-main"})
     committed = reader.committed([TopicPartition(topics["in"], p) for p in range(3)], timeout=10)
     ends = [reader.get_watermark_offsets(TopicPartition(topics["in"], p), timeout=10)[1] for p in range(3)]
     reader.close()

@@ -16,6 +16,11 @@ from typing import Any
 from fraudscore.errors import InputError
 
 SECONDS_PER_DAY = 86_400
+MAX_AMOUNT = 1e9
+"""TX_AMOUNT must be a number from 0 to MAX_AMOUNT wherever it enters: `fraudscore features`,
+raw transactions and feature messages in the sidecar, feature tables in `fraudscore score`.
+Larger amounts are refused: one 1e300 would turn a partition's exact integer-cent sums into
+floats and spoil other customers' means for a month."""
 
 SUPPORTED_VERSIONS = (1,)
 TIE_RULES = ("same_second_by_transaction_id",)

@@ -35,9 +35,10 @@ from dataclasses import dataclass
 import msgspec
 import numpy as np
 
-from fraudscore.serving.decode import MAX_MESSAGE_BYTES, BadMessage, Rejection, parse_object
+from fraudscore.features.spec import MAX_AMOUNT
+from fraudscore.serving.decode import MAX_MESSAGE_BYTES, BadMessage, Rejection, parse_object, show_value, type_hint
 
-RAW_REASONS = ("bad_time", "bad_amount", "late")
+RAW_REASONS = ("bad_time", "late")
 """Dead-letter reasons of raw mode besides decode.REASONS; `late`: older than the partition's newest
 event time minus the allowed lateness (its windows may be incomplete)."""
 LABEL_OUTCOMES = ("applied", "pending", "duplicate", "expired", "unreadable", "genuine")
@@ -47,9 +48,6 @@ _INT_FIELDS = ("TRANSACTION_ID", "CUSTOMER_ID", "TERMINAL_ID")
 _MIN_S, _MAX_S = 0, 9_200_000_000  # 1970 .. year 2261: beyond, int64 nanoseconds and most tools overflow
 _INT64 = (-(2**63), 2**63 - 1)
 FUTURE_TOLERANCE_S = 86_400
-MAX_AMOUNT = 1e9
-"""Larger amounts are refused (`bad_amount`): one 1e300 would turn a partition's exact
-integer-cent sums into floats and spoil other customers' means for a month."""
 _UTC = dt.timezone.utc
 
 
@@ -161,27 +159,22 @@ def _check_transaction(doc: dict, latest: int) -> tuple[tuple | None, str, list[
     for name in _INT_FIELDS:
         value = doc.get(name)
         if name in doc and (type(value) is not int or not _INT64[0] <= value <= _INT64[1]):
-            problems.append(("wrong_type", f"{name} must be a 64-bit integer, got {_show(value)}"))
+            problems.append(("wrong_type", f"{name} must be a 64-bit integer, got {show_value(value)}{type_hint(value)}"))
     seconds = None
     if "TX_DATETIME" in doc:
         seconds = parse_time(doc["TX_DATETIME"])
         if seconds is None or seconds > latest:
-            problems.append(("bad_time", f"TX_DATETIME {_show(doc['TX_DATETIME'])} is not an ISO-8601 date-time "
+            problems.append(("bad_time", f"TX_DATETIME {show_value(doc['TX_DATETIME'])} is not an ISO-8601 date-time "
                                          "or epoch milliseconds from 1970 to one day after the message's timestamp"))
     amount = doc.get("TX_AMOUNT")
     if "TX_AMOUNT" in doc:
         if type(amount) not in (int, float):
-            problems.append(("wrong_type", f"TX_AMOUNT must be a number, got {_show(amount)}"))
+            problems.append(("wrong_type", f"TX_AMOUNT must be a number, got {show_value(amount)}{type_hint(amount)}"))
         elif not (0 <= amount <= MAX_AMOUNT):
             problems.append(("bad_amount", f"TX_AMOUNT {amount!r} must be a number from 0 to {MAX_AMOUNT:.0e}"))
     if problems:
         return None, problems[0][0], [p for _, p in problems]
     return (doc["TRANSACTION_ID"], seconds, doc["CUSTOMER_ID"], doc["TERMINAL_ID"], float(amount)), "", []
-
-
-def _show(value) -> str:
-    text = repr(value) if type(value) in (int, float, bool, str) or value is None else type(value).__name__
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def parse_times(values: list) -> np.ndarray | None:

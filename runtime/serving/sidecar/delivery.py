@@ -17,11 +17,16 @@ A key longer than MAX_KEY_BYTES is the caller's to reject (`oversized_key`); a d
 letter's value is cut to its first TRUNCATED_DLQ_BYTES when it would not fit the
 dead-letter topic (header `fraudscore.truncated` = original length; the source offset
 headers point at the full message), so no input can make a batch undeliverable for ever.
+
+Delivered dead letters are also summed up in the log (`DeadLetterLog`): counts by reason
+and where the first one came from, never a payload, at most one line every 30 s.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import Counter
 from collections.abc import Iterable
 
 import numpy as np
@@ -37,6 +42,53 @@ MAX_KEY_BYTES = 4096
 DLQ_MAX_BYTES = 900_000
 TRUNCATED_DLQ_BYTES = 64 * 1024
 _MSG_SIZE_TOO_LARGE = 10  # confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE, without importing it at start-up
+DLQ_LOG_INTERVAL_S = 30.0
+
+
+class DeadLetterLog:
+    """A log line for dead letters: the first batch that has any at once, then at most one
+    summary every `interval_s` for what was dead-lettered since (counts by reason and the
+    source of the first one, never payloads, which may hold card data). `close` writes
+    what is still held.
+
+        dead = DeadLetterLog("tx-dlq")
+        dead.add(Counter(missing_field=3), "tx-in[2]@1041")   # logged now
+        dead.add(Counter(bad_json=1), "tx-in[0]@77")          # held until 30 s have passed
+    """
+
+    def __init__(self, dlq_topic: str, interval_s: float = DLQ_LOG_INTERVAL_S, clock=time.monotonic):
+        self.dlq_topic = dlq_topic
+        self.interval_s = interval_s
+        self.clock = clock
+        self.held: Counter = Counter()
+        self.first: str | None = None
+        self.since = clock()
+        self.last_line = -float("inf")
+
+    def add(self, reasons: Counter, first: str | None) -> None:
+        """Dead letters of one delivered batch."""
+        if not reasons:
+            return
+        if not self.held:
+            self.since = self.clock()
+            self.first = first
+        self.held.update(reasons)
+        if self.clock() - self.last_line >= self.interval_s:
+            self.write()
+
+    def write(self) -> None:
+        """Log what is held, if anything, and start counting again."""
+        if not self.held:
+            return
+        total = sum(self.held.values())
+        counts = ", ".join(f"{reason} {n}" for reason, n in self.held.most_common())
+        log.warning("dead-lettered %d message%s to %s in the last %.0f s (%s); first from %s; "
+                    "reasons and details are in each dead letter's headers", total, "" if total == 1 else "s",
+                    self.dlq_topic, max(0.0, self.clock() - self.since), counts, self.first)
+        self.held = Counter()
+        self.last_line = self.clock()
+
+    close = write
 
 
 class Delivery:
@@ -53,10 +105,15 @@ class Delivery:
         self.failures: list = []  # delivery errors of the batch in flight
         self.done: dict[tuple[str, int], object] = {}  # partition -> next offset, fully delivered
         self.dlq_limit = DLQ_MAX_BYTES  # lowered when the broker refuses a dead letter as too large
+        self.dead_letters = DeadLetterLog(config.dlq_topic)
+        self._batch_dead: Counter = Counter()  # reasons of the batch in flight, logged once it is delivered
+        self._batch_first_dead: str | None = None
 
     def begin(self) -> None:
         """Start a batch: forget the last one's failures; open its transaction in exactly-once mode."""
         self.failures = []
+        self._batch_dead = Counter()
+        self._batch_first_dead = None
         if self.config.exactly_once:
             self.producer.begin_transaction()
 
@@ -91,6 +148,9 @@ class Delivery:
             headers.append(("fraudscore.key.truncated", str(len(key)).encode()))
             key = key[:MAX_KEY_BYTES]
         self.produce(self.config.dlq_topic, value, key, headers)
+        self._batch_dead[reason] += 1
+        if self._batch_first_dead is None:
+            self._batch_first_dead = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
 
     def on_delivery(self, err, msg) -> None:
         """The producer's delivery callback (called for failures only)."""
@@ -128,7 +188,9 @@ class Delivery:
                 # background (offsets only move forward). Revoke and shutdown commit synchronously.
                 self.consumer.commit(offsets=offsets, asynchronous=True)
                 self.done.update({(tp.topic, tp.partition): tp for tp in offsets})
-        if not ok:
+        if ok:
+            self.dead_letters.add(self._batch_dead, self._batch_first_dead)
+        else:
             self.rewind(messages, assignment)
         return ok
 

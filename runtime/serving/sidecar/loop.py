@@ -74,7 +74,7 @@ class Sidecar:
         self.spec = input_spec(self.config, bundle.manifest, self.spec)
         scorer = Scorer(bundle, device=self.config.device, intra_op_threads=self.config.threads)
         pipeline = Pipeline(bundle.manifest, scorer, self.config.max_message_bytes)
-        self.metrics.set_model(bundle.manifest.model_version, bundle.manifest.model_sha256, bundle.manifest.model_kind)
+        self.metrics.set_model(bundle.manifest)
         log.info("model %s (%s) on %s, threshold %.6g", bundle.manifest.model_version, bundle.manifest.model_kind,
                  scorer.provider, pipeline.threshold)
         return pipeline
@@ -189,6 +189,7 @@ class Sidecar:
                 log.error("%d messages not delivered at shutdown; their inputs were not committed", left)
         if self.consumer is not None:
             self.delivery.commit_done()
+            self.delivery.dead_letters.close()
             self.consumer.close()
         if self.state is not None:
             self.state.close()
@@ -253,7 +254,7 @@ class Sidecar:
             log.error("batch of %d not fully delivered (%s); rewound to reprocess it",
                       len(good), delivery.failures[0] if delivery.failures else "timeout")
             return
-        m.observe_batch(everything, result, [reason for _, reason, _ in rejected], pipeline.drift_baselines)
+        m.observe_batch(everything, result, [reason for _, reason, _ in rejected])
         m.batch_seconds.observe(time.perf_counter() - t0)
 
     def _catch_up(self, messages: list) -> None:

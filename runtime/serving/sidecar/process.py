@@ -28,6 +28,8 @@ def install_signal_handlers(sidecar: "Sidecar") -> None:
         signal.signal(signal.SIGHUP, sidecar.request_reload)
 
 
-def configure_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def configure_logging(level: str = "INFO", worker: int | None = None) -> None:
+    """Log lines on stderr; a worker of `--workers N` says which one it is."""
+    who = "" if worker is None else f" [worker {worker}]"
+    logging.basicConfig(level=level.upper(), format=f"%(asctime)s %(levelname)s %(name)s{who}: %(message)s")
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
