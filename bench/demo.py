@@ -92,11 +92,6 @@ def bucket_quantiles(buckets: list[tuple[float, float]], quantiles: tuple[float,
     return out
 
 
-def histogram_quantiles(exposition: str, name: str, quantiles: tuple[float, ...]) -> list[float]:
-    """Quantiles of a histogram over everything it has observed."""
-    return bucket_quantiles(histogram_buckets(exposition, name), quantiles)
-
-
 def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         return r.read().decode()

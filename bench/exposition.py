@@ -52,9 +52,7 @@ def registry_for(report: dict, with_run_labels: bool = True) -> CollectorRegistr
                  registry=registry)
     tail = list(extra.values())
     for r in report["results"]:
-        # A kafka-drain row of `--kafka-workers N` (N > 1) is told apart by its variant, `workersN`.
-        variant = f"workers{r['workers']}" if r.get("workers", 1) > 1 else r.get("variant", "fp32")
-        values = [r["mode"], r.get("device", "cpu"), variant, str(r["batch_size"]), *tail]
+        values = [r["mode"], r.get("device", "cpu"), r.get("variant", "fp32"), str(r["batch_size"]), *tail]
         for gauge, key in ((p50, "p50_ms"), (p99, "p99_ms")):
             if r.get(key) is not None:
                 gauge.labels(*values).set(r[key] / 1e3)

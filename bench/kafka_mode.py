@@ -52,6 +52,8 @@ def run_kafka(config: BenchConfig, bundle: Bundle, say: Callable[[str], None]) -
     for workers, rates_seen in drains.items():
         results.append({"mode": "kafka-drain", "device": "cpu", "batch_size": config.kafka_batch_size, "p50_ms": None,
                         "p99_ms": None, "throughput_per_s": float(np.median(rates_seen)), "workers": workers,
+                        # a gate bound selects a worker count's row by its variant (`workers2`)
+                        **({"variant": f"workers{workers}"} if workers > 1 else {}),
                         "messages": config.kafka_messages, "lost": lost[workers], "repeats": len(rates_seen),
                         "spread": {"throughput_per_s": [min(rates_seen), max(rates_seen)]}})
     first = config.kafka_workers[0]

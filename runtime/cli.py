@@ -456,7 +456,8 @@ def dlq_replay(
 
     A dry run by default: it prints what would go where; --execute sends, waits for every
     acknowledgement, and prints counts and the dead-letter offsets replayed (keep them: a
-    second run with the same selection sends the same messages again; continue with
+    second run with the same selection sends the same messages again; --from-offset applies to
+    every partition, so go on partition by partition with the printed --partition P
     --from-offset LAST+1). Each replayed message carries a fraudscore.replayed.from header
     (dlq-topic/partition/offset). Dead letters whose value or key was truncated are never
     replayed; they are listed with the source offset of the full message. Exit codes: 0

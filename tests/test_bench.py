@@ -233,7 +233,7 @@ def test_kafka_mode_reports_drain_rates_and_the_naive_ratio(kafka_bootstrap, sma
     modes = [r["mode"] for r in report["results"]]
     assert modes == ["kafka-drain", "kafka-drain", "kafka-rate", "kafka-rate", "kafka-naive"]
     for drain, workers in zip(report["results"][:2], (1, 2)):  # `fraudscore run --workers 2` drains it all too
-        assert drain["workers"] == workers
+        assert drain["workers"] == workers and drain.get("variant", "fp32") == ("fp32" if workers == 1 else "workers2")
         assert drain["messages"] == 3000 and drain["lost"] == 0 and drain["throughput_per_s"] > 0
         assert drain["repeats"] == 2 and drain["spread"]["throughput_per_s"][0] <= drain["spread"]["throughput_per_s"][1]
     assert report["ratios"]["kafka_drain_workers_2_over_1"] > 0

@@ -197,6 +197,10 @@ def test_the_amount_rule_is_the_same_in_every_mode(tmp_path) -> None:
         assert [(r.index, r.reason) for r in decoded.rejections] == [(0, "bad_amount"), (1, "bad_amount")]
     assert "must be a number from 0 to 1e+09" in decode_batch(messages, BUNDLE_FEATURES).rejections[0].detail
     assert decode_batch(messages[2:], BUNDLE_FEATURES).rejections == []  # the clean (fast) path keeps 0 and 1e9
+    # A bundle without a feature specification may take a transformed TX_AMOUNT (a z-score...).
+    for batch in (messages, messages[:2]):
+        assert decode_batch(batch, BUNDLE_FEATURES, amount_rule=False).rejections == []
+    assert not isinstance(decode_one(messages[0], BUNDLE_FEATURES, amount_rule=False), Rejection)
 
     raw = [orjson.dumps({"TRANSACTION_ID": i, "TX_DATETIME": "2018-04-01 00:00:00", "CUSTOMER_ID": 1,
                          "TERMINAL_ID": 2, "TX_AMOUNT": a}) for i, a in enumerate(amounts)]
@@ -205,6 +209,7 @@ def test_the_amount_rule_is_the_same_in_every_mode(tmp_path) -> None:
     columns = {f: np.zeros(4) for f in BUNDLE_FEATURES} | {"TX_AMOUNT": np.array(amounts)}
     table = decode_table(columns, BUNDLE_FEATURES, [0, 1, 2, 3])
     assert [(r.index, r.reason) for r in table.rejections] == [(0, "bad_amount"), (1, "bad_amount")]
+    assert decode_table(columns, BUNDLE_FEATURES, [0, 1, 2, 3], amount_rule=False).rejections == []
 
     for amount, words in ((-0.01, "negative"), (1e9 + 1, r"above 1e\+09")):
         tx = Table({"TRANSACTION_ID": np.array([1]), "TX_DATETIME": np.array(["2018-04-01T00:00:00"], dtype="datetime64[s]"),

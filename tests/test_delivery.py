@@ -283,3 +283,21 @@ def test_held_dead_letters_are_logged_at_close(caplog) -> None:
         "dead-lettered 1 message to tx-dlq in the last 0 s (bad_json 1)",
         "dead-lettered 2 messages to tx-dlq in the last 0 s (bad_json 2)",
     ]
+
+
+def test_held_dead_letters_are_logged_when_due_even_if_no_more_come(caplog) -> None:
+    now = [0.0]
+    dead = DeadLetterLog("tx-dlq", interval_s=30.0, clock=lambda: now[0])
+    with caplog.at_level("WARNING", logger="fraudscore.sidecar"):
+        dead.add(Counter(bad_json=1), "tx-in[0]@1")  # logged at once
+        now[0] += 1
+        dead.add(Counter(bad_json=4), "tx-in[0]@2")  # held
+        dead.tick()  # 1 s after the last line: still held
+        assert len(caplog.records) == 1
+        now[0] += 30
+        dead.tick()  # due: written without another dead letter
+        dead.tick()  # nothing held: nothing written
+    assert [r.getMessage().split(";")[0] for r in caplog.records] == [
+        "dead-lettered 1 message to tx-dlq in the last 0 s (bad_json 1)",
+        "dead-lettered 4 messages to tx-dlq in the last 30 s (bad_json 4)",
+    ]

@@ -17,7 +17,7 @@ never raised on, when:
 | `missing_field` | the id or a feature the bundle declares is absent |
 | `wrong_type` | a feature is not a JSON number (strings, booleans, null, lists are refused), or the id is not a string or an integer |
 | `out_of_range` | a feature is NaN, infinite, or outside float32's range |
-| `bad_amount` | TX_AMOUNT (when the bundle has it) is negative or above 1e9: the rule raw mode and `fraudscore features` apply |
+| `bad_amount` | TX_AMOUNT is negative or above 1e9, for a bundle that records its feature specification (its TX_AMOUNT is the raw amount): the rule raw mode and `fraudscore features` apply |
 | `oversized_field` | the id is longer than 256 characters |
 
 Every problem of a message is named in the detail ("missing field(s) A, B; wrong type:
@@ -121,12 +121,15 @@ def decode_batch(
     *,
     id_field: str = ID_FIELD,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
+    amount_rule: bool = True,
 ) -> DecodedBatch:
-    """Decode a batch; every input ends up either as a row or as a Rejection."""
-    fast = _decode_clean_batch(values, features, id_field, max_message_bytes)
+    """Decode a batch; every input ends up either as a row or as a Rejection. `amount_rule`:
+    TX_AMOUNT is the raw amount (the bundle records its feature specification), so it must be
+    from 0 to MAX_AMOUNT; a bundle of other features may take TX_AMOUNT transformed."""
+    fast = _decode_clean_batch(values, features, id_field, max_message_bytes, amount_rule)
     if fast is not None:
         return fast
-    return _decode_any_batch(values, features, id_field, max_message_bytes)
+    return _decode_any_batch(values, features, id_field, max_message_bytes, amount_rule)
 
 
 @functools.lru_cache(maxsize=16)
@@ -137,7 +140,7 @@ def _typed_decoder(features: tuple[str, ...], id_field: str) -> msgspec.json.Dec
     return msgspec.json.Decoder(msgspec.defstruct("Transaction", fields))
 
 
-def _decode_clean_batch(values, features, id_field: str, limit: int) -> DecodedBatch | None:
+def _decode_clean_batch(values, features, id_field: str, limit: int, amount_rule: bool) -> DecodedBatch | None:
     """The common case in a few C-speed passes: every message valid. None as soon as one is not,
     and the general path then sorts out which messages are bad and why."""
     if not values or not all(values) or max(map(len, values)) > limit:
@@ -158,7 +161,7 @@ def _decode_clean_batch(values, features, id_field: str, limit: int) -> DecodedB
     if not (np.abs(matrix) <= FLOAT32_MAX).all():
         return None
     matrix = matrix.reshape(n, width)
-    if AMOUNT_FIELD in features:
+    if amount_rule and AMOUNT_FIELD in features:
         amount = matrix[:, list(features).index(AMOUNT_FIELD)]
         if not ((amount >= 0) & (amount <= MAX_AMOUNT)).all():
             return None
@@ -217,7 +220,7 @@ def show_value(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _decode_any_batch(values, features, id_field: str, max_message_bytes: int) -> DecodedBatch:
+def _decode_any_batch(values, features, id_field: str, max_message_bytes: int, amount_rule: bool) -> DecodedBatch:
     parsed = [parse_object(v, max_message_bytes) for v in values]
     unreadable: dict[int, BadMessage] = {i: p for i, p in enumerate(parsed) if type(p) is BadMessage}
     docs = [p if type(p) is dict else None for p in parsed]
@@ -251,7 +254,7 @@ def _decode_any_batch(values, features, id_field: str, max_message_bytes: int) -
         finite = np.abs(as_double) <= FLOAT32_MAX  # False for NaN too
         for i in np.flatnonzero(~finite & objects).tolist():
             problems.setdefault(i, []).append(("out_of_range", name, f"{name} = {column[i]!r} is not a finite float32"))
-        if name == AMOUNT_FIELD:
+        if amount_rule and name == AMOUNT_FIELD:
             for i in np.flatnonzero(finite & objects & ((as_double < 0) | (as_double > MAX_AMOUNT))).tolist():
                 problems.setdefault(i, []).append(_amount_problem(name, column[i]))
         matrix[:, j] = np.where(finite, as_double, 0.0)
@@ -266,7 +269,7 @@ def _decode_any_batch(values, features, id_field: str, max_message_bytes: int) -
 
 
 def decode_one(value: bytes | None, features: tuple[str, ...] | list[str], *, id_field: str = ID_FIELD,
-               max_message_bytes: int = MAX_MESSAGE_BYTES) -> tuple[object, np.ndarray] | Rejection:
+               max_message_bytes: int = MAX_MESSAGE_BYTES, amount_rule: bool = True) -> tuple[object, np.ndarray] | Rejection:
     """The reference: one message at a time, written for clarity. Tests hold decode_batch to it."""
     p = parse_object(value, max_message_bytes)
     if type(p) is BadMessage:
@@ -287,7 +290,7 @@ def decode_one(value: bytes | None, features: tuple[str, ...] | list[str], *, id
             number = float("inf")
         if not abs(number) <= FLOAT32_MAX:
             problems.append(("out_of_range", name, f"{name} = {value!r} is not a finite float32"))
-        elif name == AMOUNT_FIELD and not 0 <= number <= MAX_AMOUNT:
+        elif amount_rule and name == AMOUNT_FIELD and not 0 <= number <= MAX_AMOUNT:
             problems.append(_amount_problem(name, value))
         else:
             row[j] = number
@@ -296,7 +299,8 @@ def decode_one(value: bytes | None, features: tuple[str, ...] | list[str], *, id
     return p[id_field], row
 
 
-def decode_table(columns, features: tuple[str, ...] | list[str], ids: list, *, source: str = "input") -> DecodedBatch:
+def decode_table(columns, features: tuple[str, ...] | list[str], ids: list, *, source: str = "input",
+                 amount_rule: bool = True) -> DecodedBatch:
     """A feature table's rows as a DecodedBatch: the same float32 range rule as messages.
 
     `columns` maps names to equal-length numpy arrays (a fraudscore Table will do); `ids`
@@ -313,7 +317,7 @@ def decode_table(columns, features: tuple[str, ...] | list[str], ids: list, *, s
     wide = np.stack([np.asarray(columns[f], dtype=np.float64) for f in features], axis=1) if len(features) else np.empty((len(ids), 0))
     in_range = np.abs(wide) <= FLOAT32_MAX
     amount_ok = np.ones(len(ids), dtype=bool)
-    if AMOUNT_FIELD in features:
+    if amount_rule and AMOUNT_FIELD in features:
         amount = wide[:, list(features).index(AMOUNT_FIELD)]
         amount_ok = ~((amount < 0) | (amount > MAX_AMOUNT))  # NaN is out_of_range, not bad_amount
     ok = in_range.all(axis=1) & amount_ok

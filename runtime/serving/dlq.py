@@ -37,12 +37,7 @@ from pathlib import Path
 import orjson
 
 from fraudscore.errors import FraudscoreError, UsageError
-from fraudscore.serving.sidecar.config import (
-    kafka_environment,
-    parse_kafka_flags,
-    read_config_file,
-    read_properties_file,
-)
+from fraudscore.serving.sidecar.config import read_config_file, read_sources
 
 REPLAYED_HEADER = "fraudscore.replayed.from"
 PAYLOAD_CHARS = 120
@@ -177,16 +172,12 @@ def parse_since(value: str | None, now: dt.datetime | None = None) -> int | None
 def connection(*, bootstrap_servers: str | None, config_file: Path | None = None,
                properties_file: Path | None = None, kafka_flags: list[str] | None = None,
                environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """librdkafka settings the way `fraudscore run` builds them: -X over FRAUDSCORE_KAFKA_*
-    variables over the properties file over the [kafka] table of --config; the bootstrap
-    servers from the flag (or FRAUDSCORE_BOOTSTRAP_SERVERS) over --config's."""
-    settings = read_config_file(config_file) if config_file else {}
-    kafka = {str(k): str(v) for k, v in settings.get("kafka", {}).items()}
-    if properties_file:
-        kafka.update(read_properties_file(properties_file))
-    kafka.update(kafka_environment(os.environ if environ is None else environ))
-    kafka.update(parse_kafka_flags(kafka_flags or []))
-    servers = bootstrap_servers or settings.get("bootstrap_servers")
+    """librdkafka settings the way `fraudscore run` builds them (`read_sources`): -X over
+    FRAUDSCORE_KAFKA_* variables over the properties file over the [kafka] table of --config;
+    the bootstrap servers from the flag (or FRAUDSCORE_BOOTSTRAP_SERVERS) over --config's."""
+    settings, kafka = read_sources({"bootstrap_servers": bootstrap_servers}, config_file=config_file,
+                                   properties_file=properties_file, kafka_flags=kafka_flags, environ=environ)
+    servers = settings.get("bootstrap_servers")
     if not servers:
         raise UsageError("missing --bootstrap-servers (flag, FRAUDSCORE_BOOTSTRAP_SERVERS or --config)")
     return {"bootstrap.servers": str(servers)} | kafka
@@ -207,7 +198,7 @@ def read_dead_letters(kafka: dict, topic: str, selection: Selection = Selection(
                       timeout_s: float = 30.0) -> list[DeadLetter]:
     """The selected dead letters of `topic`, partition by partition in offset order, up to the
     end offsets seen at the start (later ones are left for the next run)."""
-    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+    from confluent_kafka import Consumer, KafkaException
 
     consumer = Consumer({"logger": logging.getLogger("fraudscore.kafka")} | kafka | {
         # No group membership and no commits: assign() reads, nothing moves for anyone else.
@@ -233,9 +224,32 @@ def read_dead_letters(kafka: dict, topic: str, selection: Selection = Selection(
         todo = {p for p in partitions if starts[p] < ends[p]}
         if not todo:
             return []
-        consumer.assign([TopicPartition(topic, p, starts[p]) for p in sorted(todo)])
-        found: dict[int, list[DeadLetter]] = {p: [] for p in todo}
-        deadline = time.monotonic() + timeout_s
+        # With --limit, one partition at a time (in the order letters are listed), stopping as soon
+        # as enough match: `dlq show --limit 5` on a month of dead letters reads a few, not all.
+        groups = [[p] for p in sorted(todo)] if selection.limit is not None else [sorted(todo)]
+        letters: list[DeadLetter] = []
+        for group in groups:
+            if selection.limit is not None and len(letters) >= selection.limit:
+                break
+            letters += _read_partitions(consumer, topic, group, starts, ends, selection, timeout_s,
+                                        None if selection.limit is None else selection.limit - len(letters))
+        return letters
+    finally:
+        consumer.close()
+
+
+def _read_partitions(consumer, topic: str, partitions: list[int], starts: dict[int, int], ends: dict[int, int],
+                     selection: Selection, timeout_s: float, limit: int | None) -> list[DeadLetter]:
+    """The selected letters of `partitions` from their start offsets to their end offsets, in
+    partition then offset order; stops once `limit` (if any) letters of the first partition
+    read matched (`limit` is only given for one partition at a time)."""
+    from confluent_kafka import KafkaError, TopicPartition
+
+    todo = set(partitions)
+    consumer.assign([TopicPartition(topic, p, starts[p]) for p in partitions])
+    found: dict[int, list[DeadLetter]] = {p: [] for p in partitions}
+    deadline = time.monotonic() + timeout_s
+    try:
         while todo:
             if time.monotonic() > deadline:
                 raise DlqUnavailable(f"reading {topic} did not reach its end offsets within {timeout_s:g} s "
@@ -255,11 +269,13 @@ def read_dead_letters(kafka: dict, topic: str, selection: Selection = Selection(
                     letter = DeadLetter.from_message(msg)
                     if selection.matches(letter):
                         found[p].append(letter)
+                        if limit is not None and len(found[p]) >= limit:
+                            todo.discard(p)
                 deadline = time.monotonic() + timeout_s  # progress: the timeout is for a stall
-        letters = [letter for p in sorted(found) for letter in found[p]]
-        return letters[: selection.limit] if selection.limit is not None else letters
     finally:
-        consumer.close()
+        consumer.unassign()
+    letters = [letter for p in partitions for letter in found[p]]
+    return letters if limit is None else letters[:limit]
 
 
 def _start_offsets(consumer, topic: str, partitions: list[int], selection: Selection,
@@ -300,7 +316,8 @@ class ReplayReport:
         verb = "replayed" if self.executed else "would replay"
         targets = ", ".join(f"{n:,} to {t}" for t, n in sorted(self.sent.items())) or "nothing"
         out = [f"{verb} {self.total:,} dead letters: {targets}" + ("" if self.executed else " (dry run; add --execute to send)")]
-        out += [f"  from {dlq_topic} partition {p} offsets {a}..{b}" for p, (a, b) in sorted(self.ranges.items())]
+        out += [f"  from {dlq_topic} partition {p} offsets {a}..{b} (to go on from there: --partition {p} "
+                f"--from-offset {b + 1})" for p, (a, b) in sorted(self.ranges.items())]
         for letter, why in self.skipped:
             out.append(f"  skipped p{letter.partition}@{letter.offset} ({letter.reason or '?'}): {why}")
         return out

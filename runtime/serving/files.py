@@ -91,7 +91,8 @@ def score_file(bundle_dir: Path, source: Path, out: Path, device: str = "cpu", t
             raise InputError(f"{source}: no id column {id_name} (columns: {', '.join(table.columns)}); {hint}. "
                              "Results carry the input's own ids, never made-up ones")
         row_ids = table[id_name].tolist()
-        result = pipeline.score_decoded(decode_table(table, pipeline.features, row_ids, source=str(source)))
+        result = pipeline.score_decoded(decode_table(table, pipeline.features, row_ids, source=str(source),
+                                                        amount_rule=pipeline.amount_rule))
         # Line numbers of a table count its header: data row i is line i + 2.
         rejects += [{"line": r.index + 2, "reason": r.reason, "detail": r.detail} for r in result.rejections]
         ids, all_scores, all_alerts = result.ids, result.scores, result.alerts

@@ -19,6 +19,7 @@ import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from fraudscore.errors import UsageError
 from fraudscore.serving.decode import REASONS
 from fraudscore.serving.drift import DriftBaseline, bin_counts, drift_baselines
 from fraudscore.serving.manifest import Manifest
@@ -246,7 +247,11 @@ class HealthServer:
             def log_message(self, *args):  # requests are not worth a log line each
                 pass
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self.server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:  # exit 2: no restart can fix it (and --workers stops instead of retrying)
+            raise UsageError(f"--metrics-port {port}: cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                             "choose another port, or 0 for any free one") from None
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, name="fraudscore-http", daemon=True)

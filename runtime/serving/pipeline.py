@@ -59,11 +59,15 @@ class Pipeline:
         self.threshold = float(manifest.threshold)
         self.model_version = manifest.model_version
         self.max_message_bytes = max_message_bytes
+        # TX_AMOUNT is the raw amount (0 to 1e9, as in raw mode) when the bundle records the
+        # feature specification its inputs were computed with; otherwise it is just a feature.
+        self.amount_rule = bool(manifest.feature_spec)
         self._version_json = orjson.dumps(self.model_version).decode()
 
     def score_batch(self, values: list[bytes | None]) -> BatchResult:
         """Decode message values, score the good ones in one call, encode the results."""
-        return self.score_decoded(decode_batch(values, self.features, max_message_bytes=self.max_message_bytes))
+        return self.score_decoded(decode_batch(values, self.features, max_message_bytes=self.max_message_bytes,
+                                               amount_rule=self.amount_rule))
 
     def score_decoded(self, decoded: DecodedBatch, emitted: Emitted | None = None) -> BatchResult:
         """Score decoded rows; a row whose score is not finite becomes a `non_finite_score` rejection.

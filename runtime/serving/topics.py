@@ -42,7 +42,6 @@ FEATURE_INPUT_RETENTION_DAYS = 7  # --input features: nothing is replayed from t
 # up to a day ahead of it (later ones are refused as bad_time): a day more keeps them.
 CLOCK_MARGIN_DAYS = 1
 REQUIRED = ("bootstrap_servers", "input_topic", "output_topic", "alerts_topic", "dlq_topic")
-ROLES = ("input", "labels", "scores", "alerts", "dead letters")
 
 
 class TopicConflict(FraudscoreError):

@@ -154,8 +154,13 @@ def producer_config(config: SidecarConfig, hooks: ClientHooks) -> dict:
         "on_delivery": hooks.on_delivery,
     } | config.kafka
     if config.exactly_once:
-        out["transactional.id"] = config.transactional_id or f"fraudscore-{config.group_id}-{socket.gethostname()}"
+        out["transactional.id"] = config.transactional_id or default_transactional_id(config)
     return out
+
+
+def default_transactional_id(config: SidecarConfig) -> str:
+    """transactional.id when --transactional-id is not given; `--workers` appends -w0, -w1, ..."""
+    return f"fraudscore-{config.group_id}-{socket.gethostname()}"
 
 
 def build_clients(config: SidecarConfig, hooks: ClientHooks, assigned: Callable[[str, int], bool]):
@@ -184,7 +189,8 @@ def check_topics(config: SidecarConfig, topics: Iterable[str], stopping: Callabl
             missing = [t for t in topics if t not in md.topics or md.topics[t].error is not None]
             if not missing:
                 return
-            problem = f"topic(s) {', '.join(missing)} do not exist on {config.bootstrap_servers}; create them first"
+            problem = (f"topic(s) {', '.join(missing)} do not exist on {config.bootstrap_servers}; create them with "
+                       "`fraudscore topics create` and the same settings (flags, FRAUDSCORE_* or --config)")
         except KafkaException as exc:
             admin.poll(0.2)  # serves error_cb: an authentication or TLS failure says more than a timeout
             refused = [e for e in errors if e.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL)]

@@ -54,6 +54,7 @@ class DeadLetterLog:
         dead = DeadLetterLog("tx-dlq")
         dead.add(Counter(missing_field=3), "tx-in[2]@1041")   # logged now
         dead.add(Counter(bad_json=1), "tx-in[0]@77")          # held until 30 s have passed
+        dead.tick()                                           # every loop pass: writes it once they have
     """
 
     def __init__(self, dlq_topic: str, interval_s: float = DLQ_LOG_INTERVAL_S, clock=time.monotonic):
@@ -74,6 +75,12 @@ class DeadLetterLog:
             self.first = first
         self.held.update(reasons)
         if self.clock() - self.last_line >= self.interval_s:
+            self.write()
+
+    def tick(self) -> None:
+        """Write what is held once `interval_s` has passed since the last line, even when no
+        dead letter follows (the loop calls this every pass; a clock check, nothing more)."""
+        if self.held and self.clock() - self.last_line >= self.interval_s:
             self.write()
 
     def write(self) -> None:

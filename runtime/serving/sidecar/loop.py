@@ -177,6 +177,7 @@ class Sidecar:
                     self._catch_up(messages)
                 if messages:
                     self._process(messages)
+                self.delivery.dead_letters.tick()
             log.info("stopping: batch in flight done, flushing")
             return 0
         finally:

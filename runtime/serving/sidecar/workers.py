@@ -11,9 +11,10 @@ alive, restarts), worker i on P+1+i (the sidecar's own /metrics, /healthz, /read
 scrape P+1..P+N. With P = 0 every port is a free one, written to the log.
 
 A worker that dies (killed, out of memory, crashed) is started again after 1 s, doubling to
-30 s while it keeps dying; one that exits 2 (configuration or bundle) or 3 (broker,
-credentials, topics, state restore) stops them all, and the supervisor exits with that
-code, as a single process would. SIGTERM/SIGINT stop every worker (each finishes and
+30 s while it keeps dying; one that exits 2 (configuration, bundle, a metrics port taken) or
+3 (broker, credentials, topics, state restore) stops them all, and the supervisor exits
+with that code, as a single process would; one that dies 5 times in a row within 10 s of
+starting stops them all too (exit 1). SIGTERM/SIGINT stop every worker (each finishes and
 commits its batch in flight); SIGHUP reloads the bundle in every worker.
 
     supervisor = Supervisor(config, log_level="INFO")   # config.workers == 4
@@ -31,9 +32,10 @@ import socket
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fraudscore.errors import FraudscoreError
+from fraudscore.serving.sidecar.clients import default_transactional_id
 from fraudscore.serving.sidecar.config import SidecarConfig
 
 log = logging.getLogger("fraudscore.workers")
@@ -44,6 +46,10 @@ FIRST_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 30.0
 HEALTHY_AFTER_S = 60.0
 """A worker that ran this long before dying is restarted after FIRST_BACKOFF_S again."""
+QUICK_DEATH_S = 10.0
+MAX_QUICK_DEATHS = 5
+"""A worker that dies this many times in a row within QUICK_DEATH_S of starting cannot start
+(a port taken, a library missing): the supervisor stops them all and exits 1."""
 
 
 def worker_configs(config: SidecarConfig) -> list[SidecarConfig]:
@@ -56,11 +62,6 @@ def worker_configs(config: SidecarConfig) -> list[SidecarConfig]:
         tid = f"{config.transactional_id or default_transactional_id(config)}-w{i}" if config.exactly_once else ""
         out.append(dataclasses.replace(config, workers=1, metrics_port=port, transactional_id=tid))
     return out
-
-
-def default_transactional_id(config: SidecarConfig) -> str:
-    """The single-process default (clients.py); workers append -w0, -w1, ..."""
-    return f"fraudscore-{config.group_id}-{socket.gethostname()}"
 
 
 def _free_port(host: str) -> int:
@@ -80,9 +81,18 @@ def worker_main(config: SidecarConfig, index: int, log_level: str) -> None:
     from fraudscore.serving.sidecar.process import configure_logging, install_signal_handlers
 
     configure_logging(log_level, worker=index)
+    # Until the Sidecar exists (loading the bundle and the ONNX Runtime session takes a
+    # moment), a stop or reload is remembered rather than killing the process.
+    early: set[str] = set()
+    signal.signal(signal.SIGTERM, lambda *_: early.add("stop"))
+    signal.signal(signal.SIGINT, lambda *_: early.add("stop"))
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda *_: early.add("reload"))
     try:
         sidecar = Sidecar(config)
         install_signal_handlers(sidecar)
+        if "stop" in early:
+            sidecar.request_stop()
         code = sidecar.run()
     except FraudscoreError as exc:
         logging.getLogger("fraudscore.sidecar").error("%s", exc)
@@ -99,7 +109,7 @@ class Worker:
     backoff_s: float = FIRST_BACKOFF_S
     restart_at: float | None = None
     restarts: int = 0
-    exit_codes: list[int] = field(default_factory=list)
+    quick_deaths: int = 0  # in a row, each within QUICK_DEATH_S of its start
 
 
 class Supervisor:
@@ -113,6 +123,8 @@ class Supervisor:
         self.workers = [Worker(i, c) for i, c in enumerate(worker_configs(config))]
         self._stop = False
         self._reload = False
+        self._ready = False
+        self._last_ready_check = 0.0
         self.http = None
         self.metrics = None
 
@@ -143,6 +155,9 @@ class Supervisor:
                 code = self._check_workers()
                 if code:
                     break
+                if time.monotonic() - self._last_ready_check >= 1.0:
+                    self._last_ready_check = time.monotonic()
+                    self._check_ready()
                 time.sleep(0.1)
         finally:
             code = self._stop_all(code)
@@ -174,11 +189,16 @@ class Supervisor:
             if w.process is None or w.process.is_alive():
                 continue
             exit_code = w.process.exitcode
-            w.exit_codes.append(exit_code)
             self._update_metrics()
             if exit_code in STOP_CODES:
                 log.error("worker %d exited %d (configuration, broker or state): stopping every worker", w.index, exit_code)
                 return exit_code
+            w.quick_deaths = w.quick_deaths + 1 if now - w.started < QUICK_DEATH_S else 0
+            if w.quick_deaths >= MAX_QUICK_DEATHS:
+                log.error("worker %d died %d times in a row within %.0f s of starting (last exit code %s): it cannot "
+                          "start; stopping every worker (its log lines above say why)", w.index, w.quick_deaths,
+                          QUICK_DEATH_S, exit_code)
+                return 1
             if now - w.started >= HEALTHY_AFTER_S:
                 w.backoff_s = FIRST_BACKOFF_S
             delay, w.backoff_s = w.backoff_s, min(MAX_BACKOFF_S, w.backoff_s * 2)
@@ -207,7 +227,9 @@ class Supervisor:
                 log.error("worker %d did not stop in time; killing it (its batch in flight is read again)", w.index)
                 w.process.kill()
                 w.process.join(5)
-            codes.append(w.process.exitcode if w.restart_at is None else 0)
+            code_w = w.process.exitcode if w.restart_at is None else 0
+            # Killed by the stop signal itself (before its handler was installed): a clean stop.
+            codes.append(0 if code_w in (-signal.SIGTERM, -signal.SIGINT) else code_w)
         self._update_metrics()
         if code:
             return code
@@ -215,18 +237,20 @@ class Supervisor:
         return 1 if bad else 0
 
     def ready(self) -> bool:
-        """Every worker alive and answering 200 on its /readyz."""
+        """Every worker alive and, at the last check (once a second), answering 200 on its /readyz.
+        Cached: a probe of the supervisor answers at once, whatever the number of workers."""
+        return self._ready and all(w.process is not None and w.process.is_alive() for w in self.workers)
+
+    def _check_ready(self) -> None:
         host = _local(self.config.metrics_host)
+        ready = True
         for w in self.workers:
-            if w.process is None or not w.process.is_alive():
-                return False
             try:
                 with urllib.request.urlopen(f"http://{host}:{w.config.metrics_port}/readyz", timeout=0.5) as r:
-                    if r.status != 200:
-                        return False
-            except OSError:
-                return False
-        return True
+                    ready = ready and r.status == 200
+            except OSError:  # not listening yet, or 503 (an HTTPError is an OSError)
+                ready = False
+        self._ready = ready
 
     def _serve_health(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge
