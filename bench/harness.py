@@ -261,7 +261,8 @@ def format_table(report: dict) -> str:
         p99 = "" if r.get("p99_ms") is None else f"{r['p99_ms']:.3f}"
         spread = r.get("spread", {}).get("p99_ms")
         spread_text = f"{spread[0]:.3f}-{spread[1]:.3f}" if spread else ""
-        lines.append(f"{r['mode']:<16} {r.get('device', 'cpu'):<6} {r['batch_size']:>6} {p50:>9} {p99:>9} "
+        mode = r["mode"] if r.get("workers", 1) == 1 else f"{r['mode']} x{r['workers']}"  # `--kafka-workers`
+        lines.append(f"{mode:<16} {r.get('device', 'cpu'):<6} {r['batch_size']:>6} {p50:>9} {p99:>9} "
                      f"{spread_text:>17} {r['throughput_per_s']:>12,.0f}")
     for name, value in report.get("ratios", {}).items():
         lines.append(f"ratio {name}: {value:.2f}")
