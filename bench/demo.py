@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from fraudscore.data.replay import Events, raw_stream, replay
+from fraudscore.serving.sidecar.clients import quiet_repeats
 
 from .kafka_io import Results, collect, end_offsets, produce_at_rate, start_sidecar, streamed_latencies
 
@@ -230,6 +231,7 @@ def run_demo(bootstrap: str, bundle: Path, topics: dict[str, str], events: Event
     history, keys, values = split_history(events, int(rate * seconds))
     warm, labels = int((~history.is_label).sum()), int(history.is_label.sum())
     say(f"demo: sending the history first: {warm:,} transactions and {labels:,} fraud confirmations, at full speed")
+    quiet_repeats()  # a freshly started broker's "Coordinator load in progress" is expected, not a warning
     replay(history, {"bootstrap.servers": bootstrap}, topics["in"], topics["labels"])
     sidecar, _ = start_sidecar(bootstrap, bundle, topics, group=group, metrics_port=metrics_port, ready_timeout_s=300,
                                extra=("--input", "raw", "--labels-topic", topics["labels"]))
