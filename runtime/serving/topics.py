@@ -31,8 +31,8 @@ from typing import Any
 
 from fraudscore.errors import FraudscoreError, UsageError
 from fraudscore.features.spec import BASELINE_SPEC, SECONDS_PER_DAY
-from fraudscore.serving.sidecar.clients import KafkaUnavailable, quiet_repeats
-from fraudscore.serving.sidecar.config import SECRET_MARKERS, SidecarConfig, read_sources
+from fraudscore.serving.sidecar.clients import KafkaUnavailable, connection_problem, quiet_repeats
+from fraudscore.serving.sidecar.config import SECRET_MARKERS, SidecarConfig, read_sources, require
 
 DAY_MS = SECONDS_PER_DAY * 1000
 OUTPUT_RETENTION_DAYS = 7  # scores and alerts: downstream reads them, the sidecar never does
@@ -87,10 +87,7 @@ class TopicsConfig:
         unknown = sorted(set(settings) - known)
         if unknown:
             raise UsageError(f"--config: unknown option(s) {', '.join(unknown)}; see fraudscore run --help")
-        missing = [k for k in REQUIRED if not settings.get(k)]
-        if missing:
-            raise UsageError("missing " + ", ".join("--" + k.replace("_", "-") for k in missing)
-                             + " (flags, FRAUDSCORE_* variables or --config)")
+        require(settings, REQUIRED)
         ours = {f.name for f in fields(cls)} - {"kafka"}
         config = cls(**{k: v for k, v in settings.items() if k in ours}, kafka=kafka)
         config.validate()
@@ -263,14 +260,9 @@ def ensure_topics(config: TopicsConfig, plans: list[TopicPlan]) -> TopicsReport:
     try:
         metadata = admin.list_topics(timeout=config.startup_timeout_s)
     except KafkaException as exc:
-        admin.poll(0.2)  # serves error_cb: an authentication or TLS failure says more than a timeout
-        refused = [e for e in errors if e.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL)]
-        if refused:
-            raise KafkaUnavailable(f"Kafka at {config.bootstrap_servers} refused the connection: {refused[-1].str()}") from None
-        detail = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
-        raise KafkaUnavailable(f"cannot reach Kafka at {config.bootstrap_servers} within "
-                               f"{config.startup_timeout_s:g} s ({detail}); check --bootstrap-servers and -X "
-                               "security settings, or raise --startup-timeout") from None
+        refused, problem = connection_problem(admin, errors, exc, config.bootstrap_servers, config.startup_timeout_s)
+        hint = "" if refused else "; check --bootstrap-servers and -X security settings, or raise --startup-timeout"
+        raise KafkaUnavailable(problem + hint) from None
 
     def present(name: str) -> bool:
         return name in metadata.topics and metadata.topics[name].error is None

@@ -174,9 +174,23 @@ def build_clients(config: SidecarConfig, hooks: ClientHooks, assigned: Callable[
     return consumer, producer
 
 
+def connection_problem(admin, errors: list, exc: Exception, bootstrap: str, timeout_s: float) -> tuple[bool, str]:
+    """(refused, message) for a request that failed: the credentials or certificate refused
+    (from `errors`, the client's error_cb list, which this empties), or the broker not reached."""
+    from confluent_kafka import KafkaError
+
+    admin.poll(0.2)  # serves error_cb: an authentication or TLS failure says more than a timeout
+    refused = [e for e in errors if e.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL)]
+    errors.clear()
+    if refused:
+        return True, f"Kafka at {bootstrap} refused the connection: {refused[-1].str()}"
+    detail = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+    return False, f"cannot reach Kafka at {bootstrap} within {timeout_s:g} s ({detail})"
+
+
 def check_topics(config: SidecarConfig, topics: Iterable[str], stopping: Callable[[], bool]) -> None:
     """Fail fast (or wait, with `config.wait`) when the broker is unreachable or a topic is missing."""
-    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
     topics = list(topics)
@@ -192,14 +206,7 @@ def check_topics(config: SidecarConfig, topics: Iterable[str], stopping: Callabl
             problem = (f"topic(s) {', '.join(missing)} do not exist on {config.bootstrap_servers}; create them with "
                        "`fraudscore topics create` and the same settings (flags, FRAUDSCORE_* or --config)")
         except KafkaException as exc:
-            admin.poll(0.2)  # serves error_cb: an authentication or TLS failure says more than a timeout
-            refused = [e for e in errors if e.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL)]
-            errors.clear()
-            if refused:
-                problem = f"Kafka at {config.bootstrap_servers} refused the connection: {refused[-1].str()}"
-            else:
-                problem = (f"cannot reach Kafka at {config.bootstrap_servers} within "
-                           f"{config.startup_timeout_s:g} s ({exc.args[0].str() if exc.args else exc})")
+            _, problem = connection_problem(admin, errors, exc, config.bootstrap_servers, config.startup_timeout_s)
         if not config.wait or stopping():
             raise KafkaUnavailable(problem + ("" if config.wait else "; or pass --wait to wait for it"))
         if time.monotonic() - said > 10:

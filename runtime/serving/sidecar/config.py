@@ -12,7 +12,7 @@ librdkafka properties come from `-X`, then FRAUDSCORE_KAFKA_<NAME> variables
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,10 +72,7 @@ class SidecarConfig:
                                        kafka_flags=kafka_flags, environ=environ)
         if "bundle" in settings:
             settings["bundle"] = Path(settings["bundle"])
-        missing = [k for k in REQUIRED if not settings.get(k)]
-        if missing:
-            raise UsageError("missing " + ", ".join("--" + k.replace("_", "-") for k in missing)
-                             + " (flags, FRAUDSCORE_* variables or --config)")
+        require(settings, REQUIRED)
         try:
             return cls(**settings, kafka=kafka)
         except TypeError as exc:
@@ -127,6 +124,14 @@ class SidecarConfig:
 
     def redacted_kafka(self) -> dict[str, str]:
         return {k: ("***" if any(m in k.lower() for m in SECRET_MARKERS) else v) for k, v in self.kafka.items()}
+
+
+def require(settings: Mapping[str, Any], names: Iterable[str]) -> None:
+    """UsageError naming every one of `names` that `settings` lacks, and where it may come from."""
+    missing = [k for k in names if not settings.get(k)]
+    if missing:
+        raise UsageError("missing " + ", ".join("--" + k.replace("_", "-") for k in missing)
+                         + " (flags, FRAUDSCORE_* variables or --config)")
 
 
 def read_sources(flags: Mapping[str, Any], *, config_file: Path | None = None, properties_file: Path | None = None,
