@@ -27,6 +27,8 @@ from fraudscore.serving.transactions import LABEL_OUTCOMES, RAW_REASONS
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_SIZE_BUCKETS = (1, 8, 32, 128, 512, 1024, 2048, 4096, 8192, 16384)
+STAGE_BUCKETS = (0.0001, 0.00025, *LATENCY_BUCKETS)
+STAGES = ("decode", "inference", "produce", "ack_wait", "commit")
 SCORE_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0, 2.0, 5.0, 10.0, 100.0)
 
 
@@ -134,6 +136,15 @@ class SidecarMetrics:
             "fraudscore_end_to_end_latency_seconds",
             "From the input message's Kafka timestamp to its result being acknowledged by the broker.",
             LATENCY_BUCKETS, r)
+        self.stage_seconds = Histogram(
+            "fraudscore_stage_seconds", "Time of one batch in each stage of the loop: decode (and online features), "
+            "inference, produce (handing results to the producer), ack_wait (flush: waiting for the broker's "
+            "acknowledgements), commit.", ["stage"], buckets=STAGE_BUCKETS, registry=r)
+        for stage in STAGES:
+            self.stage_seconds.labels(stage)
+        self.input_age_seconds = Histogram(
+            "fraudscore_batch_input_age_seconds", "Age of a batch's oldest message when the batch was consumed "
+            "(now minus its Kafka timestamp): the time spent before the sidecar saw it.", buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("fraudscore_batch_size", "Messages in a consumed batch.", buckets=BATCH_SIZE_BUCKETS, registry=r)
         self.consumed = Counter("fraudscore_messages_consumed", "Input messages consumed.", registry=r)
         self.scored = Counter("fraudscore_transactions_scored", "Transactions scored (result produced).", registry=r)

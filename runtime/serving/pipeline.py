@@ -100,10 +100,13 @@ class Pipeline:
             f',"threshold":{self.threshold!r},"model_version":{self._version_json},'
             f'"timings":{{"inference_ms":{inference_ms:.3f},"batch_size":{len(ids)}}}}}'
         ).encode()
-        if all(type(i) is int for i in ids):
-            id_json = [str(i).encode() for i in ids]
-        else:
-            id_json = list(map(orjson.dumps, ids))
+        integer_ids = not ids or set(map(type, ids)) == {int}
+        if emitted is None and integer_ids:
+            # The common case, one %-format a row (~0.3 µs): integer ids, no features.
+            passed = b'{"transaction_id":%d,"score":%.9g,"decision":"pass"' + tail
+            alerted = b'{"transaction_id":%d,"score":%.9g,"decision":"alert"' + tail
+            return [(alerted if a else passed) % (i, s) for i, s, a in zip(ids, scores.tolist(), alerts.tolist())]
+        id_json = [str(i).encode() for i in ids] if integer_ids else list(map(orjson.dumps, ids))
         decisions = [b"alert" if a else b"pass" for a in alerts.tolist()]
         if emitted is not None:
             names = emitted.names

@@ -24,7 +24,7 @@ TLS_PROTOCOLS = ("ssl", "sasl_ssl")
 KAFKA_ENV_PREFIX = "FRAUDSCORE_KAFKA_"
 REQUIRED = ("bundle", "bootstrap_servers", "input_topic", "output_topic", "alerts_topic", "dlq_topic", "group_id")
 # TOML keys that are spelled like the flag rather than like the field.
-_ALIASES = {"poll_timeout": "poll_timeout_s", "startup_timeout": "startup_timeout_s", "drain_timeout": "drain_timeout_s",
+_ALIASES = {"poll_timeout": "poll_timeout_s", "commit_interval": "commit_interval_s", "startup_timeout": "startup_timeout_s", "drain_timeout": "drain_timeout_s",
             "input": "input_mode", "allowed_lateness": "allowed_lateness_s"}
 
 
@@ -42,7 +42,12 @@ class SidecarConfig:
     metrics_port: int = 9464
     metrics_host: str = "127.0.0.1"
     batch_size: int = 4096
-    poll_timeout_s: float = 0.005
+    # Adaptive batching: a batch is what is queued when the loop asks, up to batch_size;
+    # batch_wait_ms > 0 waits that long for more once a first message is there.
+    batch_wait_ms: float = 0.0
+    poll_timeout_s: float = 0.1  # idle: how long one wait for a first message lasts
+    pipelining: bool = True  # batch k+1 is consumed and scored while batch k's outputs are acknowledged
+    commit_interval_s: float = 0.0  # delivered offsets are committed at most this often (0: every batch; always on revoke, at exit)
     device: str = "cpu"
     threads: int = 1
     workers: int = 1
@@ -87,6 +92,14 @@ class SidecarConfig:
             raise UsageError("--offset-reset must be earliest or latest")
         if self.batch_size < 1 or self.threads < 1:
             raise UsageError("--batch-size and --threads must be positive")
+        if not 0 <= self.batch_wait_ms <= 10_000:
+            raise UsageError(f"--batch-wait-ms must be from 0 to 10000, got {self.batch_wait_ms:g} "
+                             "(0, the default, takes what is queued without waiting)")
+        if not 0 < self.poll_timeout_s <= 10:
+            raise UsageError(f"--poll-timeout must be above 0 and at most 10 seconds, got {self.poll_timeout_s:g}")
+        if not 0 <= self.commit_interval_s <= 60:
+            raise UsageError(f"--commit-interval must be from 0 to 60 seconds, got {self.commit_interval_s:g} "
+                             "(0 commits after every batch)")
         if not 1 <= self.workers <= 256:
             raise UsageError(f"--workers must be from 1 to 256, got {self.workers} (one a core is the usual choice)")
         if self.workers > 1 and self.metrics_port and self.metrics_port + self.workers > 65535:

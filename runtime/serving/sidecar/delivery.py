@@ -1,7 +1,9 @@
 """Delivery of one batch's outputs, and the offsets that follow them.
 
 At least once: results, alerts and dead letters are produced, the producer is flushed,
-and only when every one of them was acknowledged are the batch's next offsets committed.
+and only when every one of them was acknowledged may the batch's next offsets be
+committed (asynchronously, after each batch or at most every `--commit-interval`;
+synchronously on revoke and at shutdown).
 Exactly once: the outputs and the offsets go in one Kafka transaction. Either way a
 failure commits nothing: the batch's partitions are rewound to its first offsets and the
 batch is read again.
@@ -113,6 +115,10 @@ class Delivery:
         self.done: dict[tuple[str, int], object] = {}  # partition -> next offset, fully delivered
         self.dlq_limit = DLQ_MAX_BYTES  # lowered when the broker refuses a dead letter as too large
         self.dead_letters = DeadLetterLog(config.dlq_topic)
+        self.uncommitted: set[tuple[str, int]] = set()  # partitions delivered further than last committed
+        self.last_commit = -float("inf")  # time.monotonic() of the last commit request
+        self.ack_wait_s = 0.0  # the last finish(): seconds flush() waited for acknowledgements
+        self.commit_s = 0.0  # ... and seconds the commit (request, or transaction) took
         self._batch_dead: Counter = Counter()  # reasons of the batch in flight, logged once it is delivered
         self._batch_first_dead: str | None = None
 
@@ -182,24 +188,45 @@ class Delivery:
                 self.failures.append(exc.args[0])
                 return
 
-    def finish(self, messages: list, assignment: set[tuple[str, int]]) -> bool:
-        """Flush and commit the batch (or commit its transaction); on any failure rewind it. True if delivered."""
+    def finish(self, messages: list, assignment: set[tuple[str, int]], rewind_also: Iterable = ()) -> bool:
+        """Flush and commit the batch (or commit its transaction); on any failure rewind it,
+        together with `rewind_also` (messages consumed after it, not produced). True if delivered.
+
+        At least once, the offsets of delivered batches are committed asynchronously, at most
+        every `commit_interval_s` when it is above 0 (`commit_due`)."""
         offsets = next_offsets(self.config.input_topic, messages)
+        started = time.perf_counter()
+        self.commit_s = 0.0
         if self.config.exactly_once:
+            self.ack_wait_s = 0.0
             ok = self._commit_transaction(offsets)
+            self.commit_s = time.perf_counter() - started
         else:
             left = self.producer.flush(self.config.drain_timeout_s)
+            self.ack_wait_s = time.perf_counter() - started
             ok = not left and not self.failures
             if ok:
-                # Everything in the batch is acknowledged; the commit itself may complete in the
-                # background (offsets only move forward). Revoke and shutdown commit synchronously.
-                self.consumer.commit(offsets=offsets, asynchronous=True)
+                # Everything in the batch is acknowledged: its offsets may be committed.
                 self.done.update({(tp.topic, tp.partition): tp for tp in offsets})
+                self.uncommitted.update((tp.topic, tp.partition) for tp in offsets)
+                self.commit_due()
         if ok:
             self.dead_letters.add(self._batch_dead, self._batch_first_dead)
         else:
-            self.rewind(messages, assignment)
+            self.rewind([*messages, *rewind_also], assignment)
         return ok
+
+    def commit_due(self) -> None:
+        """Commit the delivered offsets not committed yet, asynchronously, once
+        `commit_interval_s` has passed since the last commit (offsets only move forward;
+        revoke and shutdown commit synchronously, `commit_done`)."""
+        if not self.uncommitted or time.monotonic() - self.last_commit < self.config.commit_interval_s:
+            return
+        started = time.perf_counter()
+        self.consumer.commit(offsets=[self.done[key] for key in self.uncommitted if key in self.done], asynchronous=True)
+        self.commit_s += time.perf_counter() - started
+        self.uncommitted.clear()
+        self.last_commit = time.monotonic()
 
     def rewind(self, messages: Iterable, assignment: set[tuple[str, int]]) -> None:
         """Seek each assigned partition of the batch back to its first offset in the batch."""
@@ -221,6 +248,7 @@ class Delivery:
         if offsets:
             try:
                 self.consumer.commit(offsets=offsets, asynchronous=False)
+                self.uncommitted -= {(tp.topic, tp.partition) for tp in offsets}
             except Exception as exc:  # nothing to commit, or the group is gone: logged, not fatal
                 log.warning("commit of finished offsets failed: %s", exc)
 
@@ -228,6 +256,7 @@ class Delivery:
         """Drop what is known about partitions this instance no longer owns."""
         for key in partitions:
             self.done.pop(key, None)
+            self.uncommitted.discard(key)
 
     def _commit_transaction(self, offsets: list) -> bool:
         from confluent_kafka import KafkaException

@@ -2,14 +2,23 @@
 
 One batch, top to bottom (`Sidecar.run`):
 
-    consume(batch_size, timeout)             -> up to batch_size messages
+    _take()                                  -> what is queued, up to batch_size (adaptive:
+                                                no wait for a full batch; --batch-wait-ms)
     Pipeline.score_batch(values)             -> results and rejections (decode, one ORT call, encode)
+    _complete() of the batch in flight       -> Delivery.finish: flush (its acknowledgements
+                                                arrived while this batch was consumed and
+                                                scored), then its offsets may be committed (at
+                                                least once: only what the broker acknowledged), or
+                                                one Kafka transaction with --exactly-once; a
+                                                failure rewinds it and this batch together
     Delivery.send_results / dead_letter      -> scores topic (keyed like the input), alerts topic,
-                                                dead-letter topic (original bytes + reason headers)
-    Delivery.finish                          -> flush, then commit the batch's offsets (at least
-                                                once: only what the broker acknowledged), or one
-                                                Kafka transaction with --exactly-once; a failure
-                                                rewinds the batch instead
+                                                dead-letter topic (original bytes + reason headers);
+                                                this batch is now the one in flight
+
+With --no-pipelining (and always with --exactly-once) a batch is completed before the next
+is consumed. Offsets are committed after each delivered batch (or at most every
+--commit-interval), and synchronously on revoke (after the batch in flight is completed)
+and at exit.
 
 SIGTERM/SIGINT stop consuming, finish the batch in flight, flush, commit and exit 0.
 SIGHUP (or `watch`) reloads the bundle between batches: the new one is verified and
@@ -20,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +45,16 @@ from fraudscore.serving.sidecar.state import FeatureState, input_spec
 
 log = logging.getLogger("fraudscore.sidecar")
 IDLE_CATCH_UP_S = 1.0
+
+
+@dataclass
+class InFlight:
+    """A batch whose outputs were produced, not yet known to be acknowledged."""
+
+    messages: list  # every consumed message of the batch: its offsets, and what a rewind reads again
+    result: object  # the pipeline's BatchResult
+    reasons: list  # dead-letter reasons
+    started: float  # time.perf_counter() when the batch was taken
 
 
 class Sidecar:
@@ -66,6 +86,9 @@ class Sidecar:
         self.producer = None
         self.delivery: Delivery | None = None
         self.state: FeatureState | None = None
+        self.in_flight: InFlight | None = None
+        self._stale: list | None = None  # a batch in flight failed inside a rebalance: rewind what comes next too
+        self.pipelined = config.pipelining and not config.exactly_once
 
     # ------------------------------------------------------------------ set-up
 
@@ -118,10 +141,15 @@ class Sidecar:
         self._update_ready()
 
     def _on_revoke(self, consumer, partitions) -> None:
-        # Every batch is delivered before the next consume() call, which is where this
-        # callback runs; its asynchronous commit may still be in flight, so commit the
-        # revoked partitions' offsets synchronously before giving them up.
+        # Runs inside consume()/poll(). The batch in flight is completed first; the delivered
+        # offsets of the revoked partitions (asynchronous commits may be pending, or not yet
+        # due) are then committed synchronously before the partitions are given up.
         revoked = {(p.topic, p.partition) for p in partitions}
+        if self.in_flight is not None:
+            # Its outputs must be acknowledged (and its offsets committed) before the partitions go.
+            flight = self.in_flight
+            if not self._complete(assignment=self._assignment - revoked):
+                self._stale = flight.messages  # what this consume() returns came after it: read again too
         self.delivery.commit_done(revoked)
         self.delivery.forget(revoked)
         self._assignment -= revoked
@@ -172,11 +200,12 @@ class Sidecar:
             self._start_clients()
             while not self._stop:
                 self._maybe_reload()
-                messages = self.consumer.consume(num_messages=c.batch_size, timeout=c.poll_timeout_s)
+                messages = self._take()
                 if self.state is not None:
                     self._catch_up(messages)
                 if messages:
                     self._process(messages)
+                self.delivery.commit_due()
                 self.delivery.dead_letters.tick()
             log.info("stopping: batch in flight done, flushing")
             return 0
@@ -184,6 +213,8 @@ class Sidecar:
             self._shutdown()
 
     def _shutdown(self) -> None:
+        if self.in_flight is not None:
+            self._complete()
         if self.producer is not None:
             left = self.producer.flush(self.config.drain_timeout_s)
             if left:
@@ -217,6 +248,31 @@ class Sidecar:
         self.metrics.reloads.labels("success").inc()
         log.info("model reloaded: now serving %s", new.model_version)
 
+    def _take(self) -> list:
+        """The next batch: what is queued now, up to batch_size, without waiting for a full one.
+
+        Nothing queued: the batch in flight is completed first (its commit does not wait for
+        traffic), then one wait of up to poll_timeout_s for a first message. With
+        batch_wait_ms, a batch that is not full waits that long for more."""
+        c, consumer = self.config, self.consumer
+        messages = consumer.consume(num_messages=c.batch_size, timeout=0)
+        if not messages and self.in_flight is not None:
+            self._complete()
+            messages = consumer.consume(num_messages=c.batch_size, timeout=0)
+        if not messages:
+            first = consumer.poll(c.poll_timeout_s)
+            messages = [first] if first is not None else []
+        if messages and c.batch_wait_ms > 0 and len(messages) < c.batch_size:
+            messages += consumer.consume(num_messages=c.batch_size - len(messages), timeout=c.batch_wait_ms / 1e3)
+        elif len(messages) == 1 and c.batch_size > 1:
+            messages += consumer.consume(num_messages=c.batch_size - 1, timeout=0)
+        if self._stale is not None:
+            # A batch in flight failed during a rebalance inside these calls: these messages
+            # come after it, so they are read again with it, not scored now.
+            self.delivery.rewind([*self._stale, *messages], self._assignment)
+            self._stale, messages = None, []
+        return messages
+
     def _process(self, messages: list) -> None:
         m, t0 = self.metrics, time.perf_counter()
         good = [msg for msg in messages if msg.error() is None]
@@ -234,14 +290,23 @@ class Sidecar:
             good = [msg for msg in good if len(msg.key() or b"") <= MAX_KEY_BYTES]
         pipeline = self.pipeline
         values = [msg.value() for msg in good]
+        stamps = np.fromiter((msg.timestamp()[1] for msg in everything), np.int64, len(everything))
+        if len(stamps) and stamps.min() > 0:
+            m.input_age_seconds.observe(max(0.0, time.time() - float(stamps.min()) / 1e3))
         if self.state is None:
             result = pipeline.score_batch(values)
         else:
             partitions = np.fromiter((msg.partition() for msg in good), np.int64, len(good))
-            stamps = np.fromiter((msg.timestamp()[1] for msg in good), np.int64, len(good))
-            decoded, emitted = self.state.decode(values, partitions, [msg.key() for msg in good], pipeline.features, stamps)
+            own = stamps if good is everything else np.fromiter((msg.timestamp()[1] for msg in good), np.int64, len(good))
+            decoded, emitted = self.state.decode(values, partitions, [msg.key() for msg in good], pipeline.features, own)
             result = pipeline.score_decoded(decoded, emitted if self.config.emit_features else None)
+        scored = time.perf_counter()
         m.inference_seconds.observe(result.inference_seconds)
+        m.stage_seconds.labels("inference").observe(result.inference_seconds)
+        m.stage_seconds.labels("decode").observe(max(0.0, scored - t0 - result.inference_seconds))
+
+        if self.in_flight is not None and not self._complete(rewind_also=everything):
+            return  # the batch in flight was not delivered: it and this one are read again
 
         delivery = self.delivery
         delivery.begin()
@@ -250,13 +315,28 @@ class Sidecar:
         rejected += [(msg, "oversized_key", f"key is {len(msg.key())} bytes, limit {MAX_KEY_BYTES}") for msg in long_keys]
         for msg, reason, detail in rejected:
             delivery.dead_letter(msg, reason, detail, pipeline.model_version)
-        if not delivery.finish(everything, self._assignment):
+        m.stage_seconds.labels("produce").observe(time.perf_counter() - scored)
+        self.in_flight = InFlight(everything, result, [reason for _, reason, _ in rejected], t0)
+        if not self.pipelined:
+            self._complete()
+
+    def _complete(self, rewind_also: list = (), assignment: set | None = None) -> bool:
+        """Wait for the batch in flight's acknowledgements and move its offsets (or rewind it,
+        with `rewind_also`, the batch consumed after it); its metrics once delivered."""
+        flight, self.in_flight = self.in_flight, None
+        m, delivery = self.metrics, self.delivery
+        ok = delivery.finish(flight.messages, self._assignment if assignment is None else assignment, rewind_also)
+        m.stage_seconds.labels("ack_wait").observe(delivery.ack_wait_s)
+        m.stage_seconds.labels("commit").observe(delivery.commit_s)
+        if not ok:
             m.produce_errors.inc(max(1, len(delivery.failures)))
-            log.error("batch of %d not fully delivered (%s); rewound to reprocess it",
-                      len(good), delivery.failures[0] if delivery.failures else "timeout")
-            return
-        m.observe_batch(everything, result, [reason for _, reason, _ in rejected])
-        m.batch_seconds.observe(time.perf_counter() - t0)
+            log.error("batch of %d not fully delivered (%s); rewound to reprocess it%s", len(flight.messages),
+                      delivery.failures[0] if delivery.failures else "timeout",
+                      f" with the {len(rewind_also)} consumed after it" if len(rewind_also) else "")
+            return False
+        m.observe_batch(flight.messages, flight.result, flight.reasons)
+        m.batch_seconds.observe(time.perf_counter() - flight.started)
+        return True
 
     def _catch_up(self, messages: list) -> None:
         """Raw mode: the terminal table reads everything written before this batch was consumed.

@@ -1,0 +1,272 @@
+"""The sidecar loop's pipelined delivery and adaptive batching, without a broker.
+
+Small fakes of the two Kafka clients and of the pipeline pin the order of events: batch
+k+1 is consumed and scored while batch k's outputs are outstanding; batch k's offsets
+move only after its flush; a failure rewinds batch k and the batch consumed after it
+together; a rebalance completes the batch in flight first. The same loop runs against a
+real broker in test_sidecar.py, test_reliability.py, test_raw_mode.py and test_workers.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from confluent_kafka import TopicPartition
+
+from fraudscore.serving.sidecar.config import SidecarConfig
+from fraudscore.serving.sidecar.delivery import Delivery
+from fraudscore.serving.sidecar.loop import Sidecar
+
+
+class Msg:
+    def __init__(self, partition: int, offset: int):
+        self._p, self._o = partition, offset
+
+    def partition(self):
+        return self._p
+
+    def offset(self):
+        return self._o
+
+    def value(self):
+        return b"{}"
+
+    def key(self):
+        return b"7"
+
+    def topic(self):
+        return "tx-in"
+
+    def error(self):
+        return None
+
+    def timestamp(self):
+        return (1, 1_700_000_000_000)
+
+
+@dataclass
+class Result:
+    n: int
+    index: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        self.index = np.arange(self.n)
+        self.payloads = [b"r"] * self.n
+        self.alerts = np.zeros(self.n, bool)
+        self.scores = np.zeros(self.n)
+        self.matrix = np.zeros((self.n, 0), np.float32)
+        self.rejections = []
+        self.inference_seconds = 1e-5
+
+
+class Events:
+    def __init__(self):
+        self.log: list[tuple] = []
+
+
+class FakePipeline:
+    model_version = "v1"
+
+    def __init__(self, events: Events):
+        self.events = events
+
+    def score_batch(self, values):
+        self.events.log.append(("score", len(values)))
+        return Result(len(values))
+
+
+class FakeProducer:
+    def __init__(self, events: Events, fail_flushes: int = 0):
+        self.events, self.fail_flushes = events, fail_flushes
+
+    def produce(self, topic, value, key, headers=None):
+        self.events.log.append(("produce", topic))
+
+    def poll(self, timeout):
+        pass
+
+    def flush(self, timeout):
+        self.events.log.append(("flush",))
+        if self.fail_flushes:
+            self.fail_flushes -= 1
+            return 1
+        return 0
+
+
+class FakeConsumer:
+    """consume()/poll() hand out scripted batches; a script entry may be a callable run first
+    (a rebalance callback fires inside consume(), as in librdkafka)."""
+
+    def __init__(self, events: Events, script: list):
+        self.events, self.script = events, list(script)
+
+    def _next(self):
+        if not self.script:
+            return []
+        entry = self.script.pop(0)
+        if callable(entry):
+            return entry()
+        return entry
+
+    def consume(self, num_messages, timeout):
+        self.events.log.append(("consume", timeout))
+        return list(self._next())
+
+    def poll(self, timeout):
+        self.events.log.append(("poll", timeout))
+        batch = self._next()
+        return batch[0] if batch else None
+
+    def commit(self, offsets, asynchronous):
+        self.events.log.append(("commit", sorted((tp.partition, tp.offset) for tp in offsets), asynchronous))
+
+    def seek(self, tp: TopicPartition):
+        self.events.log.append(("seek", tp.partition, tp.offset))
+
+
+def sidecar(monkeypatch, script: list, fail_flushes: int = 0, **settings) -> tuple[Sidecar, Events]:
+    events = Events()
+    monkeypatch.setattr(Sidecar, "_load_pipeline", lambda self: FakePipeline(events))
+    config = SidecarConfig(bundle=Path("b"), bootstrap_servers="x:1", input_topic="tx-in", output_topic="tx-scores",
+                           alerts_topic="tx-alerts", dlq_topic="tx-dlq", group_id="g",
+                           **({"commit_interval_s": 0.0} | settings))
+    s = Sidecar(config)
+    s.consumer = FakeConsumer(events, script)
+    s.producer = FakeProducer(events, fail_flushes)
+    s.delivery = Delivery(config, s.consumer, s.producer)
+    s._assignment = {("tx-in", 0), ("tx-in", 1), ("tx-in", 2)}
+    return s, events
+
+
+def step(s: Sidecar) -> None:
+    messages = s._take()
+    if messages:
+        s._process(messages)
+
+
+def kinds(events: Events) -> list:
+    """The log without the (many) empty consume calls' timeouts."""
+    return [e[0] if e[0] in ("consume", "poll", "flush", "score") else e for e in events.log]
+
+
+B1 = [Msg(0, 10), Msg(1, 5)]
+B2 = [Msg(0, 11), Msg(2, 3)]
+
+
+def test_the_next_batch_is_consumed_and_scored_before_the_one_in_flight_is_flushed(monkeypatch) -> None:
+    s, events = sidecar(monkeypatch, [B1, B2])
+    step(s)
+    step(s)
+    assert kinds(events) == [
+        "consume", "score", ("produce", "tx-scores"), ("produce", "tx-scores"),
+        "consume", "score",
+        "flush", ("commit", [(0, 11), (1, 6)], True),  # batch 1's offsets, after its flush
+        ("produce", "tx-scores"), ("produce", "tx-scores"),  # then batch 2's outputs
+    ]
+    assert s.in_flight is not None and s.in_flight.messages == B2
+    # Nothing queued: the batch in flight is completed before waiting for traffic.
+    events.log.clear()
+    step(s)
+    assert kinds(events)[:3] == ["consume", "flush", ("commit", [(0, 12), (2, 4)], True)]
+    assert s.in_flight is None
+    assert s.metrics.scored._value.get() == 4
+
+
+def test_adaptive_batching_takes_what_is_queued_without_waiting(monkeypatch) -> None:
+    s, events = sidecar(monkeypatch, [B1])
+    step(s)
+    assert events.log[0] == ("consume", 0)  # never waits for a full batch
+    s, events = sidecar(monkeypatch, [[], [Msg(0, 1)], [Msg(0, 2)]], batch_wait_ms=7.0)
+    step(s)
+    # Idle: one wait for a first message, then --batch-wait-ms for more.
+    assert [e for e in events.log if e[0] in ("consume", "poll")] == [("consume", 0), ("poll", 0.1), ("consume", 0.007)]
+    assert [e for e in events.log if e[0] == "score"] == [("score", 2)]
+
+
+def test_a_failed_batch_in_flight_is_rewound_with_the_batch_consumed_after_it(monkeypatch) -> None:
+    s, events = sidecar(monkeypatch, [B1, B2], fail_flushes=1)
+    step(s)
+    step(s)
+    seeks = sorted(e[1:] for e in events.log if e[0] == "seek")
+    assert seeks == [(0, 10), (1, 5), (2, 3)]  # partition 0 back to batch 1's first offset, not batch 2's
+    assert [e for e in events.log if e[0] == "commit"] == []
+    assert sum(e[0] == "produce" for e in events.log) == 2  # batch 2 was never produced
+    assert s.in_flight is None and s.metrics.produce_errors._value.get() == 1
+
+
+def test_a_rebalance_completes_the_batch_in_flight_before_the_partitions_go(monkeypatch) -> None:
+    revoke = [TopicPartition("tx-in", 0)]
+    holder: dict = {}
+
+    def rebalance():
+        holder["s"]._on_revoke(None, revoke)
+        return [Msg(1, 6)]
+
+    s, events = sidecar(monkeypatch, [B1, rebalance], commit_interval_s=30.0)
+    holder["s"] = s
+    step(s)
+    events.log.clear()
+    step(s)
+    log = kinds(events)
+    flush = log.index("flush")
+    commits = [e for e in log if e[0] == "commit"]
+    # Batch 1 is flushed inside the callback, then partition 0's offset is committed synchronously.
+    assert ("commit", [(0, 11)], False) in commits and log.index(("commit", [(0, 11)], False)) > flush
+    assert ("tx-in", 0) not in s._assignment
+    assert [e for e in log if e == "score"] == ["score"]  # the message of the partition kept is scored
+
+
+def test_a_batch_in_flight_that_fails_in_a_rebalance_takes_the_returned_batch_back_with_it(monkeypatch) -> None:
+    holder: dict = {}
+
+    def rebalance():
+        holder["s"]._on_revoke(None, [TopicPartition("tx-in", 0)])
+        return [Msg(1, 7)]
+
+    s, events = sidecar(monkeypatch, [B1, rebalance], fail_flushes=1)
+    holder["s"] = s
+    step(s)
+    events.log.clear()
+    step(s)
+    assert all((0, 11) not in e[1] and (1, 6) not in e[1] for e in events.log if e[0] == "commit")  # not delivered
+    seeks = [e[1:] for e in events.log if e[0] == "seek"]
+    assert (0, 10) not in seeks  # a revoked partition is not sought: the next owner starts at its commit
+    assert seeks and all(p == 1 and o == 5 for p, o in seeks)  # partition 1 back to batch 1's offset, not 7
+    assert "score" not in kinds(events)  # what consume() returned after the failure is read again, not scored
+
+
+@pytest.mark.parametrize("settings", [{"pipelining": False}, {"exactly_once": True, "transactional_id": "t"}])
+def test_without_pipelining_each_batch_is_completed_before_the_next_is_consumed(monkeypatch, settings) -> None:
+    s, events = sidecar(monkeypatch, [B1, B2], **settings)
+    s.producer.begin_transaction = lambda: None
+    s.producer.send_offsets_to_transaction = lambda *a: events.log.append(("send_offsets",))
+    s.producer.commit_transaction = lambda *a: events.log.append(("commit_transaction",))
+    s.consumer.consumer_group_metadata = lambda: object()
+    step(s)
+    step(s)
+    log = [e if isinstance(e, str) else e[0] for e in kinds(events)]
+    done = "commit_transaction" if settings.get("exactly_once") else "flush"
+    assert log.index(done) < log.index("consume", 1)
+    assert s.in_flight is None
+
+
+def test_offsets_are_committed_at_most_every_commit_interval_and_all_at_exit(monkeypatch) -> None:
+    s, events = sidecar(monkeypatch, [B1, B2, [Msg(0, 12)]], commit_interval_s=30.0)
+    for _ in range(4):
+        step(s)
+    commits = [e for e in events.log if e[0] == "commit"]
+    assert commits == [("commit", [(0, 11), (1, 6)], True)]  # the first at once, the rest not due yet
+    s.delivery.commit_done()
+    assert events.log[-1] == ("commit", [(0, 13), (1, 6), (2, 4)], False)
+
+
+def test_stage_timings_are_recorded_per_batch(monkeypatch) -> None:
+    s, _ = sidecar(monkeypatch, [B1, B2])
+    for _ in range(3):
+        step(s)
+    for stage in ("decode", "inference", "produce", "ack_wait", "commit"):
+        assert s.metrics.registry.get_sample_value("fraudscore_stage_seconds_count", {"stage": stage}) == 2, stage
+    assert s.metrics.registry.get_sample_value("fraudscore_batch_input_age_seconds_count") == 2
