@@ -102,6 +102,7 @@ class FakeConsumer:
 
     def __init__(self, events: Events, script: list):
         self.events, self.script = events, list(script)
+        self.answer = None  # the commit callback: asynchronous commits are answered at once unless None
 
     def _next(self):
         if not self.script:
@@ -122,6 +123,8 @@ class FakeConsumer:
 
     def commit(self, offsets, asynchronous):
         self.events.log.append(("commit", sorted((tp.partition, tp.offset) for tp in offsets), asynchronous))
+        if asynchronous and self.answer is not None:
+            self.answer(None, offsets)
 
     def seek(self, tp: TopicPartition):
         self.events.log.append(("seek", tp.partition, tp.offset))
@@ -137,6 +140,7 @@ def sidecar(monkeypatch, script: list, fail_flushes: int = 0, **settings) -> tup
     s.consumer = FakeConsumer(events, script)
     s.producer = FakeProducer(events, fail_flushes)
     s.delivery = Delivery(config, s.consumer, s.producer)
+    s.consumer.answer = s.delivery.on_commit
     s._assignment = {("tx-in", 0), ("tx-in", 1), ("tx-in", 2)}
     return s, events
 
@@ -270,3 +274,16 @@ def test_stage_timings_are_recorded_per_batch(monkeypatch) -> None:
     for stage in ("decode", "inference", "produce", "ack_wait", "commit"):
         assert s.metrics.registry.get_sample_value("fraudscore_stage_seconds_count", {"stage": stage}) == 2, stage
     assert s.metrics.registry.get_sample_value("fraudscore_batch_input_age_seconds_count") == 2
+
+
+def test_one_asynchronous_commit_at_a_time(monkeypatch) -> None:
+    """Small batches must not queue a commit each on the coordinator's connection: the next
+    commit waits for the answer to the last (the heartbeats queue behind commits)."""
+    s, events = sidecar(monkeypatch, [B1, B2, [Msg(0, 12)]])
+    s.consumer.answer = None  # the broker has not answered yet
+    for _ in range(4):
+        step(s)
+    assert [e for e in events.log if e[0] == "commit"] == [("commit", [(0, 11), (1, 6)], True)]
+    s.delivery.on_commit(None, [])  # answered: what was delivered since goes in one commit
+    s.delivery.commit_due()
+    assert events.log[-1] == ("commit", [(0, 13), (2, 4)], True)

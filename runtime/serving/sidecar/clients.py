@@ -109,6 +109,7 @@ class ClientHooks:
     on_error: Callable  # (KafkaError) -> None
     on_lag: Callable  # (topic, partition, lag) -> None
     on_delivery: Callable  # (KafkaError | None, Message) -> None
+    on_commit: Callable = lambda err, partitions: None  # (KafkaError | None, [TopicPartition]) -> None
 
 
 def consumer_config(config: SidecarConfig, hooks: ClientHooks, assigned: Callable[[str, int], bool]) -> dict:
@@ -132,6 +133,7 @@ def consumer_config(config: SidecarConfig, hooks: ClientHooks, assigned: Callabl
         "queued.max.messages.kbytes": 16384,
         "stats_cb": stats,
         "error_cb": hooks.on_error,
+        "on_commit": hooks.on_commit,
         "fetch.wait.max.ms": 10,
         # A crashed sidecar's partitions move after 10 s instead of librdkafka's 45 s default.
         "session.timeout.ms": 10000,

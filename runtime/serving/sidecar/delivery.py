@@ -44,7 +44,9 @@ MAX_KEY_BYTES = 4096
 DLQ_MAX_BYTES = 900_000
 TRUNCATED_DLQ_BYTES = 64 * 1024
 _MSG_SIZE_TOO_LARGE = 10  # confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE, without importing it at start-up
+_NO_OFFSET = -168  # confluent_kafka.KafkaError._NO_OFFSET: nothing to commit
 DLQ_LOG_INTERVAL_S = 30.0
+COMMIT_ANSWER_S = 10.0  # an asynchronous commit unanswered this long is taken as lost
 
 
 class DeadLetterLog:
@@ -117,6 +119,7 @@ class Delivery:
         self.dead_letters = DeadLetterLog(config.dlq_topic)
         self.uncommitted: set[tuple[str, int]] = set()  # partitions delivered further than last committed
         self.last_commit = -float("inf")  # time.monotonic() of the last commit request
+        self.commit_pending = False  # an asynchronous commit not answered yet (`on_commit`)
         self.ack_wait_s = 0.0  # the last finish(): seconds flush() waited for acknowledgements
         self.commit_s = 0.0  # ... and seconds the commit (request, or transaction) took
         self._batch_dead: Counter = Counter()  # reasons of the batch in flight, logged once it is delivered
@@ -218,15 +221,33 @@ class Delivery:
 
     def commit_due(self) -> None:
         """Commit the delivered offsets not committed yet, asynchronously, once
-        `commit_interval_s` has passed since the last commit (offsets only move forward;
-        revoke and shutdown commit synchronously, `commit_done`)."""
-        if not self.uncommitted or time.monotonic() - self.last_commit < self.config.commit_interval_s:
+        `commit_interval_s` has passed since the last commit and the last asynchronous
+        commit was answered (offsets only move forward; revoke and shutdown commit
+        synchronously, `commit_done`).
+
+        One commit at a time: with small batches (adaptive batching at moderate rates) a
+        commit per batch queued hundreds of OffsetCommit requests a second on the group
+        coordinator's connection, which the broker answers one after the other; the
+        heartbeats queued behind them and the group session timed out. A commit that has
+        had no answer for COMMIT_ANSWER_S is taken as lost."""
+        now = time.monotonic()
+        if not self.uncommitted or now - self.last_commit < self.config.commit_interval_s:
+            return
+        if self.commit_pending and now - self.last_commit < COMMIT_ANSWER_S:
             return
         started = time.perf_counter()
+        self.commit_pending = True  # before the call: its answer is served by a later poll, or at once
+        self.last_commit = now
         self.consumer.commit(offsets=[self.done[key] for key in self.uncommitted if key in self.done], asynchronous=True)
         self.commit_s += time.perf_counter() - started
         self.uncommitted.clear()
-        self.last_commit = time.monotonic()
+
+    def on_commit(self, err, partitions) -> None:
+        """The consumer's commit callback: the asynchronous commit was answered (a failure is
+        logged; the next commit carries the same or later offsets)."""
+        self.commit_pending = False
+        if err is not None and err.code() != _NO_OFFSET:
+            log.warning("offset commit failed (the next one retries): %s", err)
 
     def rewind(self, messages: Iterable, assignment: set[tuple[str, int]]) -> None:
         """Seek each assigned partition of the batch back to its first offset in the batch."""

@@ -110,7 +110,8 @@ class Sidecar:
 
     def _start_clients(self) -> None:
         hooks = ClientHooks(on_error=self._on_error, on_lag=self._on_lag,
-                            on_delivery=lambda err, msg: self.delivery.on_delivery(err, msg))
+                            on_delivery=lambda err, msg: self.delivery.on_delivery(err, msg),
+                            on_commit=lambda err, partitions: self.delivery.on_commit(err, partitions))
         self.consumer, self.producer = build_clients(self.config, hooks, lambda t, p: (t, p) in self._assignment)
         self.delivery = Delivery(self.config, self.consumer, self.producer)
         if self.spec is not None:
