@@ -30,7 +30,7 @@ def bench(
     prom_file: Annotated[Optional[Path], typer.Option(help="Write the metrics in text format for a node-exporter textfile collector.")] = None,
     run_id: Annotated[Optional[str], typer.Option(help="Name of this run in the report and metrics [default: the CI's run id, else local-HOST-TIME].")] = None,
     commit: Annotated[Optional[str], typer.Option(help="Commit measured [default: the CI's commit, else git rev-parse HEAD].")] = None,
-    plot: Annotated[Optional[Path], typer.Option(help="Write latency and throughput against batch size as a PNG (matplotlib).")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write latency and throughput against batch size, and Kafka latency against offered rate, as a PNG (matplotlib).")] = None,
     bootstrap_servers: Annotated[Optional[str], typer.Option(help="Broker for --mode kafka.")] = None,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes of the model/pipeline sweep.")] = "1,8,64,512,4096",
     device: Annotated[Optional[list[str]], typer.Option("--device", help="cpu, cuda or auto; repeat to compare [default: cpu].")] = None,
@@ -43,6 +43,7 @@ def bench(
     naive_messages: Annotated[int, typer.Option(min=10, help="Messages for the naive per-message reference.")] = 5_000,
     kafka_repeats: Annotated[int, typer.Option(min=1, help="Repeats of each Kafka drain and rate run (median and spread).")] = 1,
     kafka_workers: Annotated[str, typer.Option(help="Comma-separated worker counts: the same backlog drained by `fraudscore run --workers N` for each, repeats interleaved (e.g. 1,2); the rate sweep uses the first.")] = "1",
+    kafka_variant: Annotated[Optional[list[str]], typer.Option("--kafka-variant", help="NAME=ARGS: a sidecar configuration, ARGS extra `fraudscore run` arguments (shell words), e.g. 'linger5=-X linger.ms=5'; repeat to compare several in one run, repeats interleaved [default: one, `default`, no extra arguments].")] = None,
     slo_ms: Annotated[float, typer.Option(help="p99 latency objective for the highest sustainable rate.")] = 50.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no results table; only the gate's table and verdict.")] = False,
 ) -> None:
@@ -77,6 +78,7 @@ def bench(
         kafka_rates=tuple(float(r) for r in kafka_rates.split(",") if r.strip()), kafka_rate_seconds=kafka_rate_seconds,
         naive_messages=naive_messages, slo_ms=slo_ms, kafka_repeats=kafka_repeats,
         kafka_workers=int_list(kafka_workers, "--kafka-workers"),
+        kafka_variants=kafka_variants(kafka_variant or ()),
     )
     talk = not quiet and progress_wanted()
     report = run_bench(config, say=(lambda m: say(f"bench: {m}")) if talk else (lambda m: None), run=run)
@@ -110,3 +112,25 @@ def bench(
         typer.echo(verdict(outcomes))
         if not all(o.ok for o in outcomes):
             raise typer.Exit(1)
+
+
+def kafka_variants(specs: list[str] | tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """`--kafka-variant NAME=ARGS` values as (name, arguments); one `default` without arguments when none."""
+    import re
+    import shlex
+
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for spec in specs:
+        name, sep, args = spec.partition("=")
+        name = name.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_.]+", name):
+            raise UsageError(f"--kafka-variant {spec!r}: write NAME=ARGS, NAME of letters, digits, '_' or '.', "
+                             "e.g. --kafka-variant 'linger5=-X linger.ms=5' (ARGS may be empty: 'default=')")
+        if name in {n for n, _ in out}:
+            raise UsageError(f"--kafka-variant {name}: given twice; give each variant its own name")
+        try:
+            words = tuple(shlex.split(args))
+        except ValueError as exc:
+            raise UsageError(f"--kafka-variant {spec!r}: {exc}; quote ARGS as a shell would") from None
+        out.append((name, words))
+    return tuple(out) or (("default", ()),)

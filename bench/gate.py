@@ -6,8 +6,15 @@ A gate file is TOML (or YAML, with PyYAML installed) holding a list `bound` and 
 [[bound]]                      # a case bound, absolute
 mode = "model"                 # selects the result: mode, batch_size, device (default cpu), variant (default fp32)
 batch_size = 1024
-metric = "p99_ms"              # p50_ms, p99_ms or throughput_per_s
+metric = "p99_ms"              # p50_ms, p99_ms, throughput_per_s or lost
 max = 2.0                      # and/or min
+
+[[bound]]                      # a kafka-rate row, selected by its offered rate as well
+mode = "kafka-rate"
+batch_size = 4096              # kafka rows carry the sidecar's --batch-size
+rate_per_s = 1000              # optional selector: the row's `rate_per_s`
+metric = "p99_ms"
+max = 250.0
 
 [[bound]]                      # a case bound relative to --baseline REPORT.json
 mode = "pipeline"
@@ -19,6 +26,9 @@ max_decrease = 0.6             # may fall at most 60 % below the baseline (max_i
 ratio = "pipeline_overhead.cpu.b1024"
 max = 40.0                     # and/or min
 ```
+
+A case bound must select exactly one result: one that selects none, or several (a
+kafka-rate bound without `rate_per_s` in a sweep of several rates), is a usage error.
 
 The file is checked strictly before anything is measured: an unknown key (a typo such as
 `maximum` or `max_increse`), a bound without a limit, a wrong type, or a gate in which no
@@ -47,21 +57,24 @@ from pathlib import Path
 
 from fraudscore.errors import UsageError
 
-METRICS = ("p50_ms", "p99_ms", "throughput_per_s")
-CASE_KEYS = ("mode", "batch_size", "device", "variant", "metric", "min", "max", "max_increase", "max_decrease")
+METRICS = ("p50_ms", "p99_ms", "throughput_per_s", "lost")
+CASE_KEYS = ("mode", "batch_size", "device", "variant", "rate_per_s", "metric", "min", "max", "max_increase",
+             "max_decrease")
 RATIO_KEYS = ("ratio", "min", "max")
 TOP_KEYS = ("bound",)
 
 
 @dataclass(frozen=True)
 class Bound:
-    """One validated `[[bound]]`: a same-run `ratio`, or a case (mode, batch_size, device, variant) and `metric`."""
+    """One validated `[[bound]]`: a same-run `ratio`, or a case (mode, batch_size, device, variant, and for a
+    kafka-rate row optionally rate_per_s) and `metric`."""
 
     ratio: str | None = None
     mode: str | None = None
     batch_size: int | None = None
     device: str = "cpu"
     variant: str = "fp32"
+    rate_per_s: float | None = None
     metric: str | None = None
     min: float | None = None
     max: float | None = None
@@ -73,7 +86,8 @@ class Bound:
         if self.ratio is not None:
             return f"ratio {self.ratio}"
         variant = "" if self.variant == "fp32" else f" {self.variant}"
-        return f"{self.mode} b{self.batch_size} {self.device}{variant} {self.metric}"
+        rate = "" if self.rate_per_s is None else f" @{self.rate_per_s:g}/s"
+        return f"{self.mode} b{self.batch_size} {self.device}{variant}{rate} {self.metric}"
 
     @property
     def is_relative(self) -> bool:
@@ -175,8 +189,14 @@ def _parse_bound(raw: object, where: str) -> Bound:
     for key in ("mode", "device", "variant"):
         if key in raw and not isinstance(raw[key], str):
             raise UsageError(f"{where}: {key} must be a string, got {raw[key]!r}")
+    rate = None
+    if "rate_per_s" in raw:
+        rate = _number(raw["rate_per_s"], f"{where}: rate_per_s")
+        if rate <= 0:
+            raise UsageError(f"{where}: rate_per_s = {rate:g} is not positive; give the offered rate of a kafka-rate "
+                             "row, one of --kafka-rates (e.g. 1000)")
     return Bound(mode=raw["mode"], batch_size=raw["batch_size"], device=raw.get("device", "cpu"),
-                 variant=raw.get("variant", "fp32"), metric=raw["metric"], **limits)
+                 variant=raw.get("variant", "fp32"), rate_per_s=rate, metric=raw["metric"], **limits)
 
 
 def _known(key: object, valid: tuple[str, ...], message: str, listing: str) -> None:
@@ -223,8 +243,8 @@ def check(report: dict, bounds: list[Bound], baseline: dict | None) -> list[Outc
             continue
         result = _select(report, bound)
         if result is None:
-            raise UsageError(f"gate bound {bound.label!r} selects no result in the report; "
-                             "check mode, batch_size, device and variant against --mode, --batch-sizes and --device")
+            raise UsageError(f"gate bound {bound.label!r} selects no result in the report; check mode, batch_size, "
+                             "device, variant and rate_per_s against --mode, --batch-sizes, --device and --kafka-rates")
         value = result.get(bound.metric)
         if value is None:
             raise UsageError(f"gate bound {bound.label!r}: the report has no {bound.metric} for that case")
@@ -238,8 +258,15 @@ def check(report: dict, bounds: list[Bound], baseline: dict | None) -> list[Outc
 
 
 def _select(report: dict, bound: Bound) -> dict | None:
-    return next((r for r in report.get("results", []) if r["mode"] == bound.mode and r["batch_size"] == bound.batch_size
-                 and r.get("device", "cpu") == bound.device and r.get("variant", "fp32") == bound.variant), None)
+    """The one result the bound names, None if none; a UsageError if it names several."""
+    rows = [r for r in report.get("results", []) if r["mode"] == bound.mode and r["batch_size"] == bound.batch_size
+            and r.get("device", "cpu") == bound.device and r.get("variant", "fp32") == bound.variant
+            and (bound.rate_per_s is None or r.get("rate_per_s") == bound.rate_per_s)]
+    if len(rows) > 1:
+        rates = sorted({r["rate_per_s"] for r in rows if r.get("rate_per_s") is not None})
+        hint = f"add rate_per_s (one of {', '.join(f'{x:g}' for x in rates)})" if rates else "add device or variant"
+        raise UsageError(f"gate bound {bound.label!r} selects {len(rows)} results in the report; {hint} to name one")
+    return rows[0] if rows else None
 
 
 def _headroom(value: float, limit: float, upper: bool) -> float:

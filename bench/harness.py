@@ -66,6 +66,8 @@ class BenchConfig:
     kafka_batch_size: int = 4096
     kafka_repeats: int = 1
     kafka_workers: tuple[int, ...] = (1,)
+    # (name, extra `fraudscore run` arguments) per sidecar configuration, `--kafka-variant NAME=ARGS`
+    kafka_variants: tuple[tuple[str, tuple[str, ...]], ...] = (("default", ()),)
     naive_messages: int = 5_000
     slo_ms: float = 50.0
 
@@ -255,15 +257,22 @@ def run_bench(config: BenchConfig, say: Callable[[str], None] = lambda m: None, 
 
 
 def format_table(report: dict) -> str:
-    lines = [f"{'mode':<16} {'device':<6} {'batch':>6} {'p50 ms':>9} {'p99 ms':>9} {'p99 spread':>17} {'tx/s':>12}"]
+    lines = [f"{'mode':<22} {'device':<6} {'batch':>6} {'p50 ms':>9} {'p99 ms':>9} {'p99 spread':>17} {'tx/s':>12}"]
     for r in report["results"]:
         p50 = "" if r.get("p50_ms") is None else f"{r['p50_ms']:.3f}"
         p99 = "" if r.get("p99_ms") is None else f"{r['p99_ms']:.3f}"
         spread = r.get("spread", {}).get("p99_ms")
         spread_text = f"{spread[0]:.3f}-{spread[1]:.3f}" if spread else ""
         mode = r["mode"] if r.get("workers", 1) == 1 else f"{r['mode']} x{r['workers']}"  # `--kafka-workers`
-        lines.append(f"{mode:<16} {r.get('device', 'cpu'):<6} {r['batch_size']:>6} {p50:>9} {p99:>9} "
+        variant = r.get("variant", "fp32").removesuffix(f"-workers{r.get('workers', 1)}")  # `--kafka-variant`
+        if r["mode"].startswith("kafka-") and variant not in ("fp32", f"workers{r.get('workers', 1)}"):
+            mode = f"{mode} {variant}"
+        lines.append(f"{mode:<22} {r.get('device', 'cpu'):<6} {r['batch_size']:>6} {p50:>9} {p99:>9} "
                      f"{spread_text:>17} {r['throughput_per_s']:>12,.0f}")
     for name, value in report.get("ratios", {}).items():
         lines.append(f"ratio {name}: {value:.2f}")
+    if any(r["mode"].startswith("kafka-") for r in report["results"]):
+        from .kafka_mode import format_kafka_table
+
+        lines += ["", format_kafka_table(report["results"])]
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import subprocess
 import sys
@@ -180,11 +181,8 @@ def collect(bootstrap: str, topic: str, expected: int, timeout_s: float,
         consumer.assign(start)
     arrival, stamps, ids, alerts = [], [], [], []
     deadline = time.monotonic() + timeout_s
-    while len(ids) < expected and time.monotonic() < deadline:
-        # A short timeout: arrival is stamped per returned batch, so a long wait to fill a
-        # batch would be counted as latency.
-        batch = consumer.consume(1000, 0.005)
-        now = time.time()
+
+    def take(batch: list, now: float) -> None:
         for m in batch:
             if m.error() is None:
                 result = json.loads(m.value())
@@ -192,6 +190,23 @@ def collect(bootstrap: str, topic: str, expected: int, timeout_s: float,
                 stamps.append(m.timestamp()[1])
                 ids.append(result["transaction_id"])
                 alerts.append(result.get("decision") == "alert")
+
+    while len(ids) < expected and time.monotonic() < deadline:
+        # Arrival is stamped when a call returns, so no call may wait for more messages once
+        # one is there: librdkafka's consume(n, timeout) waits the whole timeout unless n
+        # messages come, which would add up to that timeout to every measured latency. So:
+        # what is already fetched (consume, no wait); if nothing, wait for one message
+        # (poll returns as soon as one is there), then whatever came with it.
+        batch = consumer.consume(1000, 0)
+        if batch:
+            take(batch, time.time())
+            continue
+        first = consumer.poll(0.05)
+        if first is None:
+            continue
+        now = time.time()
+        take([first], now)
+        take(consumer.consume(999, 0), time.time())
     consumer.close()
     return Results(np.array(arrival), np.array(stamps, dtype=np.float64), ids, np.array(alerts, dtype=bool))
 
@@ -205,3 +220,70 @@ def streamed_latencies(sent_at: Mapping, results: Results) -> dict:
         if tx in sent_at and tx not in out:
             out[tx] = arrived - sent_at[tx]
     return out
+
+
+def metrics_ports(port: int, workers: int = 1) -> list[int]:
+    """The ports whose /metrics hold a sidecar's batch figures: its own, or with `--workers N`
+    (N > 1) those of its workers, P+1..P+N (the supervisor's own /metrics has none)."""
+    return [port] if workers <= 1 else [port + 1 + i for i in range(workers)]
+
+
+_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?P<labels>\{[^}]*\})?\s+(?P<value>\S+)")
+_STAGE = re.compile(r'(?:^|[{,])stage="([^"]*)"')
+
+
+def scrape_metrics(ports: list[int], timeout_s: float = 5) -> dict[tuple[str, str], float]:
+    """{(sample name, its `stage` label or ""): value} summed over `ports` and over every other
+    label; {} for a port that does not answer (a sidecar already gone)."""
+    out: dict[tuple[str, str], float] = {}
+    for port in ports:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as r:
+                text = r.read().decode()
+        except OSError:
+            continue
+        parse_metrics(text, out)
+    return out
+
+
+def parse_metrics(text: str, into: dict[tuple[str, str], float] | None = None) -> dict[tuple[str, str], float]:
+    """The `fraudscore_*` samples of a Prometheus text exposition as scrape_metrics() gives them,
+    added to `into` when given."""
+    out = {} if into is None else into
+    for line in text.splitlines():
+        found = _SAMPLE.match(line)
+        if not found or not found["name"].startswith("fraudscore_"):
+            continue
+        stage = _STAGE.search(found["labels"] or "")
+        key = (found["name"], stage[1] if stage else "")
+        try:
+            out[key] = out.get(key, 0.0) + float(found["value"])
+        except ValueError:
+            pass
+    return out
+
+
+
+def sidecar_figures(before: Mapping[tuple[str, str], float], after: Mapping[tuple[str, str], float]) -> dict:
+    """What the sidecar's /metrics say about the batches between two scrapes:
+
+    `stages_ms`: mean milliseconds per batch of each `fraudscore_stage_seconds{stage=...}`
+    (sum / count of the difference); `mean_batch_size` (`fraudscore_batch_size`);
+    `mean_input_age_ms` (`fraudscore_batch_input_age_seconds`). A histogram the sidecar does
+    not export (or that saw no batch) is left out: {} and None."""
+    def delta(name: str, stage: str = "") -> tuple[float, float]:
+        return (after.get((f"{name}_sum", stage), 0.0) - before.get((f"{name}_sum", stage), 0.0),
+                after.get((f"{name}_count", stage), 0.0) - before.get((f"{name}_count", stage), 0.0))
+
+    def mean(name: str, scale: float = 1.0) -> float | None:
+        total, count = delta(name)
+        return total / count * scale if count > 0 else None
+
+    stages = {}
+    for name, stage in sorted(after):
+        if name == "fraudscore_stage_seconds_count" and stage:
+            total, count = delta("fraudscore_stage_seconds", stage)
+            if count > 0:
+                stages[stage] = total / count * 1e3
+    return {"stages_ms": stages, "mean_batch_size": mean("fraudscore_batch_size"),
+            "mean_input_age_ms": mean("fraudscore_batch_input_age_seconds", 1e3)}

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # A short bench as a CI performance gate: builds a small bundle with the project's own
 # commands (once, in out/), measures model and pipeline, enforces deploy/bench/ci-gate.toml,
-# and keeps the report, the Prometheus textfile and the plot in out/ as artefacts.
+# then starts a throw-away Kafka broker (deploy/kafka/local.sh, a free port, its own state
+# directory, stopped on exit), measures a short drain and the latency at 1,000 tx/s through it
+# and enforces deploy/bench/ci-gate-kafka.toml. The reports, the Prometheus textfile and the
+# plot stay in out/ as artefacts.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 fs=.venv/bin/fraudscore
@@ -18,3 +21,12 @@ fi
   --repeats 3 --seconds 0.5 --quiet --json "$out/bench-report.json" --prom-file "$out/bench.prom" \
   --plot "$out/bench.png" --gate deploy/bench/ci-gate.toml
 echo "ci-bench: report in $out/bench-report.json"
+
+# The Kafka latency point. Its own broker, so the figures do not depend on what ran before
+# (a broker warmed by the test suite, leftover topics); about a minute and a half on 2 cores.
+py=.venv/bin/python
+source scripts/throwaway-broker.sh
+"$fs" bench --bundle "$out/ci-bundle" --mode kafka --bootstrap-servers "$bootstrap" \
+  --kafka-messages 20000 --kafka-rates 1000 --kafka-rate-seconds 10 --kafka-repeats 1 --naive-messages 300 \
+  --quiet --json "$out/bench-kafka-report.json" --gate deploy/bench/ci-gate-kafka.toml
+echo "ci-bench: kafka report in $out/bench-kafka-report.json"

@@ -39,7 +39,7 @@ def test_an_unknown_key_in_a_bound_is_refused_with_the_valid_keys_and_the_closes
         parse_gate({"bound": [bound]}, "g.toml")
     message = str(caught.value)
     assert f"unknown key {named!r}" in message and "bound 1" in message
-    valid = "ratio, min, max" if "ratio" in bound else "mode, batch_size, device, variant, metric, min, max"
+    valid = "ratio, min, max" if "ratio" in bound else "mode, batch_size, device, variant, rate_per_s, metric, min, max"
     assert f"valid keys for a {'ratio' if 'ratio' in bound else 'case'} bound: {valid}" in message
     if suggested:
         assert f"did you mean {suggested!r}" in message
@@ -77,9 +77,52 @@ def test_a_typo_in_a_gate_file_exits_2_before_anything_is_measured(tmp_path: Pat
 
 
 def test_the_shipped_gates_are_valid_and_check_something_without_a_baseline() -> None:
-    for name in ("gate.toml", "ci-gate.toml"):
+    for name in ("gate.toml", "ci-gate.toml", "ci-gate-kafka.toml"):
         bounds = load_gate(ROOT / "deploy" / "bench" / name)
         assert any(b.ratio is not None or b.is_absolute for b in bounds), name
+
+
+def _kafka_report(p99_at_1000: float = 40.0, lost: int = 0) -> dict:
+    """A kafka report: a drain row and two kafka-rate rows that differ only in their offered rate."""
+    rate = {"mode": "kafka-rate", "device": "cpu", "batch_size": 4096, "throughput_per_s": 1000.0, "messages": 10000,
+            "repeats": 1}
+    return {"schema": SCHEMA, "ratios": {}, "results": [
+        {"mode": "kafka-drain", "device": "cpu", "batch_size": 4096, "p50_ms": None, "p99_ms": None,
+         "throughput_per_s": 30_000.0, "messages": 20000, "lost": 0, "repeats": 1},
+        rate | {"rate_per_s": 1000.0, "p50_ms": 12.0, "p99_ms": p99_at_1000, "lost": lost},
+        rate | {"rate_per_s": 5000.0, "throughput_per_s": 5000.0, "p50_ms": 300.0, "p99_ms": 900.0, "lost": 0},
+    ]}
+
+
+KAFKA_RATE = {"mode": "kafka-rate", "batch_size": 4096, "rate_per_s": 1000}
+
+
+def test_rate_per_s_selects_the_kafka_rate_row_of_that_offered_rate() -> None:
+    bounds = parse_gate({"bound": [KAFKA_RATE | {"metric": "p99_ms", "max": 250},
+                                   KAFKA_RATE | {"metric": "lost", "max": 0},
+                                   {"mode": "kafka-drain", "batch_size": 4096, "metric": "throughput_per_s", "min": 2000}]})
+    assert bounds[0].rate_per_s == 1000.0 and bounds[0].label == "kafka-rate b4096 cpu @1000/s p99_ms"
+    outcomes = check(_kafka_report(), bounds, None)
+    assert [(o.status, o.measured) for o in outcomes] == [("PASS", 40.0), ("PASS", 0.0), ("PASS", 30_000.0)]
+    # The 5,000 tx/s row (p99 900 ms) is not the one checked; a slow or lossy 1,000 tx/s row fails.
+    assert [o.status for o in check(_kafka_report(p99_at_1000=300.0, lost=2), bounds, None)] == ["FAIL", "FAIL", "PASS"]
+    assert "@1000/s p99_ms" in format_outcomes(outcomes)
+
+
+def test_a_bound_that_selects_several_rows_or_a_rate_not_swept_is_a_usage_error() -> None:
+    several = parse_gate({"bound": [{"mode": "kafka-rate", "batch_size": 4096, "metric": "p99_ms", "max": 250}]})
+    with pytest.raises(UsageError, match=r"selects 2 results .* add rate_per_s \(one of 1000, 5000\)"):
+        check(_kafka_report(), several, None)
+    absent = parse_gate({"bound": [KAFKA_RATE | {"rate_per_s": 2000, "metric": "p99_ms", "max": 250}]})
+    with pytest.raises(UsageError, match="selects no result .*--kafka-rates"):
+        check(_kafka_report(), absent, None)
+
+
+@pytest.mark.parametrize(("rate", "message"), [("1000", "must be a finite number"), (True, "must be a finite number"),
+                                                (0, "not positive"), (-5, "not positive")])
+def test_rate_per_s_must_be_a_positive_number(rate, message) -> None:
+    with pytest.raises(UsageError, match=f"bound 1: rate_per_s.*{message}"):
+        parse_gate({"bound": [KAFKA_RATE | {"rate_per_s": rate, "metric": "p99_ms", "max": 250}]})
 
 
 def test_relative_bounds_are_skipped_with_a_notice_without_a_usable_baseline() -> None:
