@@ -59,3 +59,12 @@ def test_offline_scoring_rejects_non_finite_scores_in_both_paths(small_bundle: P
         if out.endswith(".jsonl"):  # the measured inference time, never a placeholder 0.000
             timings = [json.loads(line)["timings"] for line in (tmp_path / out).read_text().splitlines()]
             assert all(t["inference_ms"] > 0 and t["batch_size"] == 2 for t in timings), timings
+
+
+def test_a_percent_sign_in_the_model_version_is_kept_literally() -> None:
+    """Results are built with one %-format a row; a version from a hand-edited manifest may hold '%'."""
+    pipeline = Pipeline.__new__(Pipeline)
+    pipeline.threshold, pipeline.model_version, pipeline._version_json = 0.5, "v%d-100%", '"v%d-100%"'
+    out = pipeline.encode([7, 8], np.array([0.25, 0.75], np.float32), np.array([False, True]), inference_ms=1.0)
+    assert [json.loads(o)["model_version"] for o in out] == ["v%d-100%", "v%d-100%"]
+    assert [json.loads(o)["decision"] for o in out] == ["pass", "alert"]

@@ -287,3 +287,34 @@ def test_one_asynchronous_commit_at_a_time(monkeypatch) -> None:
     s.delivery.on_commit(None, [])  # answered: what was delivered since goes in one commit
     s.delivery.commit_due()
     assert events.log[-1] == ("commit", [(0, 13), (2, 4)], True)
+
+
+def test_messages_of_a_partition_revoked_later_in_the_same_take_are_not_scored(monkeypatch) -> None:
+    """The first call returns one message of partition 0; the follow-up call (which takes what
+    came with it) revokes partition 0. That message is not this instance's to score."""
+    holder: dict = {}
+
+    def revoke_then_more():
+        holder["s"]._on_revoke(None, [TopicPartition("tx-in", 0)])
+        return [Msg(1, 9)]
+
+    s, events = sidecar(monkeypatch, [[Msg(0, 20)], revoke_then_more])
+    holder["s"] = s
+    step(s)
+    assert [e for e in events.log if e[0] == "score"] == [("score", 1)]  # only partition 1's message
+    assert ("seek", 0, 20) not in events.log  # partition 0 is gone: its next owner reads it from the commit
+    assert all((0, 21) not in e[1] for e in events.log if e[0] == "commit")
+
+
+def test_a_failed_commit_is_made_again_without_new_traffic(monkeypatch) -> None:
+    from confluent_kafka import KafkaError
+
+    s, events = sidecar(monkeypatch, [B1])
+    s.consumer.answer = None
+    step(s)
+    step(s)  # nothing queued: batch 1 is completed and its offsets committed
+    commits = [e for e in events.log if e[0] == "commit"]
+    assert commits == [("commit", [(0, 11), (1, 6)], True)]
+    s.delivery.on_commit(KafkaError(KafkaError.REQUEST_TIMED_OUT), [])
+    s.delivery.commit_due()
+    assert [e for e in events.log if e[0] == "commit"] == [("commit", [(0, 11), (1, 6)], True)] * 2

@@ -127,7 +127,8 @@ class SidecarMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         r = self.registry = registry or CollectorRegistry()
         self.batch_seconds = Histogram(
-            "fraudscore_batch_duration_seconds", "Time to process one batch: decode, score, produce, commit.",
+            "fraudscore_batch_duration_seconds", "Time of one batch from being taken to its delivery being confirmed "
+            "(with pipelining this includes the next batch's decode and scoring).",
             buckets=LATENCY_BUCKETS, registry=r)
         self.inference_seconds = Histogram(
             "fraudscore_inference_duration_seconds", "Time of the ONNX Runtime call for one batch.",

@@ -103,8 +103,9 @@ class Pipeline:
         integer_ids = not ids or set(map(type, ids)) == {int}
         if emitted is None and integer_ids:
             # The common case, one %-format a row (~0.3 µs): integer ids, no features.
-            passed = b'{"transaction_id":%d,"score":%.9g,"decision":"pass"' + tail
-            alerted = b'{"transaction_id":%d,"score":%.9g,"decision":"alert"' + tail
+            literal = tail.replace(b"%", b"%%")  # the model version is text from the manifest
+            passed = b'{"transaction_id":%d,"score":%.9g,"decision":"pass"' + literal
+            alerted = b'{"transaction_id":%d,"score":%.9g,"decision":"alert"' + literal
             return [(alerted if a else passed) % (i, s) for i, s, a in zip(ids, scores.tolist(), alerts.tolist())]
         id_json = [str(i).encode() for i in ids] if integer_ids else list(map(orjson.dumps, ids))
         decisions = [b"alert" if a else b"pass" for a in alerts.tolist()]

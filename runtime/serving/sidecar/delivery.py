@@ -233,8 +233,10 @@ class Delivery:
         now = time.monotonic()
         if not self.uncommitted or now - self.last_commit < self.config.commit_interval_s:
             return
-        if self.commit_pending and now - self.last_commit < COMMIT_ANSWER_S:
-            return
+        if self.commit_pending:
+            if now - self.last_commit < COMMIT_ANSWER_S:
+                return
+            self.uncommitted.update(self.done)  # no answer: taken as lost, everything delivered goes again
         started = time.perf_counter()
         self.commit_pending = True  # before the call: its answer is served by a later poll, or at once
         self.last_commit = now
@@ -244,10 +246,12 @@ class Delivery:
 
     def on_commit(self, err, partitions) -> None:
         """The consumer's commit callback: the asynchronous commit was answered (a failure is
-        logged; the next commit carries the same or later offsets)."""
+        logged, and every delivered offset is committed again at the next `commit_due`)."""
         self.commit_pending = False
         if err is not None and err.code() != _NO_OFFSET:
             log.warning("offset commit failed (the next one retries): %s", err)
+            # Commit them again even if no more traffic comes for these partitions.
+            self.uncommitted.update(key for key in self.done if key not in self.uncommitted)
 
     def rewind(self, messages: Iterable, assignment: set[tuple[str, int]]) -> None:
         """Seek each assigned partition of the batch back to its first offset in the batch."""

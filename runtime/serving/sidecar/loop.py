@@ -88,6 +88,7 @@ class Sidecar:
         self.state: FeatureState | None = None
         self.in_flight: InFlight | None = None
         self._stale: list | None = None  # a batch in flight failed inside a rebalance: rewind what comes next too
+        self._revoked_in_take: set = set()  # partitions revoked during the current _take()
         self.pipelined = config.pipelining and not config.exactly_once
 
     # ------------------------------------------------------------------ set-up
@@ -146,6 +147,7 @@ class Sidecar:
         # offsets of the revoked partitions (asynchronous commits may be pending, or not yet
         # due) are then committed synchronously before the partitions are given up.
         revoked = {(p.topic, p.partition) for p in partitions}
+        self._revoked_in_take |= revoked
         if self.in_flight is not None:
             # Its outputs must be acknowledged (and its offsets committed) before the partitions go.
             flight = self.in_flight
@@ -256,6 +258,7 @@ class Sidecar:
         traffic), then one wait of up to poll_timeout_s for a first message. With
         batch_wait_ms, a batch that is not full waits that long for more."""
         c, consumer = self.config, self.consumer
+        self._revoked_in_take = set()
         messages = consumer.consume(num_messages=c.batch_size, timeout=0)
         if not messages and self.in_flight is not None:
             self._complete()
@@ -272,6 +275,14 @@ class Sidecar:
             # come after it, so they are read again with it, not scored now.
             self.delivery.rewind([*self._stale, *messages], self._assignment)
             self._stale, messages = None, []
+        if self._revoked_in_take and messages:
+            # A partition was revoked by one of these calls after an earlier one had returned
+            # some of its messages: they are not ours to score (the next owner, or this
+            # instance after a fresh assignment, reads them from the committed offset).
+            gone = [m for m in messages if (m.topic(), m.partition()) in self._revoked_in_take]
+            if gone:
+                messages = [m for m in messages if (m.topic(), m.partition()) not in self._revoked_in_take]
+                self.delivery.rewind(gone, self._assignment)  # only partitions assigned again are sought
         return messages
 
     def _process(self, messages: list) -> None:
@@ -346,8 +357,11 @@ class Sidecar:
             return
         self._last_catch_up = time.monotonic()
         if not self.state.catch_up() and messages:
-            # Not every partition could be read in time: score nothing now, read the batch again.
+            # Not every partition could be read in time: score nothing now, read the batch again;
+            # the batch in flight is completed meanwhile (its offsets and metrics do not wait).
             self.delivery.rewind(messages, self._assignment)
             messages.clear()
+            if self.in_flight is not None:
+                self._complete()
         self._update_ready()
         self.state.report(self.metrics)
