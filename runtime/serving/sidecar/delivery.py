@@ -240,7 +240,7 @@ class Delivery:
         started = time.perf_counter()
         self.commit_pending = True  # before the call: its answer is served by a later poll, or at once
         self.last_commit = now
-        self.consumer.commit(offsets=[self.done[key] for key in self.uncommitted if key in self.done], asynchronous=True)
+        self.consumer.commit(offsets=[self.done[key] for key in sorted(self.uncommitted) if key in self.done], asynchronous=True)
         self.commit_s += time.perf_counter() - started
         self.uncommitted.clear()
 
