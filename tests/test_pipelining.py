@@ -96,9 +96,17 @@ class FakeProducer:
         return 0
 
 
+@dataclass
+class Revoke:
+    """A script entry: the consumer call revokes `partition` (the sidecar's callback runs
+    inside it, as in librdkafka), then returns `then`."""
+
+    partition: int
+    then: list
+
+
 class FakeConsumer:
-    """consume()/poll() hand out scripted batches; a script entry may be a callable run first
-    (a rebalance callback fires inside consume(), as in librdkafka)."""
+    """consume()/poll() hand out scripted batches, or revoke a partition first (`Revoke`)."""
 
     def __init__(self, events: Events, script: list):
         self.events, self.script = events, list(script)
@@ -108,8 +116,9 @@ class FakeConsumer:
         if not self.script:
             return []
         entry = self.script.pop(0)
-        if callable(entry):
-            return entry()
+        if isinstance(entry, Revoke):
+            self.on_revoke(None, [TopicPartition("tx-in", entry.partition)])
+            return entry.then
         return entry
 
     def consume(self, num_messages, timeout):
@@ -141,6 +150,7 @@ def sidecar(monkeypatch, script: list, fail_flushes: int = 0, **settings) -> tup
     s.producer = FakeProducer(events, fail_flushes)
     s.delivery = Delivery(config, s.consumer, s.producer)
     s.consumer.answer = s.delivery.on_commit
+    s.consumer.on_revoke = s._on_revoke
     s._assignment = {("tx-in", 0), ("tx-in", 1), ("tx-in", 2)}
     return s, events
 
@@ -202,15 +212,7 @@ def test_a_failed_batch_in_flight_is_rewound_with_the_batch_consumed_after_it(mo
 
 
 def test_a_rebalance_completes_the_batch_in_flight_before_the_partitions_go(monkeypatch) -> None:
-    revoke = [TopicPartition("tx-in", 0)]
-    holder: dict = {}
-
-    def rebalance():
-        holder["s"]._on_revoke(None, revoke)
-        return [Msg(1, 6)]
-
-    s, events = sidecar(monkeypatch, [B1, rebalance], commit_interval_s=30.0)
-    holder["s"] = s
+    s, events = sidecar(monkeypatch, [B1, Revoke(0, [Msg(1, 6)])], commit_interval_s=30.0)
     step(s)
     events.log.clear()
     step(s)
@@ -224,14 +226,7 @@ def test_a_rebalance_completes_the_batch_in_flight_before_the_partitions_go(monk
 
 
 def test_a_batch_in_flight_that_fails_in_a_rebalance_takes_the_returned_batch_back_with_it(monkeypatch) -> None:
-    holder: dict = {}
-
-    def rebalance():
-        holder["s"]._on_revoke(None, [TopicPartition("tx-in", 0)])
-        return [Msg(1, 7)]
-
-    s, events = sidecar(monkeypatch, [B1, rebalance], fail_flushes=1)
-    holder["s"] = s
+    s, events = sidecar(monkeypatch, [B1, Revoke(0, [Msg(1, 7)])], fail_flushes=1)
     step(s)
     events.log.clear()
     step(s)
@@ -292,14 +287,7 @@ def test_one_asynchronous_commit_at_a_time(monkeypatch) -> None:
 def test_messages_of_a_partition_revoked_later_in_the_same_take_are_not_scored(monkeypatch) -> None:
     """The first call returns one message of partition 0; the follow-up call (which takes what
     came with it) revokes partition 0. That message is not this instance's to score."""
-    holder: dict = {}
-
-    def revoke_then_more():
-        holder["s"]._on_revoke(None, [TopicPartition("tx-in", 0)])
-        return [Msg(1, 9)]
-
-    s, events = sidecar(monkeypatch, [[Msg(0, 20)], revoke_then_more])
-    holder["s"] = s
+    s, events = sidecar(monkeypatch, [[Msg(0, 20)], Revoke(0, [Msg(1, 9)])])
     step(s)
     assert [e for e in events.log if e[0] == "score"] == [("score", 1)]  # only partition 1's message
     assert ("seek", 0, 20) not in events.log  # partition 0 is gone: its next owner reads it from the commit
