@@ -210,6 +210,12 @@ def score(
         say(f"scored {summary.scored:,} transactions ({summary.alerts:,} alerts){rejected}; wrote {out} in {time.perf_counter() - t0:.2f} s")
 
 
+STATE_TOPIC_HELP = ("Raw mode: compacted topic (and STATE_TOPIC-index) for snapshots of the feature state, so a restart "
+                    "or a moved partition reads the last snapshot and only the input after it; one per consumer group; "
+                    "`fraudscore topics create --state-topic` makes both [default: none, every restore replays the "
+                    "retained input].")
+
+
 @app.command()
 @reports_errors
 def run(
@@ -244,6 +250,10 @@ def run(
     labels_topic: Annotated[Optional[str], typer.Option(help="Raw mode: fraud confirmations (TRANSACTION_ID, TERMINAL_ID, TX_DATETIME, TX_FRAUD=1), read whole by every instance for the terminal-risk features.", envvar="FRAUDSCORE_LABELS_TOPIC")] = None,
     emit_features: Annotated[Optional[bool], typer.Option("--emit-features/--no-emit-features", help="Raw mode: put the computed features in each result, under \"features\".", envvar="FRAUDSCORE_EMIT_FEATURES")] = None,
     allowed_lateness: Annotated[Optional[int], typer.Option(help="Raw mode: seconds a transaction may be older than the newest one of its partition and still be scored; older ones are dead-lettered as late [default: 86400].", envvar="FRAUDSCORE_ALLOWED_LATENESS")] = None,
+    state_topic: Annotated[Optional[str], typer.Option(help=STATE_TOPIC_HELP, envvar="FRAUDSCORE_STATE_TOPIC")] = None,
+    snapshot_interval: Annotated[Optional[float], typer.Option(help="Raw mode with --state-topic: seconds between snapshots of changed state (also written when a partition is revoked and at exit) [default: 60].", envvar="FRAUDSCORE_SNAPSHOT_INTERVAL")] = None,
+    assignment_strategy: Annotated[Optional[str], typer.Option(help="Consumer group assignor: cooperative-sticky (a rebalance moves only the partitions that move; the others keep scoring), range or roundrobin (eager: every rebalance revokes everything). Every member of a group must agree; moving a live group from eager to cooperative takes two rolling restarts (Kafka's upgrade path) [default: cooperative-sticky].", envvar="FRAUDSCORE_ASSIGNMENT_STRATEGY")] = None,
+    group_instance_id: Annotated[Optional[str], typer.Option(help="Static group membership (group.instance.id), unique and stable per instance, e.g. the pod name: a restart within the session timeout gets its partitions back without a rebalance; with --workers, -wN is appended [default: none].", envvar="FRAUDSCORE_GROUP_INSTANCE_ID")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML file with any of these options (flag names with underscores) and a [kafka] table.", envvar="FRAUDSCORE_CONFIG")] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.", envvar="FRAUDSCORE_LOG_LEVEL")] = "INFO",
 ) -> None:
@@ -278,7 +288,9 @@ def run(
         "transactional_id": transactional_id, "offset_reset": offset_reset, "wait": wait,
         "startup_timeout_s": startup_timeout, "drain_timeout_s": drain_timeout, "watch": watch,
         "require_tls": require_tls, "input_mode": input_mode, "labels_topic": labels_topic,
-        "emit_features": emit_features, "allowed_lateness_s": allowed_lateness,
+        "emit_features": emit_features, "allowed_lateness_s": allowed_lateness, "state_topic": state_topic,
+        "snapshot_interval_s": snapshot_interval, "assignment_strategy": assignment_strategy,
+        "group_instance_id": group_instance_id,
     }
     cfg = SidecarConfig.from_sources(flags, config_file=config, properties_file=kafka_properties_file,
                                      kafka_flags=kafka_property)
@@ -492,6 +504,7 @@ def topics_create(
     labels_topic: Annotated[Optional[str], typer.Option(help="Raw mode: fraud confirmations (TRANSACTION_ID, TERMINAL_ID, TX_DATETIME, TX_FRAUD=1), read whole by every instance for the terminal-risk features.", envvar="FRAUDSCORE_LABELS_TOPIC")] = None,
     input_mode: Annotated[Optional[str], typer.Option("--input", help="raw or features, as for run: features keeps the input topic 7 days instead of raw mode's 39 [default: raw's retention].", envvar="FRAUDSCORE_INPUT")] = None,
     allowed_lateness: Annotated[Optional[int], typer.Option(help="Raw mode: the sidecar's --allowed-lateness in seconds; the input and labels topics keep it on top of the windows' 37 days [default: 86400].", envvar="FRAUDSCORE_ALLOWED_LATENESS")] = None,
+    state_topic: Annotated[Optional[str], typer.Option(help=STATE_TOPIC_HELP, envvar="FRAUDSCORE_STATE_TOPIC")] = None,
     partitions: Annotated[int, typer.Option(min=1, help="Partitions of every topic; the input's count bounds how many sidecars share the work. Fix it now: changing it later moves customers between partitions.")] = 1,
     replication_factor: Annotated[int, typer.Option(min=1, help="Replicas of each partition (3 on a production cluster; at most the number of brokers).")] = 1,
     startup_timeout: Annotated[Optional[float], typer.Option(help="Seconds to reach the broker [default: 15].", envvar="FRAUDSCORE_STARTUP_TIMEOUT")] = None,
@@ -509,12 +522,15 @@ def topics_create(
     them), scores and alerts 7 days, dead letters 30 days; cleanup.policy=delete on all
     (none holds keyed state). Exit codes: 0 done, 2 bad settings or a topic that cannot
     serve (partition count, replication factor, authorisation), 3 broker unreachable.
+    With --state-topic also the snapshot topics (STATE_TOPIC with the input's partitions,
+    STATE_TOPIC-index with one): cleanup.policy=compact,delete, the input's retention.
     """
     from fraudscore.serving.topics import TopicsConfig, ensure_topics, plan_topics
 
     flags = {"bootstrap_servers": bootstrap_servers, "input_topic": input_topic, "output_topic": output_topic,
              "alerts_topic": alerts_topic, "dlq_topic": dlq_topic, "labels_topic": labels_topic,
-             "input_mode": input_mode, "allowed_lateness_s": allowed_lateness, "startup_timeout_s": startup_timeout}
+             "input_mode": input_mode, "allowed_lateness_s": allowed_lateness, "startup_timeout_s": startup_timeout,
+             "state_topic": state_topic}
     cfg = TopicsConfig.from_sources(flags, config_file=config, properties_file=kafka_properties_file,
                                     kafka_flags=kafka_property)
     report = ensure_topics(cfg, plan_topics(cfg, partitions, replication_factor))

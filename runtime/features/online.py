@@ -327,6 +327,52 @@ class _Store:
         """Fold the recent rows into the main run now and drop rows no on-time query can reach; returns rows dropped."""
         return self._fold()
 
+    def to_arrays(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """The whole state as JSON-ready scalars and named arrays, for a snapshot; `load_arrays`
+        puts them back. Nothing is folded or evicted first: a state rebuilt from them answers
+        every query exactly as this one does, and folds at the same points afterwards."""
+        scalars = {"watermark": self.watermark, "evicted_through": self.evicted_through, "origin": self._origin,
+                   "next_slot": self._directory.next_slot,
+                   "runs": {name: [run.newest, run.oldest] for name, run in self._runs().items()}}
+        arrays = {"directory.values": self._directory.values, "directory.slots": self._directory.slots}
+        for name, run in self._runs().items():
+            arrays.update({f"{name}.keys": run.keys, f"{name}.ids": run.ids, f"{name}.values": run.values})
+        return scalars, arrays
+
+    def load_arrays(self, scalars: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Take the state `to_arrays` gave (of a state with this spec and lateness). InputError if
+        the arrays do not fit together (a snapshot from another version, or damaged)."""
+        try:
+            runs = {}
+            for name, (newest, oldest) in scalars["runs"].items():
+                keys, ids, values = (np.asarray(arrays[f"{name}.{part}"]) for part in ("keys", "ids", "values"))
+                dtype = np.int8 if name == "overlay" else self._dtype
+                if keys.dtype != np.int64 or ids.dtype != np.int64 or values.dtype != dtype or not len(keys) == len(ids) == len(values):
+                    raise InputError(f"run {name}: columns of other types or lengths")
+                if len(keys) > 1 and not (np.diff(keys) >= 0).all():
+                    raise InputError(f"run {name}: keys out of order")
+                runs[name] = _Run(keys, ids, values, int(newest), int(oldest))
+            if set(runs) != set(self._runs()):
+                raise InputError(f"runs {sorted(runs)}, expected {sorted(self._runs())}")
+            values, slots = np.asarray(arrays["directory.values"]), np.asarray(arrays["directory.slots"])
+            if values.dtype != np.int64 or slots.dtype != np.int64 or len(values) != len(slots):
+                raise InputError("directory: columns of other types or lengths")
+            origin, watermark, evicted = scalars["origin"], scalars["watermark"], scalars["evicted_through"]
+            next_slot = int(scalars["next_slot"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"state arrays incomplete or malformed ({type(exc).__name__}: {exc})") from None
+        self._directory.values, self._directory.slots, self._directory.next_slot = values, slots, next_slot
+        self._origin = None if origin is None else int(origin)
+        self.watermark = None if watermark is None else int(watermark)
+        self.evicted_through = None if evicted is None else int(evicted)
+        self._set_runs(runs)
+
+    def _runs(self) -> dict[str, _Run]:
+        return {"main": self._main, "recent": self._recent}
+
+    def _set_runs(self, runs: dict[str, _Run]) -> None:
+        self._main, self._recent = runs["main"], runs["recent"]
+
     def _keys(self, slots: np.ndarray, seconds: np.ndarray) -> np.ndarray:
         if self._origin is None:
             self._origin = int(seconds.min()) - _HEADROOM
@@ -565,6 +611,30 @@ class TerminalState(_Store):
     @property
     def pending_labels(self) -> int:
         return len(self._pending_ids)
+
+    def to_arrays(self) -> tuple[dict, dict[str, np.ndarray]]:
+        scalars, arrays = super().to_arrays()
+        scalars["labels"] = [self.labels.applied, self.labels.pending, self.labels.expired, self.labels.duplicate]
+        arrays.update({"pending.ids": self._pending_ids, "pending.seconds": self._pending_seconds,
+                       "pending.terminals": self._pending_terminals})
+        return scalars, arrays
+
+    def load_arrays(self, scalars: dict, arrays: dict[str, np.ndarray]) -> None:
+        super().load_arrays(scalars, arrays)
+        try:
+            pending = [np.asarray(arrays[f"pending.{name}"]) for name in ("ids", "seconds", "terminals")]
+            self.labels = LabelCounts(*(int(n) for n in scalars["labels"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"terminal state arrays incomplete or malformed ({type(exc).__name__}: {exc})") from None
+        if any(a.dtype != np.int64 or len(a) != len(pending[0]) for a in pending):
+            raise InputError("pending confirmations: columns of other types or lengths")
+        self._pending_ids, self._pending_seconds, self._pending_terminals = pending
+
+    def _runs(self) -> dict[str, _Run]:
+        return {"main": self._main, "recent": self._recent, "overlay": self._overlay}
+
+    def _set_runs(self, runs: dict[str, _Run]) -> None:
+        self._main, self._recent, self._overlay = runs["main"], runs["recent"], runs["overlay"]
 
     def add_transactions(self, ids: np.ndarray, seconds: np.ndarray, terminals: np.ndarray) -> np.ndarray:
         """Store the transactions not stored yet; returns which rows were new."""

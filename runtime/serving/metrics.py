@@ -200,6 +200,22 @@ class SidecarMetrics:
         self.state_rows = Gauge("fraudscore_state_transactions", "Transactions held in online feature state, by kind.",
                                 ["kind"], registry=r)
         self.assigned_partitions = Gauge("fraudscore_assigned_partitions", "Input partitions assigned.", registry=r)
+        self.state_partition_bytes = Gauge(
+            "fraudscore_state_partition_bytes", "Memory held by one assigned input partition's customer windows.",
+            ["partition"], registry=r)
+        self.snapshot_restores = Counter(
+            "fraudscore_state_snapshot_restores", "State restores by kind (customers, terminals) and outcome: restored "
+            "from a snapshot, or replayed from the input because it was missing, corrupt, a mismatch (other spec, "
+            "lateness, topic or group) or ahead of the committed offset.", ["kind", "outcome"], registry=r)
+        self.snapshot_writes = Counter(
+            "fraudscore_state_snapshot_writes", "Snapshots written to the state topic, by kind and outcome (ok, failed).",
+            ["kind", "outcome"], registry=r)
+        self.snapshot_bytes = Gauge(
+            "fraudscore_state_snapshot_bytes", "Size of the last snapshot written or restored, by kind (customers: one partition).",
+            ["kind"], registry=r)
+        self.snapshot_seconds = Histogram(
+            "fraudscore_state_snapshot_duration_seconds", "Time to encode and write one snapshot (the loop pauses meanwhile).",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
 
     def observe_batch(self, messages: list, result, reasons: list[str]) -> None:
         """A delivered batch: end-to-end latency from each input's Kafka timestamp, counts,

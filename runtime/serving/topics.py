@@ -16,9 +16,12 @@ Retention, by role (docs/sidecar.md#topics says why):
 | scores, alerts | 7 days | read by downstream consumers, never replayed by the sidecar |
 | dead letters | 30 days | kept to investigate, fix and re-send |
 
-Every topic is `cleanup.policy=delete`: none holds keyed state to compact. The customer
-windows' changelog is the input topic itself, and compacting it (one message a customer
-key) would drop the transactions the windows are rebuilt from.
+| state, state index (`--state-topic`) | the input's | snapshots of raw mode's feature state: compacted (the latest snapshot per name), and deleted with the input they were made from, so card histories leave Kafka no later than the transactions do |
+
+Every other topic is `cleanup.policy=delete`: the input is the source of truth, and
+compacting it (one message a customer key) would drop the transactions the windows are
+rebuilt from. The state topics are `compact,delete` with short segments, so the cleaner
+soon drops snapshots that newer ones replaced.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from fraudscore.errors import FraudscoreError, UsageError
 from fraudscore.features.spec import BASELINE_SPEC, SECONDS_PER_DAY
 from fraudscore.serving.sidecar.clients import KafkaUnavailable, connection_problem, quiet_repeats
 from fraudscore.serving.sidecar.config import SECRET_MARKERS, SidecarConfig, read_sources, require
+from fraudscore.serving.sidecar.snapshots import index_topic
 
 DAY_MS = SECONDS_PER_DAY * 1000
 OUTPUT_RETENTION_DAYS = 7  # scores and alerts: downstream reads them, the sidecar never does
@@ -42,6 +46,8 @@ FEATURE_INPUT_RETENTION_DAYS = 7  # --input features: nothing is replayed from t
 # up to a day ahead of it (later ones are refused as bad_time): a day more keeps them.
 CLOCK_MARGIN_DAYS = 1
 REQUIRED = ("bootstrap_servers", "input_topic", "output_topic", "alerts_topic", "dlq_topic")
+STATE_SEGMENT_MS = 10 * 60 * 1000
+STATE_SEGMENT_BYTES = 64 * 1024 * 1024
 
 
 class TopicConflict(FraudscoreError):
@@ -73,6 +79,7 @@ class TopicsConfig:
     input_mode: str = ""
     allowed_lateness_s: int = 86_400
     startup_timeout_s: float = 15.0
+    state_topic: str = ""
     kafka: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -104,11 +111,14 @@ class TopicsConfig:
             raise UsageError("--allowed-lateness must be >= 0 seconds")
 
     def roles(self) -> dict[str, str]:
-        """Topic name by role, the labels topic only when one is configured."""
+        """Topic name by role, the labels and state topics only when configured."""
         out = {"input": self.input_topic}
         if self.labels_topic:
             out["labels"] = self.labels_topic
-        return out | {"scores": self.output_topic, "alerts": self.alerts_topic, "dead letters": self.dlq_topic}
+        out |= {"scores": self.output_topic, "alerts": self.alerts_topic, "dead letters": self.dlq_topic}
+        if self.state_topic:
+            out |= {"state": self.state_topic, "state index": index_topic(self.state_topic)}
+        return out
 
     def client_config(self) -> dict:
         """An admin client's settings: the bootstrap servers and every librdkafka property given."""
@@ -128,15 +138,25 @@ class TopicPlan:
     replication_factor: int
     retention_ms: int
 
+    @property
+    def compacted(self) -> bool:
+        return self.role in ("state", "state index")
+
     def topic_config(self) -> dict[str, str]:
         """The topic-level configuration it is created with."""
-        return {
-            "cleanup.policy": "delete",
+        out = {
+            "cleanup.policy": "compact,delete" if self.compacted else "delete",
             "retention.ms": str(self.retention_ms),
             # With acks=all a write then survives the loss of one replica; a single-replica
             # topic (a development broker) can only ask for one.
             "min.insync.replicas": str(min(2, max(1, self.replication_factor - 1))),
         }
+        if self.compacted:
+            # Short segments and an eager cleaner: a replaced snapshot is dropped within
+            # minutes, so the broker holds about one snapshot per name.
+            out |= {"segment.ms": str(STATE_SEGMENT_MS), "segment.bytes": str(STATE_SEGMENT_BYTES),
+                    "min.cleanable.dirty.ratio": "0.1"}
+        return out
 
 
 def replayed_retention_ms(allowed_lateness_s: int) -> int:
@@ -157,7 +177,9 @@ def plan_topics(config: TopicsConfig, partitions: int, replication_factor: int) 
         "alerts": OUTPUT_RETENTION_DAYS * DAY_MS,
         "dead letters": DLQ_RETENTION_DAYS * DAY_MS,
     }
-    return [TopicPlan(role, name, partitions, replication_factor, retention[role]) for role, name in config.roles().items()]
+    retention["state"] = retention["state index"] = retention["input"]
+    return [TopicPlan(role, name, 1 if role == "state index" else partitions, replication_factor, retention[role])
+            for role, name in config.roles().items()]
 
 
 @dataclass(frozen=True)
@@ -174,7 +196,7 @@ class TopicStatus:
         verb = "created" if self.created else "exists "
         what = f"{self.partitions} partition{'s' * (self.partitions != 1)}, replication {self.replication_factor}"
         if self.created:
-            what += f", retention {days(self.plan.retention_ms)}, cleanup.policy=delete"
+            what += f", retention {days(self.plan.retention_ms)}, cleanup.policy={self.plan.topic_config()['cleanup.policy']}"
         return f"{verb} {self.plan.name} ({self.plan.role}): {what}"
 
 

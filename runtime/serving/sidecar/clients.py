@@ -138,7 +138,8 @@ def consumer_config(config: SidecarConfig, hooks: ClientHooks, assigned: Callabl
         # A crashed sidecar's partitions move after 10 s instead of librdkafka's 45 s default.
         "session.timeout.ms": 10000,
         "heartbeat.interval.ms": 2000,
-    } | config.kafka
+        "partition.assignment.strategy": config.assignment_strategy,
+    } | ({"group.instance.id": config.group_instance_id} if config.group_instance_id else {}) | config.kafka
 
 
 def producer_config(config: SidecarConfig, hooks: ClientHooks) -> dict:

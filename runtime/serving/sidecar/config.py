@@ -22,10 +22,11 @@ from fraudscore.errors import UsageError
 SECRET_MARKERS = ("password", "secret", "jaas", "key", "token", "credential")
 TLS_PROTOCOLS = ("ssl", "sasl_ssl")
 KAFKA_ENV_PREFIX = "FRAUDSCORE_KAFKA_"
+ASSIGNMENT_STRATEGIES = ("cooperative-sticky", "range", "roundrobin")
 REQUIRED = ("bundle", "bootstrap_servers", "input_topic", "output_topic", "alerts_topic", "dlq_topic", "group_id")
 # TOML keys that are spelled like the flag rather than like the field.
 _ALIASES = {"poll_timeout": "poll_timeout_s", "commit_interval": "commit_interval_s", "startup_timeout": "startup_timeout_s", "drain_timeout": "drain_timeout_s",
-            "input": "input_mode", "allowed_lateness": "allowed_lateness_s"}
+            "input": "input_mode", "allowed_lateness": "allowed_lateness_s", "snapshot_interval": "snapshot_interval_s"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,15 @@ class SidecarConfig:
     labels_topic: str = ""
     emit_features: bool = False
     allowed_lateness_s: int = 86_400
+    # Raw mode: snapshots of the feature state in this compacted topic (and NAME-index); "" = none,
+    # every restore replays the input's whole retained history.
+    state_topic: str = ""
+    snapshot_interval_s: float = 60.0
+    # Consumer group membership: the cooperative-sticky assignor moves only the partitions that
+    # move; a static member id (group.instance.id) makes a restart inside the session timeout
+    # no rebalance at all.
+    assignment_strategy: str = "cooperative-sticky"
+    group_instance_id: str = ""
     kafka: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -106,11 +116,16 @@ class SidecarConfig:
             raise UsageError(f"--workers {self.workers} need ports {self.metrics_port}..{self.metrics_port + self.workers}: "
                              "lower --metrics-port")
         if len(set(self.topics)) < len(self.topics):
-            raise UsageError("input, output, alerts, dead-letter (and labels) topics must all be different topics")
+            raise UsageError("input, output, alerts, dead-letter (and labels, state) topics must all be different topics")
         if self.input_mode not in ("", "raw", "features"):
             raise UsageError(f"--input must be raw or features, got {self.input_mode!r}")
         if self.allowed_lateness_s < 0:
             raise UsageError("--allowed-lateness must be >= 0 seconds")
+        if not 1 <= self.snapshot_interval_s <= 86_400:
+            raise UsageError(f"--snapshot-interval must be from 1 to 86400 seconds, got {self.snapshot_interval_s:g}")
+        if self.assignment_strategy not in ASSIGNMENT_STRATEGIES:
+            raise UsageError(f"--assignment-strategy must be one of {', '.join(ASSIGNMENT_STRATEGIES)}, "
+                             f"got {self.assignment_strategy!r}")
         protocol = self.kafka.get("security.protocol", "plaintext").lower()
         if self.require_tls:
             if protocol not in TLS_PROTOCOLS:
@@ -133,7 +148,8 @@ class SidecarConfig:
     def topics(self) -> tuple[str, ...]:
         """Every topic the sidecar reads or writes."""
         labels = (self.labels_topic,) if self.labels_topic else ()
-        return (self.input_topic, self.output_topic, self.alerts_topic, self.dlq_topic) + labels
+        state = (self.state_topic, f"{self.state_topic}-index") if self.state_topic else ()
+        return (self.input_topic, self.output_topic, self.alerts_topic, self.dlq_topic) + labels + state
 
     def redacted_kafka(self) -> dict[str, str]:
         return {k: ("***" if any(m in k.lower() for m in SECRET_MARKERS) else v) for k, v in self.kafka.items()}

@@ -154,6 +154,9 @@ class Sidecar:
             if not self._complete(assignment=self._assignment - revoked):
                 self._stale = flight.messages  # what this consume() returns came after it: read again too
         self.delivery.commit_done(revoked)
+        if self.state is not None:
+            # Their next owner (maybe this instance again) restores from here, not from the start.
+            self._write_snapshots(sorted(p for _, p in revoked))
         self.delivery.forget(revoked)
         self._assignment -= revoked
         if self.state is not None:
@@ -210,6 +213,8 @@ class Sidecar:
                     self._process(messages)
                 self.delivery.commit_due()
                 self.delivery.dead_letters.tick()
+                if self.state is not None and self.state.snapshot_due():
+                    self._snapshot()
             log.info("stopping: batch in flight done, flushing")
             return 0
         finally:
@@ -224,12 +229,39 @@ class Sidecar:
                 log.error("%d messages not delivered at shutdown; their inputs were not committed", left)
         if self.consumer is not None:
             self.delivery.commit_done()
+            if self.state is not None and self._assignment:
+                self._write_snapshots(sorted(p for _, p in self._assignment))
             self.delivery.dead_letters.close()
             self.consumer.close()
         if self.state is not None:
             self.state.close()
         if self.http is not None:
             self.http.close()
+
+    def _snapshot(self) -> None:
+        """Raw mode with --state-topic, when due: the batch in flight completed and every delivered
+        offset committed, so each partition's snapshot covers exactly its committed offset."""
+        if self.in_flight is not None and not self._complete():
+            return
+        self.delivery.commit_done()
+        self._write_snapshots(sorted(p for _, p in self._assignment))
+
+    def _write_snapshots(self, partitions: list[int]) -> None:
+        """Snapshots of these partitions' customer windows at their committed offsets (asked of the
+        broker: only what it holds is covered), and of the terminal table by partition 0's owner."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        state, topic = self.state, self.config.input_topic
+        if state.snapshots is None or not partitions:
+            return
+        try:
+            answer = self.consumer.committed([TopicPartition(topic, p) for p in partitions],
+                                             timeout=min(5.0, self.config.drain_timeout_s))
+        except KafkaException as exc:
+            log.warning("snapshots skipped: committed offsets unavailable (%s)", exc)
+            return
+        committed = {tp.partition: tp.offset for tp in answer if tp.error is None and tp.offset >= 0}
+        state.write_snapshots(committed, terminals=0 in partitions, only=partitions)
 
     def _maybe_reload(self) -> None:
         if self.config.watch and time.monotonic() - self._last_watch >= self.config.watch_interval_s:
@@ -311,6 +343,8 @@ class Sidecar:
             partitions = np.fromiter((msg.partition() for msg in good), np.int64, len(good))
             own = stamps if good is everything else np.fromiter((msg.timestamp()[1] for msg in good), np.int64, len(good))
             decoded, emitted = self.state.decode(values, partitions, [msg.key() for msg in good], pipeline.features, own)
+            self.state.consumed(np.fromiter((msg.partition() for msg in everything), np.int64, len(everything)),
+                                np.fromiter((msg.offset() for msg in everything), np.int64, len(everything)))
             result = pipeline.score_decoded(decoded, emitted if self.config.emit_features else None)
         scored = time.perf_counter()
         m.inference_seconds.observe(result.inference_seconds)

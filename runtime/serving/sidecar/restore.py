@@ -1,13 +1,16 @@
-"""Restoring a partition's customer windows from the input topic (raw mode).
+"""Restoring a partition's customer windows from Kafka (raw mode).
 
-The changelog of customer state is the input topic itself: when an instance is assigned a
-partition it replays the partition from its first retained offset up to the group's
-committed offset into a fresh `CustomerState`, without scoring; the loop then scores
+The input topic is the source of truth: when an instance is assigned a partition it loads
+the partition's last snapshot (`snapshots.py`, with --state-topic), if one is there and
+covers no more than the group's committed offset, and replays the input from the
+snapshot's offset up to the committed offset into it, without scoring; with no usable
+snapshot it replays the partition from its first retained offset. The loop then scores
 from the committed offset on. Late rows are decided in arrival order, row by row
 (`late_in_order`), exactly as when they were first scored, so the same messages rebuild
 the same state whatever the batch boundaries.
 
-    states = restore_partitions(config, consumer, [0, 2], spec, metrics)
+    restored = restore_partitions(config, consumer, [0, 2], spec, metrics, snapshots)
+    restored[0].state, restored[0].offset     # CustomerState, the next input offset it covers
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,12 +28,22 @@ from fraudscore.serving.sidecar.clients import common_config
 from fraudscore.errors import FraudscoreError
 from fraudscore.serving.sidecar.config import SidecarConfig
 from fraudscore.serving.sidecar.delivery import MAX_KEY_BYTES
+from fraudscore.serving.sidecar.snapshots import SnapshotRefused, SnapshotStore, customers_name, decode
 from fraudscore.serving.sidecar.terminal_table import OFFSET_BEGINNING, PARTITION_EOF, READ_BATCH
 from fraudscore.serving.transactions import decode_transactions
 
 log = logging.getLogger("fraudscore.sidecar")
 
 OFFSET_INVALID = -1001  # confluent_kafka.OFFSET_INVALID: no committed offset
+
+
+@dataclass
+class Restored:
+    """A partition's customer windows as restored: they cover input offsets below `offset`."""
+
+    state: CustomerState
+    offset: int
+    snapshot: int | None  # the offset of the snapshot it started from; None: replayed from the first retained offset
 
 
 class RestoreFailed(FraudscoreError):
@@ -39,7 +53,7 @@ class RestoreFailed(FraudscoreError):
 
 
 def restore_partitions(config: SidecarConfig, consumer, partitions: list[int], spec: FeatureSpec, metrics,
-                       attempts: int = 3) -> dict[int, CustomerState]:
+                       snapshots: SnapshotStore | None = None, attempts: int = 3) -> dict[int, Restored]:
     """Rebuild the customer state of newly assigned partitions from the input topic, up to the
     group's committed offsets (or the high watermark when consumption starts at latest).
 
@@ -49,7 +63,7 @@ def restore_partitions(config: SidecarConfig, consumer, partitions: list[int], s
 
     for attempt in range(1, attempts + 1):
         try:
-            return _restore(config, consumer, partitions, spec, metrics)
+            return _restore(config, consumer, partitions, spec, metrics, snapshots)
         except (KafkaException, RestoreFailed) as exc:
             if attempt == attempts:
                 raise RestoreFailed(f"partitions {partitions}: customer windows not restored after {attempts} "
@@ -59,15 +73,17 @@ def restore_partitions(config: SidecarConfig, consumer, partitions: list[int], s
     return {}
 
 
-def _restore(config: SidecarConfig, consumer, partitions: list[int], spec: FeatureSpec, metrics) -> dict[int, CustomerState]:
+def _restore(config: SidecarConfig, consumer, partitions: list[int], spec: FeatureSpec, metrics,
+             snapshots: SnapshotStore | None) -> dict[int, Restored]:
     from confluent_kafka import Consumer, TopicPartition
 
     c = config
-    states: dict[int, CustomerState] = {}
+    out: dict[int, Restored] = {}
     committed = consumer.committed([TopicPartition(c.input_topic, p) for p in partitions], timeout=c.startup_timeout_s)
     for tp in committed:
         if tp.error is not None:
             raise RestoreFailed(f"committed offset of partition {tp.partition}: {tp.error}")
+    blobs = snapshots.read([customers_name(p) for p in partitions]) if snapshots is not None else {}
     reader = Consumer(common_config(c) | {
         "group.id": f"{c.group_id}.restore.{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
         "enable.auto.offset.store": False, "fetch.wait.max.ms": 10, "enable.partition.eof": True,
@@ -76,30 +92,63 @@ def _restore(config: SidecarConfig, consumer, partitions: list[int], spec: Featu
     try:
         for tp in committed:
             t0 = time.monotonic()
-            state = states[tp.partition] = CustomerState(spec, allowed_lateness_s=c.allowed_lateness_s)
             end = tp.offset
             if end == OFFSET_INVALID:
                 low, high = reader.get_watermark_offsets(TopicPartition(c.input_topic, tp.partition), timeout=c.startup_timeout_s, cached=False)
                 end = low if c.offset_reset == "earliest" else high
-            rows = _replay(c, reader, tp.partition, end, state, metrics)
+            state, start = None, OFFSET_BEGINNING
+            if snapshots is not None:
+                state, start = _from_snapshot(c, spec, tp.partition, blobs[customers_name(tp.partition)], end, metrics)
+            snapshot = start if state is not None else None
+            if state is None:
+                state = CustomerState(spec, allowed_lateness_s=c.allowed_lateness_s)
+            rows = _replay(c, reader, tp.partition, start, end, state, metrics)
             seconds = time.monotonic() - t0
             metrics.restore_seconds.observe(seconds)
             metrics.restored_transactions.inc(rows)
-            log.info("partition %d: customer windows restored from %d messages in %.2f s (%d kept, %.1f MB)",
-                     tp.partition, rows, seconds, len(state), state.nbytes / 1e6)
+            log.info("partition %d: customer windows restored from %s and %d messages in %.2f s (%d kept, %.1f MB)",
+                     tp.partition, "none" if snapshot is None else f"a snapshot at offset {snapshot}", rows, seconds,
+                     len(state), state.nbytes / 1e6)
+            out[tp.partition] = Restored(state, end, snapshot)
     finally:
         reader.close()
-    return states
+    return out
 
 
-def _replay(config: SidecarConfig, reader, partition: int, end: int, state: CustomerState, metrics) -> int:
-    """Feed offsets [first retained, end) of `partition` into `state`; the number of messages read."""
+def _from_snapshot(config: SidecarConfig, spec: FeatureSpec, partition: int, blob, end: int, metrics) -> tuple[CustomerState | None, int]:
+    """(state, its offset) from the partition's snapshot, or (None, OFFSET_BEGINNING) with the
+    refusal counted and logged when there is none that fits."""
+    c = config
+    try:
+        if isinstance(blob, SnapshotRefused):
+            raise blob
+        expect = {"kind": "customers", "spec": spec.to_dict(), "allowed_lateness_s": c.allowed_lateness_s,
+                  "input_topic": c.input_topic, "group_id": c.group_id, "partition": partition}
+        header, state = decode(blob, expect, CustomerState(spec, allowed_lateness_s=c.allowed_lateness_s))
+        offset = int(header["offset"])
+        if offset > end:
+            raise SnapshotRefused("ahead", f"snapshot at offset {offset}, beyond the group's committed offset {end} "
+                                           "(offsets reset, or a commit that failed after the snapshot)")
+    except SnapshotRefused as refused:
+        metrics.snapshot_restores.labels("customers", refused.reason).inc()
+        log_ = log.info if refused.reason == "missing" else log.warning
+        log_("partition %d: snapshot not used (%s: %s); replaying the input from its first retained offset",
+             partition, refused.reason, refused)
+        return None, OFFSET_BEGINNING
+    metrics.snapshot_restores.labels("customers", "restored").inc()
+    metrics.snapshot_bytes.labels("customers").set(len(blob))
+    return state, offset
+
+
+def _replay(config: SidecarConfig, reader, partition: int, start: int, end: int, state: CustomerState, metrics) -> int:
+    """Feed offsets [start (OFFSET_BEGINNING: the first retained), end) of `partition` into `state`;
+    the number of messages read."""
     from confluent_kafka import TopicPartition
 
     c = config
-    if end <= 0:
+    if end <= max(start, 0):
         return 0
-    reader.assign([TopicPartition(c.input_topic, partition, OFFSET_BEGINNING)])
+    reader.assign([TopicPartition(c.input_topic, partition, start)])
     rows, done = 0, False
     while not done:
         values, stamps = [], []

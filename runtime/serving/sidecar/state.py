@@ -14,12 +14,21 @@ Two kinds of state, partitioned the way Kafka partitions the input:
   `TerminalState`. Before a batch is scored it reads up to the high watermarks, so every
   transaction and confirmation written before the batch was consumed is counted.
 
+With --state-topic both kinds are snapshotted to Kafka (`snapshots.py`): a partition's
+customer windows at the group's committed offset by its owner, the terminal table with
+the offset it has read of every partition by the owner of input partition 0; every
+--snapshot-interval, when a partition is revoked, and at exit. A restore then loads the
+snapshot and reads only the input after it; one that is missing or does not fit is
+refused (counted, logged) and the input is replayed instead.
+
 Readiness stays false until the terminal table has caught up once and no partition is
 restoring; restore time, rows and progress are metrics.
 
     state = FeatureState(config, spec, metrics)
     state.start()                          # the terminal table's reader (terminal_table.py)
     state.restore(consumer, assigned)      # on assignment (restore.py)
+    state.consumed(partitions, offsets)    # after each batch: what the customer windows cover
+    state.write_snapshots(committed, terminals=True)   # when due, on revoke, at exit
     state.catch_up()                       # before each batch
     decoded, emitted = state.decode(values, partitions, keys, model_features)
 """
@@ -27,13 +36,16 @@ restoring; restore time, rows and progress are metrics.
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 
 from fraudscore.features.online import CustomerState, OnlineFeatures, TerminalState
 from fraudscore.features.spec import FeatureSpec
 from fraudscore.serving.sidecar.config import SidecarConfig
+from fraudscore.errors import FraudscoreError
 from fraudscore.serving.sidecar.restore import late_in_order, restore_partitions
+from fraudscore.serving.sidecar.snapshots import TERMINALS, SnapshotRefused, SnapshotStore, customers_name, decode, encode
 from fraudscore.serving.sidecar.terminal_table import TerminalTable
 from fraudscore.serving.decode import FLOAT32_MAX, DecodedBatch, Rejection
 from fraudscore.serving.pipeline import Emitted
@@ -82,6 +94,12 @@ class FeatureState:
         self.table = TerminalTable(config, self.terminals, metrics)
         self.table.before_apply = self._cap_terminal_horizon
         self.restoring: set[int] = set()
+        self.snapshots = SnapshotStore(config) if config.state_topic else None
+        self.offsets: dict[int, int] = {}  # partition -> the next input offset its customer windows cover
+        self.snapshotted: dict[int, int] = {}  # partition -> offset of its last snapshot written or restored
+        self._terminals_snapshotted: dict | None = None  # the table's positions at its last snapshot
+        self._last_snapshot = time.monotonic()
+        self._reported: set[str] = set()  # partitions with a fraudscore_state_partition_bytes series
 
     @property
     def customers(self) -> dict[int, CustomerState]:
@@ -94,8 +112,45 @@ class FeatureState:
         return self.online.terminals
 
     def start(self) -> None:
-        """Start reading the terminal table: every partition of the input and labels topics, from the beginning."""
-        self.table.start()
+        """Start reading the terminal table: every partition of the input and labels topics, from
+        the beginning, or from where its snapshot left off."""
+        self.table.start(self._restore_terminals() if self.snapshots is not None else None)
+
+    def _expect(self, kind: str) -> dict:
+        """What a snapshot of `kind` must have been made for, to be used here."""
+        c = self.config
+        common = {"kind": kind, "spec": self.spec.to_dict(), "allowed_lateness_s": c.allowed_lateness_s, "input_topic": c.input_topic}
+        if kind == "terminals":
+            return common | {"labels_topic": c.labels_topic}
+        return common | {"group_id": c.group_id}
+
+    def _restore_terminals(self) -> dict | None:
+        """The terminal table from its snapshot; the positions to read on from, or None (from the beginning)."""
+        t0 = time.monotonic()
+        try:
+            blob = self.snapshots.read([TERMINALS])[TERMINALS]
+            if isinstance(blob, SnapshotRefused):
+                raise blob
+            fresh = TerminalState(self.spec, allowed_lateness_s=self.config.allowed_lateness_s)
+            header, state = decode(blob, self._expect("terminals"), fresh)
+            try:
+                positions = {(str(t), int(p)): int(o) for t, p, o in header["positions"]}
+                watermarks = {int(p): int(w) for p, w in header["partition_watermarks"]}
+            except (KeyError, TypeError, ValueError):
+                raise SnapshotRefused("corrupt", "terminal snapshot without readable positions") from None
+        except SnapshotRefused as refused:
+            self.metrics.snapshot_restores.labels("terminals", refused.reason).inc()
+            (log.info if refused.reason == "missing" else log.warning)(
+                "terminal table: snapshot not used (%s: %s); reading every partition from the beginning", refused.reason, refused)
+            return None
+        self.online.terminals = self.table.terminals = state
+        self.table.partition_watermarks.update(watermarks)
+        self._terminals_snapshotted = positions
+        self.metrics.snapshot_restores.labels("terminals", "restored").inc()
+        self.metrics.snapshot_bytes.labels("terminals").set(len(blob))
+        log.info("terminal table: restored from a snapshot (%d transactions of %d terminals, %.1f MB) in %.2f s; "
+                 "reading on from its offsets", len(state), state.entities, len(blob) / 1e6, time.monotonic() - t0)
+        return positions
 
     def catch_up(self) -> bool:
         """Read the terminal table up to the topics' current ends; False if not every partition was read in time."""
@@ -105,11 +160,67 @@ class FeatureState:
         """Rebuild newly assigned partitions' customer windows from the input topic (not ready meanwhile)."""
         self.restoring |= set(partitions)
         try:
-            restored = restore_partitions(self.config, consumer, partitions, self.spec, self.metrics)
-            self.customers.update(restored)
-            self._rebuild_terminals_if_needed(restored)
+            restored = restore_partitions(self.config, consumer, partitions, self.spec, self.metrics, self.snapshots)
+            for p, r in restored.items():
+                self.customers[p] = r.state
+                self.offsets[p] = r.offset
+                if r.snapshot is not None and r.snapshot == r.offset:
+                    self.snapshotted[p] = r.offset
+                else:
+                    self.snapshotted.pop(p, None)
+            self._rebuild_terminals_if_needed({p: r.state for p, r in restored.items()})
         finally:
             self.restoring -= set(partitions)
+
+    def consumed(self, partitions: np.ndarray, offsets: np.ndarray) -> None:
+        """A batch's messages (their partitions and offsets) went through the customer windows."""
+        for p in np.unique(partitions).tolist():
+            last = int(offsets[partitions == p].max()) + 1
+            self.offsets[p] = max(self.offsets.get(p, last), last)
+
+    def snapshot_due(self) -> bool:
+        return self.snapshots is not None and time.monotonic() - self._last_snapshot >= self.config.snapshot_interval_s
+
+    def write_snapshots(self, committed: dict[int, int], terminals: bool, only: list[int] | None = None) -> None:
+        """Snapshot the customer windows of partitions (`only` these) whose state covers exactly their
+        committed offset and changed since their last snapshot; and, with `terminals`, the terminal
+        table if it read anything since. A failure is logged and counted; the state is unharmed."""
+        if self.snapshots is None:
+            return
+        self._last_snapshot = time.monotonic()
+        for p in sorted(self.customers if only is None else only):
+            state, covered = self.customers.get(p), self.offsets.get(p)
+            if state is None or covered is None or committed.get(p) != covered or self.snapshotted.get(p) == covered:
+                continue
+            header = self._expect("customers") | {"partition": p, "offset": covered, "written_ms": int(time.time() * 1000)}
+            if self._write("customers", customers_name(p), p, state, header):
+                self.snapshotted[p] = covered
+        if terminals and self.table.positions != self._terminals_snapshotted:
+            positions = dict(self.table.positions)
+            header = self._expect("terminals") | {
+                "positions": [[t, p, o] for (t, p), o in sorted(positions.items())],
+                "partition_watermarks": [[p, w] for p, w in sorted(self.table.partition_watermarks.items())],
+                "written_ms": int(time.time() * 1000)}
+            if self._write("terminals", TERMINALS, 0, self.terminals, header):
+                self._terminals_snapshotted = positions
+
+    def _write(self, kind: str, name: str, partition: int, state, header: dict) -> bool:
+        from confluent_kafka import KafkaException
+
+        t0 = time.perf_counter()
+        try:
+            blob = encode(state, header)
+            chunks = self.snapshots.write(name, partition, blob)
+        except (FraudscoreError, KafkaException) as exc:
+            self.metrics.snapshot_writes.labels(kind, "failed").inc()
+            log.warning("snapshot %s not written (%s); the next one tries again", name, exc)
+            return False
+        seconds = time.perf_counter() - t0
+        self.metrics.snapshot_writes.labels(kind, "ok").inc()
+        self.metrics.snapshot_bytes.labels(kind).set(len(blob))
+        self.metrics.snapshot_seconds.observe(seconds)
+        log.debug("snapshot %s written: %.1f MB in %d chunks, %.2f s", name, len(blob) / 1e6, chunks, seconds)
+        return True
 
     def _rebuild_terminals_if_needed(self, restored: dict[int, CustomerState]) -> None:
         """A partition taken over from another instance may lag the ones scored here so far:
@@ -131,6 +242,11 @@ class FeatureState:
         for p in partitions:
             self.online.drop_partition(p)
             self.restoring.discard(p)
+            self.offsets.pop(p, None)
+            self.snapshotted.pop(p, None)
+            if str(p) in self._reported:
+                self.metrics.state_partition_bytes.remove(str(p))
+                self._reported.discard(str(p))
 
     # ------------------------------------------------------------- scoring
 
@@ -217,6 +333,11 @@ class FeatureState:
         metrics.state_bytes.labels("customer").set(customer_bytes)
         metrics.state_rows.labels("terminal").set(len(self.terminals))
         metrics.state_rows.labels("customer").set(sum(len(state) for state in self.customers.values()))
+        for p, state in self.customers.items():
+            metrics.state_partition_bytes.labels(str(p)).set(state.nbytes)
+            self._reported.add(str(p))
 
     def close(self) -> None:
         self.table.close()
+        if self.snapshots is not None:
+            self.snapshots.close()

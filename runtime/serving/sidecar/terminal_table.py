@@ -7,7 +7,7 @@ reader catches up to the topics' high watermarks, so every transaction and fraud
 confirmation written before the batch was consumed is counted.
 
     table = TerminalTable(config, terminals, metrics)
-    table.start()            # every partition, from the beginning
+    table.start()            # every partition, from the beginning (or from a snapshot's `positions`)
     table.catch_up()         # before each batch; False if not every partition was read in time
 """
 
@@ -44,10 +44,12 @@ class TerminalTable:
         self.partition_watermarks: dict[int, int] = {}  # input partition -> newest event time read
         self._reader_partitions: list = []
         self._ends: dict[tuple[str, int], int] = {}  # partition -> offset where the reader last hit its end
+        self.positions: dict[tuple[str, int], int] = {}  # partition -> the next offset not yet in the table
         self.before_apply = lambda: None  # the owner's hook: cap the table's eviction before rows go in
 
-    def start(self) -> None:
-        """Start the global reader: every partition of the input and labels topics, from the beginning."""
+    def start(self, positions: dict[tuple[str, int], int] | None = None) -> None:
+        """Start the global reader: every partition of the input and labels topics, from the
+        beginning, or from `positions` (a snapshot's: what its table had read) where given."""
         from confluent_kafka import Consumer, TopicPartition
 
         c = self.config
@@ -67,7 +69,14 @@ class TerminalTable:
         metadata = self.reader.list_topics(timeout=c.startup_timeout_s)
         self._reader_partitions = [TopicPartition(t, p, OFFSET_BEGINNING) for t in topics
                                    for p in sorted(metadata.topics[t].partitions)]
-        self.reader.assign(self._reader_partitions)
+        self.positions = dict(positions or {})
+        self.reader.assign([TopicPartition(tp.topic, tp.partition, self.positions.get((tp.topic, tp.partition), OFFSET_BEGINNING))
+                            for tp in self._reader_partitions])
+
+    @property
+    def partitions(self) -> list[tuple[str, int]]:
+        """Every (topic, partition) the table reads."""
+        return [(tp.topic, tp.partition) for tp in self._reader_partitions]
 
     def reset(self, terminals: TerminalState) -> None:
         """Read everything again, from the beginning, into `terminals` (a fresh state)."""
@@ -75,6 +84,7 @@ class TerminalTable:
         self.caught_up = False
         self.partition_watermarks.clear()
         self._ends.clear()
+        self.positions.clear()
         for tp in self._reader_partitions:
             self.reader.seek(tp)  # tp.offset is OFFSET_BEGINNING
 
@@ -126,7 +136,9 @@ class TerminalTable:
     def _apply(self, messages: list) -> None:
         c = self.config
         for m in messages:
-            if m.error() is not None and m.error().code() == PARTITION_EOF:
+            if m.error() is None:
+                self.positions[(m.topic(), m.partition())] = m.offset() + 1
+            elif m.error().code() == PARTITION_EOF:
                 self._ends[(m.topic(), m.partition())] = m.offset()
         # Keys over the limit are dead-lettered by the scoring path: they are not transactions here either.
         tx = [m for m in messages if m.error() is None and m.topic() == c.input_topic

@@ -60,7 +60,8 @@ def worker_configs(config: SidecarConfig) -> list[SidecarConfig]:
     out = []
     for i, port in enumerate(ports):
         tid = f"{config.transactional_id or default_transactional_id(config)}-w{i}" if config.exactly_once else ""
-        out.append(dataclasses.replace(config, workers=1, metrics_port=port, transactional_id=tid))
+        member = f"{config.group_instance_id}-w{i}" if config.group_instance_id else ""
+        out.append(dataclasses.replace(config, workers=1, metrics_port=port, transactional_id=tid, group_instance_id=member))
     return out
 
 
