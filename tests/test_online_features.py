@@ -115,7 +115,10 @@ def play(stream: Stream, batches: list[np.ndarray], labels_before: dict[int, np.
             online.add_labels(stream.ids[labelled], stream.seconds[labelled], stream.terminals[labelled])
             confirmed[labelled] = True
         late = online.late_mask(0, stream.seconds[batch])
-        expected = stream.seconds[batch] < watermark - lateness if watermark is not None else np.zeros(len(batch), bool)
+        expected, newest = [], watermark  # arrival order: earlier rows of the batch count too
+        for t in stream.seconds[batch].tolist():
+            expected.append(newest is not None and t < newest - lateness)
+            newest = t if newest is None else max(newest, t)
         np.testing.assert_array_equal(late, expected, err_msg=f"late rows of batch {k}")
         batch = batch[~late]  # dead-lettered: never stored, never scored
         if not len(batch):

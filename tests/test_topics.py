@@ -88,6 +88,20 @@ def test_retention_keeps_what_raw_mode_recovery_reads_and_nothing_is_compacted()
     assert "labels" not in features and features["input"].retention_ms == 7 * DAY_MS
 
 
+def test_state_topics_are_compacted_and_kept_no_longer_than_the_input() -> None:
+    plans = {p.role: p for p in plan_topics(TopicsConfig(**TOPICS, labels_topic="l", state_topic="tx-state"), 6, 3)}
+    assert list(plans)[-2:] == ["state", "state index"]
+    assert (plans["state"].name, plans["state index"].name) == ("tx-state", "tx-state-index")
+    assert (plans["state"].partitions, plans["state index"].partitions) == (6, 1)
+    for role in ("state", "state index"):
+        config = plans[role].topic_config()
+        assert config["cleanup.policy"] == "compact,delete"
+        assert int(config["retention.ms"]) == plans["input"].retention_ms  # card histories leave with the input
+        assert int(config["segment.ms"]) <= 3_600_000  # replaced snapshots are cleaned within the hour
+    with pytest.raises(UsageError, match="must all be different"):
+        TopicsConfig.from_sources(TOPICS | {"state_topic": "tx-in"}, environ={})
+
+
 def test_an_existing_topic_with_another_partition_count_is_refused_with_the_fix() -> None:
     plan = TopicPlan("input", "tx-in", 6, 1, 39 * DAY_MS)
     assert existing_problems(plan, 6) == []
@@ -144,7 +158,8 @@ def test_shared_options_are_spelled_and_documented_as_for_run() -> None:
     create_command = group.commands["topics"].commands["create"]
     create_params = {p.name: p for p in create_command.params}
     shared = ["bootstrap_servers", "input_topic", "output_topic", "alerts_topic", "dlq_topic", "labels_topic",
-              "input_mode", "allowed_lateness", "startup_timeout", "kafka_property", "kafka_properties_file", "config"]
+              "input_mode", "allowed_lateness", "startup_timeout", "kafka_property", "kafka_properties_file", "config",
+              "state_topic"]
     for name in shared:
         assert create_params[name].opts == run[name].opts, name
         assert create_params[name].envvar == run[name].envvar, name

@@ -313,15 +313,13 @@ class _Store:
         return out
 
     def late_mask(self, seconds: np.ndarray) -> np.ndarray:
-        """True where a row is older than watermark - allowed_lateness: too late to score.
+        """True where a row is too late to score: more than allowed_lateness older than the newest
+        of the watermark and the rows before it (`late_in_order`, the one lateness rule).
 
         Ask it just before the batch's `features`: the watermark is then the one from
-        before the batch, so rows of one batch never make each other late.
+        before the batch.
         """
-        seconds = _int_column("seconds", seconds)
-        if self.watermark is None:
-            return np.zeros(len(seconds), bool)
-        return seconds < self.watermark - self.allowed_lateness_s
+        return late_in_order(_int_column("seconds", seconds), self.watermark, self.allowed_lateness_s)
 
     def evict(self) -> int:
         """Fold the recent rows into the main run now and drop rows no on-time query can reach; returns rows dropped."""
@@ -454,6 +452,24 @@ class _Store:
 
     def _on_fold(self, horizon: int | None) -> None:
         """Hook after a fold (the terminal state expires pending labels)."""
+
+
+def late_in_order(seconds: np.ndarray, watermark: int | None, lateness_s: int) -> np.ndarray:
+    """The lateness rule, everywhere (scoring, restores, the sidecar's terminal table): row i is
+    late when it is more than `lateness_s` older than the newest of `watermark` and rows 0..i-1.
+
+    Arrival order, row by row, so the decision does not depend on how the rows were cut into
+    batches: a restore replaying a partition in other batches rejects exactly the rows the
+    live run rejected.
+
+        >>> late_in_order(np.array([100, 10, 95, 20]), None, 50).tolist()
+        [False, True, False, True]
+    """
+    if not len(seconds):
+        return np.zeros(0, bool)
+    start = np.iinfo(np.int64).min // 2 if watermark is None else watermark
+    newest_before = np.maximum.accumulate(np.concatenate([[start], seconds[:-1]]))
+    return seconds < newest_before - lateness_s
 
 
 def _slots_of(keys: np.ndarray) -> np.ndarray:

@@ -104,7 +104,7 @@ class TopicsConfig:
         """Raise UsageError, saying how to fix it, for settings that cannot work together."""
         names = list(self.roles().values())
         if len(set(names)) < len(names):
-            raise UsageError("input, output, alerts, dead-letter (and labels) topics must all be different topics")
+            raise UsageError("input, output, alerts, dead-letter (and labels, state) topics must all be different topics")
         if self.input_mode not in ("", "raw", "features"):
             raise UsageError(f"--input must be raw or features, got {self.input_mode!r}")
         if self.allowed_lateness_s < 0:

@@ -385,12 +385,17 @@ class Sidecar:
         return True
 
     def _catch_up(self, messages: list) -> None:
-        """Raw mode: the terminal table reads everything written before this batch was consumed.
-        Idle, it reads once a second (a high-watermark query per partition is a broker round trip)."""
+        """Raw mode: the terminal table reads what this batch's windows need: every confirmation
+        written before it was consumed, and each input partition to its end or past the batch's
+        event-time bound (FeatureState.catch_up). Idle, it reads to the end once a second (a
+        high-watermark query per partition is a broker round trip)."""
         if not messages and self.state.ready() and time.monotonic() - self._last_catch_up < IDLE_CATCH_UP_S:
             return
         self._last_catch_up = time.monotonic()
-        if not self.state.catch_up() and messages:
+        stamps = [msg.timestamp()[1] for msg in messages if msg.error() is None]
+        # A message without a timestamp bounds nothing: the table is then read to the end.
+        newest = max(stamps) if stamps and min(stamps) > 0 else None
+        if not self.state.catch_up(newest) and messages:
             # Not every partition could be read in time: score nothing now, read the batch again;
             # the batch in flight is completed meanwhile (its offsets and metrics do not wait).
             self.delivery.rewind(messages, self._assignment)

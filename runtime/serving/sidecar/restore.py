@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fraudscore.features.online import CustomerState
+from fraudscore.features.online import CustomerState, late_in_order
 from fraudscore.features.spec import FeatureSpec
 from fraudscore.serving.sidecar.clients import common_config
 from fraudscore.errors import FraudscoreError
@@ -173,13 +173,3 @@ def _replay(config: SidecarConfig, reader, partition: int, start: int, end: int,
             metrics.restore_messages.labels(str(partition)).set(rows)
     reader.unassign()
     return rows
-
-
-def late_in_order(seconds: np.ndarray, watermark: int | None, lateness_s: int) -> np.ndarray:
-    """Row i is late when it is more than `lateness_s` older than the newest of the watermark
-    and rows 0..i-1."""
-    if not len(seconds):
-        return np.zeros(0, bool)
-    start = np.iinfo(np.int64).min // 2 if watermark is None else watermark
-    newest_before = np.maximum.accumulate(np.concatenate([[start], seconds[:-1]]))
-    return seconds < newest_before - lateness_s

@@ -40,16 +40,16 @@ import time
 
 import numpy as np
 
-from fraudscore.features.online import CustomerState, OnlineFeatures, TerminalState
+from fraudscore.features.online import CustomerState, OnlineFeatures, TerminalState, late_in_order
 from fraudscore.features.spec import FeatureSpec
 from fraudscore.serving.sidecar.config import SidecarConfig
 from fraudscore.errors import FraudscoreError
-from fraudscore.serving.sidecar.restore import late_in_order, restore_partitions
+from fraudscore.serving.sidecar.restore import restore_partitions
 from fraudscore.serving.sidecar.snapshots import TERMINALS, SnapshotRefused, SnapshotStore, customers_name, decode, encode
 from fraudscore.serving.sidecar.terminal_table import TerminalTable
 from fraudscore.serving.decode import FLOAT32_MAX, DecodedBatch, Rejection
 from fraudscore.serving.pipeline import Emitted
-from fraudscore.serving.transactions import RawBatch, decode_transactions
+from fraudscore.serving.transactions import FUTURE_TOLERANCE_S, RawBatch, decode_transactions
 
 log = logging.getLogger("fraudscore.sidecar")
 
@@ -152,9 +152,20 @@ class FeatureState:
                  "reading on from its offsets", len(state), state.entities, len(blob) / 1e6, time.monotonic() - t0)
         return positions
 
-    def catch_up(self) -> bool:
-        """Read the terminal table up to the topics' current ends; False if not every partition was read in time."""
-        return self.table.catch_up()
+    def catch_up(self, newest_timestamp_ms: int | None = None) -> bool:
+        """Read the terminal table as far as a batch whose newest Kafka timestamp is
+        `newest_timestamp_ms` needs (None: to the topics' current ends); False if not every
+        partition was read in time.
+
+        Its event times are at most FUTURE_TOLERANCE_S past that timestamp (later ones are
+        bad_time), its terminal windows end the spec's delay before them, and a partition that
+        has shown an event time more than the allowed lateness past that end holds no row the
+        windows still need (terminal_table.py)."""
+        bound = None
+        if newest_timestamp_ms is not None and newest_timestamp_ms > 0:
+            bound = (newest_timestamp_ms // 1000 + FUTURE_TOLERANCE_S - self.spec.terminal_delay_s
+                     + self.config.allowed_lateness_s)
+        return self.table.catch_up(bound)
 
     def restore(self, consumer, partitions: list[int]) -> None:
         """Rebuild newly assigned partitions' customer windows from the input topic (not ready meanwhile)."""

@@ -3,12 +3,21 @@ labels topic, read whole into one `TerminalState` (the "global table" pattern).
 
 A terminal serves customers on every partition, so its windows need every partition's
 transactions, whichever partitions this instance scores. Before a batch is scored the
-reader catches up to the topics' high watermarks, so every transaction and fraud
-confirmation written before the batch was consumed is counted.
+reader catches up: the labels topic to its high watermarks (every confirmation written
+before the batch was consumed is counted), and each input partition either to its high
+watermark or until it has read an event time past `bound_s`, whichever comes first.
+
+The bound is what lets a backlog start scoring at once and spares a broker round trip per
+partition and batch: a batch whose newest Kafka timestamp is ts has event times at most
+ts + FUTURE_TOLERANCE_S (later ones are `bad_time`), its terminal windows end a delay
+before that, and once a partition has shown an event time more than the allowed lateness
+past a window's end, no row it still holds can fall in that window: such a row would be
+late, and late rows (in each partition's arrival order, the scorer's own rule,
+`late_in_order`) are left out of the table as they are dead-lettered by the scorer.
 
     table = TerminalTable(config, terminals, metrics)
     table.start()            # every partition, from the beginning (or from a snapshot's `positions`)
-    table.catch_up()         # before each batch; False if not every partition was read in time
+    table.catch_up(bound_s)  # before each batch; False if not every partition was read in time
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import uuid
 
 import numpy as np
 
-from fraudscore.features.online import TerminalState
+from fraudscore.features.online import TerminalState, late_in_order
 from fraudscore.serving.sidecar.clients import common_config
 from fraudscore.serving.sidecar.config import SidecarConfig
 from fraudscore.serving.sidecar.delivery import MAX_KEY_BYTES
@@ -88,11 +97,10 @@ class TerminalTable:
         for tp in self._reader_partitions:
             self.reader.seek(tp)  # tp.offset is OFFSET_BEGINNING
 
-    def catch_up(self, timeout_s: float | None = None) -> bool:
-        """Read the input and labels topics up to their current high watermarks. True when done."""
-        from confluent_kafka import TopicPartition
-
-        from confluent_kafka import KafkaException
+    def catch_up(self, bound_s: int | None = None, timeout_s: float | None = None) -> bool:
+        """Read the labels topic up to its current high watermarks and each input partition up to
+        its high watermark or past event time `bound_s` (None: to the high watermark). True when done."""
+        from confluent_kafka import KafkaException, TopicPartition
 
         c, reader = self.config, self.reader
         t0 = time.monotonic()
@@ -100,20 +108,21 @@ class TerminalTable:
         targets = {}
         try:
             for tp in self._reader_partitions:
-                _, high = reader.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
-                                                       timeout=c.startup_timeout_s, cached=False)
-                targets[(tp.topic, tp.partition)] = high
+                if not self._past((tp.topic, tp.partition), bound_s):
+                    _, high = reader.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
+                                                           timeout=c.startup_timeout_s, cached=False)
+                    targets[(tp.topic, tp.partition)] = high
         except KafkaException as exc:  # a leader moving, a broker restarting: try again before the next batch
             log.warning("terminal table: high watermarks unavailable (%s); retrying before the next batch", exc)
             return False
-        remaining = self._behind(targets)
+        remaining = self._behind(targets) if targets else []
         while remaining and time.monotonic() < deadline:
             # A short wait: consume() blocks until READ_BATCH messages or the timeout, and what is
             # missing is usually a few messages already on their way.
             messages = reader.consume(num_messages=READ_BATCH, timeout=0.002)
             if messages:
                 self._apply(messages)
-            remaining = self._behind(targets, remaining)
+            remaining = [key for key in self._behind(targets, remaining) if not self._past(key, bound_s)]
         if remaining:
             log.warning("terminal table: %d partition(s) not read to their high watermark within %.0f s; retrying "
                         "before the next batch", len(remaining), deadline - t0)
@@ -124,6 +133,13 @@ class TerminalTable:
                      "%.2f s", len(self.terminals), self.terminals.entities, self.terminals.pending_labels,
                      self.terminals.nbytes / 1e6, time.monotonic() - t0)
         return True
+
+    def _past(self, key: tuple[str, int], bound_s: int | None) -> bool:
+        """An input partition that has shown an event time past `bound_s`."""
+        if bound_s is None or key[0] != self.config.input_topic:
+            return False
+        newest = self.partition_watermarks.get(key[1])
+        return newest is not None and newest > bound_s
 
     def _behind(self, targets: dict, among=None) -> list:
         from confluent_kafka import TopicPartition
@@ -149,11 +165,15 @@ class TerminalTable:
             raw = decode_transactions([m.value() for m in tx], max_message_bytes=c.max_message_bytes, timestamps_ms=stamps)
             if len(raw):
                 partitions = np.fromiter((tx[i].partition() for i in raw.index.tolist()), np.int64, len(raw))
+                on_time = np.ones(len(raw), bool)
                 for p in np.unique(partitions).tolist():
-                    high = int(raw.seconds[partitions == p].max())
+                    rows = np.flatnonzero(partitions == p)
+                    # The scorer dead-letters these (late): they count in no window.
+                    on_time[rows] = ~late_in_order(raw.seconds[rows], self.partition_watermarks.get(p), c.allowed_lateness_s)
+                    high = int(raw.seconds[rows].max())
                     self.partition_watermarks[p] = max(self.partition_watermarks.get(p, high), high)
                 self.before_apply()
-                self.terminals.add_transactions(raw.ids, raw.seconds, raw.terminals)
+                self.terminals.add_transactions(raw.ids[on_time], raw.seconds[on_time], raw.terminals[on_time])
         if labels:
             batch = decode_labels(labels, max_message_bytes=c.max_message_bytes)
             counts = self.terminals.add_labels(batch.ids, batch.seconds, batch.terminals)
