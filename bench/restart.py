@@ -85,9 +85,9 @@ class Instance:
         return Path(self.log.name).read_text()
 
     def logged_at(self, needle: str) -> float | None:
-        """Wall-clock time (epoch s) of the first log line containing `needle`."""
+        """Wall-clock time (epoch s) of the first log line matching the regular expression `needle`."""
         for line in self.output().splitlines():
-            if needle in line:
+            if re.search(needle, line):
                 m = LOG_TIME.match(line)
                 if m:
                     return datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
@@ -169,7 +169,7 @@ def run(args: argparse.Namespace, say=print) -> dict:
     before = results_count(args.bootstrap_servers, topics["out"])
     joining = Instance(args, topics, group, "joining")
     joining.wait_ready(args.timeout_s)
-    assigned = joining.logged_at("assigned [")
+    assigned = joining.logged_at(r"assigned \[\d")  # the first non-empty assignment (cooperative: two rounds)
     ready = joining.logged_at("ready: feature state restored")
     report["join_ready_s"] = joining_ready = None if assigned is None or ready is None else ready - assigned
     report["join_start_to_ready_s"] = time.monotonic() - joining.started

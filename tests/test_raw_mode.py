@@ -7,6 +7,7 @@ bad confirmations never kill the process.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -458,4 +459,105 @@ def test_a_restart_restores_from_snapshots_and_a_damaged_one_falls_back_to_repla
     assert 'fraudscore_state_snapshot_restores_total{kind="customers",outcome="corrupt"} 1.0' in metrics
     assert 'fraudscore_state_snapshot_restores_total{kind="terminals",outcome="restored"} 1.0' in metrics
     assert 'fraudscore_state_snapshot_writes_total{kind="customers",outcome="ok"}' in metrics
+    assert_parity(results, expected, scores)
+
+
+def status_of(sidecar: Sidecar, path: str) -> int:
+    """The HTTP status of `path`, 0 while nothing listens yet."""
+    try:
+        return sidecar.get(path)[0]
+    except OSError:
+        return 0
+
+
+def scored_total(sidecar: Sidecar) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, body = sidecar.get("/metrics")
+    if status != 200:
+        return float("nan")
+    for family in text_string_to_metric_families(body):
+        if family.name == "fraudscore_transactions_scored":
+            return sum(s.value for s in family.samples if s.name.endswith("_total"))
+    return 0.0
+
+
+def test_partitions_that_do_not_move_keep_being_scored_while_a_member_joins(kafka_bootstrap, small_bundle, month) -> None:
+    """Cooperative-sticky: one instance scores 4 partitions of a live stream; a second joins.
+    The first gives up only the partitions that move (its log names them), and its scored
+    count keeps rising through the join: no pause longer than 2 s (the stream comes in
+    bursts about a second apart), where an eager rebalance stops it for the whole join and
+    restore (FRAUDSCORE_TEST_ASSIGNOR=range runs the same test eagerly, to compare)."""
+    events, expected, scores = month
+    topics = topics_with_state(kafka_bootstrap, partitions=4)
+    flags = ("--state-topic", topics["state"], "--snapshot-interval", "5",
+             "--assignment-strategy", os.environ.get("FRAUDSCORE_TEST_ASSIGNOR", "cooperative-sticky"))
+    first = raw_sidecar(kafka_bootstrap, small_bundle, topics, "raw-coop", *flags)
+    first.wait_ready(120)
+    sender = _background_send(kafka_bootstrap, topics, events, speedup=60 * 86_400 / 40)
+    _wait_for_results(kafka_bootstrap, topics["out"], len(expected) // 4, timeout_s=120)
+    samples = []  # (monotonic time, first's scored count), while the second joins
+    second = raw_sidecar(kafka_bootstrap, small_bundle, topics, "raw-coop", *flags)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and status_of(second, "/readyz") != 200:
+        samples.append((time.monotonic(), scored_total(first)))
+        time.sleep(0.1)
+    for _ in range(20):  # and a little after
+        samples.append((time.monotonic(), scored_total(first)))
+        time.sleep(0.1)
+    sender.wait(240)
+    assert sender.returncode == 0, sender.stderr.read()
+    results = drain(kafka_bootstrap, [topics["out"]], len(expected), timeout_s=240)
+    code, log_first = first.stop()
+    assert code == 0, log_first[-3000:]
+    code, log_second = second.stop()
+    assert code == 0, log_second[-3000:]
+    # How long the first instance's own scoring paused while the second joined.
+    times = np.array([t for t, _ in samples])
+    counts = np.array([c for _, c in samples])
+    rising = times[1:][np.diff(counts) > 0]
+    gaps = np.diff(np.concatenate([[times[0]], rising, [times[-1]]]))
+    print(f"join: {len(samples)} samples over {times[-1] - times[0]:.1f} s; longest pause in the first instance's "
+          f"scoring {gaps.max():.2f} s")
+    revokes = [line for line in log_first.splitlines() if "revoked [" in line]
+    assert revokes, log_first[-3000:]
+    moved = revokes[0].split("revoked ")[1]
+    assert moved.count(",") == 1, f"the first instance gave up {moved}, not just the two partitions that moved"
+    assert "assigned [" in log_second and "restored from a snapshot" in log_second, log_second[-3000:]
+    # The stream arrives in bursts about a second apart (replay's pacing): a longer pause is the join's.
+    assert gaps.max() < 2.0, f"the first instance stopped scoring for {gaps.max():.2f} s during the join"
+    assert_parity(results, expected, scores)
+
+
+def test_a_static_member_restarted_within_the_session_timeout_causes_no_rebalance(kafka_bootstrap, small_bundle, month) -> None:
+    """--group-instance-id: two instances; one is stopped (SIGTERM) and started again under the
+    same id within the session timeout. The other keeps its partitions (never revoked), the
+    restarted one gets its own back and restores them from their snapshots."""
+    events, expected, scores = month
+    topics = topics_with_state(kafka_bootstrap, partitions=4)
+    flags = ("--state-topic", topics["state"], "--snapshot-interval", "5", "-X", "session.timeout.ms=30000")
+    a = raw_sidecar(kafka_bootstrap, small_bundle, topics, "raw-static", *flags, "--group-instance-id", "a")
+    b = raw_sidecar(kafka_bootstrap, small_bundle, topics, "raw-static", *flags, "--group-instance-id", "b")
+    a.wait_ready(120)
+    b.wait_ready(120)
+    sender = _background_send(kafka_bootstrap, topics, events, speedup=60 * 86_400 / 30)
+    _wait_for_results(kafka_bootstrap, topics["out"], len(expected) // 3, timeout_s=120)
+    code, log_b = b.stop()
+    assert code == 0, log_b[-3000:]
+    owned = [line.split("assigned ")[1] for line in log_b.splitlines() if "assigned [" in line and "assigned []" not in line]
+    b = raw_sidecar(kafka_bootstrap, small_bundle, topics, "raw-static", *flags, "--group-instance-id", "b")
+    b.wait_ready(60)
+    sender.wait(240)
+    assert sender.returncode == 0, sender.stderr.read()
+    results = drain(kafka_bootstrap, [topics["out"]], len(expected), timeout_s=240)
+    code, log_a = a.stop()
+    assert code == 0, log_a[-3000:]
+    code, log_b2 = b.stop()
+    assert code == 0, log_b2[-3000:]
+    # The instance that stayed was assigned once and never revoked before its own stop.
+    assert sum("assigned [" in line and "assigned []" not in line for line in log_a.splitlines()) == 1, log_a[-3000:]
+    assert log_a.count("revoked [") <= 1  # its own shutdown only
+    again = [line.split("assigned ")[1] for line in log_b2.splitlines() if "assigned [" in line and "assigned []" not in line]
+    assert again[:1] == owned[-1:], (owned, again)
+    assert "restored from a snapshot" in log_b2, log_b2[-3000:]
     assert_parity(results, expected, scores)

@@ -265,17 +265,23 @@ class Delivery:
             if (t, p) in assignment:
                 self.consumer.seek(TopicPartition(t, p, o))
 
-    def commit_done(self, only: set[tuple[str, int]] | None = None) -> None:
-        """Synchronously commit the delivered offsets (of `only` these partitions): on revoke and at shutdown."""
+    def commit_done(self, only: set[tuple[str, int]] | None = None) -> bool:
+        """Synchronously commit the delivered offsets (of `only` these partitions): on revoke, at
+        shutdown and before a snapshot. True when every one of them is committed (always, with
+        exactly-once: its offsets go with each transaction)."""
         if self.config.exactly_once or not self.done:
-            return
+            return True
         offsets = [tp for key, tp in self.done.items() if only is None or key in only]
         if offsets:
             try:
                 self.consumer.commit(offsets=offsets, asynchronous=False)
                 self.uncommitted -= {(tp.topic, tp.partition) for tp in offsets}
             except Exception as exc:  # nothing to commit, or the group is gone: logged, not fatal
+                if getattr(exc.args[0] if exc.args else None, "code", lambda: None)() == _NO_OFFSET:
+                    return True  # nothing new since the last commit: they are committed
                 log.warning("commit of finished offsets failed: %s", exc)
+                return False
+        return True
 
     def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
         """Drop what is known about partitions this instance no longer owns."""

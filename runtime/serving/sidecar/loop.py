@@ -247,20 +247,26 @@ class Sidecar:
         self._write_snapshots(sorted(p for _, p in self._assignment))
 
     def _write_snapshots(self, partitions: list[int]) -> None:
-        """Snapshots of these partitions' customer windows at their committed offsets (asked of the
-        broker: only what it holds is covered), and of the terminal table by partition 0's owner."""
+        """Snapshots of these partitions' customer windows at their committed offsets (only what the
+        group has committed is covered), and of the terminal table by partition 0's owner."""
         from confluent_kafka import KafkaException, TopicPartition
 
         state, topic = self.state, self.config.input_topic
         if state.snapshots is None or not partitions:
             return
-        try:
-            answer = self.consumer.committed([TopicPartition(topic, p) for p in partitions],
-                                             timeout=min(5.0, self.config.drain_timeout_s))
-        except KafkaException as exc:
-            log.warning("snapshots skipped: committed offsets unavailable (%s)", exc)
-            return
-        committed = {tp.partition: tp.offset for tp in answer if tp.error is None and tp.offset >= 0}
+        if self.config.exactly_once:  # offsets went with each batch's transaction: ask the broker
+            try:
+                answer = self.consumer.committed([TopicPartition(topic, p) for p in partitions],
+                                                 timeout=min(5.0, self.config.drain_timeout_s))
+            except KafkaException as exc:
+                log.warning("snapshots skipped: committed offsets unavailable (%s)", exc)
+                return
+            committed = {tp.partition: tp.offset for tp in answer if tp.error is None and tp.offset >= 0}
+        else:
+            if not self.delivery.commit_done({(topic, p) for p in partitions}):
+                log.warning("snapshots skipped: the delivered offsets could not be committed")
+                return
+            committed = {p: self.delivery.done[(topic, p)].offset for p in partitions if (topic, p) in self.delivery.done}
         state.write_snapshots(committed, terminals=0 in partitions, only=partitions)
 
     def _maybe_reload(self) -> None:
@@ -395,7 +401,9 @@ class Sidecar:
         stamps = [msg.timestamp()[1] for msg in messages if msg.error() is None]
         # A message without a timestamp bounds nothing: the table is then read to the end.
         newest = max(stamps) if stamps and min(stamps) > 0 else None
-        if not self.state.catch_up(newest) and messages:
+        # Idle and not ready (a restore without a terminal snapshot): read in slices, so that the
+        # first batch, whose bound may need far less, is taken as soon as it is there.
+        if not self.state.catch_up(newest, None if messages or self.state.ready() else IDLE_CATCH_UP_S) and messages:
             # Not every partition could be read in time: score nothing now, read the batch again;
             # the batch in flight is completed meanwhile (its offsets and metrics do not wait).
             self.delivery.rewind(messages, self._assignment)

@@ -44,6 +44,7 @@ class Restored:
     state: CustomerState
     offset: int
     snapshot: int | None  # the offset of the snapshot it started from; None: replayed from the first retained offset
+    committed: bool = True  # `offset` is the group's committed offset (else: none was, it is where scoring starts)
 
 
 class RestoreFailed(FraudscoreError):
@@ -109,7 +110,7 @@ def _restore(config: SidecarConfig, consumer, partitions: list[int], spec: Featu
             log.info("partition %d: customer windows restored from %s and %d messages in %.2f s (%d kept, %.1f MB)",
                      tp.partition, "none" if snapshot is None else f"a snapshot at offset {snapshot}", rows, seconds,
                      len(state), state.nbytes / 1e6)
-            out[tp.partition] = Restored(state, end, snapshot)
+            out[tp.partition] = Restored(state, end, snapshot, tp.offset != OFFSET_INVALID)
     finally:
         reader.close()
     return out

@@ -80,6 +80,25 @@ def input_spec(config: SidecarConfig, manifest, current: FeatureSpec | None) -> 
     return spec
 
 
+def release_free_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc's malloc_trim) after a restore or a
+    snapshot: they free hundreds of MB of transient buffers (blobs, decoded batches, merged runs)
+    that glibc would otherwise keep, so RSS shows what the state holds. A no-op without glibc."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
+
+
 class FeatureState:
     """Customer windows per assigned input partition and the terminal table of the whole topic.
 
@@ -97,6 +116,7 @@ class FeatureState:
         self.snapshots = SnapshotStore(config) if config.state_topic else None
         self.offsets: dict[int, int] = {}  # partition -> the next input offset its customer windows cover
         self.snapshotted: dict[int, int] = {}  # partition -> offset of its last snapshot written or restored
+        self.committed: dict[int, int] = {}  # partition -> the group's committed offset when it was restored
         self._terminals_snapshotted: dict | None = None  # the table's positions at its last snapshot
         self._last_snapshot = time.monotonic()
         self._reported: set[str] = set()  # partitions with a fraudscore_state_partition_bytes series
@@ -115,6 +135,7 @@ class FeatureState:
         """Start reading the terminal table: every partition of the input and labels topics, from
         the beginning, or from where its snapshot left off."""
         self.table.start(self._restore_terminals() if self.snapshots is not None else None)
+        release_free_memory()
 
     def _expect(self, kind: str) -> dict:
         """What a snapshot of `kind` must have been made for, to be used here."""
@@ -152,7 +173,7 @@ class FeatureState:
                  "reading on from its offsets", len(state), state.entities, len(blob) / 1e6, time.monotonic() - t0)
         return positions
 
-    def catch_up(self, newest_timestamp_ms: int | None = None) -> bool:
+    def catch_up(self, newest_timestamp_ms: int | None = None, timeout_s: float | None = None) -> bool:
         """Read the terminal table as far as a batch whose newest Kafka timestamp is
         `newest_timestamp_ms` needs (None: to the topics' current ends); False if not every
         partition was read in time.
@@ -165,7 +186,7 @@ class FeatureState:
         if newest_timestamp_ms is not None and newest_timestamp_ms > 0:
             bound = (newest_timestamp_ms // 1000 + FUTURE_TOLERANCE_S - self.spec.terminal_delay_s
                      + self.config.allowed_lateness_s)
-        return self.table.catch_up(bound)
+        return self.table.catch_up(bound, timeout_s)
 
     def restore(self, consumer, partitions: list[int]) -> None:
         """Rebuild newly assigned partitions' customer windows from the input topic (not ready meanwhile)."""
@@ -175,6 +196,10 @@ class FeatureState:
             for p, r in restored.items():
                 self.customers[p] = r.state
                 self.offsets[p] = r.offset
+                if r.committed:
+                    self.committed[p] = r.offset
+                else:
+                    self.committed.pop(p, None)
                 if r.snapshot is not None and r.snapshot == r.offset:
                     self.snapshotted[p] = r.offset
                 else:
@@ -182,6 +207,7 @@ class FeatureState:
             self._rebuild_terminals_if_needed({p: r.state for p, r in restored.items()})
         finally:
             self.restoring -= set(partitions)
+            release_free_memory()
 
     def consumed(self, partitions: np.ndarray, offsets: np.ndarray) -> None:
         """A batch's messages (their partitions and offsets) went through the customer windows."""
@@ -194,11 +220,12 @@ class FeatureState:
 
     def write_snapshots(self, committed: dict[int, int], terminals: bool, only: list[int] | None = None) -> None:
         """Snapshot the customer windows of partitions (`only` these) whose state covers exactly their
-        committed offset and changed since their last snapshot; and, with `terminals`, the terminal
+        committed offset (`committed`, or the one they were restored at) and changed since their last snapshot; and, with `terminals`, the terminal
         table if it read anything since. A failure is logged and counted; the state is unharmed."""
         if self.snapshots is None:
             return
         self._last_snapshot = time.monotonic()
+        committed = self.committed | committed
         for p in sorted(self.customers if only is None else only):
             state, covered = self.customers.get(p), self.offsets.get(p)
             if state is None or covered is None or committed.get(p) != covered or self.snapshotted.get(p) == covered:
@@ -214,6 +241,7 @@ class FeatureState:
                 "written_ms": int(time.time() * 1000)}
             if self._write("terminals", TERMINALS, 0, self.terminals, header):
                 self._terminals_snapshotted = positions
+        release_free_memory()
 
     def _write(self, kind: str, name: str, partition: int, state, header: dict) -> bool:
         from confluent_kafka import KafkaException
@@ -255,6 +283,7 @@ class FeatureState:
             self.restoring.discard(p)
             self.offsets.pop(p, None)
             self.snapshotted.pop(p, None)
+            self.committed.pop(p, None)
             if str(p) in self._reported:
                 self.metrics.state_partition_bytes.remove(str(p))
                 self._reported.discard(str(p))
