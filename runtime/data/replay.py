@@ -77,7 +77,12 @@ def replay(events: Events, kafka: dict, input_topic: str, labels_topic: str, *, 
            progress: Callable[[int, float], None] | None = None) -> float:
     """Produce `events` to Kafka; `speedup` event seconds per wall second (0: as fast as possible).
 
-    Returns the wall seconds it took. Every message is acknowledged (acks=all) before it returns."""
+    Returns the wall seconds it took. Every message is acknowledged (acks=all) before it returns.
+
+    A confirmation is acknowledged before any transaction after it is sent, as it would be when
+    minutes or days lie between them: at a high speed-up they are microseconds apart on two
+    topics, and Kafka orders nothing across topics, so a transaction could otherwise reach the
+    sidecar before a confirmation that precedes it in event time."""
     from confluent_kafka import Producer
 
     errors: list = []
@@ -91,13 +96,19 @@ def replay(events: Events, kafka: dict, input_topic: str, labels_topic: str, *, 
                          "delivery.report.only.error": True, "queue.buffering.max.messages": 1_000_000} | kafka)
     start_wall, start_event = time.monotonic(), int(events.seconds[0]) if len(events) else 0
     chunk = 2_000
+    labels_sent = False  # confirmations produced since the last flush
     for lo in range(0, len(events), chunk):
         if speedup > 0:
             due = start_wall + (int(events.seconds[lo]) - start_event) / speedup
             if due > time.monotonic():
                 time.sleep(due - time.monotonic())
         for i in range(lo, min(lo + chunk, len(events))):
-            topic = labels_topic if events.is_label[i] else input_topic
+            label = bool(events.is_label[i])
+            if labels_sent and not label:
+                producer.flush(60)
+                labels_sent = False
+            labels_sent |= label
+            topic = labels_topic if label else input_topic
             while True:
                 try:
                     producer.produce(topic, events.values[i], events.keys[i])

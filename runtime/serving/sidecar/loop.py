@@ -207,8 +207,8 @@ class Sidecar:
             while not self._stop:
                 self._maybe_reload()
                 messages = self._take()
-                if self.state is not None:
-                    self._catch_up(messages)
+                if self.state is not None and not messages:
+                    self._catch_up_idle()
                 if messages:
                     self._process(messages)
                 self.delivery.commit_due()
@@ -348,7 +348,10 @@ class Sidecar:
         else:
             partitions = np.fromiter((msg.partition() for msg in good), np.int64, len(good))
             own = stamps if good is everything else np.fromiter((msg.timestamp()[1] for msg in good), np.int64, len(good))
-            decoded, emitted = self.state.decode(values, partitions, [msg.key() for msg in good], pipeline.features, own)
+            raw = self.state.read(values, own)
+            if not self._catch_up(everything, int(raw.seconds.max()) if len(raw) else None):
+                return  # read again once the terminal table has caught up
+            decoded, emitted = self.state.decode(values, partitions, [msg.key() for msg in good], pipeline.features, own, raw)
             self.state.consumed(np.fromiter((msg.partition() for msg in everything), np.int64, len(everything)),
                                 np.fromiter((msg.offset() for msg in everything), np.int64, len(everything)))
             result = pipeline.score_decoded(decoded, emitted if self.config.emit_features else None)
@@ -390,25 +393,30 @@ class Sidecar:
         m.batch_seconds.observe(time.perf_counter() - flight.started)
         return True
 
-    def _catch_up(self, messages: list) -> None:
-        """Raw mode: the terminal table reads what this batch's windows need: every confirmation
-        written before it was consumed, and each input partition to its end or past the batch's
-        event-time bound (FeatureState.catch_up). Idle, it reads to the end once a second (a
-        high-watermark query per partition is a broker round trip)."""
-        if not messages and self.state.ready() and time.monotonic() - self._last_catch_up < IDLE_CATCH_UP_S:
-            return
+    def _catch_up(self, messages: list, newest_s: int | None) -> bool:
+        """Raw mode, before a batch is scored: the terminal table reads what its windows need (every
+        confirmation written before it was consumed, and each input partition to its end or past
+        the batch's event-time bound, FeatureState.catch_up). If not every partition could be read
+        in time, nothing is scored now: the batch is read again, and the batch in flight is
+        completed meanwhile (its offsets and metrics do not wait). False then."""
         self._last_catch_up = time.monotonic()
-        stamps = [msg.timestamp()[1] for msg in messages if msg.error() is None]
-        # A message without a timestamp bounds nothing: the table is then read to the end.
-        newest = max(stamps) if stamps and min(stamps) > 0 else None
-        # Idle and not ready (a restore without a terminal snapshot): read in slices, so that the
-        # first batch, whose bound may need far less, is taken as soon as it is there.
-        if not self.state.catch_up(newest, None if messages or self.state.ready() else IDLE_CATCH_UP_S) and messages:
-            # Not every partition could be read in time: score nothing now, read the batch again;
-            # the batch in flight is completed meanwhile (its offsets and metrics do not wait).
+        caught_up = newest_s is None or self.state.catch_up(newest_s)  # no transaction: no window to fill
+        if not caught_up:
             self.delivery.rewind(messages, self._assignment)
-            messages.clear()
             if self.in_flight is not None:
                 self._complete()
+        self._update_ready()
+        self.state.report(self.metrics)
+        return caught_up
+
+    def _catch_up_idle(self) -> None:
+        """Raw mode with nothing to score: the terminal table reads to the topics' ends, at most once
+        a second when ready (a high-watermark query per partition is a broker round trip), and in
+        1 s slices when not (a restore without a terminal snapshot), so the first batch, whose
+        bound may need far less, is taken as soon as it is there."""
+        if self.state.ready() and time.monotonic() - self._last_catch_up < IDLE_CATCH_UP_S:
+            return
+        self._last_catch_up = time.monotonic()
+        self.state.catch_up(None, None if self.state.ready() else IDLE_CATCH_UP_S)
         self._update_ready()
         self.state.report(self.metrics)

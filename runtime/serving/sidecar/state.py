@@ -49,7 +49,7 @@ from fraudscore.serving.sidecar.snapshots import TERMINALS, SnapshotRefused, Sna
 from fraudscore.serving.sidecar.terminal_table import TerminalTable
 from fraudscore.serving.decode import FLOAT32_MAX, DecodedBatch, Rejection
 from fraudscore.serving.pipeline import Emitted
-from fraudscore.serving.transactions import FUTURE_TOLERANCE_S, RawBatch, decode_transactions
+from fraudscore.serving.transactions import RawBatch, decode_transactions
 
 log = logging.getLogger("fraudscore.sidecar")
 
@@ -173,19 +173,14 @@ class FeatureState:
                  "reading on from its offsets", len(state), state.entities, len(blob) / 1e6, time.monotonic() - t0)
         return positions
 
-    def catch_up(self, newest_timestamp_ms: int | None = None, timeout_s: float | None = None) -> bool:
-        """Read the terminal table as far as a batch whose newest Kafka timestamp is
-        `newest_timestamp_ms` needs (None: to the topics' current ends); False if not every
-        partition was read in time.
+    def catch_up(self, newest_s: int | None = None, timeout_s: float | None = None) -> bool:
+        """Read the terminal table as far as a batch whose newest event time is `newest_s` needs
+        (None: to the topics' current ends); False if not every partition was read in time.
 
-        Its event times are at most FUTURE_TOLERANCE_S past that timestamp (later ones are
-        bad_time), its terminal windows end the spec's delay before them, and a partition that
-        has shown an event time more than the allowed lateness past that end holds no row the
+        Its terminal windows end the spec's delay before `newest_s`, and a partition that has
+        shown an event time more than the allowed lateness past that end holds no row those
         windows still need (terminal_table.py)."""
-        bound = None
-        if newest_timestamp_ms is not None and newest_timestamp_ms > 0:
-            bound = (newest_timestamp_ms // 1000 + FUTURE_TOLERANCE_S - self.spec.terminal_delay_s
-                     + self.config.allowed_lateness_s)
+        bound = None if newest_s is None else newest_s - self.spec.terminal_delay_s + self.config.allowed_lateness_s
         return self.table.catch_up(bound, timeout_s)
 
     def restore(self, consumer, partitions: list[int]) -> None:
@@ -290,13 +285,19 @@ class FeatureState:
 
     # ------------------------------------------------------------- scoring
 
+    def read(self, values: list, timestamps_ms: np.ndarray | None = None) -> RawBatch:
+        """Raw messages decoded (`decode_transactions`), before any state is asked."""
+        return decode_transactions(values, max_message_bytes=self.config.max_message_bytes, timestamps_ms=timestamps_ms)
+
     def decode(self, values: list, partitions: np.ndarray, keys: list, model_features: tuple[str, ...],
-               timestamps_ms: np.ndarray | None = None) -> tuple[DecodedBatch, Emitted]:
+               timestamps_ms: np.ndarray | None = None, raw: RawBatch | None = None) -> tuple[DecodedBatch, Emitted]:
         """Raw messages -> the model's rows (online features, stored first) and the rejections.
 
-        `partitions` and `keys` are the messages' Kafka partitions and keys. Late rows are
-        rejected (`late`); a row whose feature falls outside float32 is `out_of_range`."""
-        raw = decode_transactions(values, max_message_bytes=self.config.max_message_bytes, timestamps_ms=timestamps_ms)
+        `partitions` and `keys` are the messages' Kafka partitions and keys; `raw`, the
+        messages as `read` decoded them, if that was done already. Late rows are rejected
+        (`late`); a row whose feature falls outside float32 is `out_of_range`."""
+        if raw is None:
+            raw = self.read(values, timestamps_ms)
         rejections = list(raw.rejections)
         parts = partitions[raw.index]
         # Compared as fixed-width byte strings, in numpy (a per-message Python loop costs ~1 ms a batch).

@@ -8,12 +8,11 @@ before the batch was consumed is counted), and each input partition either to it
 watermark or until it has read an event time past `bound_s`, whichever comes first.
 
 The bound is what lets a backlog start scoring at once and spares a broker round trip per
-partition and batch: a batch whose newest Kafka timestamp is ts has event times at most
-ts + FUTURE_TOLERANCE_S (later ones are `bad_time`), its terminal windows end a delay
-before that, and once a partition has shown an event time more than the allowed lateness
-past a window's end, no row it still holds can fall in that window: such a row would be
-late, and late rows (in each partition's arrival order, the scorer's own rule,
-`late_in_order`) are left out of the table as they are dead-lettered by the scorer.
+partition and batch: the bound is the batch's newest event time less the terminal delay
+(where its windows end) plus the allowed lateness. Once a partition has shown an event
+time past it, no row it still holds can fall in those windows: such a row would be late,
+and late rows (in each partition's arrival order, the scorer's own rule, `late_in_order`)
+are left out of the table as the scorer dead-letters them.
 
     table = TerminalTable(config, terminals, metrics)
     table.start()            # every partition, from the beginning (or from a snapshot's `positions`)
