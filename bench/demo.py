@@ -234,7 +234,8 @@ def run_demo(bootstrap: str, bundle: Path, topics: dict[str, str], events: Event
     quiet_repeats()  # a freshly started broker's "Coordinator load in progress" is expected, not a warning
     replay(history, {"bootstrap.servers": bootstrap}, topics["in"], topics["labels"])
     sidecar, _ = start_sidecar(bootstrap, bundle, topics, group=group, metrics_port=metrics_port, ready_timeout_s=300,
-                               extra=("--input", "raw", "--labels-topic", topics["labels"]))
+                               extra=("--input", "raw", "--labels-topic", topics["labels"],
+                                      *(("--state-topic", topics["state"]) if topics.get("state") else ())))
     try:
         # The history's results are awaited before the stream starts: it builds the sidecar's
         # feature state, and warms up a broker started seconds ago (slow for its first seconds).
@@ -256,6 +257,7 @@ def main() -> None:
     parser.add_argument("--bootstrap-servers", required=True)
     for flag in ("--input-topic", "--labels-topic", "--output-topic", "--alerts-topic", "--dlq-topic"):
         parser.add_argument(flag, required=True, help="an existing topic (fraudscore topics create)")
+    parser.add_argument("--state-topic", help="the sidecar's snapshot topic (fraudscore topics create --state-topic)")
     parser.add_argument("--rate", type=float, default=2000)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--metrics-port", type=int, default=9464)
@@ -263,8 +265,8 @@ def main() -> None:
     args = parser.parse_args()
 
     topics = {"in": args.input_topic, "labels": args.labels_topic, "out": args.output_topic,
-              "alerts": args.alerts_topic, "dlq": args.dlq_topic}
-    print(f"demo: topics {', '.join(topics.values())}", flush=True)
+              "alerts": args.alerts_topic, "dlq": args.dlq_topic, "state": args.state_topic}
+    print(f"demo: topics {', '.join(t for t in topics.values() if t)}", flush=True)
     measurement, warm, labels = run_demo(
         args.bootstrap_servers, args.bundle, topics, raw_stream(read_table(args.transactions)), rate=args.rate,
         seconds=args.seconds, metrics_port=args.metrics_port, group=f"demo-{args.input_topic}",

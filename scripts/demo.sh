@@ -48,7 +48,7 @@ fi
 # Fresh topics for each run, created as a user would create theirs (docs/sidecar.md#topics).
 tag="$(date +%Y%m%d-%H%M%S)"
 topics=(--input-topic "tx-in-$tag" --labels-topic "tx-labels-$tag" --output-topic "tx-scores-$tag"
-        --alerts-topic "tx-alerts-$tag" --dlq-topic "tx-dlq-$tag")
+        --alerts-topic "tx-alerts-$tag" --dlq-topic "tx-dlq-$tag" --state-topic "tx-state-$tag")
 "$fs" topics create --bootstrap-servers "$bootstrap" "${topics[@]}" --partitions 2
 .venv/bin/python -m fraudscore.bench.demo --bundle "$work/bundle" --transactions "$work/tx.parquet" \
   --bootstrap-servers "$bootstrap" "${topics[@]}" --rate "${DEMO_RATE:-2000}" --seconds "${DEMO_SECONDS:-20}" \

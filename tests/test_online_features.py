@@ -497,9 +497,9 @@ def test_spec_feature_names_are_the_model_inputs() -> None:
 def test_the_usage_examples_in_the_docstrings_run() -> None:
     import doctest
 
-    from fraudscore.features import online, spec
+    from fraudscore.features import customers, online, spec, store, terminals
 
-    for module in (online, spec):
+    for module in (online, store, customers, terminals, spec):
         assert doctest.testmod(module).failed == 0, module.__name__
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from fraudscore.features.online import CustomerState, TerminalState
 from fraudscore.features.spec import BASELINE_SPEC, FeatureSpec
-from fraudscore.serving.sidecar.snapshots import CHUNK_BYTES, SnapshotRefused, decode, encode
+from fraudscore.serving.sidecar.state.snapshots import CHUNK_BYTES, SnapshotRefused, decode, encode
 
 DAY = 86_400
 T0 = 1_522_540_800  # 2018-04-01

@@ -36,7 +36,7 @@ from fraudscore.errors import FraudscoreError, UsageError
 from fraudscore.features.spec import BASELINE_SPEC, SECONDS_PER_DAY
 from fraudscore.serving.sidecar.clients import KafkaUnavailable, connection_problem, quiet_repeats
 from fraudscore.serving.sidecar.config import SECRET_MARKERS, SidecarConfig, read_sources, require
-from fraudscore.serving.sidecar.snapshots import index_topic
+from fraudscore.serving.sidecar.state.snapshots import index_topic
 
 DAY_MS = SECONDS_PER_DAY * 1000
 OUTPUT_RETENTION_DAYS = 7  # scores and alerts: downstream reads them, the sidecar never does

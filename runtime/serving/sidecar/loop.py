@@ -140,6 +140,7 @@ class Sidecar:
             self._update_ready()
             self.state.restore(consumer, [p.partition for p in partitions])
             self.metrics.restoring.set(0)
+            self.state.report(self.metrics)
         self._update_ready()
 
     def _on_revoke(self, consumer, partitions) -> None:

@@ -26,7 +26,7 @@ restoring; restore time, rows and progress are metrics.
 
     state = FeatureState(config, spec, metrics)
     state.start()                          # the terminal table's reader (terminal_table.py)
-    state.restore(consumer, assigned)      # on assignment (restore.py)
+    state.restore(consumer, assigned)      # on assignment (recovery.py)
     state.consumed(partitions, offsets)    # after each batch: what the customer windows cover
     state.write_snapshots(committed, terminals=True)   # when due, on revoke, at exit
     state.catch_up()                       # before each batch
@@ -44,9 +44,9 @@ from fraudscore.features.online import CustomerState, OnlineFeatures, TerminalSt
 from fraudscore.features.spec import FeatureSpec
 from fraudscore.serving.sidecar.config import SidecarConfig
 from fraudscore.errors import FraudscoreError
-from fraudscore.serving.sidecar.restore import restore_partitions
-from fraudscore.serving.sidecar.snapshots import TERMINALS, SnapshotRefused, SnapshotStore, customers_name, decode, encode
-from fraudscore.serving.sidecar.terminal_table import TerminalTable
+from fraudscore.serving.sidecar.state.recovery import restore_partitions
+from fraudscore.serving.sidecar.state.snapshots import TERMINALS, SnapshotRefused, SnapshotStore, customers_name, decode, encode
+from fraudscore.serving.sidecar.state.terminal_table import TerminalTable
 from fraudscore.serving.decode import FLOAT32_MAX, DecodedBatch, Rejection
 from fraudscore.serving.pipeline import Emitted
 from fraudscore.serving.transactions import RawBatch, decode_transactions
@@ -110,8 +110,7 @@ class FeatureState:
         self.spec = spec
         self.metrics = metrics
         self.online = OnlineFeatures(spec, allowed_lateness_s=config.allowed_lateness_s)
-        self.table = TerminalTable(config, self.terminals, metrics)
-        self.table.before_apply = self._cap_terminal_horizon
+        self.table = TerminalTable(config, self.terminals, metrics, before_apply=self._cap_terminal_horizon)
         self.restoring: set[int] = set()
         self.snapshots = SnapshotStore(config) if config.state_topic else None
         self.offsets: dict[int, int] = {}  # partition -> the next input offset its customer windows cover

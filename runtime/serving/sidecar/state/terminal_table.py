@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 import numpy as np
 
@@ -41,9 +42,10 @@ PARTITION_EOF = -191  # confluent_kafka.KafkaError.PARTITION_EOF
 
 
 class TerminalTable:
-    """Reads the input and labels topics whole into `terminals`; `metrics` counts the confirmations."""
+    """Reads the input and labels topics into `terminals`; `metrics` counts the confirmations;
+    `before_apply` is called before rows go in (the owner caps the table's eviction there)."""
 
-    def __init__(self, config: SidecarConfig, terminals: TerminalState, metrics):
+    def __init__(self, config: SidecarConfig, terminals: TerminalState, metrics, before_apply: Callable[[], None] = lambda: None):
         self.config = config
         self.terminals = terminals
         self.metrics = metrics
@@ -53,7 +55,7 @@ class TerminalTable:
         self._reader_partitions: list = []
         self._ends: dict[tuple[str, int], int] = {}  # partition -> offset where the reader last hit its end
         self.positions: dict[tuple[str, int], int] = {}  # partition -> the next offset not yet in the table
-        self.before_apply = lambda: None  # the owner's hook: cap the table's eviction before rows go in
+        self.before_apply = before_apply
 
     def start(self, positions: dict[tuple[str, int], int] | None = None) -> None:
         """Start the global reader: every partition of the input and labels topics, from the
@@ -123,8 +125,10 @@ class TerminalTable:
                 self._apply(messages)
             remaining = [key for key in self._behind(targets, remaining) if not self._past(key, bound_s)]
         if remaining:
-            log.warning("terminal table: %d partition(s) not read to their high watermark within %.0f s; retrying "
-                        "before the next batch", len(remaining), deadline - t0)
+            # A slice (an explicit timeout: the idle read of a restore) is expected to end short.
+            (log.debug if timeout_s is not None else log.warning)(
+                "terminal table: %d partition(s) not read to their high watermark within %.0f s; retrying "
+                "before the next batch", len(remaining), deadline - t0)
             return False
         if not self.caught_up:
             self.caught_up = True
