@@ -34,9 +34,12 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
+
 from .kafka_io import free_port
 from .soak import rss_mb
 
+SLICE_DAYS = 20
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 
@@ -139,11 +142,20 @@ def run(args: argparse.Namespace, say=print) -> dict:
     ensure_topics(config, plan_topics(config, args.partitions, 1))
     t0 = time.perf_counter()
     table = simulate(customers=args.customers, terminals=args.terminals, days=args.days, seed=args.seed).transactions
-    events = raw_stream(table, seed=args.seed)
-    n = len(table)
-    replay(events, {"bootstrap.servers": args.bootstrap_servers}, topics["in"], topics["labels"])
-    say(f"replayed {n:,} transactions and {int(events.is_label.sum()):,} confirmations in {time.perf_counter() - t0:.0f} s")
-    del table, events
+    n, labels = len(table), 0
+    # In slices of 20 days: the Python objects of a whole stream of 10 M transactions or more
+    # do not fit this machine's 24 GB. A confirmation whose time falls in the next slice is
+    # sent with its own slice, a little early: the sidecar holds it until it counts.
+    day = (table["TX_DATETIME"].astype("datetime64[s]").astype(np.int64) - int(
+        table["TX_DATETIME"][:1].astype("datetime64[s]").astype(np.int64)[0])) // 86_400
+    for first in range(0, args.days, SLICE_DAYS):
+        part = table.take(np.flatnonzero((day >= first) & (day < first + SLICE_DAYS)))
+        events = raw_stream(part, seed=args.seed + first)
+        labels += int(events.is_label.sum())
+        replay(events, {"bootstrap.servers": args.bootstrap_servers}, topics["in"], topics["labels"])
+        del part, events
+    say(f"replayed {n:,} transactions and {labels:,} confirmations in {time.perf_counter() - t0:.0f} s")
+    del table, day
 
     report: dict = {"transactions": n, "customers": args.customers, "terminals": args.terminals, "days": args.days,
                     "partitions": args.partitions, "snapshots": not args.no_state, "sidecar_args": args.sidecar_args}

@@ -113,16 +113,17 @@ def test_three_instances_in_one_group_match(kafka_bootstrap, make_topic, small_b
     assert sum(1 for a in assigned if a) >= 2, "the partitions were not split between the instances"
 
 
-def stream_with_a_disturbance(bootstrap, make_topic, bundle, month, group: str, disturb) -> tuple[list, list]:
-    """Stream the month live (60 days in ~25 s) to one instance; a third of the way in,
-    `disturb(first)` returns the instances to stop at the end. (results, instances)"""
+def stream_with_a_disturbance(bootstrap, make_topic, bundle, month, group: str, disturb, *flags: str,
+                              topics: dict | None = None) -> tuple[list, list]:
+    """Stream the month live (60 days in ~25 s) to one instance (`flags` added to each); a third
+    of the way in, `disturb(first)` returns the instances to stop at the end. (results, instances)"""
     events, expected, _ = month
-    topics = raw_topics(make_topic)
-    first = raw_sidecar(bootstrap, bundle, topics, group)
+    topics = topics or raw_topics(make_topic)
+    first = raw_sidecar(bootstrap, bundle, topics, group, *flags)
     first.wait_ready(120)
     sender = _background_send(bootstrap, topics, events, speedup=60 * 86_400 / 25)
     _wait_for_results(bootstrap, topics["out"], len(expected) // 3, timeout_s=120)
-    running = disturb(first, lambda: raw_sidecar(bootstrap, bundle, topics, group))
+    running = disturb(first, lambda: raw_sidecar(bootstrap, bundle, topics, group, *flags))
     sender.wait(240)
     assert sender.returncode == 0, sender.stderr.read()
     results = drain(bootstrap, [topics["out"]], len(expected), timeout_s=240)
@@ -140,6 +141,28 @@ def test_sigkill_and_restart_mid_stream_keep_parity(kafka_bootstrap, make_topic,
 
     results, (second,) = stream_with_a_disturbance(kafka_bootstrap, make_topic, small_bundle, month, "raw-kill", kill_and_restart)
     assert "restored from" in second.output()
+    assert_parity(results, *month[1:])
+
+
+def test_sigkill_mid_stream_with_snapshots_keeps_parity(kafka_bootstrap, make_topic, small_bundle, month) -> None:
+    """With --state-topic a SIGKILL leaves the last periodic snapshot (every 2 s here) behind the
+    committed offsets: the restarted instance loads it, replays only the input after it, and
+    every transaction still gets the offline features."""
+    def kill_and_restart(first, start):
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(10)
+        return [start()]
+
+    topics = topics_with_state(kafka_bootstrap)
+    results, (second,) = stream_with_a_disturbance(kafka_bootstrap, make_topic, small_bundle, month, "raw-kill-snap",
+                                                   kill_and_restart, "--state-topic", topics["state"],
+                                                   "--snapshot-interval", "2", topics=topics)
+    log = second.output()
+    assert "terminal table: restored from a snapshot" in log, log[-3000:]
+    replayed = [int(line.split(" and ")[1].split(" messages")[0]) for line in log.splitlines()
+                if "customer windows restored from a snapshot at offset" in line]
+    assert len(replayed) == 3, log[-3000:]  # every partition from its snapshot
+    print(f"after the kill: input replayed after the snapshots {replayed} messages")
     assert_parity(results, *month[1:])
 
 
@@ -447,7 +470,7 @@ def test_a_restart_restores_from_snapshots_and_a_damaged_one_falls_back_to_repla
     sender.wait(240)
     assert sender.returncode == 0, sender.stderr.read()
     results = drain(kafka_bootstrap, [topics["out"]], len(expected), timeout_s=240)
-    status, metrics = second.get("/metrics")
+    status, metrics = second.get("/metrics")  # before the stop, which writes snapshots again
     code, log = second.stop()
     assert code == 0, log[-3000:]
     assert "terminal table: restored from a snapshot" in log, log[-3000:]
@@ -482,6 +505,19 @@ def scored_total(sidecar: Sidecar) -> float:
     return 0.0
 
 
+def finish_stream(bootstrap: str, topics: dict, sender: subprocess.Popen, count: int, *instances: Sidecar) -> tuple[list, list[str]]:
+    """Wait for the background sender, read `count` results, stop `instances` (each must exit 0): (results, their logs)."""
+    sender.wait(240)
+    assert sender.returncode == 0, sender.stderr.read()
+    results = drain(bootstrap, [topics["out"]], count, timeout_s=240)
+    logs = []
+    for instance in instances:
+        code, log = instance.stop()
+        assert code == 0, log[-3000:]
+        logs.append(log)
+    return results, logs
+
+
 def test_partitions_that_do_not_move_keep_being_scored_while_a_member_joins(kafka_bootstrap, small_bundle, month) -> None:
     """Cooperative-sticky: one instance scores 4 partitions of a live stream; a second joins.
     The first gives up only the partitions that move (its log names them), and its scored
@@ -505,13 +541,7 @@ def test_partitions_that_do_not_move_keep_being_scored_while_a_member_joins(kafk
     for _ in range(20):  # and a little after
         samples.append((time.monotonic(), scored_total(first)))
         time.sleep(0.1)
-    sender.wait(240)
-    assert sender.returncode == 0, sender.stderr.read()
-    results = drain(kafka_bootstrap, [topics["out"]], len(expected), timeout_s=240)
-    code, log_first = first.stop()
-    assert code == 0, log_first[-3000:]
-    code, log_second = second.stop()
-    assert code == 0, log_second[-3000:]
+    results, (log_first, log_second) = finish_stream(kafka_bootstrap, topics, sender, len(expected), first, second)
     # How long the first instance's own scoring paused while the second joined.
     times = np.array([t for t, _ in samples])
     counts = np.array([c for _, c in samples])
@@ -547,13 +577,7 @@ def test_a_static_member_restarted_within_the_session_timeout_causes_no_rebalanc
     owned = [line.split("assigned ")[1] for line in log_b.splitlines() if "assigned [" in line and "assigned []" not in line]
     b = raw_sidecar(kafka_bootstrap, small_bundle, topics, "raw-static", *flags, "--group-instance-id", "b")
     b.wait_ready(60)
-    sender.wait(240)
-    assert sender.returncode == 0, sender.stderr.read()
-    results = drain(kafka_bootstrap, [topics["out"]], len(expected), timeout_s=240)
-    code, log_a = a.stop()
-    assert code == 0, log_a[-3000:]
-    code, log_b2 = b.stop()
-    assert code == 0, log_b2[-3000:]
+    results, (log_a, log_b2) = finish_stream(kafka_bootstrap, topics, sender, len(expected), a, b)
     # The instance that stayed was assigned once and never revoked before its own stop.
     assert sum("assigned [" in line and "assigned []" not in line for line in log_a.splitlines()) == 1, log_a[-3000:]
     assert log_a.count("revoked [") <= 1  # its own shutdown only

@@ -253,7 +253,10 @@ class Sidecar:
         from confluent_kafka import KafkaException, TopicPartition
 
         state, topic = self.state, self.config.input_topic
-        if state.snapshots is None or not partitions:
+        if state.snapshots is None:
+            return
+        if not partitions:
+            state.write_snapshots({}, terminals=False, only=[])  # nothing to write: next round in an interval
             return
         if self.config.exactly_once:  # offsets went with each batch's transaction: ask the broker
             try:

@@ -80,6 +80,9 @@ def input_spec(config: SidecarConfig, manifest, current: FeatureSpec | None) -> 
     return spec
 
 
+ENTITIES_EVERY_S = 30.0  # how often fraudscore_state_entities is counted
+
+
 def release_free_memory() -> None:
     """Give the C heap's free pages back to the system (glibc's malloc_trim) after a restore or a
     snapshot: they free hundreds of MB of transient buffers (blobs, decoded batches, merged runs)
@@ -119,6 +122,7 @@ class FeatureState:
         self._terminals_snapshotted: dict | None = None  # the table's positions at its last snapshot
         self._last_snapshot = time.monotonic()
         self._reported: set[str] = set()  # partitions with a fraudscore_state_partition_bytes series
+        self._entities_counted = -float("inf")
 
     @property
     def customers(self) -> dict[int, CustomerState]:
@@ -376,6 +380,11 @@ class FeatureState:
         for p, state in self.customers.items():
             metrics.state_partition_bytes.labels(str(p)).set(state.nbytes)
             self._reported.add(str(p))
+        if time.monotonic() - self._entities_counted >= ENTITIES_EVERY_S:
+            # Distinct ids over millions of rows cost tens of ms: counted now and then, not per batch.
+            self._entities_counted = time.monotonic()
+            metrics.state_entities.labels("terminal").set(self.terminals.entities)
+            metrics.state_entities.labels("customer").set(sum(state.entities for state in self.customers.values()))
 
     def close(self) -> None:
         self.table.close()
