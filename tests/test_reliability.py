@@ -265,16 +265,19 @@ def test_overload_keeps_memory_bounded_reports_lag_and_loses_nothing(kafka_boots
     ids = transaction_ids(scores)
     expected = {json.loads(v)["TRANSACTION_ID"] for v in values}
     assert set(ids) == expected and len(ids) >= sent  # every copy scored, nothing lost
-    # Throughput does not collapse as the backlog is worked off: the time from 60 % to 90 %
-    # scored is at most 3x the time from 10 % to 40 % (first samples past each mark; idle
-    # samples after the end would otherwise count against the last window).
+    # Throughput does not collapse as the backlog is worked off: the time from 65 % to 90 %
+    # scored is at most 3x the time from 30 % to 55 % (first samples past each mark; idle
+    # samples after the end would otherwise count against the last window). The first window
+    # starts past what the consumer prefetched before scoring began (16 MiB, ~28,000 of these
+    # messages, ~24 %): those are scored from memory, and a window over them measured a burst
+    # (131,000/s once under the full suite's load) rather than the steady rate.
     scored = [(t, n) for t, n, _ in samples]
 
     def crossed(fraction: float) -> float:
         return next(t for t, n in scored if n >= fraction * sent)
 
-    first = 0.3 * sent / max(crossed(0.4) - crossed(0.1), 1e-3)
-    last = 0.3 * sent / max(crossed(0.9) - crossed(0.6), 1e-3)
+    first = 0.25 * sent / max(crossed(0.55) - crossed(0.3), 1e-3)
+    last = 0.25 * sent / max(crossed(0.9) - crossed(0.65), 1e-3)
     assert last >= first / 3, (first, last)
     assert max(lags) > 0  # the lag gauge saw the backlog
     assert peak_rss < 400 * 1024, peak_rss  # bounded: the prefetch queue is capped at 16 MiB
@@ -282,8 +285,8 @@ def test_overload_keeps_memory_bounded_reports_lag_and_loses_nothing(kafka_boots
     assert code == 0, out[-2000:]
     print(f"\nreliability: overload: {sent} messages produced in {produce_s:.1f} s ({sent / produce_s:,.0f}/s), "
           f"all scored after {drained_s:.1f} s ({sent / drained_s:,.0f}/s); lost=0; peak lag {max(lags):,.0f}; "
-          f"RSS idle {idle_rss / 1024:.0f} MiB, peak {peak_rss / 1024:.0f} MiB; rate 10-40 % {first:,.0f}/s, "
-          f"60-90 % {last:,.0f}/s")
+          f"RSS idle {idle_rss / 1024:.0f} MiB, peak {peak_rss / 1024:.0f} MiB; rate 30-55 % {first:,.0f}/s, "
+          f"65-90 % {last:,.0f}/s")
 
 
 def test_reload_under_load_with_a_corrupt_bundle_keeps_scoring(kafka_bootstrap, small_bundle, transactions, topics, tmp_path) -> None:
