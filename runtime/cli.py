@@ -261,9 +261,9 @@ def run(
 
     In raw mode (the default for bundles that record their feature specification) each
     message is a raw transaction keyed by its CUSTOMER_ID; the 15 features are computed
-    here from per-customer windows (rebuilt from the input topic when a partition is
-    assigned) and a terminal table read from the whole input and --labels-topic
-    (docs/raw-transactions.md).
+    here from per-customer windows (restored when a partition is assigned: from its
+    snapshot in --state-topic and the input after it, or from the whole retained input)
+    and a terminal table read from the input and --labels-topic (docs/raw-transactions.md).
 
     Settings come from flags, then FRAUDSCORE_* environment variables, then --config, then
     defaults. librdkafka properties: -X, then FRAUDSCORE_KAFKA_<NAME> variables
