@@ -566,8 +566,10 @@ def test_a_static_member_restarted_within_the_session_timeout_causes_no_rebalanc
     events, expected, scores = month
     topics = topics_with_state(kafka_bootstrap, partitions=4)
     flags = ("--state-topic", topics["state"], "--snapshot-interval", "5", "-X", "session.timeout.ms=30000")
-    a = raw_sidecar(kafka_bootstrap, small_bundle, topics, "raw-static", *flags, "--group-instance-id", "a")
-    b = raw_sidecar(kafka_bootstrap, small_bundle, topics, "raw-static", *flags, "--group-instance-id", "b")
+    # A group of its own: static members of an earlier run on the same broker stay registered.
+    group = f"raw-static-{topics['state'][-8:]}"
+    a = raw_sidecar(kafka_bootstrap, small_bundle, topics, group, *flags, "--group-instance-id", "a")
+    b = raw_sidecar(kafka_bootstrap, small_bundle, topics, group, *flags, "--group-instance-id", "b")
     a.wait_ready(120)
     b.wait_ready(120)
     sender = _background_send(kafka_bootstrap, topics, events, speedup=60 * 86_400 / 30)
@@ -575,7 +577,7 @@ def test_a_static_member_restarted_within_the_session_timeout_causes_no_rebalanc
     code, log_b = b.stop()
     assert code == 0, log_b[-3000:]
     owned = [line.split("assigned ")[1] for line in log_b.splitlines() if "assigned [" in line and "assigned []" not in line]
-    b = raw_sidecar(kafka_bootstrap, small_bundle, topics, "raw-static", *flags, "--group-instance-id", "b")
+    b = raw_sidecar(kafka_bootstrap, small_bundle, topics, group, *flags, "--group-instance-id", "b")
     b.wait_ready(60)
     results, (log_a, log_b2) = finish_stream(kafka_bootstrap, topics, sender, len(expected), a, b)
     # The instance that stayed was assigned once and never revoked before its own stop.

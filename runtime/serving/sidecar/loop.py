@@ -154,10 +154,10 @@ class Sidecar:
             flight = self.in_flight
             if not self._complete(assignment=self._assignment - revoked):
                 self._stale = flight.messages  # what this consume() returns came after it: read again too
-        self.delivery.commit_done(revoked)
+        committed = self.delivery.commit_done(revoked)
         if self.state is not None:
             # Their next owner (maybe this instance again) restores from here, not from the start.
-            self._write_snapshots(sorted(p for _, p in revoked))
+            self._write_snapshots(sorted(p for _, p in revoked), committed)
         self.delivery.forget(revoked)
         self._assignment -= revoked
         if self.state is not None:
@@ -229,9 +229,9 @@ class Sidecar:
             if left:
                 log.error("%d messages not delivered at shutdown; their inputs were not committed", left)
         if self.consumer is not None:
-            self.delivery.commit_done()
+            committed = self.delivery.commit_done()
             if self.state is not None and self._assignment:
-                self._write_snapshots(sorted(p for _, p in self._assignment))
+                self._write_snapshots(sorted(p for _, p in self._assignment), committed)
             self.delivery.dead_letters.close()
             self.consumer.close()
         if self.state is not None:
@@ -244,12 +244,12 @@ class Sidecar:
         offset committed, so each partition's snapshot covers exactly its committed offset."""
         if self.in_flight is not None and not self._complete():
             return
-        self.delivery.commit_done()
-        self._write_snapshots(sorted(p for _, p in self._assignment))
+        self._write_snapshots(sorted(p for _, p in self._assignment), self.delivery.commit_done())
 
-    def _write_snapshots(self, partitions: list[int]) -> None:
+    def _write_snapshots(self, partitions: list[int], committed: bool) -> None:
         """Snapshots of these partitions' customer windows at their committed offsets (only what the
-        group has committed is covered), and of the terminal table by partition 0's owner."""
+        group has committed is covered), and of the terminal table by partition 0's owner.
+        `committed`: the caller's synchronous commit of the delivered offsets succeeded."""
         from confluent_kafka import KafkaException, TopicPartition
 
         state, topic = self.state, self.config.input_topic
@@ -267,7 +267,7 @@ class Sidecar:
                 return
             committed = {tp.partition: tp.offset for tp in answer if tp.error is None and tp.offset >= 0}
         else:
-            if not self.delivery.commit_done({(topic, p) for p in partitions}):
+            if not committed:
                 log.warning("snapshots skipped: the delivered offsets could not be committed")
                 return
             committed = {p: self.delivery.done[(topic, p)].offset for p in partitions if (topic, p) in self.delivery.done}

@@ -35,6 +35,7 @@ restoring; restore time, rows and progress are metrics.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
@@ -87,6 +88,7 @@ MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
 
+@functools.cache
 def _libc():
     try:
         import ctypes

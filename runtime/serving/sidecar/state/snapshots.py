@@ -42,13 +42,12 @@ import orjson
 from fraudscore.errors import FraudscoreError, InputError
 from fraudscore.serving.sidecar.clients import common_config
 from fraudscore.serving.sidecar.config import SidecarConfig
+from fraudscore.serving.sidecar.state.terminal_table import OFFSET_BEGINNING, PARTITION_EOF
 
 log = logging.getLogger("fraudscore.sidecar")
 
 FORMAT = 1
 CHUNK_BYTES = 900_000  # under the producer's and the broker's default 1 MB message limit
-PARTITION_EOF = -191  # confluent_kafka.KafkaError.PARTITION_EOF
-OFFSET_BEGINNING = -2
 
 
 def index_topic(state_topic: str) -> str:
