@@ -172,9 +172,16 @@ class Sidecar:
         wait_ready(self.port, self.proc, timeout_s, self.output)
 
     def stop(self, sig=signal.SIGTERM, timeout_s: float = 40) -> tuple[int, str]:
-        """Send `sig`, wait for the exit; (exit code, log)."""
+        """Send `sig`, wait for the exit; (exit code, log). A sidecar still running after
+        `timeout_s` is killed and the test fails with the end of its log, which says where it hung."""
         self.proc.send_signal(sig)
-        self.proc.wait(timeout=timeout_s)
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            pytest.fail(f"the sidecar did not exit within {timeout_s:g} s of signal {int(sig)}; "
+                        f"its log ends:\n{self.output()[-6000:]}")
         return self.proc.returncode, self.output()
 
     def output(self) -> str:
@@ -234,3 +241,8 @@ class OwnBroker:
     def stop(self) -> None:
         """Stop the broker; its state stays for the next start."""
         self._local("stop")
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` to the broker's process: SIGSTOP freezes it (connections stay open, nothing
+        answers: a hung broker or a partition), SIGCONT lets it go on."""
+        os.kill(int((Path(self.env["KAFKA_STATE_DIR"]) / "broker.pid").read_text()), sig)

@@ -270,6 +270,27 @@ def _wait_for_results(bootstrap: str, topic: str, count: int, timeout_s: float) 
     raise AssertionError(f"fewer than {count} results on {topic} after {timeout_s} s")
 
 
+def drain_until_every_id(bootstrap: str, topic: str, count: int, timeout_s: float) -> list:
+    """Every result on `topic` until transactions 0..count-1 all have one (then 2 s more, for
+    duplicates), or `timeout_s`."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(client(bootstrap) | {"group.id": f"every-id-{time.time_ns()}", "auto.offset.reset": "earliest",
+                                             "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    got, seen, deadline, done_at = [], set(), time.monotonic() + timeout_s, None
+    try:
+        while time.monotonic() < deadline and (done_at is None or time.monotonic() - done_at < 2):
+            batch = [m for m in consumer.consume(1000, 0.5) if m.error() is None]
+            got += batch
+            seen.update(orjson.loads(m.value())["transaction_id"] for m in batch)
+            if done_at is None and len(seen) >= count:
+                done_at = time.monotonic()
+    finally:
+        consumer.close()
+    return got
+
+
 def hostile_raw():
     """Raw transactions broken every way a producer could: fields dropped or retyped, bad
     times and amounts, JSON that is not JSON, huge and deeply nested values."""
@@ -393,7 +414,9 @@ def test_reference_size_three_instances_and_a_kill_match_the_offline_features(ka
     sidecars[0].proc.send_signal(signal.SIGKILL)
     sidecars[0].proc.wait(10)
     sidecars[0] = raw_sidecar(kafka_bootstrap, small_bundle, topics, group)
-    results = drain(kafka_bootstrap, [topics["out"]], len(table), timeout_s=600)
+    # Every transaction's result, not just as many messages (redeliveries after the kill count
+    # too): the instances are stopped once the stream is done, not while one is still restoring.
+    results = drain_until_every_id(kafka_bootstrap, topics["out"], len(table), timeout_s=600)
     for s in sidecars:
         code, log = s.stop()
         assert code == 0, log[-3000:]

@@ -20,7 +20,10 @@ is consumed. Offsets are committed after each delivered batch (or at most every
 --commit-interval), and synchronously on revoke (after the batch in flight is completed)
 and at exit.
 
-SIGTERM/SIGINT stop consuming, finish the batch in flight, flush, commit and exit 0.
+SIGTERM/SIGINT stop consuming, finish the batch in flight, flush, commit and exit 0, all
+within --drain-timeout; what is consumed after the signal is not scored (its offsets are
+not committed: the next owner reads it). A stop blocked past --drain-timeout + 2 s (a
+broker or coordinator gone) ends the process with exit 4 (process.StopBound).
 SIGHUP (or `watch`) reloads the bundle between batches: the new one is verified and
 loaded first, and the old one keeps serving if it fails.
 """
@@ -75,6 +78,8 @@ class Sidecar:
         self.spec = None  # the feature specification raw mode computes; None in feature mode
         self.pipeline = self._load_pipeline()
         self._stop = False
+        self._stop_deadline: float | None = None  # time.monotonic() by which the stop must be done
+        self._stage = "starting"  # what the stop is doing, for StopBound's report
         self._reload = False
         self._assignment: set[tuple[str, int]] = set()
         self._was_ready = False
@@ -117,6 +122,7 @@ class Sidecar:
         self.delivery = Delivery(self.config, self.consumer, self.producer)
         if self.spec is not None:
             self.state = FeatureState(self.config, self.spec, self.metrics)
+            self.state.stopping = self._stop
             self.state.start()
         self.consumer.subscribe([self.config.input_topic], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
@@ -129,6 +135,12 @@ class Sidecar:
         self.metrics.lag.labels(topic, partition).set(lag)
 
     def _on_assign(self, consumer, partitions) -> None:
+        if self._stop and self.state is not None:
+            # Stopping (a rebalance answered inside the last consume() or close()): nothing more
+            # is scored here, so their windows are not rebuilt only to be given up again.
+            self._assignment |= {(p.topic, p.partition) for p in partitions}
+            log.info("assigned %s while stopping: not restored", sorted(p.partition for p in partitions))
+            return
         if self.state is not None:  # not ready from the first moment these partitions are ours
             self.state.restoring |= {p.partition for p in partitions}
         self._assignment |= {(p.topic, p.partition) for p in partitions}
@@ -186,7 +198,24 @@ class Sidecar:
     # ------------------------------------------------------------------ the loop
 
     def request_stop(self, *_args) -> None:
-        self._stop = True
+        if not self._stop:
+            self._stop = True
+            self._stop_deadline = time.monotonic() + self.config.drain_timeout_s
+            if self.state is not None:
+                self.state.stopping = True  # a restore or terminal-table read in progress ends early
+
+    def _stop_budget(self) -> float:
+        """Seconds left of --drain-timeout since the stop was asked (all of it before)."""
+        if self._stop_deadline is None:
+            return self.config.drain_timeout_s
+        return max(0.0, self._stop_deadline - time.monotonic())
+
+    def stop_report(self) -> str:
+        """What the stop was doing and had not finished (for StopBound's log line)."""
+        flight = self.in_flight
+        left = f"a batch of {len(flight.messages)} in flight" if flight is not None else "no batch in flight"
+        queued = len(self.producer) if self.producer is not None else 0
+        return f"{self._stage}; {left}; {queued} outputs not acknowledged by the broker"
 
     def request_reload(self, *_args) -> None:
         self._reload = True
@@ -205,9 +234,12 @@ class Sidecar:
         try:
             check_topics(c, c.topics, stopping=lambda: self._stop)
             self._start_clients()
+            self._stage = "scoring"
             while not self._stop:
                 self._maybe_reload()
                 messages = self._take()
+                if self._stop:
+                    break  # consumed after the signal: not scored, not committed, read again by the next owner
                 if self.state is not None and not messages:
                     self._catch_up_idle()
                 if messages:
@@ -222,22 +254,32 @@ class Sidecar:
             self._shutdown()
 
     def _shutdown(self) -> None:
+        """Complete the batch in flight, flush, commit, snapshot, leave the group: each step
+        within what is left of --drain-timeout (StopBound ends a step that cannot be bounded)."""
+        if self._stop_deadline is None:  # an error, not a signal: the same bound from now
+            self._stop_deadline = time.monotonic() + self.config.drain_timeout_s
         if self.in_flight is not None:
+            self._stage = "completing the batch in flight"
             self._complete()
         if self.producer is not None:
-            left = self.producer.flush(self.config.drain_timeout_s)
+            self._stage = "flushing outputs"
+            left = self.producer.flush(self._stop_budget())
             if left:
                 log.error("%d messages not delivered at shutdown; their inputs were not committed", left)
         if self.consumer is not None:
+            self._stage = "committing delivered offsets"
             committed = self.delivery.commit_done()
-            if self.state is not None and self._assignment:
+            if self.state is not None and self._assignment and self._stop_budget() > 0:
+                self._stage = "writing snapshots"
                 self._write_snapshots(sorted(p for _, p in self._assignment), committed)
             self.delivery.dead_letters.close()
+            self._stage = "leaving the consumer group"
             self.consumer.close()
         if self.state is not None:
             self.state.close()
         if self.http is not None:
             self.http.close()
+        self._stage = "stopped"
 
     def _snapshot(self) -> None:
         """Raw mode with --state-topic, when due: the batch in flight completed and every delivered

@@ -1,4 +1,4 @@
-"""Process-level set-up of `fraudscore run`: signals and logging.
+"""Process-level set-up of `fraudscore run`: signals, the bound on stopping, and logging.
 
     sidecar = Sidecar(config)
     configure_logging("INFO")
@@ -10,14 +10,23 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from typing import TYPE_CHECKING
+import sys
+import threading
+import time
+import traceback
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from fraudscore.serving.sidecar.loop import Sidecar
 
 
+OVERDUE_EXIT = 4  # the stop took longer than its bound: see StopBound
+GRACE_S = 2.0  # past --drain-timeout, for the log lines and the consumer's goodbye
+
+
 def install_signal_handlers(sidecar: "Sidecar") -> None:
-    """SIGTERM/SIGINT stop, SIGHUP reloads, SIGUSR1 dumps every thread's stack on stderr."""
+    """SIGTERM/SIGINT stop (within --drain-timeout + GRACE_S: StopBound), SIGHUP reloads,
+    SIGUSR1 dumps every thread's stack on stderr."""
     import faulthandler
 
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID`: for a stuck process
@@ -26,6 +35,64 @@ def install_signal_handlers(sidecar: "Sidecar") -> None:
     signal.signal(signal.SIGINT, sidecar.request_stop)
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, sidecar.request_reload)
+    StopBound(sidecar.config.drain_timeout_s + GRACE_S, sidecar.stop_report).start()
+
+
+class StopBound:
+    """From the first SIGTERM/SIGINT, the process ends within `bound_s`, whatever its main thread
+    is blocked in: a synchronous commit waiting for a coordinator that is gone, a consumer close
+    queued behind a JoinGroup, a flush to a broker that stopped.
+
+    Python runs signal handlers only between the main thread's bytecodes, so a handler cannot
+    notice a signal while the main thread is inside librdkafka. The C-level handler does write
+    the signal's number to the wake-up fd at once (signal.set_wakeup_fd); a daemon thread reads
+    it and, if the process is still alive `bound_s` later, logs the main thread's stack and
+    `report()` (what the stop had not finished) and exits OVERDUE_EXIT. Nothing is lost that
+    way: offsets are only ever committed for acknowledged outputs, so whatever was left is
+    read again by the partitions' next owner (duplicates, at least once; an open Kafka
+    transaction is aborted by the broker).
+
+        StopBound(32.0, sidecar.stop_report).start()   # after the signal handlers are set
+    """
+
+    STOPS = {int(signal.SIGTERM), int(signal.SIGINT)}
+
+    def __init__(self, bound_s: float, report: Callable[[], str]):
+        self.bound_s = bound_s
+        self.report = report
+
+    def start(self) -> None:
+        read, write = os.pipe()
+        os.set_blocking(write, False)  # the C handler must never block on it
+        signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, args=(read,), name="stop-bound", daemon=True).start()
+
+    def _watch(self, fd: int) -> None:
+        while True:
+            if any(b in self.STOPS for b in os.read(fd, 64)):
+                break
+        time.sleep(self.bound_s)
+        self.overdue()
+
+    def overdue(self) -> None:
+        """Log why the stop is late and end the process (exit OVERDUE_EXIT)."""
+        main = sys._current_frames().get(threading.main_thread().ident)
+        where = "".join(traceback.format_stack(main)[-6:]) if main is not None else "(main thread gone)\n"
+        try:
+            left = self.report()
+        except Exception as exc:  # the state it reads may be mid-change: the exit matters more
+            left = f"(not known: {exc})"
+        message = (f"{time.strftime('%Y-%m-%d %H:%M:%S')} ERROR fraudscore.sidecar: the stop took longer than its "
+                   f"bound ({self.bound_s:g} s: --drain-timeout + {GRACE_S:g} s); exiting {OVERDUE_EXIT}. Left: {left}. "
+                   f"Nothing unacknowledged was committed: the partitions' next owner reads it again. "
+                   f"The main thread was in:\n{where}")
+        for handler in logging.getLogger().handlers:
+            try:
+                handler.flush()
+            except Exception:
+                pass
+        os.write(2, message.encode("utf-8", "replace"))
+        os._exit(OVERDUE_EXIT)
 
 
 def configure_logging(level: str = "INFO", worker: int | None = None) -> None:

@@ -15,7 +15,8 @@ A worker that dies (killed, out of memory, crashed) is started again after 1 s, 
 3 (broker, credentials, topics, state restore) stops them all, and the supervisor exits
 with that code, as a single process would; one that dies 5 times in a row within 10 s of
 starting stops them all too (exit 1). SIGTERM/SIGINT stop every worker (each finishes and
-commits its batch in flight); SIGHUP reloads the bundle in every worker.
+commits its batch in flight, within --drain-timeout + 2 s, or exits 4: process.StopBound);
+SIGHUP reloads the bundle in every worker.
 
     supervisor = Supervisor(config, log_level="INFO")   # config.workers == 4
     exit_code = supervisor.run()
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from fraudscore.errors import FraudscoreError
 from fraudscore.serving.sidecar.clients import default_transactional_id
 from fraudscore.serving.sidecar.config import SidecarConfig
+from fraudscore.serving.sidecar.process import GRACE_S, OVERDUE_EXIT
 
 log = logging.getLogger("fraudscore.workers")
 
@@ -92,8 +94,8 @@ def worker_main(config: SidecarConfig, index: int, log_level: str) -> None:
     try:
         sidecar = Sidecar(config)
         install_signal_handlers(sidecar)
-        if "stop" in early:
-            sidecar.request_stop()
+        if "stop" in early:  # again, now that the handlers and the stop's bound are in place
+            os.kill(os.getpid(), signal.SIGTERM)
         code = sidecar.run()
     except FraudscoreError as exc:
         logging.getLogger("fraudscore.sidecar").error("%s", exc)
@@ -218,7 +220,9 @@ class Supervisor:
     def _stop_all(self, code: int) -> int:
         """SIGTERM every worker, wait for each to finish its batch, SIGKILL what is left."""
         self._signal_all(signal.SIGTERM)
-        deadline = time.monotonic() + self.config.drain_timeout_s + 30.0
+        # Each worker ends itself within --drain-timeout + GRACE_S (StopBound); the kill is for a
+        # worker that cannot even do that.
+        deadline = time.monotonic() + self.config.drain_timeout_s + GRACE_S + 5.0
         codes = []
         for w in self.workers:
             if w.process is None:
@@ -235,6 +239,8 @@ class Supervisor:
         if code:
             return code
         bad = [c for c in codes if c not in (0, None)]
+        if bad and all(c == OVERDUE_EXIT for c in bad):
+            return OVERDUE_EXIT  # a worker's stop overran its bound, as a single process would say
         return 1 if bad else 0
 
     def ready(self) -> bool:

@@ -45,7 +45,7 @@ from fraudscore.features.online import CustomerState, OnlineFeatures, TerminalSt
 from fraudscore.features.spec import FeatureSpec
 from fraudscore.serving.sidecar.config import SidecarConfig
 from fraudscore.errors import FraudscoreError
-from fraudscore.serving.sidecar.state.recovery import restore_partitions
+from fraudscore.serving.sidecar.state.recovery import RestoreAbandoned, restore_partitions
 from fraudscore.serving.sidecar.state.snapshots import TERMINALS, SnapshotRefused, SnapshotStore, customers_name, decode, encode
 from fraudscore.serving.sidecar.state.terminal_table import TerminalTable
 from fraudscore.serving.decode import FLOAT32_MAX, DecodedBatch, Rejection
@@ -132,7 +132,9 @@ class FeatureState:
         self.spec = spec
         self.metrics = metrics
         self.online = OnlineFeatures(spec, allowed_lateness_s=config.allowed_lateness_s)
-        self.table = TerminalTable(config, self.terminals, metrics, before_apply=self._cap_terminal_horizon)
+        self.stopping = False  # set by the sidecar's stop: reads in progress end early, restores are given up
+        self.table = TerminalTable(config, self.terminals, metrics, before_apply=self._cap_terminal_horizon,
+                                   stopping=lambda: self.stopping)
         self.restoring: set[int] = set()
         self.snapshots = SnapshotStore(config) if config.state_topic else None
         self.offsets: dict[int, int] = {}  # partition -> the next input offset its customer windows cover
@@ -209,7 +211,12 @@ class FeatureState:
         """Rebuild newly assigned partitions' customer windows from the input topic (not ready meanwhile)."""
         self.restoring |= set(partitions)
         try:
-            restored = restore_partitions(self.config, consumer, partitions, self.spec, self.metrics, self.snapshots)
+            try:
+                restored = restore_partitions(self.config, consumer, partitions, self.spec, self.metrics, self.snapshots,
+                                              stopping=lambda: self.stopping)
+            except RestoreAbandoned:
+                log.info("restore of partitions %s given up: stopping", partitions)
+                return
             for p, r in restored.items():
                 self.customers[p] = r.state
                 self.offsets[p] = r.offset

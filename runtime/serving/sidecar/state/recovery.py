@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,29 +54,39 @@ class RestoreFailed(FraudscoreError):
     exit_code = 3
 
 
+class RestoreAbandoned(Exception):
+    """The sidecar is stopping: a restore in progress is given up (the partitions go to their next owner)."""
+
+
 def restore_partitions(config: SidecarConfig, consumer, partitions: list[int], spec: FeatureSpec, metrics,
-                       snapshots: SnapshotStore | None = None, attempts: int = 3) -> dict[int, Restored]:
+                       snapshots: SnapshotStore | None = None, attempts: int = 3,
+                       stopping: Callable[[], bool] = lambda: False) -> dict[int, Restored]:
     """Rebuild the customer state of newly assigned partitions from the input topic, up to the
     group's committed offsets (or the high watermark when consumption starts at latest).
 
     A broker error (a leader moving, a timeout) retries the whole restore; after `attempts`
-    it raises RestoreFailed: scoring with half-rebuilt windows would skew every feature."""
+    it raises RestoreFailed: scoring with half-rebuilt windows would skew every feature.
+    RestoreAbandoned when `stopping()` turns true meanwhile."""
     from confluent_kafka import KafkaException
 
     for attempt in range(1, attempts + 1):
         try:
-            return _restore(config, consumer, partitions, spec, metrics, snapshots)
+            return _restore(config, consumer, partitions, spec, metrics, snapshots, stopping)
         except (KafkaException, RestoreFailed) as exc:
+            if stopping():
+                raise RestoreAbandoned() from None
             if attempt == attempts:
                 raise RestoreFailed(f"partitions {partitions}: customer windows not restored after {attempts} "
                                     f"attempts ({exc}); the group gives the partitions to another instance") from None
             log.warning("restore of partitions %s failed (%s); retrying", partitions, exc)
             time.sleep(attempt)
+            if stopping():
+                raise RestoreAbandoned() from None
     return {}
 
 
 def _restore(config: SidecarConfig, consumer, partitions: list[int], spec: FeatureSpec, metrics,
-             snapshots: SnapshotStore | None) -> dict[int, Restored]:
+             snapshots: SnapshotStore | None, stopping: Callable[[], bool]) -> dict[int, Restored]:
     from confluent_kafka import Consumer, TopicPartition
 
     c = config
@@ -103,7 +114,7 @@ def _restore(config: SidecarConfig, consumer, partitions: list[int], spec: Featu
             snapshot = start if state is not None else None
             if state is None:
                 state = CustomerState(spec, allowed_lateness_s=c.allowed_lateness_s)
-            rows = _replay(c, reader, tp.partition, start, end, state, metrics)
+            rows = _replay(c, reader, tp.partition, start, end, state, metrics, stopping)
             seconds = time.monotonic() - t0
             metrics.restore_seconds.observe(seconds)
             metrics.restored_transactions.inc(rows)
@@ -141,7 +152,8 @@ def _from_snapshot(config: SidecarConfig, spec: FeatureSpec, partition: int, blo
     return state, offset
 
 
-def _replay(config: SidecarConfig, reader, partition: int, start: int, end: int, state: CustomerState, metrics) -> int:
+def _replay(config: SidecarConfig, reader, partition: int, start: int, end: int, state: CustomerState, metrics,
+            stopping: Callable[[], bool] = lambda: False) -> int:
     """Feed offsets [start (OFFSET_BEGINNING: the first retained), end) of `partition` into `state`;
     the number of messages read."""
     from confluent_kafka import TopicPartition
@@ -152,6 +164,8 @@ def _replay(config: SidecarConfig, reader, partition: int, start: int, end: int,
     reader.assign([TopicPartition(c.input_topic, partition, start)])
     rows, done = 0, False
     while not done:
+        if stopping():
+            raise RestoreAbandoned()
         values, stamps = [], []
         for m in reader.consume(num_messages=READ_BATCH, timeout=0.05):
             if m.error() is not None:

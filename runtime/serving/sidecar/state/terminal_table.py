@@ -43,9 +43,11 @@ PARTITION_EOF = -191  # confluent_kafka.KafkaError.PARTITION_EOF
 
 class TerminalTable:
     """Reads the input and labels topics into `terminals`; `metrics` counts the confirmations;
-    `before_apply` is called before rows go in (the owner caps the table's eviction there)."""
+    `before_apply` is called before rows go in (the owner caps the table's eviction there); a read
+    ends early, not caught up, once `stopping()` is true."""
 
-    def __init__(self, config: SidecarConfig, terminals: TerminalState, metrics, before_apply: Callable[[], None] = lambda: None):
+    def __init__(self, config: SidecarConfig, terminals: TerminalState, metrics, before_apply: Callable[[], None] = lambda: None,
+                 stopping: Callable[[], bool] = lambda: False):
         self.config = config
         self.terminals = terminals
         self.metrics = metrics
@@ -56,6 +58,7 @@ class TerminalTable:
         self._ends: dict[tuple[str, int], int] = {}  # partition -> offset where the reader last hit its end
         self.positions: dict[tuple[str, int], int] = {}  # partition -> the next offset not yet in the table
         self.before_apply = before_apply
+        self.stopping = stopping
 
     def start(self, positions: dict[tuple[str, int], int] | None = None) -> None:
         """Start the global reader: every partition of the input and labels topics, from the
@@ -117,7 +120,7 @@ class TerminalTable:
             log.warning("terminal table: high watermarks unavailable (%s); retrying before the next batch", exc)
             return False
         remaining = self._behind(targets) if targets else []
-        while remaining and time.monotonic() < deadline:
+        while remaining and time.monotonic() < deadline and not self.stopping():
             # A short wait: consume() blocks until READ_BATCH messages or the timeout, and what is
             # missing is usually a few messages already on their way.
             messages = reader.consume(num_messages=READ_BATCH, timeout=0.002)
@@ -126,7 +129,7 @@ class TerminalTable:
             remaining = [key for key in self._behind(targets, remaining) if not self._past(key, bound_s)]
         if remaining:
             # A slice (an explicit timeout: the idle read of a restore) is expected to end short.
-            (log.debug if timeout_s is not None else log.warning)(
+            (log.debug if timeout_s is not None or self.stopping() else log.warning)(
                 "terminal table: %d partition(s) not read to their high watermark within %.0f s; retrying "
                 "before the next batch", len(remaining), deadline - t0)
             return False
