@@ -1,5 +1,5 @@
 # Two entry points for a newcomer; both install what they need first (scripts/setup.sh).
-.PHONY: setup test demo image kafka-start kafka-stop
+.PHONY: setup test demo image kafka-start kafka-stop clean
 
 setup:
 	scripts/setup.sh
@@ -25,3 +25,12 @@ kafka-start: setup
 
 kafka-stop:
 	deploy/kafka/local.sh stop
+
+# What the demo and `make kafka-start` leave behind: the demo's work directory (data, bundle,
+# its broker's and Prometheus' data) and the default broker's state, their brokers stopped
+# first. .venv and the Kafka jars stay (set-up would fetch them again).
+DEMO_DIR ?= $(or $(TMPDIR),/tmp)/fraudscore-demo
+clean:
+	KAFKA_PORT=19092 KAFKA_STATE_DIR="$(DEMO_DIR)/kafka" deploy/kafka/local.sh stop
+	deploy/kafka/local.sh stop
+	rm -rf "$(DEMO_DIR)" "$(or $(TMPDIR),/tmp)/fraudscore-kafka-$(or $(KAFKA_PORT),9092)"

@@ -7,9 +7,11 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fraudscore.serving.bundle import load_bundle
-from fraudscore.serving.pipeline import Pipeline
+from fraudscore.serving.pipeline import Pipeline, iso_seconds
 from fraudscore.serving.scorer import Scorer
 from kafka_helpers import EXE
 
@@ -57,8 +59,8 @@ def test_offline_scoring_rejects_non_finite_scores_in_both_paths(small_bundle: P
         assert [r["reason"] for r in rejected] == ["non_finite_score"] * 3
         assert "nan" not in (tmp_path / out).read_text().lower()
         if out.endswith(".jsonl"):  # the measured inference time, never a placeholder 0.000
-            timings = [json.loads(line)["timings"] for line in (tmp_path / out).read_text().splitlines()]
-            assert all(t["inference_ms"] > 0 and t["batch_size"] == 2 for t in timings), timings
+            batches = [json.loads(line)["batch"] for line in (tmp_path / out).read_text().splitlines()]
+            assert all(b["inference_ms"] > 0 and b["size"] == 2 for b in batches), batches
 
 
 def test_a_percent_sign_in_the_model_version_is_kept_literally() -> None:
@@ -68,3 +70,12 @@ def test_a_percent_sign_in_the_model_version_is_kept_literally() -> None:
     out = pipeline.encode([7, 8], np.array([0.25, 0.75], np.float32), np.array([False, True]), inference_ms=1.0)
     assert [json.loads(o)["model_version"] for o in out] == ["v%d-100%", "v%d-100%"]
     assert [json.loads(o)["decision"] for o in out] == ["pass", "alert"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 9_200_000_000), min_size=1, max_size=50))
+def test_event_times_are_written_as_numpy_writes_them(seconds: list[int]) -> None:
+    """iso_seconds (dates through datetime64, times of day as digits) equals np.datetime_as_string."""
+    stamps = np.array(seconds, np.int64)
+    want = np.datetime_as_string(stamps.astype("datetime64[s]"), unit="s").astype("S19").tolist()
+    assert iso_seconds(stamps) == want

@@ -265,27 +265,27 @@ def test_overload_keeps_memory_bounded_reports_lag_and_loses_nothing(kafka_boots
     ids = transaction_ids(scores)
     expected = {json.loads(v)["TRANSACTION_ID"] for v in values}
     assert set(ids) == expected and len(ids) >= sent  # every copy scored, nothing lost
-    # Throughput does not collapse as the backlog is worked off: the time from 65 % to 90 %
-    # scored is at most 3x the time from 30 % to 55 % (first samples past each mark; idle
-    # samples after the end would otherwise count against the last window). The first window
-    # starts past what the consumer prefetched before scoring began (16 MiB, ~28,000 of these
-    # messages, ~24 %): those are scored from memory, and a window over them measured a burst
-    # (131,000/s once under the full suite's load) rather than the steady rate.
+    # Throughput does not collapse as the backlog is worked off: the rate from 65 % to 90 %
+    # scored is at least a third of the rate over the whole drain, 5 % to 95 % (first samples
+    # past each mark; idle samples after the end would otherwise count against the last
+    # window). An early window is no reference: what the consumer prefetched while the
+    # backlog was produced is scored from memory, and windows over it measured bursts of
+    # 97,000-131,000/s under the full suite's load against a steady ~30,000/s.
     scored = [(t, n) for t, n, _ in samples]
 
     def crossed(fraction: float) -> float:
         return next(t for t, n in scored if n >= fraction * sent)
 
-    first = 0.25 * sent / max(crossed(0.55) - crossed(0.3), 1e-3)
+    whole = 0.9 * sent / max(crossed(0.95) - crossed(0.05), 1e-3)
     last = 0.25 * sent / max(crossed(0.9) - crossed(0.65), 1e-3)
-    assert last >= first / 3, (first, last)
+    assert last >= whole / 3, (whole, last)
     assert max(lags) > 0  # the lag gauge saw the backlog
     assert peak_rss < 400 * 1024, peak_rss  # bounded: the prefetch queue is capped at 16 MiB
     code, out = sidecar.stop()
     assert code == 0, out[-2000:]
     print(f"\nreliability: overload: {sent} messages produced in {produce_s:.1f} s ({sent / produce_s:,.0f}/s), "
           f"all scored after {drained_s:.1f} s ({sent / drained_s:,.0f}/s); lost=0; peak lag {max(lags):,.0f}; "
-          f"RSS idle {idle_rss / 1024:.0f} MiB, peak {peak_rss / 1024:.0f} MiB; rate 30-55 % {first:,.0f}/s, "
+          f"RSS idle {idle_rss / 1024:.0f} MiB, peak {peak_rss / 1024:.0f} MiB; rate 5-95 % {whole:,.0f}/s, "
           f"65-90 % {last:,.0f}/s")
 
 

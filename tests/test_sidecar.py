@@ -40,7 +40,7 @@ def test_every_input_ends_in_scores_or_dead_letters(kafka_bootstrap, small_bundl
     expected_ids = [json.loads(v)["TRANSACTION_ID"] for v in values]
     assert sorted(transaction_ids(scores)) == sorted(expected_ids)  # each exactly once in a clean run
     result = json.loads(scores[0].value())
-    assert {"transaction_id", "score", "decision", "model_version", "threshold", "timings"} <= set(result)
+    assert {"transaction_id", "score", "decision", "model_version", "threshold", "batch"} <= set(result)
     by_id = {json.loads(v)["TRANSACTION_ID"]: k for k, v in zip(keys, values)}
     assert all(m.key() == by_id[json.loads(m.value())["transaction_id"]] for m in scores[:200])  # keyed like the input
 
@@ -129,7 +129,7 @@ def test_exactly_once_results_are_transactional(kafka_bootstrap, small_bundle, t
 
 def test_missing_topic_and_unreachable_broker_exit_with_a_clear_error(kafka_bootstrap, small_bundle, topics) -> None:
     args = ["run", "--bundle", str(small_bundle), "--output-topic", topics["out"], "--alerts-topic", topics["alerts"],
-            "--dlq-topic", topics["dlq"], "--group-id", "g-missing", "--metrics-port", "0"]
+            "--dlq-topic", topics["dlq"], "--group-id", "g-missing", "--metrics-port", "0", "--input", "features"]
     done = subprocess.run([EXE, *args, "--bootstrap-servers", kafka_bootstrap, "--input-topic", "no-such-topic"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 3 and "no-such-topic" in done.stderr and "--wait" in done.stderr
@@ -157,7 +157,7 @@ def test_config_file_and_environment(kafka_bootstrap, small_bundle, topics, tmp_
     config = tmp_path / "sidecar.toml"
     config.write_text(
         f'bootstrap_servers = "{kafka_bootstrap}"\ninput_topic = "{topics["in"]}"\noutput_topic = "{topics["out"]}"\n'
-        f'alerts_topic = "{topics["alerts"]}"\ndlq_topic = "{topics["dlq"]}"\n'
+        f'alerts_topic = "{topics["alerts"]}"\ndlq_topic = "{topics["dlq"]}"\ninput = "features"\n'
         '[kafka]\n"sasl.password" = "hunter2"\n"client.rack" = "r1"\n'
     )
     env = dict(os.environ, FRAUDSCORE_BUNDLE=str(small_bundle), FRAUDSCORE_GROUP_ID="g-env", FRAUDSCORE_METRICS_PORT=str(free_port()))

@@ -112,5 +112,19 @@ def test_an_empty_state_round_trips() -> None:
     assert f["CUSTOMER_ID_NB_TX_1DAY_WINDOW"].min() >= 1
 
 
+def test_coverage_is_the_event_time_seen_and_survives_a_snapshot() -> None:
+    """coverage_s: from the oldest row stored to the watermark, whatever was evicted since; 0 while empty."""
+    state = CustomerState(allowed_lateness_s=DAY, fold_min_rows=4)
+    assert state.coverage_s == 0 and state.first_event is None
+    stream = list(batches(5, 20, 40))  # 60 days: the 30-day windows evict the first rows
+    for b in stream:
+        customer_features(state, b)
+    first = min(int(b["seconds"].min()) for b in stream)
+    assert state.first_event == first
+    assert state.coverage_s == state.watermark - first > 55 * DAY
+    _, restored = decode(encode(state, HEADER), HEADER, CustomerState(allowed_lateness_s=DAY, fold_min_rows=4))
+    assert restored.coverage_s == state.coverage_s and restored.first_event == first
+
+
 def test_chunks_fit_the_default_message_limit() -> None:
     assert CHUNK_BYTES + 100 < 1_000_000

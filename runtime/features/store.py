@@ -228,6 +228,7 @@ class _Store:
         self._dtype = dtype
         self._directory = _Directory()
         self._origin: int | None = None
+        self._first: int | None = None  # the oldest event time ever stored (evicted rows included)
         self._main = _Run.empty(dtype)
         self._recent = _Run.empty(dtype)
 
@@ -244,6 +245,20 @@ class _Store:
     def entities(self) -> int:
         """Customers or terminals with stored rows."""
         return len(np.union1d(_slots_of(self._main.keys), _slots_of(self._recent.keys)))
+
+    @property
+    def first_event(self) -> int | None:
+        """The oldest event time this state has stored, evicted rows included (kept through
+        snapshots); None while empty."""
+        return self._first
+
+    @property
+    def coverage_s(self) -> int:
+        """Seconds of event time this state has seen, from its oldest row to its watermark: history
+        older than that never reached it (not retained, or not loaded). A window needs `reach_s`."""
+        if self._first is None or self.watermark is None:
+            return 0
+        return max(0, self.watermark - self._first)
 
     @property
     def horizon(self) -> int | None:
@@ -284,6 +299,7 @@ class _Store:
         puts them back. Nothing is folded or evicted first: a state rebuilt from them answers
         every query exactly as this one does, and folds at the same points afterwards."""
         scalars = {"watermark": self.watermark, "evicted_through": self.evicted_through, "origin": self._origin,
+                   "first_event": self._first,
                    "next_slot": self._directory.next_slot,
                    "runs": {name: [run.newest, run.oldest] for name, run in self._runs().items()}}
         arrays = {"directory.values": self._directory.values, "directory.slots": self._directory.slots}
@@ -311,10 +327,14 @@ class _Store:
                 raise InputError("directory: columns of other types or lengths")
             origin, watermark, evicted = scalars["origin"], scalars["watermark"], scalars["evicted_through"]
             next_slot = int(scalars["next_slot"])
+            # Snapshots from before first_event was kept: the first batch's oldest row (the origin's base).
+            first = scalars.get("first_event", None if origin is None else int(origin) + _HEADROOM)
+            first = None if first is None else int(first)
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"state arrays incomplete or malformed ({type(exc).__name__}: {exc})") from None
         self._directory.values, self._directory.slots, self._directory.next_slot = values, slots, next_slot
         self._origin = None if origin is None else int(origin)
+        self._first = first
         self.watermark = None if watermark is None else int(watermark)
         self.evicted_through = None if evicted is None else int(evicted)
         self._set_runs(runs)
@@ -348,6 +368,7 @@ class _Store:
         perm = _by_key(keys, ids)
         keys, ids, seconds = keys[perm], ids[perm], seconds[perm]
         oldest, newest = int(seconds.min()), int(seconds.max())
+        self._first = oldest if self._first is None else min(self._first, oldest)
         if self._ranks_in_main or oldest <= self._main.newest:
             rank_main, in_main = self._main.rank(keys, ids, oldest)
         else:  # the batch is newer than the main run: none of its rows can be stored there

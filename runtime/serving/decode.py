@@ -81,6 +81,7 @@ class DecodedBatch:
     ids: list
     matrix: np.ndarray  # float32, (len(index), n_features)
     rejections: list[Rejection]
+    event_seconds: np.ndarray | None = None  # int64 TX_DATETIME (Unix seconds) of each row, raw mode only
 
     def __len__(self) -> int:
         return len(self.index)

@@ -45,6 +45,25 @@ def non_finite_rejections(index: np.ndarray, scores: np.ndarray) -> list[Rejecti
             for i in np.flatnonzero(~np.isfinite(scores)).tolist()]
 
 
+def iso_seconds(seconds: np.ndarray) -> list[bytes]:
+    """b"2018-04-01T07:19:05" (UTC) for each Unix time (1970 to 9999), built in numpy: the few
+    distinct dates of a batch go through datetime64, the times of day are digits written into
+    a byte array (0.1 µs a row, against 1 µs for np.datetime_as_string on every row)."""
+    seconds = np.asarray(seconds, np.int64)
+    days, of_day = np.divmod(seconds, 86_400)
+    distinct, which = np.unique(days, return_inverse=True)
+    dates = np.datetime_as_string(distinct.astype("datetime64[D]")).astype("S10")
+    text = np.empty((len(seconds), 19), np.uint8)
+    text[:, :10] = dates.view(np.uint8).reshape(-1, 10)[which]
+    text[:, 10], text[:, 13], text[:, 16] = ord("T"), ord(":"), ord(":")
+    hours, rest = np.divmod(of_day, 3600)
+    minutes, secs = np.divmod(rest, 60)
+    for column, value in ((11, hours), (14, minutes), (17, secs)):
+        text[:, column] = ord("0") + value // 10
+        text[:, column + 1] = ord("0") + value % 10
+    return text.view("S19").ravel().tolist()
+
+
 class Pipeline:
     """Scores batches with one model. Immutable: a model reload builds a new Pipeline.
 
@@ -77,6 +96,7 @@ class Pipeline:
         scores = self.scorer.score(decoded.matrix)
         inference = time.perf_counter() - t0
         index, ids, matrix, rejections = decoded.index, decoded.ids, decoded.matrix, decoded.rejections
+        events = decoded.event_seconds
         finite = np.isfinite(scores)
         if not finite.all():
             # Extreme (still float32) inputs can overflow the network to NaN/inf. Such a row has
@@ -85,29 +105,38 @@ class Pipeline:
             rejections = sorted(rejections + non_finite_rejections(index, scores), key=lambda r: r.index)
             index, matrix, scores = index[keep], matrix[keep], scores[keep]
             ids = [ids[i] for i in keep.tolist()]
+            events = None if events is None else events[keep]
             if emitted is not None:
                 emitted = Emitted(emitted.names, emitted.values[keep])
         alerts = scores >= self.threshold
-        payloads = self.encode(ids, scores, alerts, inference_ms=inference * 1e3, emitted=emitted)
+        payloads = self.encode(ids, scores, alerts, inference_ms=inference * 1e3, emitted=emitted, event_seconds=events)
         return BatchResult(index, ids, matrix, scores, alerts, payloads, rejections, inference)
 
     def encode(self, ids: list, scores: np.ndarray, alerts: np.ndarray, inference_ms: float,
-               emitted: Emitted | None = None) -> list[bytes]:
+               emitted: Emitted | None = None, event_seconds: np.ndarray | None = None) -> list[bytes]:
         """One JSON result a row: id, score (9 significant digits: float32 round-trips), decision,
-        threshold, model version, the batch's inference time and size, and with `emitted` a
+        threshold, model version, the batch it was scored in (its size and its one inference
+        call's time: per batch, not per transaction), with `event_seconds` (raw mode) the
+        transaction's "event_time" (its TX_DATETIME, UTC, ISO 8601), and with `emitted` a
         "features" object (the values computed online, before float32)."""
         tail = (
             f',"threshold":{self.threshold!r},"model_version":{self._version_json},'
-            f'"timings":{{"inference_ms":{inference_ms:.3f},"batch_size":{len(ids)}}}}}'
+            f'"batch":{{"size":{len(ids)},"inference_ms":{inference_ms:.3f}}}}}'
         ).encode()
         integer_ids = not ids or set(map(type, ids)) == {int}
+        stamps = None if event_seconds is None else iso_seconds(event_seconds)
         if emitted is None and integer_ids:
-            # The common case, one %-format a row (~0.3 µs): integer ids, no features.
+            # The common cases, one %-format a row (~0.3 µs): integer ids, no features.
             literal = tail.replace(b"%", b"%%")  # the model version is text from the manifest
-            passed = b'{"transaction_id":%d,"score":%.9g,"decision":"pass"' + literal
-            alerted = b'{"transaction_id":%d,"score":%.9g,"decision":"alert"' + literal
-            return [(alerted if a else passed) % (i, s) for i, s, a in zip(ids, scores.tolist(), alerts.tolist())]
+            head = b'{"transaction_id":%d' + (b'' if stamps is None else b',"event_time":"%sZ"')
+            passed = head + b',"score":%.9g,"decision":"pass"' + literal
+            alerted = head + b',"score":%.9g,"decision":"alert"' + literal
+            if stamps is None:
+                return [(alerted if a else passed) % (i, s) for i, s, a in zip(ids, scores.tolist(), alerts.tolist())]
+            return [(alerted if a else passed) % (i, t, s) for i, t, s, a in zip(ids, stamps, scores.tolist(), alerts.tolist())]
         id_json = [str(i).encode() for i in ids] if integer_ids else list(map(orjson.dumps, ids))
+        if stamps is not None:
+            id_json = [b'%s,"event_time":"%sZ"' % (i, t) for i, t in zip(id_json, stamps)]
         decisions = [b"alert" if a else b"pass" for a in alerts.tolist()]
         if emitted is not None:
             names = emitted.names

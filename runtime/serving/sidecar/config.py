@@ -65,6 +65,9 @@ class SidecarConfig:
     # Raw mode: "" chooses raw when the bundle carries a feature specification, else features.
     input_mode: str = ""
     labels_topic: str = ""
+    # Raw mode without --labels-topic is refused unless this says it is meant: every terminal
+    # risk feature then reads 0 (the model's strongest inputs).
+    no_labels: bool = False
     emit_features: bool = False
     allowed_lateness_s: int = 86_400
     # Raw mode: snapshots of the feature state in this compacted topic (and NAME-index); "" = none,

@@ -100,8 +100,8 @@ class Sidecar:
 
     def _load_pipeline(self) -> Pipeline:
         bundle = load_bundle(self.config.bundle)
-        self.spec = input_spec(self.config, bundle.manifest, self.spec)
         scorer = Scorer(bundle, device=self.config.device, intra_op_threads=self.config.threads)
+        self.spec = input_spec(self.config, bundle.manifest, self.spec)
         pipeline = Pipeline(bundle.manifest, scorer, self.config.max_message_bytes)
         self.metrics.set_model(bundle.manifest)
         log.info("model %s (%s) on %s, threshold %.6g", bundle.manifest.model_version, bundle.manifest.model_kind,
@@ -141,10 +141,13 @@ class Sidecar:
             self._assignment |= {(p.topic, p.partition) for p in partitions}
             log.info("assigned %s while stopping: not restored", sorted(p.partition for p in partitions))
             return
+        if not partitions:  # an incremental (cooperative) round that gave this member nothing new
+            self._update_ready()
+            return
         if self.state is not None:  # not ready from the first moment these partitions are ours
             self.state.restoring |= {p.partition for p in partitions}
         self._assignment |= {(p.topic, p.partition) for p in partitions}
-        log.info("assigned %s", sorted(p for _, p in self._assignment))
+        log.info("assigned %s (now %s)", sorted(p.partition for p in partitions), sorted(p for _, p in self._assignment))
         if self.state is not None and partitions:
             # Before any message of these partitions is scored: their customer windows come
             # back from the input topic, up to the committed offsets (not ready meanwhile).
@@ -159,6 +162,8 @@ class Sidecar:
         # Runs inside consume()/poll(). The batch in flight is completed first; the delivered
         # offsets of the revoked partitions (asynchronous commits may be pending, or not yet
         # due) are then committed synchronously before the partitions are given up.
+        if not partitions:  # an incremental (cooperative) round that took nothing from this member
+            return
         revoked = {(p.topic, p.partition) for p in partitions}
         self._revoked_in_take |= revoked
         if self.in_flight is not None:
@@ -180,7 +185,7 @@ class Sidecar:
             except KeyError:
                 pass
         self._update_ready()
-        log.info("revoked %s", sorted(p for _, p in revoked))
+        log.info("revoked %s (now %s)", sorted(p for _, p in revoked), sorted(p for _, p in self._assignment))
 
     def _update_ready(self) -> None:
         ready = self.ready()

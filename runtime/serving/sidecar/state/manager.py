@@ -78,6 +78,12 @@ def input_spec(config: SidecarConfig, manifest, current: FeatureSpec | None) -> 
                          "use --input features")
     if current is not None and spec != current:
         raise UsageError("the new bundle's feature specification differs from the one being served; restart the sidecar")
+    if not config.labels_topic and not config.no_labels:
+        risk = ", ".join(n for n in spec.names if n.startswith("TERMINAL_ID_RISK"))
+        raise UsageError(f"raw mode needs the fraud confirmations: without --labels-topic every terminal-risk feature "
+                         f"({risk}) reads 0, blinding the model's strongest inputs. Pass --labels-topic TOPIC (the "
+                         "topic `fraudscore replay` and your case management write confirmations to), or --no-labels "
+                         "to run without them on purpose")
     return spec
 
 
@@ -143,6 +149,8 @@ class FeatureState:
         self._terminals_snapshotted: dict | None = None  # the table's positions at its last snapshot
         self._last_snapshot = time.monotonic()
         self._reported: set[str] = set()  # partitions with a fraudscore_state_partition_bytes series
+        metrics.state_coverage_required.labels("customer").set(spec.customer_reach_s)
+        metrics.state_coverage_required.labels("terminal").set(spec.terminal_reach_s)
         self._entities_counted = -float("inf")
 
     @property
@@ -310,6 +318,11 @@ class FeatureState:
             self.committed.pop(p, None)
             if str(p) in self._reported:
                 self.metrics.state_partition_bytes.remove(str(p))
+                for series, labels in ((self.metrics.state_coverage, ("customer", str(p))), (self.metrics.event_watermark, (str(p),))):
+                    try:
+                        series.remove(*labels)
+                    except KeyError:  # never set (no transaction yet)
+                        pass
                 self._reported.discard(str(p))
 
     # ------------------------------------------------------------- scoring
@@ -347,7 +360,8 @@ class FeatureState:
             rejections.append(Rejection(int(raw.index[on[i]]), "out_of_range", "a feature is outside float32's range"))
         keep = on[in_range]
         rejections.sort(key=lambda r: r.index)
-        decoded = DecodedBatch(raw.index[keep], raw.ids[keep].tolist(), matrix[in_range].astype(np.float32), rejections)
+        decoded = DecodedBatch(raw.index[keep], raw.ids[keep].tolist(), matrix[in_range].astype(np.float32), rejections,
+                               event_seconds=raw.seconds[keep])
         return decoded, Emitted(self.spec.names, full[in_range])
 
     def late_mask(self, raw: RawBatch, partitions: np.ndarray) -> np.ndarray:
@@ -405,7 +419,15 @@ class FeatureState:
         metrics.state_rows.labels("customer").set(sum(len(state) for state in self.customers.values()))
         for p, state in self.customers.items():
             metrics.state_partition_bytes.labels(str(p)).set(state.nbytes)
+            metrics.state_coverage.labels("customer", str(p)).set(state.coverage_s)
+            if state.watermark is not None:
+                metrics.event_watermark.labels(str(p)).set(state.watermark)
             self._reported.add(str(p))
+        metrics.state_coverage.labels("terminal", "all").set(self.terminals.coverage_s)
+        metrics.labels_pending.set(self.terminals.pending_labels)
+        if self.config.labels_topic:
+            for p, lag in self.table.lag(self.config.labels_topic).items():
+                metrics.labels_lag.labels(str(p)).set(lag)
         if time.monotonic() - self._entities_counted >= ENTITIES_EVERY_S:
             # Distinct ids over millions of rows cost tens of ms: counted now and then, not per batch.
             self._entities_counted = time.monotonic()

@@ -59,6 +59,7 @@ class TerminalTable:
         self.positions: dict[tuple[str, int], int] = {}  # partition -> the next offset not yet in the table
         self.before_apply = before_apply
         self.stopping = stopping
+        self.highs: dict[tuple[str, int], int] = {}  # partition -> its high watermark at the last read
 
     def start(self, positions: dict[tuple[str, int], int] | None = None) -> None:
         """Start the global reader: every partition of the input and labels topics, from the
@@ -119,6 +120,7 @@ class TerminalTable:
         except KafkaException as exc:  # a leader moving, a broker restarting: try again before the next batch
             log.warning("terminal table: high watermarks unavailable (%s); retrying before the next batch", exc)
             return False
+        self.highs.update(targets)
         remaining = self._behind(targets) if targets else []
         while remaining and time.monotonic() < deadline and not self.stopping():
             # A short wait: consume() blocks until READ_BATCH messages or the timeout, and what is
@@ -139,6 +141,11 @@ class TerminalTable:
                      "%.2f s", len(self.terminals), self.terminals.entities, self.terminals.pending_labels,
                      self.terminals.nbytes / 1e6, time.monotonic() - t0)
         return True
+
+    def lag(self, topic: str) -> dict[int, int]:
+        """Messages of `topic` not read yet, per partition, against the high watermarks of the last read."""
+        return {p: max(0, high - max(self.positions.get((t, p), 0), self._ends.get((t, p), 0)))
+                for (t, p), high in self.highs.items() if t == topic}
 
     def _past(self, key: tuple[str, int], bound_s: int | None) -> bool:
         """An input partition that has shown an event time past `bound_s`."""
