@@ -489,6 +489,54 @@ def dlq_replay(
         typer.echo(line)
 
 
+@app.command("results")
+@reports_errors
+def results(
+    input_topic: Annotated[Optional[str], typer.Option(help="The sidecar's input topic [default: input_topic of --config].", envvar="FRAUDSCORE_INPUT_TOPIC")] = None,
+    output_topic: Annotated[Optional[str], typer.Option(help="Its scores topic [default: output_topic of --config].", envvar="FRAUDSCORE_OUTPUT_TOPIC")] = None,
+    dlq_topic: _DlqTopic = None, bootstrap_servers: _Bootstrap = None,
+    since: Annotated[Optional[str], typer.Option(help="Only inputs written since (Kafka timestamp): 2026-11-29T10:00:00 (UTC unless an offset is given) or 30m, 2h, 1d back [default: the first retained].")] = None,
+    until: Annotated[Optional[str], typer.Option(help="Only inputs written before, in the same forms [default: now].")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="The report as one JSON object, for scripts.")] = False,
+    timeout: _Timeout = 30.0, kafka_property: _KafkaX = None, kafka_properties_file: _KafkaFile = None,
+    config: _Config = None,
+) -> None:
+    """Reconcile the input topic with the scores and dead-letter topics: each input message
+    in the range is scored (a result carries its transaction id), dead-lettered (a dead
+    letter names its partition and offset) or missing; results beyond one per input are
+    duplicates (at least once), counted per transaction; alerts are counted too.
+
+    Run it once the sidecars have caught up (fraudscore_consumer_lag 0): an input still
+    queued counts as missing. Reads every topic without a consumer group, `read_committed`,
+    up to the end offsets seen at the start. Exit codes: 0 every input has an outcome,
+    1 some are missing (listed, the first 10), 2 bad options, 3 broker or topic unreachable.
+    """
+    import json
+
+    from fraudscore.serving.dlq import connection, parse_since
+    from fraudscore.serving.results import Topics, reconcile
+    from fraudscore.serving.sidecar.config import read_config_file
+
+    kafka = connection(bootstrap_servers=bootstrap_servers, config_file=config,
+                       properties_file=kafka_properties_file, kafka_flags=kafka_property)
+    file = read_config_file(config) if config else {}
+    names = {}
+    for key, flag, value in (("input_topic", "--input-topic", input_topic), ("output_topic", "--output-topic", output_topic),
+                             ("dlq_topic", "--dlq-topic", dlq_topic)):
+        names[key] = value or file.get(key)
+        if not names[key]:
+            raise UsageError(f"missing {flag} (flag, FRAUDSCORE_{key.upper()} or --config)")
+    report = reconcile(kafka, Topics(str(names["input_topic"]), str(names["output_topic"]), str(names["dlq_topic"])),
+                       since_ms=parse_since(since), until_ms=parse_since(until, flag="--until"), timeout_s=timeout)
+    if json_out:
+        typer.echo(json.dumps(report.to_json()))
+    else:
+        for line in report.lines():
+            typer.echo(line)
+    if not report.complete:
+        raise typer.Exit(1)
+
+
 topics_app = typer.Typer(name="topics", help="The sidecar's Kafka topics.", no_args_is_help=True,
                          rich_markup_mode=None)
 app.add_typer(topics_app)

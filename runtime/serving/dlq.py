@@ -149,9 +149,9 @@ class Selection:
                 and (self.since_ms is None or letter.timestamp_ms >= self.since_ms))
 
 
-def parse_since(value: str | None, now: dt.datetime | None = None) -> int | None:
-    """`--since`: an ISO date or time (UTC unless it says otherwise) or a duration back from now
-    (30m, 2h, 1d); milliseconds since the epoch."""
+def parse_since(value: str | None, now: dt.datetime | None = None, flag: str = "--since") -> int | None:
+    """`--since` (or `flag`): an ISO date or time (UTC unless it says otherwise) or a duration
+    back from now (30m, 2h, 1d); milliseconds since the epoch."""
     if value is None:
         return None
     match = _DURATION.match(value.strip())
@@ -162,7 +162,7 @@ def parse_since(value: str | None, now: dt.datetime | None = None) -> int | None
         try:
             when = dt.datetime.fromisoformat(value.strip())
         except ValueError:
-            raise UsageError(f"--since must be a time like 2026-11-29T10:00:00 (UTC) or a duration like 30m, 2h, "
+            raise UsageError(f"{flag} must be a time like 2026-11-29T10:00:00 (UTC) or a duration like 30m, 2h, "
                              f"1d; got {value!r}") from None
         if when.tzinfo is None:
             when = when.replace(tzinfo=dt.UTC)
