@@ -53,7 +53,8 @@ def run_raw_pipeline(config, bundle, say: Callable[[str], None]) -> tuple[list[d
     fraud_seconds = table["TX_DATETIME"].astype("datetime64[s]").astype(np.int64)[frauds]
     warm = int(np.searchsorted(seconds, seconds[0] + WARMUP_DAYS * 86_400))
     sidecar_config = SidecarConfig(bundle=Path(config.bundle), bootstrap_servers="-", input_topic="in",
-                                   output_topic="out", alerts_topic="alerts", dlq_topic="dlq", group_id="bench")
+                                   output_topic="out", alerts_topic="alerts", dlq_topic="dlq", group_id="bench",
+                                   labels_topic="labels")  # the confirmations are fed in-process, below
     spec = input_spec(sidecar_config, bundle.manifest, None)
     if spec is None:
         from fraudscore.errors import UsageError

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,6 +87,16 @@ def drain(bootstrap: str | dict, topics: list[str], expected: int, timeout_s: fl
                 break
     consumer.close()
     return got
+
+
+def written(bootstrap: str | dict, topic: str) -> int:
+    """Messages on `topic` so far (the sum of its partitions' high watermarks): where a kill fell."""
+    consumer = Consumer(client(bootstrap) | {"group.id": f"written-{time.time_ns()}"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions)
+    finally:
+        consumer.close()
 
 
 def transaction_ids(messages) -> list:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from kafka_helpers import EXE, Sidecar, client, drain, produce
+from kafka_helpers import EXE, Sidecar, client, drain, produce, written
 
 from fraudscore import baseline_features, simulate, write_table
 from fraudscore.data.replay import raw_stream, replay
@@ -157,6 +157,8 @@ def stream_with_a_disturbance(bootstrap, make_topic, bundle, month, group: str, 
     first.wait_ready(120)
     sender = _background_send(bootstrap, topics, events, speedup=60 * 86_400 / 25)
     _wait_for_results(bootstrap, topics["out"], len(expected) // 3, timeout_s=120)
+    at = written(bootstrap, topics["out"])
+    assert at < len(expected), f"the disturbance would fall after the end: {at} of {len(expected)} results written"
     running = disturb(first, lambda: raw_sidecar(bootstrap, bundle, topics, group, *flags))
     sender.wait(240)
     assert sender.returncode == 0, sender.stderr.read()
@@ -466,6 +468,7 @@ def test_reference_size_three_instances_and_a_kill_match_the_offline_features(ka
     group = "raw-reference"
     sidecars = [raw_sidecar(kafka_bootstrap, small_bundle, topics, group) for _ in range(3)]
     _wait_for_results(kafka_bootstrap, topics["out"], len(table) // 3, timeout_s=300)
+    assert written(kafka_bootstrap, topics["out"]) < len(table)  # the kill falls mid-stream
     sidecars[0].proc.send_signal(signal.SIGKILL)
     sidecars[0].proc.wait(10)
     sidecars[0] = raw_sidecar(kafka_bootstrap, small_bundle, topics, group)

@@ -9,21 +9,26 @@ import json
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
-from kafka_helpers import Sidecar, client, drain, four_topics, own_topics, produce, transaction_ids
+from kafka_helpers import Sidecar, client, drain, four_topics, own_topics, produce, transaction_ids, written
 
 pytestmark = pytest.mark.kafka
 BATCH = 500
 
 
-def hard_kills(sidecar: Sidecar, restart, kills: int, pause_s: float = 0.8) -> tuple[Sidecar, list[float]]:
+def hard_kills(sidecar: Sidecar, restart, kills: int, results_at: Callable[[], int], total: int,
+               pause_s: float = 0.8) -> tuple[Sidecar, list[float]]:
     """SIGKILL the sidecar `kills` times, `pause_s` after it is ready, starting a new one each time;
-    returns the last one and the seconds each took from start to ready."""
+    returns the last one and the seconds each took from start to ready. Each kill is proved to
+    fall mid-stream: `results_at()` (results written so far) is above 0 and below `total`."""
     recoveries = []
     for _ in range(kills):
         time.sleep(pause_s)
+        at = results_at()
+        assert 0 < at < total, f"the kill would fall outside the stream: {at} of {total} results written"
         sidecar.proc.send_signal(signal.SIGKILL)
         sidecar.proc.wait(10)
         t0 = time.monotonic()
@@ -44,9 +49,11 @@ def test_repeated_hard_kills_under_a_stream_lose_nothing(kafka_bootstrap, small_
     produce(kafka_bootstrap, topics["in"], stream_keys[:backlog], stream_values[:backlog])
     sidecar = Sidecar(kafka_bootstrap, small_bundle, topics, "g-kills")
     sidecar.wait_ready()
-    feeder = stream(kafka_bootstrap, topics["in"], stream_keys[backlog:], stream_values[backlog:], per_slice=2000)
+    # The stream outlasts the kills (~40 s against 3 x (0.8 s + ~10 s recovery)): each falls mid-stream.
+    feeder = stream(kafka_bootstrap, topics["in"], stream_keys[backlog:], stream_values[backlog:], per_slice=400, pause_s=0.45)
     kills = 3
-    sidecar, recoveries = hard_kills(sidecar, lambda: Sidecar(kafka_bootstrap, small_bundle, topics, "g-kills"), kills)
+    sidecar, recoveries = hard_kills(sidecar, lambda: Sidecar(kafka_bootstrap, small_bundle, topics, "g-kills"), kills,
+                                     lambda: written(kafka_bootstrap, topics["out"]), len(values))
     feeder.join(120)
     scores = drain(kafka_bootstrap, [topics["out"]], len(values), timeout_s=120)
     dead = drain(kafka_bootstrap, [topics["dlq"]], len(bad), timeout_s=60)
@@ -182,9 +189,11 @@ def test_exactly_once_under_repeated_hard_kills_has_no_visible_duplicates(kafka_
     eos = ("--exactly-once", "--transactional-id", f"fraudscore-eos-{time.time_ns()}")
     sidecar = Sidecar(kafka_bootstrap, small_bundle, topics, "g-eos-kills", *eos)
     sidecar.wait_ready()
-    feeder = stream(kafka_bootstrap, topics["in"], keys[backlog:], values[backlog:], per_slice=2000)
+    # The stream outlasts the kills (~40 s against 3 x (0.8 s + ~10 s recovery)): each falls mid-stream.
+    feeder = stream(kafka_bootstrap, topics["in"], keys[backlog:], values[backlog:], per_slice=400, pause_s=0.45)
     kills = 3  # each restart keeps the transactional.id: it fences the killed one and aborts its transaction
-    sidecar, recoveries = hard_kills(sidecar, lambda: Sidecar(kafka_bootstrap, small_bundle, topics, "g-eos-kills", *eos), kills)
+    sidecar, recoveries = hard_kills(sidecar, lambda: Sidecar(kafka_bootstrap, small_bundle, topics, "g-eos-kills", *eos), kills,
+                                     lambda: written(kafka_bootstrap, topics["out"]), len(values))
     feeder.join(120)
     committed = drain(kafka_bootstrap, [topics["out"]], len(values), timeout_s=120, committed_only=True)
     everything = drain(kafka_bootstrap, [topics["out"]], len(values), timeout_s=30)

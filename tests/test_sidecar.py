@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from fraudscore.serving.bundle import load_bundle
-from kafka_helpers import EXE, STARTED, Sidecar, client, drain, four_topics, free_port, produce, transaction_ids, wait_ready
+from kafka_helpers import EXE, STARTED, Sidecar, client, drain, four_topics, free_port, produce, transaction_ids, wait_ready, written
 
 pytestmark = pytest.mark.kafka
 
@@ -78,11 +78,17 @@ def test_every_input_ends_in_scores_or_dead_letters(kafka_bootstrap, small_bundl
 
 
 def test_restart_after_hard_kill_loses_nothing(kafka_bootstrap, small_bundle, transactions, topics) -> None:
-    keys, values = transactions
+    from test_reliability import unique_copies
+
+    keys, values = unique_copies(*transactions, copies=6)  # a backlog of a few seconds' scoring
     produce(kafka_bootstrap, topics["in"], keys, values)
     first = Sidecar(kafka_bootstrap, small_bundle, topics, "g-kill")
     first.wait_ready()
-    time.sleep(1.0)
+    deadline = time.monotonic() + 60
+    while (at := written(kafka_bootstrap, topics["out"])) == 0:  # killed once results flow, not before
+        assert time.monotonic() < deadline, "no result within 60 s"
+        time.sleep(0.02)
+    assert at < len(values), f"the kill would fall after the end: {at} of {len(values)} results written"
     first.proc.kill()
     first.proc.wait(10)
     second = Sidecar(kafka_bootstrap, small_bundle, topics, "g-kill")

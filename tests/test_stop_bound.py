@@ -93,7 +93,6 @@ class Exits:
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("order,instances", [("broker stopped, then SIGTERM", 2),
                                              ("broker frozen, then SIGTERM", 1),
-                                             ("SIGTERM, then the broker stopped at once", 1),
                                              ("SIGTERM, then the broker stopped at once", 2)])
 def test_sigterm_with_the_broker_going_away_exits_within_the_bound_and_loses_nothing(
         own_broker, small_bundle, transactions, order: str, instances: int) -> None:

@@ -192,7 +192,9 @@ def connection_problem(admin, errors: list, exc: Exception, bootstrap: str, time
 
 
 def check_topics(config: SidecarConfig, topics: Iterable[str], stopping: Callable[[], bool]) -> None:
-    """Fail fast (or wait, with `config.wait`) when the broker is unreachable or a topic is missing."""
+    """Fail fast (or wait, with `config.wait`) when the broker is unreachable or a topic is missing.
+    Returns early, without a verdict, once `stopping()` is true: the broker is asked in slices of
+    at most a second, so a stop during start-up is not held up by --startup-timeout."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
@@ -200,19 +202,27 @@ def check_topics(config: SidecarConfig, topics: Iterable[str], stopping: Callabl
     errors: list = []
     admin = AdminClient(common_config(config) | config.kafka | {"error_cb": errors.append})
     said = 0.0
+    deadline = time.monotonic() + config.startup_timeout_s
     while True:
+        if stopping():
+            return
         try:
-            md = admin.list_topics(timeout=config.startup_timeout_s)
+            md = admin.list_topics(timeout=min(1.0, max(0.05, deadline - time.monotonic())))
             missing = [t for t in topics if t not in md.topics or md.topics[t].error is not None]
             if not missing:
                 return
             problem = (f"topic(s) {', '.join(missing)} do not exist on {config.bootstrap_servers}; create them with "
                        "`fraudscore topics create` and the same settings (flags, FRAUDSCORE_* or --config)")
         except KafkaException as exc:
+            if time.monotonic() < deadline:
+                continue  # not answered within this slice: ask again until --startup-timeout
             _, problem = connection_problem(admin, errors, exc, config.bootstrap_servers, config.startup_timeout_s)
-        if not config.wait or stopping():
-            raise KafkaUnavailable(problem + ("" if config.wait else "; or pass --wait to wait for it"))
+        if stopping():
+            return
+        if not config.wait:
+            raise KafkaUnavailable(problem + "; or pass --wait to wait for it")
         if time.monotonic() - said > 10:
             log.warning("waiting: %s", problem)
             said = time.monotonic()
         time.sleep(1.0)
+        deadline = time.monotonic() + config.startup_timeout_s

@@ -238,6 +238,8 @@ class Sidecar:
         log.info("metrics on http://%s:%d/metrics", c.metrics_host, self.http.port)
         try:
             check_topics(c, c.topics, stopping=lambda: self._stop)
+            if self._stop:  # asked to stop while waiting for the broker: nothing was started
+                return 0
             self._start_clients()
             self._stage = "scoring"
             while not self._stop:
