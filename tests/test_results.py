@@ -60,7 +60,8 @@ def test_a_stream_of_100000_is_reconciled_exactly(kafka_bootstrap, make_topic) -
     inputs = [(str(i % 997).encode(), orjson.dumps({"TRANSACTION_ID": i, "TX_AMOUNT": 1.0}), DAY1_MS if i < n // 2 else DAY2_MS)
               for i in range(n)]
     bad = [(b"x", b"{not json", DAY2_MS)] * 8
-    where = produce_with_offsets(kafka_bootstrap, topics["in"], inputs + bad)
+    again = [(b"42", orjson.dumps({"TRANSACTION_ID": 42, "TX_AMOUNT": 1.0}), DAY2_MS)]  # a retry, one result for both
+    where = produce_with_offsets(kafka_bootstrap, topics["in"], inputs + bad + again)
     rejected = {n // 2 + 10 + k: "out_of_range" for k in range(4)}  # valid ids, dead-lettered
     missing = {7, n // 2 + 1234, n - 1}  # neither a result nor a dead letter
     duplicated = {3: 1, 60_000: 1, 70_000: 2, 99_000: 1, 99_001: 1}  # id -> extra results
@@ -85,21 +86,22 @@ def test_a_stream_of_100000_is_reconciled_exactly(kafka_bootstrap, make_topic) -
     took = time.monotonic() - t0
     assert done.returncode == 1, done.stderr  # some are missing
     report = json.loads(done.stdout)
-    assert report["inputs"] == n + 8
+    assert report["inputs"] == n + 9
     assert report["dead_letters"] == {"bad_json": 8, "out_of_range": 4}
-    assert report["missing"] == 3 and sorted(m["transaction_id"] for m in report["missing_shown"]) == sorted(missing)
+    assert report["missing"] == 4 and sorted(m["transaction_id"] for m in report["missing_shown"]) == sorted(missing | {42})
     assert report["scored"] == n - len(missing) - len(rejected)
     assert report["duplicates"] == sum(duplicated.values()) and report["duplicated_ids"] == len(duplicated)
     assert report["results"] == len(results) and report["outside"] == 0
-    assert report["alerts"] == len(alerts) and report["repeated_inputs"] == 0 and report["complete"] is False
+    assert report["alerts"] == len(alerts) and report["repeated_inputs"] == 1 and report["complete"] is False
 
     # The second day only: the first day's results are outside the range.
     day2 = json.loads(results_command(kafka_bootstrap, topics, "--json", "--since", "2026-01-02T00:00:00").stdout)
-    assert day2["inputs"] == n // 2 + 8 and day2["missing"] == 2 and day2["dead_lettered"] == 12
-    assert day2["outside"] == sum(1 + duplicated.get(i, 0) for i in range(n // 2) if i not in missing)
+    # Day 2 holds the retry of 42 but not its first input: the one result goes to the retry.
+    assert day2["inputs"] == n // 2 + 9 and day2["missing"] == 2 and day2["dead_lettered"] == 12
+    assert day2["outside"] == sum(1 + duplicated.get(i, 0) for i in range(n // 2) if i not in missing and i != 42)
     day1 = results_command(kafka_bootstrap, topics, "--until", "2026-01-02T00:00:00")
     assert day1.returncode == 1 and "missing                1" in day1.stdout, day1.stdout
-    print(f"\nresults: {n + 8:,} inputs reconciled in {took:.1f} s (the command, start to exit)\n{done.stderr}")
+    print(f"\nresults: {n + 9:,} inputs reconciled in {took:.1f} s (the command, start to exit)\n{done.stderr}")
 
 
 def test_a_sidecar_run_reconciles_with_nothing_missing(kafka_bootstrap, small_bundle, transactions, topics) -> None:

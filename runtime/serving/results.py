@@ -124,6 +124,9 @@ def reconcile(kafka: dict, topics: Topics, *, since_ms: int | None = None, until
     consumer = Consumer({"logger": logging.getLogger("fraudscore.kafka")} | kafka | {
         "group.id": f"fraudscore-results-{os.getpid()}", "enable.auto.commit": False, "enable.auto.offset.store": False,
         "enable.partition.eof": True, "isolation.level": "read_committed",
+        # An offset deleted by retention between the watermark query and the fetch is an error,
+        # never a silent jump to the end (which would report a partition's inputs as none).
+        "auto.offset.reset": "error",
     })
     try:
         # Inputs: (partition, offset) -> id (None when the value is not a JSON object with one).
@@ -161,6 +164,8 @@ def reconcile(kafka: dict, topics: Topics, *, since_ms: int | None = None, until
     finally:
         consumer.close()
 
+    # Results are shared out among the inputs with their id, in offset order: two inputs with
+    # one id and one result are one scored and one missing, not two scored.
     scored_inputs: Counter = Counter()  # id -> inputs of the range scored with that id
     seen: set = set()
     for (p, o), tx in sorted(inputs.items()):
@@ -171,7 +176,7 @@ def reconcile(kafka: dict, topics: Topics, *, since_ms: int | None = None, until
             seen.add(tx)
         if (p, o) in dead:
             report.dead_letters[dead[(p, o)]] += 1
-        elif tx is not None and results[tx] > 0:
+        elif tx is not None and scored_inputs[tx] < results[tx]:
             report.scored += 1
             scored_inputs[tx] += 1
         else:
@@ -229,6 +234,8 @@ def _read(consumer, topic: str, take: Callable[[list], None], timeout_s: float,
         if bound is None:
             continue
         for tp in consumer.offsets_for_times([TopicPartition(topic, p, bound) for p in partitions], timeout=timeout_s):
+            if tp.error is not None:
+                raise TopicUnreadable(f"{topic} partition {tp.partition}: no offset for the time asked ({tp.error})")
             if tp.offset >= 0:  # -1: nothing at or after that time
                 target[tp.partition] = max(starts[tp.partition], min(tp.offset, ends[tp.partition]))
             elif target is starts:
@@ -245,6 +252,8 @@ def _read(consumer, topic: str, take: Callable[[list], None], timeout_s: float,
                                      "unfinished); raise --timeout")
             batch = []
             for m in consumer.consume(5000, 0.5):
+                if m.topic() is not None and m.topic() != topic:
+                    continue  # left from this consumer's read of another topic
                 p = m.partition()
                 if m.error() is not None:
                     if m.error().code() == KafkaError._PARTITION_EOF:

@@ -193,8 +193,9 @@ def connection_problem(admin, errors: list, exc: Exception, bootstrap: str, time
 
 def check_topics(config: SidecarConfig, topics: Iterable[str], stopping: Callable[[], bool]) -> None:
     """Fail fast (or wait, with `config.wait`) when the broker is unreachable or a topic is missing.
-    Returns early, without a verdict, once `stopping()` is true: the broker is asked in slices of
-    at most a second, so a stop during start-up is not held up by --startup-timeout."""
+    Returns early, without a verdict, once `stopping()` is true: the broker is asked in slices
+    (1 s, then doubling, within --startup-timeout), so a stop during start-up is not held up
+    by the whole timeout, and a cluster whose metadata takes seconds to answer still does."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
@@ -203,11 +204,13 @@ def check_topics(config: SidecarConfig, topics: Iterable[str], stopping: Callabl
     admin = AdminClient(common_config(config) | config.kafka | {"error_cb": errors.append})
     said = 0.0
     deadline = time.monotonic() + config.startup_timeout_s
+    slice_s = 1.0
     while True:
         if stopping():
             return
+        asked = time.monotonic()
         try:
-            md = admin.list_topics(timeout=min(1.0, max(0.05, deadline - time.monotonic())))
+            md = admin.list_topics(timeout=min(slice_s, max(0.05, deadline - asked)))
             missing = [t for t in topics if t not in md.topics or md.topics[t].error is not None]
             if not missing:
                 return
@@ -215,7 +218,11 @@ def check_topics(config: SidecarConfig, topics: Iterable[str], stopping: Callabl
                        "`fraudscore topics create` and the same settings (flags, FRAUDSCORE_* or --config)")
         except KafkaException as exc:
             if time.monotonic() < deadline:
-                continue  # not answered within this slice: ask again until --startup-timeout
+                # Not answered within this slice: ask again, longer, until --startup-timeout; an
+                # instant failure (connection refused) waits a moment rather than spinning.
+                slice_s *= 2
+                time.sleep(max(0.0, min(0.2 - (time.monotonic() - asked), deadline - time.monotonic())))
+                continue
             _, problem = connection_problem(admin, errors, exc, config.bootstrap_servers, config.startup_timeout_s)
         if stopping():
             return
@@ -225,4 +232,4 @@ def check_topics(config: SidecarConfig, topics: Iterable[str], stopping: Callabl
             log.warning("waiting: %s", problem)
             said = time.monotonic()
         time.sleep(1.0)
-        deadline = time.monotonic() + config.startup_timeout_s
+        deadline, slice_s = time.monotonic() + config.startup_timeout_s, 1.0

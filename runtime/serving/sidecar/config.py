@@ -108,6 +108,9 @@ class SidecarConfig:
         if not 0 <= self.batch_wait_ms <= 10_000:
             raise UsageError(f"--batch-wait-ms must be from 0 to 10000, got {self.batch_wait_ms:g} "
                              "(0, the default, takes what is queued without waiting)")
+        if not self.drain_timeout_s > 0 or not self.startup_timeout_s > 0:
+            raise UsageError(f"--drain-timeout and --startup-timeout must be above 0 seconds, got "
+                             f"{self.drain_timeout_s:g} and {self.startup_timeout_s:g}")
         if not 0 < self.poll_timeout_s <= 10:
             raise UsageError(f"--poll-timeout must be above 0 and at most 10 seconds, got {self.poll_timeout_s:g}")
         if not 0 <= self.commit_interval_s <= 60:

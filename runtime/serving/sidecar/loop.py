@@ -205,9 +205,17 @@ class Sidecar:
     def request_stop(self, *_args) -> None:
         if not self._stop:
             self._stop = True
-            self._stop_deadline = time.monotonic() + self.config.drain_timeout_s
+            if self._stop_deadline is None:  # StopBound usually set it already, from the signal's arrival
+                self._stop_deadline = time.monotonic() + self.config.drain_timeout_s
             if self.state is not None:
                 self.state.stopping = True  # a restore or terminal-table read in progress ends early
+
+    def stop_signalled(self, at: float) -> None:
+        """StopBound's thread: the first stop signal arrived at `at` (time.monotonic()); the
+        budget counts from then, even while the main thread has not run the handler yet."""
+        deadline = at + self.config.drain_timeout_s
+        if self._stop_deadline is None or deadline < self._stop_deadline:
+            self._stop_deadline = deadline
 
     def _stop_budget(self) -> float:
         """Seconds left of --drain-timeout since the stop was asked (all of it before)."""

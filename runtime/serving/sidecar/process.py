@@ -31,11 +31,12 @@ def install_signal_handlers(sidecar: "Sidecar") -> None:
 
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID`: for a stuck process
         faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # The bound first: a signal that arrives as the handlers go in is bounded too.
+    StopBound(sidecar.config.drain_timeout_s + GRACE_S, sidecar.stop_report, sidecar.stop_signalled).start()
     signal.signal(signal.SIGTERM, sidecar.request_stop)
     signal.signal(signal.SIGINT, sidecar.request_stop)
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, sidecar.request_reload)
-    StopBound(sidecar.config.drain_timeout_s + GRACE_S, sidecar.stop_report).start()
 
 
 class StopBound:
@@ -57,9 +58,10 @@ class StopBound:
 
     STOPS = {int(signal.SIGTERM), int(signal.SIGINT)}
 
-    def __init__(self, bound_s: float, report: Callable[[], str]):
+    def __init__(self, bound_s: float, report: Callable[[], str], signalled: Callable[[float], None] = lambda _: None):
         self.bound_s = bound_s
         self.report = report
+        self.signalled = signalled  # told the monotonic time of the first stop signal, as it arrives
 
     def start(self) -> None:
         read, write = os.pipe()
@@ -68,10 +70,21 @@ class StopBound:
         threading.Thread(target=self._watch, args=(read,), name="stop-bound", daemon=True).start()
 
     def _watch(self, fd: int) -> None:
+        import faulthandler
+
         while True:
-            if any(b in self.STOPS for b in os.read(fd, 64)):
+            data = os.read(fd, 64)
+            if not data:
+                return  # the pipe closed: no signal can come any more
+            if any(b in self.STOPS for b in data):
                 break
-        time.sleep(self.bound_s)
+        at = time.monotonic()
+        self.signalled(at)  # the stop's budget counts from here, not from when Python runs the handler
+        # A backstop that needs neither the GIL nor a lock: if even this thread cannot finish
+        # its report (a log handler's lock held by a blocked writer), faulthandler's own C
+        # thread dumps every stack and ends the process (exit 1) a little later.
+        faulthandler.dump_traceback_later(self.bound_s + 3.0, exit=True)
+        time.sleep(max(0.0, at + self.bound_s - time.monotonic()))
         self.overdue()
 
     def overdue(self) -> None:
@@ -87,8 +100,11 @@ class StopBound:
                    f"Nothing unacknowledged was committed: the partitions' next owner reads it again. "
                    f"The main thread was in:\n{where}")
         for handler in logging.getLogger().handlers:
+            # Not handler.flush(): it takes the handler's lock, which a thread blocked writing may hold.
+            stream = getattr(handler, "stream", None)
             try:
-                handler.flush()
+                if stream is not None:
+                    stream.flush()
             except Exception:
                 pass
         os.write(2, message.encode("utf-8", "replace"))

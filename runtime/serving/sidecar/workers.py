@@ -85,17 +85,20 @@ def worker_main(config: SidecarConfig, index: int, log_level: str) -> None:
 
     configure_logging(log_level, worker=index)
     # Until the Sidecar exists (loading the bundle and the ONNX Runtime session takes a
-    # moment), a stop or reload is remembered rather than killing the process.
+    # moment, longer on a GPU), a stop ends the worker at once, cleanly (no client exists
+    # yet, nothing to finish), and a reload is remembered.
     early: set[str] = set()
-    signal.signal(signal.SIGTERM, lambda *_: early.add("stop"))
-    signal.signal(signal.SIGINT, lambda *_: early.add("stop"))
+
+    def stop_early(*_args) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop_early)
+    signal.signal(signal.SIGINT, stop_early)
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, lambda *_: early.add("reload"))
     try:
         sidecar = Sidecar(config)
         install_signal_handlers(sidecar)
-        if "stop" in early:  # again, now that the handlers and the stop's bound are in place
-            os.kill(os.getpid(), signal.SIGTERM)
         code = sidecar.run()
     except FraudscoreError as exc:
         logging.getLogger("fraudscore.sidecar").error("%s", exc)
