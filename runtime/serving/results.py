@@ -29,16 +29,11 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from fraudscore.errors import FraudscoreError, UsageError
+from fraudscore.errors import UsageError
 from fraudscore.serving.dlq import DeadLetter
+from fraudscore.serving.sidecar.clients import KafkaUnavailable
 
 MISSING_SHOWN = 10  # missing inputs listed by (partition, offset, id)
-
-
-class TopicUnreadable(FraudscoreError):
-    """The broker could not be reached, a topic is missing, or a read stalled."""
-
-    exit_code = 3
 
 
 @dataclass(frozen=True)
@@ -221,11 +216,11 @@ def _read(consumer, topic: str, take: Callable[[list], None], timeout_s: float,
     try:
         md = consumer.list_topics(topic, timeout=timeout_s)
     except KafkaException as exc:
-        raise TopicUnreadable(f"cannot reach Kafka within {timeout_s:g} s ({exc.args[0].str() if exc.args else exc}); "
+        raise KafkaUnavailable(f"cannot reach Kafka within {timeout_s:g} s ({exc.args[0].str() if exc.args else exc}); "
                              "check --bootstrap-servers and -X") from None
     meta = md.topics.get(topic)
     if meta is None or meta.error is not None or not meta.partitions:
-        raise TopicUnreadable(f"topic {topic} does not exist; check the topic names (the same as `fraudscore run`'s)")
+        raise KafkaUnavailable(f"topic {topic} does not exist; check the topic names (the same as `fraudscore run`'s)")
     partitions = sorted(meta.partitions)
     starts, ends = {}, {}
     for p in partitions:
@@ -235,7 +230,7 @@ def _read(consumer, topic: str, take: Callable[[list], None], timeout_s: float,
             continue
         for tp in consumer.offsets_for_times([TopicPartition(topic, p, bound) for p in partitions], timeout=timeout_s):
             if tp.error is not None:
-                raise TopicUnreadable(f"{topic} partition {tp.partition}: no offset for the time asked ({tp.error})")
+                raise KafkaUnavailable(f"{topic} partition {tp.partition}: no offset for the time asked ({tp.error})")
             if tp.offset >= 0:  # -1: nothing at or after that time
                 target[tp.partition] = max(starts[tp.partition], min(tp.offset, ends[tp.partition]))
             elif target is starts:
@@ -248,7 +243,7 @@ def _read(consumer, topic: str, take: Callable[[list], None], timeout_s: float,
     try:
         while todo:
             if time.monotonic() > deadline:
-                raise TopicUnreadable(f"reading {topic} stalled for {timeout_s:g} s (partitions {sorted(todo)} "
+                raise KafkaUnavailable(f"reading {topic} stalled for {timeout_s:g} s (partitions {sorted(todo)} "
                                      "unfinished); raise --timeout")
             batch = []
             for m in consumer.consume(5000, 0.5):
@@ -259,7 +254,7 @@ def _read(consumer, topic: str, take: Callable[[list], None], timeout_s: float,
                     if m.error().code() == KafkaError._PARTITION_EOF:
                         todo.discard(p)
                         continue
-                    raise TopicUnreadable(f"reading {topic}: {m.error().str()}")
+                    raise KafkaUnavailable(f"reading {topic}: {m.error().str()}")
                 if p not in todo or m.offset() >= ends[p]:
                     todo.discard(p)
                     continue

@@ -26,7 +26,7 @@ _NUMBERS = re.compile(r"\d+")
 
 
 class KafkaUnavailable(FraudscoreError):
-    """The broker could not be reached, or a topic is missing, at start-up."""
+    """The broker could not be reached, or a topic is missing or could not be read (exit 3)."""
 
     exit_code = 3
 
