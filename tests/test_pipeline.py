@@ -59,8 +59,8 @@ def test_offline_scoring_rejects_non_finite_scores_in_both_paths(small_bundle: P
         assert [r["reason"] for r in rejected] == ["non_finite_score"] * 3
         assert "nan" not in (tmp_path / out).read_text().lower()
         if out.endswith(".jsonl"):  # the measured inference time, never a placeholder 0.000
-            batches = [json.loads(line)["batch"] for line in (tmp_path / out).read_text().splitlines()]
-            assert all(b["inference_ms"] > 0 and b["size"] == 2 for b in batches), batches
+            timings = [json.loads(line)["timings"] for line in (tmp_path / out).read_text().splitlines()]
+            assert all(t["inference_ms"] > 0 and t["batch_size"] == 2 for t in timings), timings
 
 
 def test_a_percent_sign_in_the_model_version_is_kept_literally() -> None:

@@ -40,7 +40,7 @@ def test_every_input_ends_in_scores_or_dead_letters(kafka_bootstrap, small_bundl
     expected_ids = [json.loads(v)["TRANSACTION_ID"] for v in values]
     assert sorted(transaction_ids(scores)) == sorted(expected_ids)  # each exactly once in a clean run
     result = json.loads(scores[0].value())
-    assert {"transaction_id", "score", "decision", "model_version", "threshold", "batch"} <= set(result)
+    assert {"transaction_id", "score", "decision", "model_version", "threshold", "timings"} <= set(result)
     by_id = {json.loads(v)["TRANSACTION_ID"]: k for k, v in zip(keys, values)}
     assert all(m.key() == by_id[json.loads(m.value())["transaction_id"]] for m in scores[:200])  # keyed like the input
 

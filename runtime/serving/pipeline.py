@@ -115,13 +115,13 @@ class Pipeline:
     def encode(self, ids: list, scores: np.ndarray, alerts: np.ndarray, inference_ms: float,
                emitted: Emitted | None = None, event_seconds: np.ndarray | None = None) -> list[bytes]:
         """One JSON result a row: id, score (9 significant digits: float32 round-trips), decision,
-        threshold, model version, the batch it was scored in (its size and its one inference
-        call's time: per batch, not per transaction), with `event_seconds` (raw mode) the
+        threshold, model version, "timings" of the batch it was scored in (its one inference
+        call's time and its size: per batch, not per transaction), with `event_seconds` (raw mode) the
         transaction's "event_time" (its TX_DATETIME, UTC, ISO 8601), and with `emitted` a
         "features" object (the values computed online, before float32)."""
         tail = (
             f',"threshold":{self.threshold!r},"model_version":{self._version_json},'
-            f'"batch":{{"size":{len(ids)},"inference_ms":{inference_ms:.3f}}}}}'
+            f'"timings":{{"inference_ms":{inference_ms:.3f},"batch_size":{len(ids)}}}}}'
         ).encode()
         integer_ids = not ids or set(map(type, ids)) == {int}
         stamps = None if event_seconds is None else iso_seconds(event_seconds)
