@@ -40,6 +40,7 @@ def bench(
     kafka_messages: Annotated[int, typer.Option(min=100, help="Backlog size for the Kafka drain run.")] = 100_000,
     kafka_rates: Annotated[str, typer.Option(help="Comma-separated msg/s for the latency sweep [default: 25/50/75 % of the drain rate].")] = "",
     kafka_rate_seconds: Annotated[float, typer.Option(min=1, help="Seconds of each fixed-rate run.")] = 8.0,
+    kafka_warmup_seconds: Annotated[float, typer.Option(min=0, help="Seconds of a discarded run at the first rate before the rate sweep: a freshly started broker answers its first seconds of small requests several times slower (0: none).")] = 10.0,
     naive_messages: Annotated[int, typer.Option(min=10, help="Messages for the naive per-message reference.")] = 5_000,
     kafka_repeats: Annotated[int, typer.Option(min=1, help="Repeats of each Kafka drain and rate run (median and spread).")] = 1,
     kafka_workers: Annotated[str, typer.Option(help="Comma-separated worker counts: the same backlog drained by `fraudscore run --workers N` for each, repeats interleaved (e.g. 1,2); the rate sweep uses the first.")] = "1",
@@ -76,7 +77,7 @@ def bench(
         devices=tuple(device or ("cpu",)), threads=threads, repeats=repeats, seconds=seconds,
         bootstrap_servers=bootstrap_servers, kafka_messages=kafka_messages,
         kafka_rates=tuple(float(r) for r in kafka_rates.split(",") if r.strip()), kafka_rate_seconds=kafka_rate_seconds,
-        naive_messages=naive_messages, slo_ms=slo_ms, kafka_repeats=kafka_repeats,
+        kafka_warmup_seconds=kafka_warmup_seconds, naive_messages=naive_messages, slo_ms=slo_ms, kafka_repeats=kafka_repeats,
         kafka_workers=int_list(kafka_workers, "--kafka-workers"),
         kafka_variants=kafka_variants(kafka_variant or ()),
     )

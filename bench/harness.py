@@ -63,6 +63,9 @@ class BenchConfig:
     kafka_messages: int = 100_000
     kafka_rates: tuple[float, ...] = ()
     kafka_rate_seconds: float = 8.0
+    # Before the rate sweep: a discarded run at its first rate (a fresh sidecar on fresh
+    # topics), so a cold broker's first seconds of small requests are not measured.
+    kafka_warmup_seconds: float = 10.0
     kafka_batch_size: int = 4096
     kafka_repeats: int = 1
     kafka_workers: tuple[int, ...] = (1,)

@@ -90,6 +90,10 @@ def start_sidecar(bootstrap: str, bundle: Path, topics: Mapping[str, str], *, ba
     raise RuntimeError(f"sidecar not ready in {ready_timeout_s:g} s")
 
 
+# Measuring readers' fetch.wait.max.ms (see collect).
+READER_FETCH_WAIT_MS = 100
+
+
 def produce(bootstrap: str, topic: str, keys, values, rate: float | None = None, poisson_seed: int | None = None) -> None:
     """Produce as fast as possible, or at `rate` a second: evenly spaced, or Poisson arrivals with a seed."""
     producer = Producer({"bootstrap.servers": bootstrap, "logger": KAFKA_LOG, "linger.ms": 1 if rate else 5, "batch.num.messages": 10000,
@@ -173,8 +177,11 @@ def collect(bootstrap: str, topic: str, expected: int, timeout_s: float,
             start: list[TopicPartition] | None = None) -> Results:
     """The first `expected` results on `topic` (fewer if `timeout_s` passes first), read from its
     beginning, or from `start` (end_offsets taken earlier) to skip what was there before."""
+    # READER_FETCH_WAIT_MS: a fetch returns as soon as one result is there (fetch.min.bytes 1),
+    # so a long wait adds no latency; a 5 ms wait cost the shared broker about half a core at
+    # 1,000 tx/s on the 2-core VM, CPU taken from the sidecar being measured.
     consumer = Consumer({"bootstrap.servers": bootstrap, "logger": KAFKA_LOG, "group.id": f"bench-reader-{uuid.uuid4().hex[:6]}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False, "fetch.wait.max.ms": 5})
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False, "fetch.wait.max.ms": READER_FETCH_WAIT_MS})
     if start is None:
         consumer.subscribe([topic])
     else:

@@ -218,7 +218,7 @@ def run_soak(config: SoakConfig, say=lambda m: None) -> dict:
     """Run one soak and return its report (see the module docstring)."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    from .kafka_io import KAFKA_LOG, create_topics, start_sidecar
+    from .kafka_io import KAFKA_LOG, READER_FETCH_WAIT_MS, create_topics, start_sidecar
 
     check_config(config)
     total = config.messages
@@ -230,7 +230,7 @@ def run_soak(config: SoakConfig, say=lambda m: None) -> dict:
     broker, _ = broker_pid(config.bootstrap_servers)
     reader = Consumer({"bootstrap.servers": config.bootstrap_servers, "logger": KAFKA_LOG,
                        "group.id": f"soak-reader-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False,
-                       "fetch.wait.max.ms": 5})
+                       "fetch.wait.max.ms": READER_FETCH_WAIT_MS})
     meta = reader.list_topics(timeout=30).topics
     reader.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in (topics["in"], topics["out"])
                    for p in meta[t].partitions])

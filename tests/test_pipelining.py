@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -260,6 +261,33 @@ def test_offsets_are_committed_at_most_every_commit_interval_and_all_at_exit(mon
     assert commits == [("commit", [(0, 11), (1, 6)], True)]  # the first at once, the rest not due yet
     s.delivery.commit_done()
     assert events.log[-1] == ("commit", [(0, 13), (1, 6), (2, 4)], False)
+
+
+def test_a_batch_limit_of_delivered_messages_is_committed_before_the_interval(monkeypatch) -> None:
+    """Whatever the rate, a hard kill repeats at most one --batch-size of delivered messages."""
+    s, events = sidecar(monkeypatch, [B1, B2, [Msg(0, 12)]], commit_interval_s=30.0, batch_size=3)
+    for _ in range(4):
+        step(s)
+    commits = [e for e in events.log if e[0] == "commit"]
+    # B1 at once; B2 (2 messages) waits; with Msg(0, 12) three wait: committed, interval or not.
+    assert commits == [("commit", [(0, 11), (1, 6)], True), ("commit", [(0, 13), (2, 4)], True)]
+    assert s.delivery.uncommitted_messages == 0
+
+
+def test_the_default_interval_commits_small_batches_together(monkeypatch) -> None:
+    import time
+
+    from fraudscore.serving.sidecar import delivery
+
+    clock = [1000.0]
+    monkeypatch.setattr(delivery, "time", SimpleNamespace(monotonic=lambda: clock[0], perf_counter=time.perf_counter))
+    s, events = sidecar(monkeypatch, [B1, B2, [Msg(0, 12)]], commit_interval_s=SidecarConfig.commit_interval_s)
+    for _ in range(4):
+        step(s)
+    assert len([e for e in events.log if e[0] == "commit"]) == 1  # within the interval: one commit, not three
+    clock[0] += SidecarConfig.commit_interval_s
+    s.delivery.commit_due()
+    assert events.log[-1] == ("commit", [(0, 13), (2, 4)], True)
 
 
 def test_stage_timings_are_recorded_per_batch(monkeypatch) -> None:

@@ -48,7 +48,10 @@ class SidecarConfig:
     batch_wait_ms: float = 0.0
     poll_timeout_s: float = 0.1  # idle: how long one wait for a first message lasts
     pipelining: bool = True  # batch k+1 is consumed and scored while batch k's outputs are acknowledged
-    commit_interval_s: float = 0.0  # delivered offsets are committed at most this often (0: every batch; always on revoke, at exit)
+    # Delivered offsets are committed once this long has passed since the last commit, or
+    # sooner once batch_size delivered messages wait uncommitted (0: after every batch);
+    # always on revoke and at exit. See Delivery.commit_due.
+    commit_interval_s: float = 0.1
     device: str = "cpu"
     threads: int = 1
     workers: int = 1
