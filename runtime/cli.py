@@ -17,8 +17,9 @@ from typing import Annotated, Optional
 import typer
 
 from fraudscore import __version__
-from fraudscore.console import check_output, parse_date, reports_errors, say
+from fraudscore.console import check_output, iso_time, parse_date, parse_instant, reports_errors, say
 from fraudscore.errors import UsageError
+from fraudscore.progress import Throttle
 
 app = typer.Typer(
     name="fraudscore",
@@ -251,6 +252,8 @@ def run(
     no_labels: Annotated[Optional[bool], typer.Option("--no-labels", help="Raw mode without --labels-topic, on purpose: every TERMINAL_ID_RISK_* feature then reads 0 (no fraud is ever confirmed), which blinds the model's strongest inputs. Without this flag raw mode refuses to start with no labels topic.", envvar="FRAUDSCORE_NO_LABELS")] = None,
     emit_features: Annotated[Optional[bool], typer.Option("--emit-features/--no-emit-features", help="Raw mode: put the computed features in each result, under \"features\".", envvar="FRAUDSCORE_EMIT_FEATURES")] = None,
     allowed_lateness: Annotated[Optional[int], typer.Option(help="Raw mode: seconds a transaction may be older than the newest one of its partition and still be scored; older ones are dead-lettered as late [default: 86400].", envvar="FRAUDSCORE_ALLOWED_LATENESS")] = None,
+    score_from: Annotated[Optional[str], typer.Option(help="Raw mode go-live backfill: transactions before this date or date and time (UTC, like TX_DATETIME) update the feature state but get no result and no alert (counted in fraudscore_backfilled_transactions_total); later ones are scored. Load history with `fraudscore replay --until` first (docs/raw-transactions.md, \"Going live\") [default: score everything].", envvar="FRAUDSCORE_SCORE_FROM")] = None,
+    require_full_state: Annotated[Optional[bool], typer.Option("--require-full-state", help="Raw mode: /readyz answers 503 (saying what is short) until the feature state of every assigned partition covers 30 days of event time and the terminal table 37, the history the windows reach back. Without it the sidecar is ready once restored, and results scored on shorter history say \"state\":\"partial\" (counted, and logged) [default: off].", envvar="FRAUDSCORE_REQUIRE_FULL_STATE")] = None,
     state_topic: Annotated[Optional[str], typer.Option(help=STATE_TOPIC_HELP, envvar="FRAUDSCORE_STATE_TOPIC")] = None,
     snapshot_interval: Annotated[Optional[float], typer.Option(help="Raw mode with --state-topic: seconds between snapshots of changed state (also written when a partition is revoked and at exit) [default: 60].", envvar="FRAUDSCORE_SNAPSHOT_INTERVAL")] = None,
     assignment_strategy: Annotated[Optional[str], typer.Option(help="Consumer group assignor: cooperative-sticky (a rebalance moves only the partitions that move; the others keep scoring), range or roundrobin (eager: every rebalance revokes everything). Every member of a group must agree; moving a live group from eager to cooperative takes two rolling restarts (Kafka's upgrade path) [default: cooperative-sticky].", envvar="FRAUDSCORE_ASSIGNMENT_STRATEGY")] = None,
@@ -290,7 +293,7 @@ def run(
         "startup_timeout_s": startup_timeout, "drain_timeout_s": drain_timeout, "watch": watch,
         "require_tls": require_tls, "input_mode": input_mode, "labels_topic": labels_topic, "no_labels": no_labels,
         "emit_features": emit_features, "allowed_lateness_s": allowed_lateness, "state_topic": state_topic,
-        "snapshot_interval_s": snapshot_interval, "assignment_strategy": assignment_strategy,
+        "score_from": score_from, "require_full_state": require_full_state, "snapshot_interval_s": snapshot_interval, "assignment_strategy": assignment_strategy,
         "group_instance_id": group_instance_id,
     }
     cfg = SidecarConfig.from_sources(flags, config_file=config, properties_file=kafka_properties_file,
@@ -357,13 +360,18 @@ def replay(
     start: Annotated[str, typer.Option(help="Without --in: first day, YYYY-MM-DD.")] = "2018-04-01",
     seed: Annotated[int, typer.Option(min=0, help="Simulation seed and confirmation delays.")] = 0,
     delay_days: Annotated[int, typer.Option(min=1, help="Confirmations arrive up to this many days after the transaction.")] = 7,
+    from_: Annotated[Optional[str], typer.Option("--from", help="Send only messages at or after this date or date and time (UTC): transactions by their TX_DATETIME, confirmations by when they are confirmed.")] = None,
+    until: Annotated[Optional[str], typer.Option(help="Send only messages before this date or date and time (UTC). `--until T` then `--from T` (same file, same --seed) send every message exactly once.")] = None,
     kafka_property: Annotated[Optional[list[str]], typer.Option("-X", "--kafka-property", help="librdkafka property key=value (repeat).")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines and no summary.")] = False,
 ) -> None:
     """Produce a raw transaction stream and its delayed fraud confirmations to Kafka, in event-time order.
 
     The input for `fraudscore run --input raw --labels-topic ...`: each transaction keyed by
-    its CUSTOMER_ID, each fraud confirmed up to --delay-days later on the labels topic.
+    its CUSTOMER_ID, each fraud confirmed up to --delay-days later on the labels topic. With
+    --speedup each message is sent when its event time comes, not in bursts. A progress line
+    goes to stderr every 10 s. For a go-live backfill (history first, then the live days,
+    with `run --score-from`), see docs/raw-transactions.md.
     """
     from fraudscore.data.replay import raw_stream, replay as run_replay
 
@@ -382,12 +390,29 @@ def replay(
     quiet_repeats()  # a fresh broker's "Coordinator load in progress" is expected, not a warning
 
     kafka = {"bootstrap.servers": bootstrap_servers} | parse_kafka_flags(kafka_property or [])
-    events = raw_stream(table, delay_days=delay_days, seed=seed)
+    start_s = parse_instant(from_, "--from") if from_ is not None else None
+    end_s = parse_instant(until, "--until") if until is not None else None
+    if start_s is not None and end_s is not None and end_s <= start_s:
+        raise UsageError(f"--until ({until}) must come after --from ({from_})")
+    everything = raw_stream(table, delay_days=delay_days, seed=seed)
+    events = everything.between(start_s, end_s)
+    span = f"{iso_time(int(everything.seconds.min()))} to {iso_time(int(everything.seconds.max()))}" if len(everything) else "nothing"
+    if not len(events):
+        raise UsageError(f"replay: no message between {from_ or 'the start'} and {until or 'the end'}; "
+                         f"the stream spans {span} (confirmations included)")
     labels = int(events.is_label.sum())
-    seconds = run_replay(events, kafka, input_topic, labels_topic, speedup=speedup)
+    throttle = Throttle(10.0)
+
+    def progress(sent: int, wall_s: float) -> None:
+        if not quiet and throttle.due():
+            say(f"replay: {sent:,} of {len(events):,} messages sent ({sent / len(events):.0%}), event time "
+                f"{iso_time(int(events.seconds[sent - 1]))}, {wall_s:.0f} s")
+
+    seconds = run_replay(events, kafka, input_topic, labels_topic, speedup=speedup, progress=progress)
     if not quiet:
+        window = f" (event time {iso_time(int(events.seconds[0]))} to {iso_time(int(events.seconds[-1]))})"
         say(f"sent {len(events) - labels:,} transactions to {input_topic} and {labels:,} confirmations to "
-            f"{labels_topic} in {seconds:.1f} s")
+            f"{labels_topic} in {seconds:.1f} s{window}")
 
 
 dlq_app = typer.Typer(name="dlq", help="Read the dead-letter topic and replay dead letters after a fix.",

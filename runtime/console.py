@@ -37,6 +37,23 @@ def say(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def parse_instant(value: str, flag: str) -> int:
+    """A date (midnight) or a date and time, UTC like TX_DATETIME, as epoch seconds."""
+    try:
+        when = dt.datetime.fromisoformat(value.strip().replace(" ", "T"))
+    except ValueError:
+        raise UsageError(f"{flag} must be a date or a date and time like 2018-05-16 or 2018-05-16T08:00:00 (UTC), "
+                         f"got {value!r}") from None
+    if when.tzinfo is not None:
+        when = when.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return int((when - dt.datetime(1970, 1, 1)).total_seconds())
+
+
+def iso_time(seconds: int) -> str:
+    """Epoch seconds as a UTC date and time, the way TX_DATETIME writes them."""
+    return (dt.datetime(1970, 1, 1) + dt.timedelta(seconds=int(seconds))).isoformat(sep=" ")
+
+
 def parse_date(value: str, flag: str) -> dt.date:
     try:
         return dt.date.fromisoformat(value)

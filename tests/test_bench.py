@@ -226,7 +226,7 @@ def test_kafka_mode_reports_drain_rates_and_the_naive_ratio(kafka_bootstrap, sma
     out = tmp_path / "kafka.json"
     done = bench("--bundle", small_bundle, "--mode", "kafka", "--bootstrap-servers", kafka_bootstrap, "--kafka-messages", "3000",
                  "--kafka-rates", "300,600", "--kafka-rate-seconds", "2", "--naive-messages", "300", "--slo-ms", "5000",
-                 "--kafka-repeats", "2", "--kafka-workers", "1,2",
+                 "--kafka-repeats", "2", "--kafka-workers", "1,2", "--kafka-warmup-seconds", "1",
                  "--json", out, "--quiet")
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())

@@ -139,7 +139,7 @@ def test_kafka_rows_carry_cpu_per_process_stages_the_latency_tail_and_each_varia
     out, png = tmp_path / "kafka.json", tmp_path / "kafka.png"
     done = subprocess.run([EXE, "bench", "--bundle", str(small_bundle), "--mode", "kafka", "--bootstrap-servers",
                            kafka_bootstrap, "--kafka-messages", "2000", "--kafka-rates", "400", "--kafka-rate-seconds",
-                           "2", "--naive-messages", "100", "--slo-ms", "5000", "--kafka-variant", "default=",
+                           "2", "--kafka-warmup-seconds", "0", "--naive-messages", "100", "--slo-ms", "5000", "--kafka-variant", "default=",
                            "--kafka-variant", "linger5=-X linger.ms=5", "--json", str(out), "--plot", str(png)],
                           capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -7,11 +7,12 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fraudscore.serving.bundle import load_bundle
-from fraudscore.serving.pipeline import Pipeline, iso_seconds
+from fraudscore.serving.pipeline import Emitted, Pipeline, iso_seconds
 from fraudscore.serving.scorer import Scorer
 from kafka_helpers import EXE
 
@@ -79,3 +80,23 @@ def test_event_times_are_written_as_numpy_writes_them(seconds: list[int]) -> Non
     stamps = np.array(seconds, np.int64)
     want = np.datetime_as_string(stamps.astype("datetime64[s]"), unit="s").astype("S19").tolist()
     assert iso_seconds(stamps) == want
+
+
+@pytest.mark.parametrize("ids, emitted", [([7, 8, 9], False), (["a", "b", "c"], False), ([7, 8, 9], True)])
+def test_results_on_partial_state_say_so_after_their_event_time(ids, emitted) -> None:
+    """Raw mode: the rows `partial` marks carry "state":"partial"; the others no "state" at all,
+    in the fast path (integer ids) and the general one (other ids, emitted features)."""
+
+    pipeline = Pipeline.__new__(Pipeline)
+    pipeline.threshold, pipeline.model_version, pipeline._version_json = 0.5, "v1", '"v1"'
+    seconds = np.array([1_523_000_000, 1_523_000_100, 1_523_000_200], np.int64)
+    extra = Emitted(("F",), np.array([[1.0], [2.0], [3.0]])) if emitted else None
+    out = pipeline.encode(ids, np.array([0.1, 0.9, 0.2], np.float32), np.array([False, True, False]), inference_ms=1.0,
+                          emitted=extra, event_seconds=seconds, partial=np.array([True, False, True]))
+    docs = [json.loads(o) for o in out]
+    assert [d.get("state") for d in docs] == ["partial", None, "partial"]
+    assert [d["event_time"] for d in docs] == ["2018-04-06T07:33:20Z", "2018-04-06T07:35:00Z", "2018-04-06T07:36:40Z"]
+    assert [d["transaction_id"] for d in docs] == ids
+    whole = pipeline.encode(ids, np.array([0.1, 0.9, 0.2], np.float32), np.array([False, True, False]), inference_ms=1.0,
+                            emitted=extra, event_seconds=seconds, partial=np.zeros(3, bool))
+    assert all("state" not in json.loads(o) for o in whole)

@@ -18,7 +18,6 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from fraudscore.serving.sidecar.config import SidecarConfig
-from fraudscore.serving.sidecar.delivery import Delivery
 from fraudscore.serving.sidecar.loop import Sidecar
 
 
@@ -61,6 +60,7 @@ class Result:
         self.matrix = np.zeros((self.n, 0), np.float32)
         self.rejections = []
         self.inference_seconds = 1e-5
+        self.partial = None  # feature mode
 
 
 class Events:
@@ -82,6 +82,8 @@ class FakePipeline:
 class FakeProducer:
     def __init__(self, events: Events, fail_flushes: int = 0):
         self.events, self.fail_flushes = events, fail_flushes
+        self.timeouts: list[float] = []  # flush() timeouts, in order
+        self.during_flush = None  # called inside flush(), as if it were waiting
 
     def produce(self, topic, value, key, headers=None):
         self.events.log.append(("produce", topic))
@@ -89,8 +91,14 @@ class FakeProducer:
     def poll(self, timeout):
         pass
 
+    def __len__(self):  # messages waiting for acknowledgement
+        return 0
+
     def flush(self, timeout):
         self.events.log.append(("flush",))
+        self.timeouts.append(timeout)
+        if self.during_flush is not None:
+            self.during_flush()
         if self.fail_flushes:
             self.fail_flushes -= 1
             return 1
@@ -149,7 +157,7 @@ def sidecar(monkeypatch, script: list, fail_flushes: int = 0, **settings) -> tup
     s = Sidecar(config)
     s.consumer = FakeConsumer(events, script)
     s.producer = FakeProducer(events, fail_flushes)
-    s.delivery = Delivery(config, s.consumer, s.producer)
+    s.delivery = s._make_delivery()
     s.consumer.answer = s.delivery.on_commit
     s.consumer.on_revoke = s._on_revoke
     s._assignment = {("tx-in", 0), ("tx-in", 1), ("tx-in", 2)}
@@ -288,6 +296,31 @@ def test_the_default_interval_commits_small_batches_together(monkeypatch) -> Non
     clock[0] += SidecarConfig.commit_interval_s
     s.delivery.commit_due()
     assert events.log[-1] == ("commit", [(0, 13), (2, 4)], True)
+
+
+def test_a_stop_completes_the_batch_in_flight_within_what_is_left_of_its_budget(monkeypatch) -> None:
+    """After SIGTERM the flush of the batch in flight waits only what is left of --drain-timeout
+    (counted from the signal), not a whole new --drain-timeout; the overdue report names it."""
+    import time
+
+    s, _ = sidecar(monkeypatch, [B1], drain_timeout_s=30.0)
+    step(s)  # B1 produced: in flight
+    assert s.producer.timeouts == [] and s.in_flight is not None
+    seen = []
+    s.producer.during_flush = lambda: seen.append(s.stop_report())
+    s.stop_signalled(time.monotonic() - 29.0)  # the signal came 29 s ago: about 1 s left
+    s.request_stop()
+    assert s._complete()
+    assert 0 < s.producer.timeouts[-1] <= 1.0
+    assert "a batch of 2 being completed" in seen[0]
+    assert "no batch in flight" in s.stop_report()
+
+
+def test_while_running_a_flush_may_wait_the_whole_drain_timeout(monkeypatch) -> None:
+    s, _ = sidecar(monkeypatch, [B1, B2], drain_timeout_s=30.0)
+    step(s)
+    step(s)
+    assert s.producer.timeouts == [30.0]
 
 
 def test_stage_timings_are_recorded_per_batch(monkeypatch) -> None:

@@ -104,6 +104,98 @@ def test_one_instance_matches_the_offline_features_and_scores(kafka_bootstrap, m
     check_operator_series(metrics, events)
 
 
+def test_a_go_live_backfill_folds_history_into_state_and_scores_only_the_live_days(
+        kafka_bootstrap, make_topic, small_bundle, month) -> None:
+    """docs/raw-transactions.md, "Going live": 45 days of history replayed with `--until`, a sidecar
+    with `--score-from` that folds them into its state without a result or an alert, then the
+    live days with `--from`: exactly the live transactions get results, with the features
+    `fraudscore features` computes on the whole file."""
+    events, expected, scores = month
+    cut = "2018-05-16"  # the month fixture simulates 2018-04-01 to 2018-05-30
+    cut_s = int(np.datetime64(cut, "s").astype(np.int64))
+    when = {doc["TRANSACTION_ID"]: int(np.datetime64(doc["TX_DATETIME"].replace(" ", "T"), "s").astype(np.int64))
+            for doc in map(orjson.loads, events.values) if "TX_FRAUD" not in doc}
+    live = {i for i, t in when.items() if t >= cut_s}
+    assert 0 < len(live) < len(when)
+    topics = raw_topics(make_topic)
+    # The fixture's table, simulated again by replay (same size, seed and first day).
+    replay_cmd = [EXE, "replay", "--bootstrap-servers", kafka_bootstrap, "--input-topic", topics["in"],
+                  "--labels-topic", topics["labels"], "--customers", "500", "--terminals", "1000", "--days", "60",
+                  "--seed", "11"]
+    history = subprocess.run([*replay_cmd, "--until", cut], capture_output=True, text=True, timeout=300)
+    assert history.returncode == 0, history.stderr[-3000:]
+    assert f"sent {len(when) - len(live):,} transactions" in history.stderr, history.stderr
+    sidecar = raw_sidecar(kafka_bootstrap, small_bundle, topics, "raw-go-live", "--score-from", cut)
+    sidecar.wait_ready(120)
+    rest = subprocess.run([*replay_cmd, "--from", cut], capture_output=True, text=True, timeout=300)
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    assert f"sent {len(live):,} transactions" in rest.stderr, rest.stderr
+    results = drain(kafka_bootstrap, [topics["out"]], len(live), timeout_s=240)
+    alerts = drain(kafka_bootstrap, [topics["alerts"]], len(live), timeout_s=5)
+    _, metrics = sidecar.get("/metrics")
+    code, log = sidecar.stop()
+    assert code == 0, log[-3000:]
+    got = {orjson.loads(m.value())["transaction_id"] for m in results}
+    assert got == live, f"{len(got - live)} history results, {len(live - got)} live transactions without one"
+    assert {orjson.loads(m.value())["transaction_id"] for m in alerts} <= live
+    assert_parity(results, {i: expected[i] for i in live}, scores)
+    assert f"fraudscore_backfilled_transactions_total {float(len(when) - len(live))}" in metrics
+    assert "backfill: transactions before 2018-05-16 update the feature state only" in log
+    assert "scoring transactions from 2018-05-16 on" in log
+
+
+def _coverage_samples(metrics: str) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.labels["kind"], s.labels["partition"]): s.value for family in text_string_to_metric_families(metrics)
+            for s in family.samples if s.name == "fraudscore_state_coverage_seconds"}
+
+
+def test_short_history_is_not_ready_under_require_full_state_and_its_results_say_partial(
+        kafka_bootstrap, make_topic, small_bundle) -> None:
+    """A stream with 5 days of history: with --require-full-state /readyz answers 503 naming the
+    coverage and the fix. With 40 days: ready, the coverage gauges equal the history loaded,
+    and exactly the results whose windows reach back before it (the first 37 days) say
+    "state":"partial"."""
+    table = simulate(customers=200, terminals=400, days=40, seed=21).transactions
+    events = raw_stream(table, seed=5)
+    tx = ~events.is_label
+    first = int(events.seconds[tx].min())
+    short = events.between(None, first + 5 * 86_400)
+    topics = raw_topics(make_topic)
+    send(kafka_bootstrap, topics, short)
+    sidecar = raw_sidecar(kafka_bootstrap, small_bundle, topics, "raw-short", "--require-full-state")
+    drain(kafka_bootstrap, [topics["out"]], int((~short.is_label).sum()), timeout_s=120)
+    status, body = sidecar.get("/readyz")
+    code, log = sidecar.stop()
+    assert code == 0, log[-3000:]
+    assert status == 503, body
+    assert "customer state covers 4." in body or "customer state covers 5.0" in body, body
+    assert "terminal table covers" in body and "of the 37 its windows need" in body, body
+    assert "Going live" in body and "drop --require-full-state" in body, body
+
+    topics = raw_topics(make_topic)
+    send(kafka_bootstrap, topics, events)
+    sidecar = raw_sidecar(kafka_bootstrap, small_bundle, topics, "raw-long", "--require-full-state")
+    sidecar.wait_ready(120)
+    results = drain(kafka_bootstrap, [topics["out"]], int(tx.sum()), timeout_s=120)
+    _, metrics = sidecar.get("/metrics")
+    code, log = sidecar.stop()
+    assert code == 0, log[-3000:]
+    coverage = _coverage_samples(metrics)
+    assert coverage[("terminal", "all")] == int(events.seconds[tx].max()) - first
+    assert all(v > 39 * 86_400 for v in coverage.values()), coverage
+    marked = 0
+    for m in results:
+        result = orjson.loads(m.value())
+        at = int(np.datetime64(result["event_time"].rstrip("Z"), "s").astype(np.int64))
+        # Every partition has transactions in the first days, so the terminal windows' 37 days decide.
+        assert (result.get("state") == "partial") == (at - first < 37 * 86_400), result
+        marked += result.get("state") == "partial"
+    assert f"fraudscore_partial_state_results_total {float(marked)}" in metrics
+    assert "results scored on partial state" in log and "Going live" in log
+
+
 def check_operator_series(metrics: str, events) -> None:
     """The series an on-call engineer reads (docs/operations.md): state coverage against what the
     windows need, the event-time watermark per partition, the labels topic read to its end,
@@ -602,8 +694,8 @@ def finish_stream(bootstrap: str, topics: dict, sender: subprocess.Popen, count:
 def test_partitions_that_do_not_move_keep_being_scored_while_a_member_joins(kafka_bootstrap, small_bundle, month) -> None:
     """Cooperative-sticky: one instance scores 4 partitions of a live stream; a second joins.
     The first gives up only the partitions that move (its log names them), and its scored
-    count keeps rising through the join: no pause longer than 2 s (the stream comes in
-    bursts about a second apart), where an eager rebalance stops it for the whole join and
+    count keeps rising through the join: no pause longer than 2 s (replay sends each
+    message at its event time, ~1,500 a second here), where an eager rebalance stops it for the whole join and
     restore (FRAUDSCORE_TEST_ASSIGNOR=range runs the same test eagerly, to compare)."""
     events, expected, scores = month
     topics = topics_with_state(kafka_bootstrap, partitions=4)
@@ -635,7 +727,7 @@ def test_partitions_that_do_not_move_keep_being_scored_while_a_member_joins(kafk
     moved = revokes[0].split("revoked ")[1].split(" (now")[0]
     assert moved.count(",") == 1, f"the first instance gave up {moved}, not just the two partitions that moved"
     assert "assigned [" in log_second and "restored from a snapshot" in log_second, log_second[-3000:]
-    # The stream arrives in bursts about a second apart (replay's pacing): a longer pause is the join's.
+    # The stream arrives continuously (replay paces each message): a pause this long is the join's.
     assert gaps.max() < 2.0, f"the first instance stopped scoring for {gaps.max():.2f} s during the join"
     assert_parity(results, expected, scores)
 

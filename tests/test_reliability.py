@@ -19,6 +19,11 @@ pytestmark = pytest.mark.kafka
 BATCH = 500
 
 
+# A killed member's partitions move once the group gives up on it: after the session timeout,
+# 6 s here (the broker's minimum) instead of the sidecar's 10 s, to keep the kill tests short.
+QUICK_SESSION = ("-X", "session.timeout.ms=6000")
+
+
 def hard_kills(sidecar: Sidecar, restart, kills: int, results_at: Callable[[], int], total: int,
                pause_s: float = 0.8) -> tuple[Sidecar, list[float]]:
     """SIGKILL the sidecar `kills` times, `pause_s` after it is ready, starting a new one each time;
@@ -47,12 +52,12 @@ def test_repeated_hard_kills_under_a_stream_lose_nothing(kafka_bootstrap, small_
     # Half as a backlog, so that the sidecar is mid-batch when it is killed; the rest streams in.
     backlog = len(values) // 2
     produce(kafka_bootstrap, topics["in"], stream_keys[:backlog], stream_values[:backlog])
-    sidecar = Sidecar(kafka_bootstrap, small_bundle, topics, "g-kills")
+    sidecar = Sidecar(kafka_bootstrap, small_bundle, topics, "g-kills", *QUICK_SESSION)
     sidecar.wait_ready()
-    # The stream outlasts the kills (~40 s against 3 x (0.8 s + ~10 s recovery)): each falls mid-stream.
-    feeder = stream(kafka_bootstrap, topics["in"], stream_keys[backlog:], stream_values[backlog:], per_slice=400, pause_s=0.45)
+    # The stream outlasts the kills (~28 s against 3 x (0.8 s + ~7 s recovery)): each falls mid-stream.
+    feeder = stream(kafka_bootstrap, topics["in"], stream_keys[backlog:], stream_values[backlog:], per_slice=400, pause_s=0.32)
     kills = 3
-    sidecar, recoveries = hard_kills(sidecar, lambda: Sidecar(kafka_bootstrap, small_bundle, topics, "g-kills"), kills,
+    sidecar, recoveries = hard_kills(sidecar, lambda: Sidecar(kafka_bootstrap, small_bundle, topics, "g-kills", *QUICK_SESSION), kills,
                                      lambda: written(kafka_bootstrap, topics["out"]), len(values))
     feeder.join(120)
     scores = drain(kafka_bootstrap, [topics["out"]], len(values), timeout_s=120)
@@ -186,11 +191,11 @@ def test_exactly_once_under_repeated_hard_kills_has_no_visible_duplicates(kafka_
     # A backlog keeps the sidecar busy, so that each kill lands inside a transaction; the rest streams in.
     backlog = len(values) // 2
     produce(kafka_bootstrap, topics["in"], keys[:backlog], values[:backlog])
-    eos = ("--exactly-once", "--transactional-id", f"fraudscore-eos-{time.time_ns()}")
+    eos = ("--exactly-once", "--transactional-id", f"fraudscore-eos-{time.time_ns()}", *QUICK_SESSION)
     sidecar = Sidecar(kafka_bootstrap, small_bundle, topics, "g-eos-kills", *eos)
     sidecar.wait_ready()
-    # The stream outlasts the kills (~40 s against 3 x (0.8 s + ~10 s recovery)): each falls mid-stream.
-    feeder = stream(kafka_bootstrap, topics["in"], keys[backlog:], values[backlog:], per_slice=400, pause_s=0.45)
+    # The stream outlasts the kills (~28 s against 3 x (0.8 s + ~7 s recovery)): each falls mid-stream.
+    feeder = stream(kafka_bootstrap, topics["in"], keys[backlog:], values[backlog:], per_slice=400, pause_s=0.32)
     kills = 3  # each restart keeps the transactional.id: it fences the killed one and aborts its transaction
     sidecar, recoveries = hard_kills(sidecar, lambda: Sidecar(kafka_bootstrap, small_bundle, topics, "g-eos-kills", *eos), kills,
                                      lambda: written(kafka_bootstrap, topics["out"]), len(values))

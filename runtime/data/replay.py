@@ -40,6 +40,18 @@ class Events:
     def __len__(self) -> int:
         return len(self.values)
 
+    def between(self, start_s: int | None = None, end_s: int | None = None) -> Events:
+        """The messages whose event time is in [start_s, end_s): a transaction by its own time, a
+        confirmation by when it is confirmed. Two replays split at the same instant (`--until T`
+        then `--from T`) send every message once, in the order one replay would."""
+        keep = np.ones(len(self.seconds), bool)
+        if start_s is not None:
+            keep &= self.seconds >= start_s
+        if end_s is not None:
+            keep &= self.seconds < end_s
+        where = np.flatnonzero(keep).tolist()
+        return Events(self.seconds[keep], self.is_label[keep], [self.keys[i] for i in where], [self.values[i] for i in where])
+
 
 def raw_stream(table: Table, *, delay_days: int = 7, seed: int = 0) -> Events:
     """Transactions and fraud confirmations of `table` (raw columns with TX_FRAUD), merged by event time.
@@ -78,6 +90,8 @@ def replay(events: Events, kafka: dict, input_topic: str, labels_topic: str, *, 
     """Produce `events` to Kafka; `speedup` event seconds per wall second (0: as fast as possible).
 
     Returns the wall seconds it took. Every message is acknowledged (acks=all) before it returns.
+    With a speed-up each message is sent when its event time comes (within a millisecond or
+    so), not in bursts; `progress(sent, wall seconds)` is called about once a second.
 
     A confirmation is acknowledged before any transaction after it is sent, as it would be when
     minutes or days lie between them: at a high speed-up they are microseconds apart on two
@@ -95,14 +109,18 @@ def replay(events: Events, kafka: dict, input_topic: str, labels_topic: str, *, 
                          "linger.ms": 5, "acks": "all", "enable.idempotence": True, "on_delivery": report,
                          "delivery.report.only.error": True, "queue.buffering.max.messages": 1_000_000} | kafka)
     start_wall, start_event = time.monotonic(), int(events.seconds[0]) if len(events) else 0
-    chunk = 2_000
+    # Due time of each message, in wall seconds from the start (speed-up 0: all due at once).
+    due = (events.seconds - start_event) / speedup if speedup > 0 else np.zeros(len(events))
     labels_sent = False  # confirmations produced since the last flush
-    for lo in range(0, len(events), chunk):
-        if speedup > 0:
-            due = start_wall + (int(events.seconds[lo]) - start_event) / speedup
-            if due > time.monotonic():
-                time.sleep(due - time.monotonic())
-        for i in range(lo, min(lo + chunk, len(events))):
+    sent, last_progress = 0, start_wall
+    while sent < len(events):
+        now = time.monotonic() - start_wall
+        # Everything due by now, at most 2,000 at a time (then the producer is polled).
+        upto = min(int(np.searchsorted(due, now, side="right")), sent + 2_000)
+        if upto == sent:
+            time.sleep(min(float(due[sent]) - now, 0.5))
+            continue
+        for i in range(sent, upto):
             label = bool(events.is_label[i])
             if labels_sent and not label:
                 producer.flush(60)
@@ -115,11 +133,12 @@ def replay(events: Events, kafka: dict, input_topic: str, labels_topic: str, *, 
                     break
                 except BufferError:
                     producer.poll(0.05)
+        sent = upto
         producer.poll(0)
-        if progress is not None:
-            progress(min(lo + chunk, len(events)), time.monotonic() - start_wall)
+        if progress is not None and (time.monotonic() - last_progress >= 1.0 or sent == len(events)):
+            last_progress = time.monotonic()
+            progress(sent, last_progress - start_wall)
     left = producer.flush(60)
     if left or errors:
         raise UsageError(f"replay: {left} messages not delivered, {len(errors)} refused ({errors[:1]}); check the broker and topics")
     return time.monotonic() - start_wall
-

@@ -82,6 +82,9 @@ class DecodedBatch:
     matrix: np.ndarray  # float32, (len(index), n_features)
     rejections: list[Rejection]
     event_seconds: np.ndarray | None = None  # int64 TX_DATETIME (Unix seconds) of each row, raw mode only
+    # Raw mode: rows whose windows reach back before the oldest history the state has seen
+    # (their result says "state":"partial"); None in feature mode.
+    partial: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.index)

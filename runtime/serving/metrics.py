@@ -156,6 +156,13 @@ class SidecarMetrics:
         self.consumed = Counter("fraudscore_messages_consumed", "Input messages consumed.", registry=r)
         self.scored = Counter("fraudscore_transactions_scored", "Transactions scored (result produced).", registry=r)
         self.alerts = Counter("fraudscore_alerts", "Results at or above the alert threshold.", registry=r)
+        self.partial_results = Counter(
+            "fraudscore_partial_state_results", "Raw mode: results marked \"state\":\"partial\", scored while their "
+            "windows reached back before the oldest history the state had seen (a new stream, or history not loaded).",
+            registry=r)
+        self.backfilled = Counter(
+            "fraudscore_backfilled_transactions", "Raw mode with --score-from: transactions before that instant, "
+            "folded into the feature state without a result or an alert.", registry=r)
         self.dead_letters = Counter(
             "fraudscore_dead_letters", "Input messages sent to the dead-letter topic, by reason.", ["reason"], registry=r)
         # oversized_key: the sidecar's check of Kafka keys; non_finite_score: the pipeline's check of the model output
@@ -252,6 +259,8 @@ class SidecarMetrics:
         self.end_to_end_seconds.observe_many(np.maximum(now_ms - stamps[stamps > 0], 0) / 1e3)
         self.scored.inc(len(result.index))
         self.alerts.inc(int(result.alerts.sum()))
+        if getattr(result, "partial", None) is not None:
+            self.partial_results.inc(int(result.partial.sum()))
         for reason in reasons:
             self.dead_letters.labels(reason).inc()
         self.scores.observe_many(result.scores)
@@ -278,9 +287,11 @@ class SidecarMetrics:
 
 
 class HealthServer:
-    """/metrics, /healthz (process alive) and /readyz (`ready()` true) on one port, in a daemon thread."""
+    """/metrics, /healthz (process alive) and /readyz (`ready()` true) on one port, in a daemon thread.
+    A 503 from /readyz says why when `why()` is given (e.g. "restoring partitions [0, 2]")."""
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, ready: Callable[[], bool]):
+    def __init__(self, host: str, port: int, registry: CollectorRegistry, ready: Callable[[], bool],
+                 why: Callable[[], str] | None = None):
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 (http.server's name)
                 path = self.path.split("?", 1)[0]
@@ -290,7 +301,9 @@ class HealthServer:
                     body, status, ctype = b"ok\n", 200, "text/plain"
                 elif path == "/readyz":
                     ok = ready()
-                    body, status, ctype = (b"ready\n", 200, "text/plain") if ok else (b"not ready\n", 503, "text/plain")
+                    reason = "" if ok or why is None else why()
+                    body = b"ready\n" if ok else f"not ready{': ' + reason if reason else ''}\n".encode()
+                    status, ctype = (200 if ok else 503), "text/plain"
                 else:
                     body, status, ctype = b"not found: try /metrics, /healthz, /readyz\n", 404, "text/plain"
                 self.send_response(status)

@@ -29,6 +29,7 @@ class BatchResult:
     payloads: list[bytes]  # encoded results, aligned with index
     rejections: list[Rejection]  # in input order
     inference_seconds: float
+    partial: np.ndarray | None = None  # raw mode: bool, aligned with index, scored on partial state
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class Pipeline:
         scores = self.scorer.score(decoded.matrix)
         inference = time.perf_counter() - t0
         index, ids, matrix, rejections = decoded.index, decoded.ids, decoded.matrix, decoded.rejections
-        events = decoded.event_seconds
+        events, partial = decoded.event_seconds, decoded.partial
         finite = np.isfinite(scores)
         if not finite.all():
             # Extreme (still float32) inputs can overflow the network to NaN/inf. Such a row has
@@ -106,29 +107,36 @@ class Pipeline:
             index, matrix, scores = index[keep], matrix[keep], scores[keep]
             ids = [ids[i] for i in keep.tolist()]
             events = None if events is None else events[keep]
+            partial = None if partial is None else partial[keep]
             if emitted is not None:
                 emitted = Emitted(emitted.names, emitted.values[keep])
         alerts = scores >= self.threshold
-        payloads = self.encode(ids, scores, alerts, inference_ms=inference * 1e3, emitted=emitted, event_seconds=events)
-        return BatchResult(index, ids, matrix, scores, alerts, payloads, rejections, inference)
+        payloads = self.encode(ids, scores, alerts, inference_ms=inference * 1e3, emitted=emitted, event_seconds=events,
+                               partial=partial)
+        return BatchResult(index, ids, matrix, scores, alerts, payloads, rejections, inference, partial)
 
     def encode(self, ids: list, scores: np.ndarray, alerts: np.ndarray, inference_ms: float,
-               emitted: Emitted | None = None, event_seconds: np.ndarray | None = None) -> list[bytes]:
+               emitted: Emitted | None = None, event_seconds: np.ndarray | None = None,
+               partial: np.ndarray | None = None) -> list[bytes]:
         """One JSON result a row: id, score (9 significant digits: float32 round-trips), decision,
         threshold, model version, "timings" of the batch it was scored in (its one inference
         call's time and its size: per batch, not per transaction), with `event_seconds` (raw mode) the
-        transaction's "event_time" (its TX_DATETIME, UTC, ISO 8601), and with `emitted` a
-        "features" object (the values computed online, before float32)."""
+        transaction's "event_time" (its TX_DATETIME, UTC, ISO 8601) and, for the rows `partial`
+        marks, "state":"partial" after it, and with `emitted` a "features" object (the values
+        computed online, before float32)."""
         tail = (
             f',"threshold":{self.threshold!r},"model_version":{self._version_json},'
             f'"timings":{{"inference_ms":{inference_ms:.3f},"batch_size":{len(ids)}}}}}'
         ).encode()
         integer_ids = not ids or set(map(type, ids)) == {int}
         stamps = None if event_seconds is None else iso_seconds(event_seconds)
+        if stamps is not None:  # "event_time":"<stamp>", the partial mark folded into the stamp
+            stamps = ([t + b'Z","state":"partial' if p else t + b"Z" for t, p in zip(stamps, partial.tolist())]
+                      if partial is not None and partial.any() else [t + b"Z" for t in stamps])
         if emitted is None and integer_ids:
             # The common cases, one %-format a row (~0.3 µs): integer ids, no features.
             literal = tail.replace(b"%", b"%%")  # the model version is text from the manifest
-            head = b'{"transaction_id":%d' + (b'' if stamps is None else b',"event_time":"%sZ"')
+            head = b'{"transaction_id":%d' + (b'' if stamps is None else b',"event_time":"%s"')
             passed = head + b',"score":%.9g,"decision":"pass"' + literal
             alerted = head + b',"score":%.9g,"decision":"alert"' + literal
             if stamps is None:
@@ -136,7 +144,7 @@ class Pipeline:
             return [(alerted if a else passed) % (i, t, s) for i, t, s, a in zip(ids, stamps, scores.tolist(), alerts.tolist())]
         id_json = [str(i).encode() for i in ids] if integer_ids else list(map(orjson.dumps, ids))
         if stamps is not None:
-            id_json = [b'%s,"event_time":"%sZ"' % (i, t) for i, t in zip(id_json, stamps)]
+            id_json = [b'%s,"event_time":"%s"' % (i, t) for i, t in zip(id_json, stamps)]
         decisions = [b"alert" if a else b"pass" for a in alerts.tolist()]
         if emitted is not None:
             names = emitted.names

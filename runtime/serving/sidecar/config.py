@@ -73,6 +73,12 @@ class SidecarConfig:
     no_labels: bool = False
     emit_features: bool = False
     allowed_lateness_s: int = 86_400
+    # Raw mode go-live backfill: transactions whose event time is before this instant (a date or
+    # a date and time, UTC) go into the feature state but get no result and no alert; "" = all scored.
+    score_from: str = ""
+    # Raw mode: /readyz stays 503 until the state of every assigned partition and the terminal
+    # table cover what the windows reach back (30 and 7 + 30 days of event time).
+    require_full_state: bool = False
     # Raw mode: snapshots of the feature state in this compacted topic (and NAME-index); "" = none,
     # every restore replays the input's whole retained history.
     state_topic: str = ""
@@ -98,6 +104,15 @@ class SidecarConfig:
             return cls(**settings, kafka=kafka)
         except TypeError as exc:
             raise UsageError(f"--config: {exc}") from None
+
+    @property
+    def score_from_s(self) -> int | None:
+        """--score-from as epoch seconds (None: every transaction is scored)."""
+        if not self.score_from:
+            return None
+        from fraudscore.console import parse_instant
+
+        return parse_instant(self.score_from, "--score-from")
 
     def validate(self) -> None:
         """Raise UsageError, saying how to fix it, for settings that cannot work together."""
@@ -130,6 +145,8 @@ class SidecarConfig:
             raise UsageError(f"--input must be raw or features, got {self.input_mode!r}")
         if self.allowed_lateness_s < 0:
             raise UsageError("--allowed-lateness must be >= 0 seconds")
+        if self.score_from:
+            self.score_from_s  # noqa: B018 (parsed now: a bad value stops the start with its fix)
         if not 1 <= self.snapshot_interval_s <= 86_400:
             raise UsageError(f"--snapshot-interval must be from 1 to 86400 seconds, got {self.snapshot_interval_s:g}")
         if self.assignment_strategy not in ASSIGNMENT_STRATEGIES:

@@ -121,6 +121,9 @@ class Delivery:
         self.uncommitted_messages = 0  # messages delivered since the last commit request
         self.last_commit = -float("inf")  # time.monotonic() of the last commit request
         self.commit_pending = False  # an asynchronous commit not answered yet (`on_commit`)
+        # Seconds a flush or a transaction may wait: --drain-timeout, or, while the sidecar
+        # stops, what is left of it (the sidecar sets this to its stop budget).
+        self.budget = lambda: config.drain_timeout_s
         self.ack_wait_s = 0.0  # the last finish(): seconds flush() waited for acknowledgements
         self.commit_s = 0.0  # ... and seconds the commit (request, or transaction) took
         self._batch_dead: Counter = Counter()  # reasons of the batch in flight, logged once it is delivered
@@ -206,7 +209,7 @@ class Delivery:
             ok = self._commit_transaction(offsets)
             self.commit_s = time.perf_counter() - started
         else:
-            left = self.producer.flush(self.config.drain_timeout_s)
+            left = self.producer.flush(self.budget())
             self.ack_wait_s = time.perf_counter() - started
             ok = not left and not self.failures
             if ok:
@@ -308,7 +311,7 @@ class Delivery:
     def _commit_transaction(self, offsets: list) -> bool:
         from confluent_kafka import KafkaException
 
-        timeout = self.config.drain_timeout_s
+        timeout = self.budget()
         try:
             self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), timeout)
             self.producer.commit_transaction(timeout)

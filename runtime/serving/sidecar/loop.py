@@ -32,14 +32,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from fraudscore.serving.bundle import load_bundle
 from fraudscore.serving.metrics import HealthServer, SidecarMetrics
-from fraudscore.serving.pipeline import Pipeline
+from fraudscore.serving.pipeline import BatchResult, Pipeline
 from fraudscore.serving.scorer import Scorer
 from fraudscore.serving.sidecar.clients import ClientHooks, build_clients, check_topics, kafka_log, quiet_repeats
 from fraudscore.serving.sidecar.config import SidecarConfig
@@ -47,6 +47,7 @@ from fraudscore.serving.sidecar.delivery import MAX_KEY_BYTES, Delivery
 from fraudscore.serving.sidecar.state import FeatureState, input_spec
 
 log = logging.getLogger("fraudscore.sidecar")
+PARTIAL_LOG_INTERVAL_S = 300.0  # results on partial state: one warning at most this often
 IDLE_CATCH_UP_S = 1.0
 
 
@@ -92,9 +93,14 @@ class Sidecar:
         self.delivery: Delivery | None = None
         self.state: FeatureState | None = None
         self.in_flight: InFlight | None = None
+        self._completing: InFlight | None = None  # the batch finish() is waiting on (stop_report)
         self._stale: list | None = None  # a batch in flight failed inside a rebalance: rewind what comes next too
         self._revoked_in_take: set = set()  # partitions revoked during the current _take()
         self.pipelined = config.pipelining and not config.exactly_once
+        self._score_from_s = config.score_from_s  # raw mode: results only from this event time on
+        self._backfill_logged = self._scoring_logged = False
+        self._backfilled = 0
+        self._partial_since, self._partial_logged = 0, -float("inf")  # _partial_report
 
     # ------------------------------------------------------------------ set-up
 
@@ -119,13 +125,20 @@ class Sidecar:
                             on_delivery=lambda err, msg: self.delivery.on_delivery(err, msg),
                             on_commit=lambda err, partitions: self.delivery.on_commit(err, partitions))
         self.consumer, self.producer = build_clients(self.config, hooks, lambda t, p: (t, p) in self._assignment)
-        self.delivery = Delivery(self.config, self.consumer, self.producer)
+        self.delivery = self._make_delivery()
         if self.spec is not None:
             self.state = FeatureState(self.config, self.spec, self.metrics)
+            if self.state.snapshots is not None:
+                self.state.snapshots.budget = self._stop_budget
             self.state.stopping = self._stop
             self.state.start()
         self.consumer.subscribe([self.config.input_topic], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
+
+    def _make_delivery(self) -> Delivery:
+        delivery = Delivery(self.config, self.consumer, self.producer)
+        delivery.budget = self._stop_budget  # a stop's flushes and transactions wait only what is left
+        return delivery
 
     def _on_error(self, err) -> None:
         self.metrics.consume_errors.inc()
@@ -172,8 +185,10 @@ class Sidecar:
             if not self._complete(assignment=self._assignment - revoked):
                 self._stale = flight.messages  # what this consume() returns came after it: read again too
         committed = self.delivery.commit_done(revoked)
-        if self.state is not None:
-            # Their next owner (maybe this instance again) restores from here, not from the start.
+        if self.state is not None and self._stop_budget() > 0:
+            # Their next owner (maybe this instance again) restores from here, not from the start
+            # (skipped when a stop has spent its budget: the next owner restores from an older
+            # snapshot and replays the input after it).
             self._write_snapshots(sorted(p for _, p in revoked), committed)
         self.delivery.forget(revoked)
         self._assignment -= revoked
@@ -196,9 +211,25 @@ class Sidecar:
         self.metrics.ready.set(1 if ready else 0)
 
     def ready(self) -> bool:
-        """Serving: a model loaded, at least one partition assigned, and (raw mode) feature state restored."""
-        state_ready = self.state is None or self.state.ready()
-        return self.pipeline is not None and bool(self._assignment) and state_ready
+        """Serving: a model loaded, at least one partition assigned, and (raw mode) feature state
+        restored; with --require-full-state, also covering what the windows reach back."""
+        return not self.not_ready_because()
+
+    def not_ready_because(self) -> str:
+        """Why the sidecar is not ready ("" when it is): what /readyz says with its 503."""
+        if self.pipeline is None:
+            return "no model loaded"
+        if not self._assignment:
+            return "no partition assigned yet"
+        if self.state is None:
+            return ""
+        if not self.state.ready():
+            restoring = sorted(self.state.restoring)
+            return (f"restoring the feature state of partitions {restoring}" if restoring
+                    else "the terminal table is reading the input and labels topics")
+        if self.config.require_full_state:
+            return self.state.short_coverage(sorted(p for _, p in self._assignment))
+        return ""
 
     # ------------------------------------------------------------------ the loop
 
@@ -225,8 +256,9 @@ class Sidecar:
 
     def stop_report(self) -> str:
         """What the stop was doing and had not finished (for StopBound's log line)."""
-        flight = self.in_flight
-        left = f"a batch of {len(flight.messages)} in flight" if flight is not None else "no batch in flight"
+        flight, completing = self.in_flight, self._completing
+        left = (f"a batch of {len(completing.messages)} being completed" if completing is not None else
+                f"a batch of {len(flight.messages)} in flight" if flight is not None else "no batch in flight")
         queued = len(self.producer) if self.producer is not None else 0
         return f"{self._stage}; {left}; {queued} outputs not acknowledged by the broker"
 
@@ -242,7 +274,7 @@ class Sidecar:
         if c.plaintext_credentials:
             log.warning("security.protocol is SASL_PLAINTEXT: credentials and transactions cross the network "
                         "unencrypted; use SASL_SSL (and --require-tls to enforce it)")
-        self.http = HealthServer(c.metrics_host, c.metrics_port, self.metrics.registry, self.ready)
+        self.http = HealthServer(c.metrics_host, c.metrics_port, self.metrics.registry, self.ready, self.not_ready_because)
         log.info("metrics on http://%s:%d/metrics", c.metrics_host, self.http.port)
         try:
             check_topics(c, c.topics, stopping=lambda: self._stop)
@@ -416,6 +448,8 @@ class Sidecar:
             self.state.consumed(np.fromiter((msg.partition() for msg in everything), np.int64, len(everything)),
                                 np.fromiter((msg.offset() for msg in everything), np.int64, len(everything)))
             result = pipeline.score_decoded(decoded, emitted if self.config.emit_features else None)
+            if self._score_from_s is not None:
+                result = self._without_backfill(result, raw)
         scored = time.perf_counter()
         m.inference_seconds.observe(result.inference_seconds)
         m.stage_seconds.labels("inference").observe(result.inference_seconds)
@@ -436,12 +470,40 @@ class Sidecar:
         if not self.pipelined:
             self._complete()
 
+    def _without_backfill(self, result: BatchResult, raw) -> BatchResult:
+        """--score-from: the results of transactions before it are dropped (their features are
+        already in the state); counted, and logged when the backfill starts and when scoring does.
+        `raw`: the batch's RawBatch (event times of its valid messages, by position)."""
+        live = raw.seconds[np.searchsorted(raw.index, result.index)] >= self._score_from_s
+        backfilled = len(live) - int(live.sum())
+        if not backfilled:
+            if len(live) and not self._scoring_logged:
+                self._scoring_logged = True
+                log.info("scoring transactions from %s on (%d before it folded into the state so far)",
+                         self.config.score_from, self._backfilled)
+            return result
+        if not self._backfill_logged:
+            self._backfill_logged = True
+            log.info("backfill: transactions before %s update the feature state only (no result, no alert)",
+                     self.config.score_from)
+        self.metrics.backfilled.inc(backfilled)
+        self._backfilled += backfilled
+        keep = np.flatnonzero(live)
+        return replace(result, index=result.index[keep], ids=[result.ids[i] for i in keep.tolist()],
+                       matrix=result.matrix[keep], scores=result.scores[keep], alerts=result.alerts[keep],
+                       payloads=[result.payloads[i] for i in keep.tolist()],
+                       partial=None if result.partial is None else result.partial[keep])
+
     def _complete(self, rewind_also: list = (), assignment: set | None = None) -> bool:
         """Wait for the batch in flight's acknowledgements and move its offsets (or rewind it,
         with `rewind_also`, the batch consumed after it); its metrics once delivered."""
         flight, self.in_flight = self.in_flight, None
         m, delivery = self.metrics, self.delivery
-        ok = delivery.finish(flight.messages, self._assignment if assignment is None else assignment, rewind_also)
+        self._completing = flight  # for stop_report while finish() waits
+        try:
+            ok = delivery.finish(flight.messages, self._assignment if assignment is None else assignment, rewind_also)
+        finally:
+            self._completing = None
         m.stage_seconds.labels("ack_wait").observe(delivery.ack_wait_s)
         m.stage_seconds.labels("commit").observe(delivery.commit_s)
         if not ok:
@@ -452,7 +514,26 @@ class Sidecar:
             return False
         m.observe_batch(flight.messages, flight.result, flight.reasons)
         m.batch_seconds.observe(time.perf_counter() - flight.started)
+        if flight.result.partial is not None and flight.result.partial.any():
+            self._partial_report(int(flight.result.partial.sum()))
         return True
+
+    def _partial_report(self, count: int) -> None:
+        """A warning when results are scored on partial state: the first at once, then at most one
+        every PARTIAL_LOG_INTERVAL_S with the count since (the result says "state":"partial")."""
+        self._partial_since += count
+        now = time.monotonic()
+        if now - self._partial_logged < PARTIAL_LOG_INTERVAL_S:
+            return
+        self._partial_logged = now
+        state, spec = self.state, self.spec
+        days = {p: round(s.coverage_s / 86_400, 1) for p, s in sorted(state.customers.items())}
+        log.warning("%d results scored on partial state (marked \"state\":\"partial\"): their windows reach back "
+                    "before the oldest history here (customer coverage by partition, days: %s of %g; terminal "
+                    "coverage %.1f days of %g). Load history before going live: docs/raw-transactions.md, "
+                    "\"Going live\"", self._partial_since, days, spec.customer_reach_s / 86_400,
+                    state.terminals.coverage_s / 86_400, spec.terminal_reach_s / 86_400)
+        self._partial_since = 0
 
     def _catch_up(self, messages: list, newest_s: int | None) -> bool:
         """Raw mode, before a batch is scored: the terminal table reads what its windows need (every

@@ -66,6 +66,11 @@ def input_spec(config: SidecarConfig, manifest, current: FeatureSpec | None) -> 
     if config.input_mode == "features" or (config.input_mode == "" and not recorded):
         if current is not None:
             raise UsageError("the new bundle has no feature specification; restart with --input features to serve it")
+        if config.require_full_state:
+            raise UsageError("--require-full-state is for raw mode: with --input features there is no feature state")
+        if config.score_from:
+            raise UsageError("--score-from is for raw mode (it folds history into the feature state without scoring "
+                             "it); with --input features there is no state: produce only the messages to score")
         return None
     if not recorded:
         raise UsageError(f"{config.bundle}: --input raw needs a bundle whose manifest records its feature specification "
@@ -361,8 +366,22 @@ class FeatureState:
         keep = on[in_range]
         rejections.sort(key=lambda r: r.index)
         decoded = DecodedBatch(raw.index[keep], raw.ids[keep].tolist(), matrix[in_range].astype(np.float32), rejections,
-                               event_seconds=raw.seconds[keep])
+                               event_seconds=raw.seconds[keep], partial=self.partial_mask(raw.seconds[keep], parts[keep]))
         return decoded, Emitted(self.spec.names, full[in_range])
+
+    def partial_mask(self, seconds: np.ndarray, partitions: np.ndarray) -> np.ndarray:
+        """Rows (already stored) whose windows reach back before the oldest event the state has
+        seen: a customer window starts `customer_reach_s` (30 days) before the row, before the
+        first transaction of its partition; or a terminal window `terminal_reach_s` (7 + 30
+        days) before it, before the terminal table's first. Their features may be short."""
+        first_terminal = self.terminals.first_event
+        partial = (seconds - (first_terminal if first_terminal is not None else np.iinfo(np.int64).max // 2)
+                   < self.spec.terminal_reach_s)
+        for p in np.unique(partitions).tolist():
+            rows = partitions == p
+            first = self.online.partition(p).first_event
+            partial[rows] |= seconds[rows] - (first if first is not None else seconds[rows]) < self.spec.customer_reach_s
+        return partial
 
     def late_mask(self, raw: RawBatch, partitions: np.ndarray) -> np.ndarray:
         """Rows older than the newest earlier transaction of their partition minus the allowed lateness.
@@ -405,6 +424,25 @@ class FeatureState:
         """float64 rows x spec.names for the batch's (on-time) transactions; stores them first."""
         self._cap_terminal_horizon()
         return self.online.features_of_partitions(partitions, raw.ids, raw.seconds, raw.customers, raw.terminals, raw.amounts)
+
+    def short_coverage(self, partitions: list[int]) -> str:
+        """"" when the state of `partitions` and the terminal table cover what the windows reach
+        back (--require-full-state); else what is short and how to fix it."""
+        spec, short = self.spec, []
+        for p in partitions:
+            state = self.customers.get(p)  # read from /readyz's thread: never created here
+            covered = state.coverage_s if state is not None else 0
+            if covered < spec.customer_reach_s:
+                short.append(f"partition {p}'s customer state covers {covered / 86_400:.1f} days of the "
+                             f"{spec.customer_reach_s / 86_400:g} its windows need")
+        if self.terminals.coverage_s < spec.terminal_reach_s:
+            short.append(f"the terminal table covers {self.terminals.coverage_s / 86_400:.1f} days of the "
+                         f"{spec.terminal_reach_s / 86_400:g} its windows need")
+        if not short:
+            return ""
+        return ("; ".join(short) + " (--require-full-state). Load that much history into the input and labels "
+                "topics first (docs/raw-transactions.md, \"Going live\"), or drop --require-full-state to be "
+                "ready with results marked \"state\":\"partial\"")
 
     def ready(self) -> bool:
         """The terminal table has caught up once and no partition is restoring."""

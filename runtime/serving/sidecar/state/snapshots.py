@@ -118,6 +118,9 @@ class SnapshotStore:
         } | {k: v for k, v in config.kafka.items() if not k.startswith("transaction")})
         self._partitions: int | None = None
         self._chunks: dict[str, int] = {}  # name -> chunks of the last snapshot written or read
+        # Seconds a write may wait for the broker: --drain-timeout, or what is left of it while
+        # the sidecar stops (it sets this to its stop budget).
+        self.budget = lambda: config.drain_timeout_s
 
     def partitions(self) -> int:
         if self._partitions is None:
@@ -178,7 +181,7 @@ class SnapshotStore:
         return out
 
     def close(self) -> None:
-        self.producer.flush(self.config.drain_timeout_s)
+        self.producer.flush(self.budget())
 
     # ---------------------------------------------------------------- internals
 
@@ -189,11 +192,14 @@ class SnapshotStore:
                 self.producer.produce(topic, value=value, key=key.encode(), on_delivery=callback, **kwargs)
                 return
             except BufferError:  # the producer's queue is full: let it send, then try again
+                if self.budget() <= 0:
+                    raise FraudscoreError(f"snapshot chunk {key}: the producer's queue stayed full") from None
                 self.producer.poll(0.05)
 
     def _flush(self, name: str) -> None:
-        if self.producer.flush(self.config.drain_timeout_s):
-            raise FraudscoreError(f"snapshot {name}: not acknowledged within {self.config.drain_timeout_s:g} s")
+        budget = self.budget()
+        if self.producer.flush(budget):
+            raise FraudscoreError(f"snapshot {name}: not acknowledged within {budget:g} s")
 
     def _reader(self):
         from confluent_kafka import Consumer
