@@ -228,6 +228,24 @@ def test_exactly_once_aborts_and_rewinds_when_the_transaction_must_abort() -> No
     assert producer.calls[-1] == "abort" and sorted(consumer.seeks) == [(0, 10), (1, 5)]
 
 
+def test_an_abort_that_times_out_at_a_spent_stop_budget_still_rewinds_and_returns() -> None:
+    """A stop whose budget is spent gives the transaction 0 s: the abort times out too. That is
+    logged, not raised, so the stop goes on to close the consumer (the transaction commits nothing)."""
+    error = KafkaError(KafkaError._STATE, "abortable", txn_requires_abort=True)
+    producer, consumer = FakeProducer(transaction_error=error), FakeConsumer()
+
+    def abort_times_out(timeout):
+        producer.calls.append(("abort", timeout))
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "abort timed out"))
+
+    producer.abort_transaction = abort_times_out
+    d = Delivery(config(exactly_once=True), consumer, producer)
+    d.budget = lambda: 0.0
+    d.begin()
+    assert not d.finish(BATCH, ASSIGNED)
+    assert producer.calls[-1] == ("abort", 0.0) and sorted(consumer.seeks) == [(0, 10), (1, 5)]
+
+
 def test_exactly_once_fatal_error_is_raised() -> None:
     from fraudscore.errors import FraudscoreError
 

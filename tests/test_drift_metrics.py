@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
@@ -143,3 +144,25 @@ def test_a_bundle_exported_without_a_score_reference_exports_none_and_compares_n
     s = _samples(metrics)
     assert not any(name == "fraudscore_model_score_reference" for name, _ in s)
     assert s[("fraudscore_score_reference_compared_total", ())] == 0
+
+
+def test_readyz_says_why_it_is_not_ready_from_one_look() -> None:
+    """/readyz's 503 carries the reason; with a reason callback, ready means no reason (one call,
+    so a rebalance between two calls cannot give a 503 without one)."""
+    import urllib.error
+    import urllib.request
+
+    from fraudscore.serving.metrics import HealthServer, SidecarMetrics
+
+    reasons = ["partition 2's customer state covers 5.0 days of the 30 its windows need", ""]
+    http = HealthServer("127.0.0.1", 0, SidecarMetrics().registry, lambda: False, lambda: reasons[0])
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{http.port}/readyz", timeout=5)
+        assert refused.value.code == 503
+        assert refused.value.read().decode() == f"not ready: {reasons[0]}\n"
+        reasons.pop(0)
+        with urllib.request.urlopen(f"http://127.0.0.1:{http.port}/readyz", timeout=5) as answer:
+            assert answer.status == 200 and answer.read() == b"ready\n"
+    finally:
+        http.close()

@@ -66,13 +66,16 @@ def test_paced_sending_follows_event_time_not_bursts(events, monkeypatch) -> Non
 
     made = []
     monkeypatch.setattr(confluent_kafka, "Producer", lambda config: made.append(_Producer(config)) or made[-1])
+    import time
+
     day = events.between(int(events.seconds[0]), int(events.seconds[0]) + 86_400)
     progress = []
+    t0 = time.monotonic()
     wall = replay_module.replay(day, {}, "in", "labels", speedup=86_400, progress=lambda n, s: progress.append(n))
     sent = np.array([t for t, _ in made[0].sent])
     due = (day.seconds - day.seconds[0]) / 86_400
-    late = (sent - sent[0]) - due
-    assert due[-1] <= wall < due[-1] + 0.3
-    assert np.percentile(late, 99) < 0.05, np.percentile(late, 99)  # each on time, not held for a burst
-    assert (late > -0.002).all()  # and never early
+    late = (sent - t0) - due  # from before the call: a slow first send cannot make the rest look early
+    assert due[-1] <= wall < due[-1] + 1.0
+    assert (late >= 0).all()  # never before its time (a burst sends most messages early)
+    assert np.percentile(late, 95) < 0.1, np.percentile(late, 95)  # and on time, not held back
     assert progress and progress[-1] == len(day)

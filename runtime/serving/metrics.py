@@ -300,8 +300,9 @@ class HealthServer:
                 elif path == "/healthz":
                     body, status, ctype = b"ok\n", 200, "text/plain"
                 elif path == "/readyz":
-                    ok = ready()
-                    reason = "" if ok or why is None else why()
+                    # One look: with `why`, ready means no reason (two calls could disagree mid-rebalance).
+                    reason = why() if why is not None else ""
+                    ok = not reason if why is not None else ready()
                     body = b"ready\n" if ok else f"not ready{': ' + reason if reason else ''}\n".encode()
                     status, ctype = (200 if ok else 503), "text/plain"
                 else:

@@ -31,6 +31,13 @@ class BatchResult:
     inference_seconds: float
     partial: np.ndarray | None = None  # raw mode: bool, aligned with index, scored on partial state
 
+    def take(self, rows: np.ndarray) -> BatchResult:
+        """These results only (`rows` into index), the rejections unchanged."""
+        picked = rows.tolist()
+        return BatchResult(self.index[rows], [self.ids[i] for i in picked], self.matrix[rows], self.scores[rows],
+                           self.alerts[rows], [self.payloads[i] for i in picked], self.rejections,
+                           self.inference_seconds, None if self.partial is None else self.partial[rows])
+
 
 @dataclass(frozen=True)
 class Emitted:

@@ -16,9 +16,9 @@ One batch, top to bottom (`Sidecar.run`):
                                                 this batch is now the one in flight
 
 With --no-pipelining (and always with --exactly-once) a batch is completed before the next
-is consumed. Offsets are committed after each delivered batch (or at most every
---commit-interval), and synchronously on revoke (after the batch in flight is completed)
-and at exit.
+is consumed. Offsets of delivered batches are committed asynchronously every
+--commit-interval (0.1 s) or once --batch-size delivered messages wait, one commit at a
+time, and synchronously on revoke (after the batch in flight is completed) and at exit.
 
 SIGTERM/SIGINT stop consuming, finish the batch in flight, flush, commit and exit 0, all
 within --drain-timeout; what is consumed after the signal is not scored (its offsets are
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -228,7 +228,9 @@ class Sidecar:
             return (f"restoring the feature state of partitions {restoring}" if restoring
                     else "the terminal table is reading the input and labels topics")
         if self.config.require_full_state:
-            return self.state.short_coverage(sorted(p for _, p in self._assignment))
+            # tuple() copies the set in one step: /readyz's thread must not iterate it while a
+            # rebalance on the main thread changes it.
+            return self.state.short_coverage(sorted(p for _, p in tuple(self._assignment)))
         return ""
 
     # ------------------------------------------------------------------ the loop
@@ -476,23 +478,18 @@ class Sidecar:
         `raw`: the batch's RawBatch (event times of its valid messages, by position)."""
         live = raw.seconds[np.searchsorted(raw.index, result.index)] >= self._score_from_s
         backfilled = len(live) - int(live.sum())
-        if not backfilled:
-            if len(live) and not self._scoring_logged:
-                self._scoring_logged = True
-                log.info("scoring transactions from %s on (%d before it folded into the state so far)",
-                         self.config.score_from, self._backfilled)
-            return result
-        if not self._backfill_logged:
-            self._backfill_logged = True
-            log.info("backfill: transactions before %s update the feature state only (no result, no alert)",
-                     self.config.score_from)
-        self.metrics.backfilled.inc(backfilled)
-        self._backfilled += backfilled
-        keep = np.flatnonzero(live)
-        return replace(result, index=result.index[keep], ids=[result.ids[i] for i in keep.tolist()],
-                       matrix=result.matrix[keep], scores=result.scores[keep], alerts=result.alerts[keep],
-                       payloads=[result.payloads[i] for i in keep.tolist()],
-                       partial=None if result.partial is None else result.partial[keep])
+        if backfilled:
+            if not self._backfill_logged:
+                self._backfill_logged = True
+                log.info("backfill: transactions before %s update the feature state only (no result, no alert)",
+                         self.config.score_from)
+            self.metrics.backfilled.inc(backfilled)
+            self._backfilled += backfilled
+        if live.any() and not self._scoring_logged:
+            self._scoring_logged = True
+            log.info("scoring transactions from %s on (%d before it folded into the state so far)",
+                     self.config.score_from, self._backfilled)
+        return result.take(np.flatnonzero(live)) if backfilled else result
 
     def _complete(self, rewind_also: list = (), assignment: set | None = None) -> bool:
         """Wait for the batch in flight's acknowledgements and move its offsets (or rewind it,
