@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from fraudscore.console import reports_errors, say
+from fraudscore.console import report, reports_errors, say
 
 
 def register(app: typer.Typer) -> None:
@@ -34,7 +34,7 @@ def export(
 
     result = export_bundle(run, out, opset=opset, tolerance=tolerance)
     if not quiet:
-        say(
+        report(
             f"wrote {result.path}: parity over {result.rows_checked:,} held-out rows, max |Keras - ORT| "
             f"{result.max_abs_diff:.2g} (row {result.worst_row}); {result.seconds:.1f} s"
         )

@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from fraudscore import __version__
-from fraudscore.console import check_output, iso_time, parse_date, parse_instant, reports_errors, say
+from fraudscore.console import check_output, iso_time, parse_date, parse_instant, report, reports_errors, say
 from fraudscore.errors import UsageError
 from fraudscore.progress import Throttle
 
@@ -94,7 +94,7 @@ def simulate(
         import numpy as np
 
         per = np.bincount(tx["TX_FRAUD_SCENARIO"], minlength=4)
-        say(
+        report(
             f"simulated {n:,} transactions, {frauds:,} frauds ({100 * frauds / max(n, 1):.2f} %; "
             f"scenario 1: {per[1]:,}, 2: {per[2]:,}, 3: {per[3]:,}) in {t1 - t0:.2f} s; "
             f"wrote {out} in {t2 - t1:.2f} s"
@@ -138,7 +138,7 @@ def features(
     write_table(result, out)
     t3 = time.perf_counter()
     if not quiet:
-        say(
+        report(
             f"read {len(table):,} transactions in {t1 - t0:.2f} s; features in {t2 - t1:.2f} s; "
             f"wrote {len(result.columns)} columns to {out} in {t3 - t2:.2f} s"
         )
@@ -149,10 +149,10 @@ def features(
 def evaluate(
     bundle: Annotated[list[Path], typer.Option("--bundle", "-b", help="Bundle directory; repeat to compare bundles side by side.")],
     data: Annotated[Path, typer.Option("--data", "-d", help="Feature table covering the training and test windows.")],
-    start: Annotated[str, typer.Option(help="First training day of the split, YYYY-MM-DD.")],
-    train_days: Annotated[int, typer.Option(min=1)] = 7,
-    delay_days: Annotated[int, typer.Option(min=0)] = 7,
-    test_days: Annotated[int, typer.Option(min=1)] = 7,
+    start: Annotated[Optional[str], typer.Option(help="First training day of the split, YYYY-MM-DD [default: the split `train` recorded in the first bundle]. A test window that overlaps a bundle's training window is refused.")] = None,
+    train_days: Annotated[Optional[int], typer.Option(min=1, help="Days of the split's training window: they only decide which cards count as known compromised [default: the bundle's, else 7].")] = None,
+    delay_days: Annotated[Optional[int], typer.Option(min=0, help="Days between training and test [default: the bundle's, else 7].")] = None,
+    test_days: Annotated[Optional[int], typer.Option(min=1, help="Days in the test window [default: the bundle's, else 7].")] = None,
     k: Annotated[int, typer.Option(min=1, help="Cards a day for card precision@k.")] = 100,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
@@ -160,10 +160,16 @@ def evaluate(
     customer_column: Annotated[Optional[str], typer.Option(help="Card/customer column [default: the bundle's, else CUSTOMER_ID].")] = None,
     label: Annotated[Optional[str], typer.Option(help="Label column (0/1) [default: the bundle's, else TX_FRAUD].")] = None,
 ) -> None:
-    """Score a feature table through exported bundles; report AUC, AP and card precision@k per the protocol.
+    """Score a feature table through exported bundles; report AUC, AP and card precision@k per the protocol,
+    and next to them the production-like figures: every card, alerts a day at the bundle's threshold.
 
-    The time, customer and label columns are those `fraudscore train` recorded in each
-    bundle (--time-column, --customer-column, --label there); these flags override them."""
+    The split is the one `fraudscore train` recorded in the first bundle unless --start names
+    another; a test window inside any bundle's training window is refused (exit 2, with the
+    fix). The protocol's figures leave out cards already known to be compromised; the
+    production-like ones score every transaction of the test days, as a sidecar does, so their
+    alerts a day are what case management would receive. The time, customer and label columns
+    are those `fraudscore train` recorded in each bundle (--time-column, --customer-column,
+    --label there); these flags override them."""
     import json
 
     from fraudscore.data.evaluate import evaluate_bundles, format_table
@@ -174,7 +180,7 @@ def evaluate(
     if json_path is not None:
         check_output(json_path.with_suffix(".csv"))  # only its directory matters here
     report = evaluate_bundles(
-        bundle, data, parse_date(start, "--start"), train_days=train_days, delay_days=delay_days,
+        bundle, data, None if start is None else parse_date(start, "--start"), train_days=train_days, delay_days=delay_days,
         test_days=test_days, k=k, device=device, time_column=time_column, customer_column=customer_column,
         label_column=label,
     )
@@ -208,7 +214,7 @@ def score(
     summary = score_file(bundle, input_path, out, device=device, threads=threads, id_column=id_column)
     if not quiet:
         rejected = f"; {summary.rejected:,} rejected -> {summary.rejects_path}" if summary.rejected else ""
-        say(f"scored {summary.scored:,} transactions ({summary.alerts:,} alerts){rejected}; wrote {out} in {time.perf_counter() - t0:.2f} s")
+        report(f"scored {summary.scored:,} transactions ({summary.alerts:,} alerts){rejected}; wrote {out} in {time.perf_counter() - t0:.2f} s")
 
 
 STATE_TOPIC_HELP = ("Raw mode: compacted topic (and STATE_TOPIC-index) for snapshots of the feature state, so a restart "
@@ -411,7 +417,7 @@ def replay(
     seconds = run_replay(events, kafka, input_topic, labels_topic, speedup=speedup, progress=progress)
     if not quiet:
         window = f" (event time {iso_time(int(events.seconds[0]))} to {iso_time(int(events.seconds[-1]))})"
-        say(f"sent {len(events) - labels:,} transactions to {input_topic} and {labels:,} confirmations to "
+        report(f"sent {len(events) - labels:,} transactions to {input_topic} and {labels:,} confirmations to "
             f"{labels_topic} in {seconds:.1f} s{window}")
 
 
@@ -607,9 +613,9 @@ def topics_create(
              "state_topic": state_topic}
     cfg = TopicsConfig.from_sources(flags, config_file=config, properties_file=kafka_properties_file,
                                     kafka_flags=kafka_property)
-    report = ensure_topics(cfg, plan_topics(cfg, partitions, replication_factor))
-    for line in report.lines():
-        say(line)
+    outcome = ensure_topics(cfg, plan_topics(cfg, partitions, replication_factor))
+    for line in outcome.lines():
+        (say if line.lstrip().startswith("warning:") else report)(line)
 
 
 PLUGIN_GROUP = "fraudscore.commands"

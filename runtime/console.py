@@ -1,5 +1,5 @@
-"""How commands talk to the user: one-line errors with exit codes, progress on stderr, and
-the parsing of flags several commands share. Used by runtime/cli.py and by the commands
+"""How commands talk to the user: one-line errors with exit codes, the result on stdout, progress
+and warnings on stderr, and the parsing of flags several commands share. Used by runtime/cli.py and by the commands
 that train/, export/ and bench/ register (importing this module registers nothing).
 """
 
@@ -33,8 +33,15 @@ def reports_errors(command: F) -> F:
 
 
 def say(message: str) -> None:
-    """Progress and summaries go to stderr, so stdout stays free for data."""
+    """Progress, warnings and other diagnostics go to stderr."""
     typer.echo(message, err=True)
+
+
+def report(message: str) -> None:
+    """A command's result, what it did or found (a summary, a table), goes to stdout. A command
+    whose stdout carries data lines (`dlq show`, `--json`) says its summary with `say` instead,
+    so the data stays parseable."""
+    typer.echo(message)
 
 
 def parse_instant(value: str, flag: str) -> int:

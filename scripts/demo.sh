@@ -40,10 +40,10 @@ if ! grep -q "\"tie_rule\"" "$work/bundle/manifest.json" 2>/dev/null; then  # no
   "$fs" simulate --customers 2000 --terminals 4000 --days 60 --seed 0 --out "$work/tx.parquet"
   "$fs" features --in "$work/tx.parquet" --out "$work/features.parquet"
   rm -rf "$work/run" "$work/bundle"
-  "$fs" train --data "$work/features.parquet" --start 2018-05-01 --seed 0 --ensemble 1 --out "$work/run"
+  "$fs" train --data "$work/features.parquet" --start 2018-05-08 --seed 0 --ensemble 1 --out "$work/run"
   "$fs" export --run "$work/run" --out "$work/bundle"
 fi
-"$fs" evaluate --bundle "$work/bundle" --data "$work/features.parquet" --start 2018-05-01
+"$fs" evaluate --bundle "$work/bundle" --data "$work/features.parquet"  # the split recorded in the bundle
 
 # Fresh topics for each run, created as a user would create theirs (docs/sidecar.md#topics).
 tag="$(date +%Y%m%d-%H%M%S)"

@@ -59,7 +59,9 @@ CASES = [
     ("train --data {garbage_parquet} --out {dir}/run1 --start 2018-04-01", "not a readable Parquet file", "run1"),
     ("export --run {dir} --out {dir}/b1", "a run directory", "b1"),
     ("export --run {run} --out {full}", "exists; choose another --out", None),
-    ("evaluate --bundle {bundle} --data {garbage_parquet} --start 2018-04-01", "not a readable Parquet file", None),
+    ("evaluate --bundle {bundle} --data {garbage_parquet}", "not a readable Parquet file", None),
+    # small_bundle trained on 2018-04-09..15: a split from 04-01 would test on 04-15..21.
+    ("evaluate --bundle {bundle} --data {features_parquet} --start 2018-04-01", "overlaps", None),
     ("evaluate --bundle {dir}/absent --data {features_parquet} --start 2018-04-01", "not a bundle directory", None),
     ("evaluate --bundle {bundle} --data {features_parquet} --start 2018-04-01 --device tpu", "auto, cpu, cuda", None),
     ("evaluate --bundle {bundle} --data {features_parquet} --start 2018-04-01 --json {full}/x/r.json", "is a file", None),

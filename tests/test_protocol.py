@@ -18,6 +18,7 @@ from fraudscore.data.evaluation import (
     roc_auc,
     split_masks,
     threshold_for_budget,
+    window_mask,
     threshold_for_precision,
 )
 
@@ -105,6 +106,28 @@ def test_split_removes_cards_known_before_each_test_day() -> None:
     # Test day 5: frauds up to day 2 are known -> card 3 removed; card 4 (fraud day 3) still in.
     # Test day 6: card 4 known (fraud day 3) -> removed.
     assert test.tolist() == [False] * 4 + [False, True, True, False, True, False, True]
+    # Production-like: every row of the test days, known cards included.
+    assert window_mask(table, split).tolist() == [False] * 4 + [True] * 7
+
+
+def test_recorded_split_round_trips_and_an_overlapping_test_window_is_refused() -> None:
+    from types import SimpleNamespace
+
+    from fraudscore import UsageError
+    from fraudscore.data.evaluate import choose_split, recorded_split
+
+    trained = Split(dt.date(2018, 4, 10), train_days=20, delay_days=5, test_days=3)
+    bundle = SimpleNamespace(path="b", manifest=SimpleNamespace(metrics={"split": trained.describe()}))
+    assert recorded_split(bundle.manifest) == trained
+    assert choose_split([bundle], None) == (trained, "the split recorded in the bundle")
+    # --start alone keeps the recorded lengths: testing after the training window is fine.
+    assert choose_split([bundle], dt.date(2018, 4, 30))[0] == Split(dt.date(2018, 4, 30), 20, 5, 3)
+    with pytest.raises(UsageError, match=r"2018-04-15..2018-04-21 overlaps b's training window 2018-04-10..2018-04-29"):
+        choose_split([bundle], dt.date(2018, 4, 1), 7, 7, 7)
+    old = SimpleNamespace(path="old", manifest=SimpleNamespace(metrics={}))
+    with pytest.raises(UsageError, match="pass --start"):
+        choose_split([old], None)
+    assert choose_split([old], dt.date(2018, 4, 1))[0] == Split(dt.date(2018, 4, 1))
 
 
 def test_thresholds() -> None:

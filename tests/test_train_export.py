@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import subprocess
@@ -114,6 +115,32 @@ def test_evaluate_reports_json_and_compares_bundles(workspace: Path, mlp_bundle:
     assert report["ap"] == pytest.approx(trained["ap"], abs=1e-4)
     assert report["auc"] == pytest.approx(trained["auc"], abs=1e-4)
     assert "AP" in done.stdout and done.stdout.count("mlp") >= 2
+    # Next to the protocol's figures, the production-like ones: every card of the test days.
+    every = report["all_cards"]
+    assert every["transactions"] > report["transactions"] and every["frauds"] >= report["frauds"]
+    assert every["alerts_per_day"] == pytest.approx(every["alerts"] / every["days"])
+    assert "production-like (every card" in done.stdout
+
+
+def test_evaluate_uses_the_recorded_split_and_refuses_to_test_inside_training(
+        workspace: Path, mlp_bundle: Path, feature_table: Path, mlp_run: Path) -> None:
+    """issue 25: a bundle trained on 2018-04-10..16 evaluated with --start 2018-04-01 (7/7/7) would
+    test on 2018-04-15..21, two of them training days: refused with the fix. Without --start
+    the recorded split is used, and its figures are train's own test figures."""
+    report_path = workspace / "eval-recorded.json"
+    fraudscore("evaluate", "--bundle", mlp_bundle, "--data", feature_table, "--json", report_path)
+    report = json.loads(report_path.read_text())
+    recorded = json.loads((mlp_run / "metrics.json").read_text())
+    assert report["split"]["test"] == recorded["split"]["test"] == "2018-04-24..2018-04-30"
+    assert report["split"]["source"] == "the split recorded in the bundle"
+    assert report["ap"] == pytest.approx(recorded["test"]["ap"], abs=1e-4)
+    leaky = fraudscore("evaluate", "--bundle", mlp_bundle, "--data", feature_table, "--start", "2018-04-01", check=False)
+    assert leaky.returncode == 2 and leaky.stdout == ""
+    assert "the test window 2018-04-15..2018-04-21 overlaps" in leaky.stderr
+    assert "training window 2018-04-10..2018-04-16" in leaky.stderr and "--start 2018-04-10" in leaky.stderr
+    # The suggested --start tests on the days after training and the delay.
+    fraudscore("evaluate", "--bundle", mlp_bundle, "--data", feature_table, "--start", "2018-04-10", "--json", report_path)
+    assert json.loads(report_path.read_text())["split"]["test"] == "2018-04-24..2018-04-30"
 
 
 def test_evaluate_runs_without_tensorflow(mlp_bundle: Path, feature_table: Path) -> None:
@@ -144,7 +171,7 @@ def test_autoencoder_bundle_outputs_reconstruction_error(workspace: Path, featur
     run, bundle = workspace / "run-ae", workspace / "bundle-ae"
     fraudscore("train", "--data", feature_table, "--model", "autoencoder", "--start", START, "--seed", "1", "--out", run, *FAST)
     done = fraudscore("export", "--run", run, "--out", bundle)
-    assert "parity" in done.stderr
+    assert "parity" in done.stdout  # the result on stdout, diagnostics on stderr
     loaded = load_bundle(bundle)
     assert loaded.manifest.model_kind == "autoencoder"
     assert "reconstruction error" in loaded.manifest.output_meaning
@@ -250,7 +277,7 @@ def test_score_files_through_the_runtime_core(workspace: Path, mlp_bundle: Path,
     assert len(results) == 300 and {"transaction_id", "score", "decision"} <= set(results[0])
     rejected = [json.loads(line) for line in (workspace / "scored.jsonl.rejected.jsonl").read_text().splitlines()]
     assert [(r["line"], r["reason"]) for r in rejected] == [(301, "bad_json"), (302, "missing_field")]
-    assert "2 rejected" in done.stderr
+    assert "2 rejected" in done.stdout
     as_table = workspace / "scored.csv"
     fraudscore("score", "--bundle", mlp_bundle, "--in", feature_table, "--out", as_table)
     scored = read_table(as_table)
@@ -280,6 +307,10 @@ def test_renamed_columns_train_evaluate_and_progress_shows_off_a_terminal(worksp
     # stderr is a pipe here, as in CI or under nohup: epoch lines still show, the first and last at least.
     assert "member 0: epoch 1/6 loss " in trained.stderr and " val AP " in trained.stderr
     assert "stopping" in trained.stderr
+    # 32 days of data from 2018-04-01, training from 04-10: the windows were not full yet.
+    assert "warning: the training window starts 9.0 days after the data's first day (2018-04-01)" in trained.stderr
+    assert "Start on or after 2018-05-08" in trained.stderr
+    assert "an epoch's time grows in proportion to the rows of the training window" in trained.stderr
     fraudscore("export", "--run", run, "--out", bundle, "--quiet")
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["metrics"]["split"]["columns"] == {"time": "ts", "customer": "card", "label": "is_fraud"}
@@ -295,6 +326,19 @@ def test_renamed_columns_train_evaluate_and_progress_shows_off_a_terminal(worksp
     assert json.loads(report_path.read_text())["ap"] == pytest.approx(report["ap"], abs=1e-9)
     wrong = fraudscore("evaluate", "--bundle", bundle, "--data", feature_table, "--start", START, check=False)
     assert wrong.returncode == 2 and "uses time ts" in wrong.stderr and "--time-column" in wrong.stderr
+
+
+def test_the_warm_up_warning_names_the_first_full_day_for_the_features_trained_on() -> None:
+    from fraudscore.train.trainer import warm_up_warning
+
+    times = np.array(["2018-04-01T00:03:10", "2018-06-30T12:00:00"], dtype="datetime64[s]")
+    baseline = ["TX_AMOUNT", "CUSTOMER_ID_NB_TX_1DAY_WINDOW", "TERMINAL_ID_RISK_30DAY_WINDOW"]
+    assert "Start on or after 2018-05-08" in warm_up_warning(times, dt.date(2018, 5, 7), baseline)
+    assert warm_up_warning(times, dt.date(2018, 5, 8), baseline) == ""  # 37 days of history before it
+    # Customer windows only: 30 days.
+    assert "Start on or after 2018-05-01" in warm_up_warning(times, dt.date(2018, 4, 10), baseline[:2])
+    assert warm_up_warning(times, dt.date(2018, 5, 1), baseline[:2]) == ""
+    assert warm_up_warning(times, dt.date(2018, 4, 2), ["TX_AMOUNT", "MY_OWN_FEATURE"]) == ""
 
 
 def test_progress_throttle_lets_a_line_through_per_interval_and_forced_ones() -> None:

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fraudscore.console import int_list, parse_date, reports_errors, say
+from fraudscore.console import int_list, parse_date, report, reports_errors, say
 
 
 
@@ -87,7 +87,7 @@ def train(
                           every_s=0.0 if progress_wanted() else log_every)
     test = result.metrics["test"]
     if not quiet:
-        say(
+        report(
             f"{model}: test AUC {test['auc']:.4f}, AP {test['ap']:.4f}, CP@100 {test['cp_at_100']:.4f} "
             f"({test['transactions']:,} transactions, {test['frauds']:,} frauds); threshold "
             f"{result.metrics['threshold']['value']:.4g}; wrote {result.path} in {result.seconds:.1f} s"

@@ -109,6 +109,8 @@ def _seed_everything(seed: int) -> None:
     import keras
     import tensorflow as tf
 
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "3":  # our quiet default; a user who set it lower hears all
+        tf.get_logger().setLevel("ERROR")  # e.g. the retracing warnings of predict() on validation each epoch
     keras.utils.set_random_seed(seed)
     # Same seed, same data, same machine -> same weights: deterministic kernels on CPU.
     tf.config.experimental.enable_op_determinism()
@@ -181,6 +183,30 @@ def _fit_one(config: TrainConfig, x_fit, y_fit, x_val, y_val, member: int, say, 
     return model, {"best_epoch": best["epoch"] + 1, "best_val_ap": best["ap"], "history": history}
 
 
+def warm_up_warning(times: np.ndarray, start: dt.date, features: list[str]) -> str:
+    """A warning when the training window starts before the online features' windows could fill:
+    their first rows then see less history than production gives them (customer windows reach
+    30 days back, terminal windows 37 with the label delay), "" when it does not."""
+    spec = BASELINE_SPEC
+    windowed = set(features) & set(spec.names)
+    customer = any(name.startswith("CUSTOMER_ID_") for name in windowed)
+    terminal = any(name.startswith("TERMINAL_ID_") for name in windowed)
+    reach_s = max(spec.terminal_reach_s if terminal else 0, spec.customer_reach_s if customer else 0)
+    if not reach_s or not len(times):
+        return ""
+    first = times.min().astype("datetime64[D]")  # the data's first day: nothing before it was recorded
+    since_s = int((np.datetime64(start, "s") - first).astype(np.int64))
+    if since_s >= reach_s:
+        return ""
+    full = first + np.timedelta64(-(-reach_s // 86_400), "D")
+    what = (f"customer windows reach {spec.customer_reach_s // 86_400} days back, terminal windows "
+            f"{spec.terminal_reach_s // 86_400} with the {spec.terminal_delay_days}-day label delay")
+    return (f"warning: the training window starts {max(since_s, 0) / 86_400:.1f} days after the data's first day "
+            f"({first}), so the features of its first rows saw less history than production "
+            f"gives them ({what}) and the model learns from understated windows. Start on or after {full} (--start), "
+            "or compute the features over a longer history")
+
+
 def _check_training_data(config: TrainConfig, table: Table, train: np.ndarray, test: np.ndarray, fit: np.ndarray, val: np.ndarray) -> None:
     source = str(config.data)
     label = table[config.label]
@@ -226,6 +252,9 @@ def train(config: TrainConfig, say=lambda message: None, every_s: float = 0.0) -
     _check_training_data(config, table, train_mask, test_mask, fit_mask, val_mask)
     labels = (table[config.label] == 1).astype(np.int64)
 
+    short = warm_up_warning(table[config.time_column], config.start, features)
+    if short:
+        say(short)
     say(f"training {config.model} on {int(fit_mask.sum()):,} rows ({int(labels[fit_mask].sum()):,} positives), "
         f"validating on {int(val_mask.sum()):,}, testing on {int(test_mask.sum()):,}")
     members, member_info = [], []
@@ -235,6 +264,11 @@ def train(config: TrainConfig, say=lambda message: None, every_s: float = 0.0) -
                                throttle)
         members.append(model)
         member_info.append(info)
+    epochs = sum(len(info["history"]) for info in member_info)
+    epoch_s = sum(h["seconds"] for info in member_info for h in info["history"]) / max(1, epochs)
+    say(f"{epochs} epochs over {config.members} member(s), {epoch_s:.2f} s an epoch for {int(fit_mask.sum()):,} rows: an "
+        "epoch's time grows in proportion to the rows of the training window (plus a fixed part, the validation "
+        "day), and each member repeats it")
     from .models import ensemble
 
     model = ensemble(members)

@@ -2,6 +2,12 @@
 
 Scoring goes through the runtime's own path (bundle verification, feature matrix, one
 ONNX Runtime call), the artefact that ships, not the Keras model.
+
+Honest by default: the split is the one `train` recorded in the bundle unless --start names
+another, and a test window that overlaps a bundle's training window is refused (its scores
+there are on rows the model learned from). Next to the protocol's figures (known compromised
+cards removed) come the production-like ones: every transaction of the test days, alerts a
+day at the bundle's threshold, which is what a sidecar raises on those days.
 """
 
 from __future__ import annotations
@@ -12,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from fraudscore.serving.bundle import load_bundle
-from fraudscore.errors import InputError
-from fraudscore.data.evaluation import Split, evaluate_scores, split_masks
+from fraudscore.errors import InputError, UsageError
+from fraudscore.data.evaluation import (Split, average_precision, classification_at, day_index, evaluate_scores, roc_auc,
+                                        split_masks, window_mask)
 from fraudscore.serving.scorer import Scorer
 from fraudscore.data.matrix import feature_matrix
 from fraudscore.data.table import read_table
@@ -30,14 +37,85 @@ def bundle_columns(manifest, overrides: dict[str, str | None] | None = None) -> 
     return DEFAULT_COLUMNS | {k: str(v) for k, v in recorded.items() if k in DEFAULT_COLUMNS} | given
 
 
+def _day_range(text: str) -> tuple[dt.date, dt.date]:
+    first, _, last = text.partition("..")
+    return dt.date.fromisoformat(first), dt.date.fromisoformat(last)
+
+
+def recorded_split(manifest) -> Split | None:
+    """The split `train` recorded (metrics.split: train and test day ranges), or None for a bundle
+    exported before it was recorded or from a run without one."""
+    split = manifest.metrics.get("split") or {}
+    try:
+        train_first, train_last = _day_range(split["train"])
+        test_first, test_last = _day_range(split["test"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return Split(train_first, (train_last - train_first).days + 1, (test_first - train_last).days - 1,
+                 (test_last - test_first).days + 1)
+
+
+def choose_split(bundles, start: dt.date | None, train_days: int | None = None, delay_days: int | None = None,
+                 test_days: int | None = None) -> tuple[Split, str]:
+    """The split to evaluate on and where it came from.
+
+    Without `start`, the first bundle's recorded split (the days flags given still apply);
+    with it, the recorded lengths of training, delay and test (the protocol's 7/7/7 for a
+    bundle with none) unless flags name them. Refused (UsageError, with the fix) when the
+    test window overlaps the training window any bundle recorded."""
+    first = bundles[0]
+    recorded = recorded_split(first.manifest)
+    base = recorded or Split(dt.date(1970, 1, 1))
+    if start is None:
+        if recorded is None:
+            raise UsageError(f"{first.path}: the bundle records no training split (exported by an older fraudscore); "
+                             "pass --start, the first training day of the split to evaluate")
+        start, source = recorded.start, "the split recorded in the bundle"
+    else:
+        source = "--start"
+    split = Split(start, base.train_days if train_days is None else train_days,
+                  base.delay_days if delay_days is None else delay_days,
+                  base.test_days if test_days is None else test_days)
+    test_first = split.test_start
+    test_last = test_first + dt.timedelta(days=split.test_days - 1)
+    for bundle in bundles:
+        trained = recorded_split(bundle.manifest)
+        if trained is None:
+            continue
+        train_last = trained.start + dt.timedelta(days=trained.train_days - 1)
+        if test_first <= train_last and test_last >= trained.start:
+            honest = train_last + dt.timedelta(days=1 - split.train_days)
+            raise UsageError(
+                f"the test window {test_first}..{test_last} overlaps {bundle.path}'s training window "
+                f"{trained.start}..{train_last}: its scores there are on rows the model learned from, and its "
+                f"figures would flatter it. Drop --start to test on the split recorded in the bundle, or pass "
+                f"--start {honest} (with --train-days {split.train_days} and --delay-days {split.delay_days} the test "
+                f"window then begins {train_last + dt.timedelta(days=1 + split.delay_days)}, after training and the "
+                f"label delay)")
+    return split, source
+
+
+def production_like(table, rows: np.ndarray, scores: np.ndarray, threshold: float, *, time_column: str,
+                    label_column: str) -> dict:
+    """Every transaction of the test days (no card removed): what a sidecar scores on them, and
+    the alerts it raises at the bundle's threshold."""
+    y = table[label_column][rows]
+    days = max(1, len(np.unique(day_index(table[time_column][rows]))))
+    at = classification_at(y, scores, threshold)
+    return {"transactions": int(rows.sum()), "frauds": int((y == 1).sum()), "days": days,
+            "alerts": at["alerts"], "alerts_per_day": at["alerts"] / days,
+            "precision_at_threshold": at["precision"], "recall_at_threshold": at["recall"],
+            "auc": roc_auc(y, scores), "ap": average_precision(y, scores)}
+
+
 def evaluate_bundles(
     bundles: list[Path],
     data: Path,
-    start: dt.date,
+    start: dt.date | None = None,
     *,
-    train_days: int = 7,
-    delay_days: int = 7,
-    test_days: int = 7,
+    train_days: int | None = None,
+    delay_days: int | None = None,
+    test_days: int | None = None,
     k: int = 100,
     device: str = "cpu",
     time_column: str | None = None,
@@ -46,11 +124,13 @@ def evaluate_bundles(
 ) -> dict:
     """Metrics of each bundle on the test days of one split of `data`; the first bundle's at top level.
 
-    Each bundle is evaluated with its own recorded time/customer/label columns (`bundle_columns`)
-    unless the `*_column` arguments name them."""
+    The split is `choose_split`'s (the recorded one unless `start` is given; never one that tests
+    inside a training window). Each bundle is evaluated with its own recorded time/customer/label
+    columns (`bundle_columns`) unless the `*_column` arguments name them. Besides the protocol's
+    figures, "all_cards" holds the production-like ones (`production_like`)."""
     loaded = [load_bundle(b) for b in bundles]
+    split, source = choose_split(loaded, start, train_days, delay_days, test_days)
     table = read_table(data)
-    split = Split(start, train_days, delay_days, test_days)
     overrides = {"time": time_column, "customer": customer_column, "label": label_column}
     results = []
     for bundle in loaded:
@@ -64,8 +144,9 @@ def evaluate_bundles(
                              "--customer-column, --label)") from None
         if not test.any():
             raise InputError(f"{data}: no rows in the test window {split.describe()['test']}; check --start and the data's dates")
-        matrix = feature_matrix(table, bundle.features, str(data))[test]
-        scores = Scorer(bundle, device=device).score(matrix)
+        every = window_mask(table, split, time_column=columns["time"])
+        every_scores = Scorer(bundle, device=device).score(feature_matrix(table, bundle.features, str(data))[every])
+        scores = every_scores[test[every]]
         metrics = evaluate_scores(table, test, scores, k=k, **named)
         alerts = scores >= bundle.manifest.threshold
         metrics.update(
@@ -77,28 +158,51 @@ def evaluate_bundles(
                 "columns": columns,
                 "alerts_per_day": float(alerts.sum() / max(1, metrics["days"])),
                 "precision_at_threshold": float(table[columns["label"]][test][alerts].mean()) if alerts.any() else float("nan"),
+                "all_cards": production_like(table, every, every_scores, bundle.manifest.threshold,
+                                             time_column=columns["time"], label_column=columns["label"]),
             }
         )
         results.append(metrics)
-    return results[0] | {"split": split.describe(), "data": str(data), "bundles": results}
+    return results[0] | {"split": split.describe() | {"source": source}, "data": str(data), "bundles": results}
 
 
 def format_table(report: dict, k: int = 100) -> str:
-    """Bundles side by side: one column each."""
-    rows = [
+    """Bundles side by side: one column each; the protocol's figures, then the production-like ones."""
+    protocol = [
         ("model", "model_kind", "{}"),
         ("version", "model_version", "{}"),
-        ("AUC", "auc", "{:.4f}"),
-        ("AP", "ap", "{:.4f}"),
-        (f"CP@{k}", f"cp_at_{k}", "{:.4f}"),
         ("threshold", "threshold", "{:.4g}"),
-        ("alerts/day", "alerts_per_day", "{:.1f}"),
-        ("precision@thr", "precision_at_threshold", "{:.3f}"),
-        ("transactions", "transactions", "{:,}"),
-        ("frauds", "frauds", "{:,}"),
+        ("protocol (known compromised cards removed):", None, ""),
+        ("  AUC", "auc", "{:.4f}"),
+        ("  AP", "ap", "{:.4f}"),
+        (f"  CP@{k}", f"cp_at_{k}", "{:.4f}"),
+        ("  alerts/day", "alerts_per_day", "{:.1f}"),
+        ("  precision@thr", "precision_at_threshold", "{:.3f}"),
+        ("  transactions", "transactions", "{:,}"),
+        ("  frauds", "frauds", "{:,}"),
+        ("production-like (every card, as a sidecar):", None, ""),
     ]
-    cells = [[label] + [fmt.format(b[key]) if not (isinstance(b[key], float) and np.isnan(b[key])) else "n/a" for b in report["bundles"]] for label, key, fmt in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
-    lines = [f"test {report['split']['test']} (train {report['split']['train']}, delay {report['split']['delay_days']} days)"]
-    lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+    production = [
+        ("  alerts/day", "alerts_per_day", "{:.1f}"),
+        ("  precision@thr", "precision_at_threshold", "{:.3f}"),
+        ("  recall@thr", "recall_at_threshold", "{:.3f}"),
+        ("  AUC", "auc", "{:.4f}"),
+        ("  AP", "ap", "{:.4f}"),
+        ("  transactions", "transactions", "{:,}"),
+        ("  frauds", "frauds", "{:,}"),
+    ]
+
+    def cell(value, fmt: str) -> str:
+        return "n/a" if isinstance(value, float) and np.isnan(value) else fmt.format(value)
+
+    rows = [(label, key and (lambda b, key=key: b[key]), fmt) for label, key, fmt in protocol]
+    rows += [(label, lambda b, key=key: b["all_cards"][key], fmt) for label, key, fmt in production]
+    cells = [(label, get and [cell(get(b), fmt) for b in report["bundles"]]) for label, get, fmt in rows]
+    filled = [(label, values) for label, values in cells if values]
+    widths = [max(len(label) for label, _ in filled)] + [max(len(v[i]) for _, v in filled) for i in range(len(report["bundles"]))]
+    split = report["split"]
+    lines = [f"test {split['test']} (train {split['train']}, delay {split['delay_days']} days; "
+             f"{split.get('source', '--start')})"]
+    lines += [label if not values else "  ".join([label.ljust(widths[0])] + [v.rjust(w) for v, w in zip(values, widths[1:])])
+              for label, values in cells]
     return "\n".join(lines)

@@ -65,6 +65,15 @@ def day_index(times: np.ndarray) -> np.ndarray:
     return times.astype("datetime64[D]").astype(np.int64)
 
 
+def window_mask(table: Table, split: Split, *, time_column: str = "TX_DATETIME") -> np.ndarray:
+    """Every row of the split's test days, no card removed (what production scores on those days)."""
+    if time_column not in table:
+        raise InputError(f"column {time_column} is missing; the protocol needs time, customer and label columns")
+    day = day_index(table[time_column])
+    first = int(np.datetime64(split.test_start, "D").astype(np.int64))
+    return (day >= first) & (day < first + split.test_days)
+
+
 def split_masks(
     table: Table,
     split: Split,
