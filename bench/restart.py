@@ -128,7 +128,7 @@ def wait_results(bootstrap: str, topic: str, count: int, timeout_s: float) -> fl
     raise TimeoutError(f"fewer than {count} results on {topic} after {timeout_s:g} s")
 
 
-def run(args: argparse.Namespace, say=print) -> dict:
+def run(args: argparse.Namespace, say=lambda line: print(line, file=sys.stderr, flush=True)) -> dict:
     from fraudscore.data.replay import raw_stream, replay
     from fraudscore.data.simulate import simulate
     from fraudscore.serving.topics import TopicsConfig, ensure_topics, plan_topics

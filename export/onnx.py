@@ -102,8 +102,9 @@ def export_bundle(run_dir: Path, out: Path, opset: int = OPSET, tolerance: float
 
     import keras
 
-    import fraudscore.train.models  # noqa: F401  (registers the custom layers for loading)
+    from fraudscore.train.models import quiet_tensorflow  # also registers the custom layers for loading
 
+    quiet_tensorflow()
     started = time.perf_counter()
     run_dir, out = Path(run_dir), Path(out)
     if not run_dir.is_dir():

@@ -150,7 +150,7 @@ def evaluate(
     bundle: Annotated[list[Path], typer.Option("--bundle", "-b", help="Bundle directory; repeat to compare bundles side by side.")],
     data: Annotated[Path, typer.Option("--data", "-d", help="Feature table covering the training and test windows.")],
     start: Annotated[Optional[str], typer.Option(help="First training day of the split, YYYY-MM-DD [default: the split `train` recorded in the first bundle]. A test window that overlaps a bundle's training window is refused.")] = None,
-    train_days: Annotated[Optional[int], typer.Option(min=1, help="Days of the split's training window: they only decide which cards count as known compromised [default: the bundle's, else 7].")] = None,
+    train_days: Annotated[Optional[int], typer.Option(min=1, help="Days of the split's training window: the test window starts after them and the delay, and cards with a fraud in them count as known compromised [default: the bundle's, else 7].")] = None,
     delay_days: Annotated[Optional[int], typer.Option(min=0, help="Days between training and test [default: the bundle's, else 7].")] = None,
     test_days: Annotated[Optional[int], typer.Option(min=1, help="Days in the test window [default: the bundle's, else 7].")] = None,
     k: Annotated[int, typer.Option(min=1, help="Cards a day for card precision@k.")] = 100,
@@ -164,8 +164,8 @@ def evaluate(
     and next to them the production-like figures: every card, alerts a day at the bundle's threshold.
 
     The split is the one `fraudscore train` recorded in the first bundle unless --start names
-    another; a test window inside any bundle's training window is refused (exit 2, with the
-    fix). The protocol's figures leave out cards already known to be compromised; the
+    another; a test window that overlaps any bundle's training window is refused (exit 2, with
+    a --start that is not). The protocol's figures leave out cards already known to be compromised; the
     production-like ones score every transaction of the test days, as a sidecar does, so their
     alerts a day are what case management would receive. The time, customer and label columns
     are those `fraudscore train` recorded in each bundle (--time-column, --customer-column,
@@ -179,16 +179,18 @@ def evaluate(
         raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
     if json_path is not None:
         check_output(json_path.with_suffix(".csv"))  # only its directory matters here
-    report = evaluate_bundles(
+    evaluation = evaluate_bundles(
         bundle, data, None if start is None else parse_date(start, "--start"), train_days=train_days, delay_days=delay_days,
         test_days=test_days, k=k, device=device, time_column=time_column, customer_column=customer_column,
         label_column=label,
     )
-    typer.echo(format_table(report, k))
+    for note in evaluation["notes"]:
+        say(note)
+    report(format_table(evaluation, k))
     if json_path is not None:
         from fraudscore.atomic import write_bytes
 
-        write_bytes(json_path, (json.dumps(report, indent=2) + "\n").encode())
+        write_bytes(json_path, (json.dumps(evaluation, indent=2) + "\n").encode())
 
 
 @app.command()
@@ -515,8 +517,8 @@ def dlq_replay(
 
     kafka, topic, letters = _dead_letters(dlq_topic, bootstrap_servers, reason, partition, from_offset, to_offset,
                                           since, limit, timeout, kafka_property, kafka_properties_file, config)
-    report = replay_letters(kafka, letters, topic, to_topic=to, execute=execute, timeout_s=max(timeout, 60.0))
-    for line in report.lines(topic):
+    sent = replay_letters(kafka, letters, topic, to_topic=to, execute=execute, timeout_s=max(timeout, 60.0))
+    for line in sent.lines(topic):
         typer.echo(line)
 
 
@@ -557,14 +559,14 @@ def results(
         names[key] = value or file.get(key)
         if not names[key]:
             raise UsageError(f"missing {flag} (flag, FRAUDSCORE_{key.upper()} or --config)")
-    report = reconcile(kafka, Topics(str(names["input_topic"]), str(names["output_topic"]), str(names["dlq_topic"])),
+    outcome = reconcile(kafka, Topics(str(names["input_topic"]), str(names["output_topic"]), str(names["dlq_topic"])),
                        since_ms=parse_since(since), until_ms=parse_since(until, flag="--until"), timeout_s=timeout)
     if json_out:
-        typer.echo(json.dumps(report.to_json()))
+        typer.echo(json.dumps(outcome.to_json()))
     else:
-        for line in report.lines():
+        for line in outcome.lines():
             typer.echo(line)
-    if not report.complete:
+    if not outcome.complete:
         raise typer.Exit(1)
 
 

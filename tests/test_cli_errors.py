@@ -62,9 +62,9 @@ CASES = [
     ("evaluate --bundle {bundle} --data {garbage_parquet}", "not a readable Parquet file", None),
     # small_bundle trained on 2018-04-09..15: a split from 04-01 would test on 04-15..21.
     ("evaluate --bundle {bundle} --data {features_parquet} --start 2018-04-01", "overlaps", None),
-    ("evaluate --bundle {dir}/absent --data {features_parquet} --start 2018-04-01", "not a bundle directory", None),
-    ("evaluate --bundle {bundle} --data {features_parquet} --start 2018-04-01 --device tpu", "auto, cpu, cuda", None),
-    ("evaluate --bundle {bundle} --data {features_parquet} --start 2018-04-01 --json {full}/x/r.json", "is a file", None),
+    ("evaluate --bundle {dir}/absent --data {features_parquet}", "not a bundle directory", None),
+    ("evaluate --bundle {bundle} --data {features_parquet} --device tpu", "auto, cpu, cuda", None),
+    ("evaluate --bundle {bundle} --data {features_parquet} --json {full}/x/r.json", "is a file", None),
     ("score --bundle {bundle} --in {garbage_csv} --out {dir}/s.csv", "not a well-formed CSV file", "s.csv"),
     ("score --bundle {bundle} --in {tx_csv} --out {dir}/s.csv", "missing feature column(s)", "s.csv"),
     ("score --bundle {bad_manifest} --in {features_parquet} --out {dir}/s.csv", "not a readable JSON manifest", "s.csv"),

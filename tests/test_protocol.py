@@ -117,17 +117,57 @@ def test_recorded_split_round_trips_and_an_overlapping_test_window_is_refused() 
     from fraudscore.data.evaluate import choose_split, recorded_split
 
     trained = Split(dt.date(2018, 4, 10), train_days=20, delay_days=5, test_days=3)
-    bundle = SimpleNamespace(path="b", manifest=SimpleNamespace(metrics={"split": trained.describe()}))
+    bundle = _bundle("b", trained)
     assert recorded_split(bundle.manifest) == trained
-    assert choose_split([bundle], None) == (trained, "the split recorded in the bundle")
+    assert choose_split([bundle], None) == (trained, "recorded", [])
     # --start alone keeps the recorded lengths: testing after the training window is fine.
     assert choose_split([bundle], dt.date(2018, 4, 30))[0] == Split(dt.date(2018, 4, 30), 20, 5, 3)
-    with pytest.raises(UsageError, match=r"2018-04-15..2018-04-21 overlaps b's training window 2018-04-10..2018-04-29"):
+    with pytest.raises(UsageError, match=r"2018-04-15..2018-04-21 \(--start\) overlaps b's training window "
+                                         r"2018-04-10..2018-04-29.* drop --start .* --start 2018-04-23 "):
         choose_split([bundle], dt.date(2018, 4, 1), 7, 7, 7)
-    old = SimpleNamespace(path="old", manifest=SimpleNamespace(metrics={}))
+    old = _bundle("old", None)
     with pytest.raises(UsageError, match="pass --start"):
         choose_split([old], None)
-    assert choose_split([old], dt.date(2018, 4, 1))[0] == Split(dt.date(2018, 4, 1))
+    split, source, notes = choose_split([old, bundle], dt.date(2018, 5, 1))
+    assert split == Split(dt.date(2018, 5, 1)) and source == "start"
+    assert notes == ["note: old records no training window, so this test window is not checked against it"]
+    # The first bundle's recorded split testing inside a second bundle's training: no "drop --start".
+    later = _bundle("later", Split(dt.date(2018, 5, 1), 30, 7, 7))
+    with pytest.raises(UsageError, match=r"\(the split recorded in the bundle\) overlaps later's.* pass --start 2018-05-11 "):
+        choose_split([bundle, later], None)
+    assert recorded_split(SimpleNamespace(metrics={"split": {"train": 7, "test": "x..y"}})) is None
+
+
+def _bundle(path: str, split: Split | None):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(path=path, manifest=SimpleNamespace(metrics={"split": split.describe()} if split else {}))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 60), st.integers(1, 40)), min_size=1, max_size=4),
+       st.integers(0, 120), st.integers(1, 30), st.integers(0, 10), st.integers(1, 14))
+def test_a_chosen_split_never_tests_inside_training_and_a_refusal_names_a_start_that_is_taken(
+        trainings, start, train_days, delay_days, test_days) -> None:
+    from fraudscore import UsageError
+    from fraudscore.data.evaluate import choose_split
+
+    day0 = dt.date(2018, 1, 1)
+    bundles = [_bundle(f"b{i}", Split(day0 + dt.timedelta(days=s), n, 7, 7)) for i, (s, n) in enumerate(trainings)]
+    windows = [(day0 + dt.timedelta(days=s), day0 + dt.timedelta(days=s + n - 1)) for s, n in trainings]
+
+    def clear(split: Split) -> bool:
+        first, last = split.test_start, split.test_start + dt.timedelta(days=split.test_days - 1)
+        return all(last < a or first > b for a, b in windows)
+
+    try:
+        split, _, _ = choose_split(bundles, day0 + dt.timedelta(days=start), train_days, delay_days, test_days)
+    except UsageError as exc:
+        suggested = dt.date.fromisoformat(str(exc).split("--start ")[-1].split()[0])
+        again, _, _ = choose_split(bundles, suggested, train_days, delay_days, test_days)
+        assert clear(again)
+    else:
+        assert clear(split)
 
 
 def test_thresholds() -> None:

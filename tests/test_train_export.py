@@ -132,11 +132,11 @@ def test_evaluate_uses_the_recorded_split_and_refuses_to_test_inside_training(
     report = json.loads(report_path.read_text())
     recorded = json.loads((mlp_run / "metrics.json").read_text())
     assert report["split"]["test"] == recorded["split"]["test"] == "2018-04-24..2018-04-30"
-    assert report["split"]["source"] == "the split recorded in the bundle"
+    assert report["split"]["source"] == "recorded" and report["bundles"][0]["trained"] == "2018-04-10..2018-04-16"
     assert report["ap"] == pytest.approx(recorded["test"]["ap"], abs=1e-4)
     leaky = fraudscore("evaluate", "--bundle", mlp_bundle, "--data", feature_table, "--start", "2018-04-01", check=False)
     assert leaky.returncode == 2 and leaky.stdout == ""
-    assert "the test window 2018-04-15..2018-04-21 overlaps" in leaky.stderr
+    assert "the test window 2018-04-15..2018-04-21 (--start) overlaps" in leaky.stderr
     assert "training window 2018-04-10..2018-04-16" in leaky.stderr and "--start 2018-04-10" in leaky.stderr
     # The suggested --start tests on the days after training and the delay.
     fraudscore("evaluate", "--bundle", mlp_bundle, "--data", feature_table, "--start", "2018-04-10", "--json", report_path)
@@ -311,6 +311,8 @@ def test_renamed_columns_train_evaluate_and_progress_shows_off_a_terminal(worksp
     assert "warning: the training window starts 9.0 days after the data's first day (2018-04-01)" in trained.stderr
     assert "Start on or after 2018-05-08" in trained.stderr
     assert "an epoch's time grows in proportion to the rows of the training window" in trained.stderr
+    # The result on stdout, diagnostics on stderr.
+    assert "test AUC" in trained.stdout and "test AUC" not in trained.stderr and "warning" not in trained.stdout
     fraudscore("export", "--run", run, "--out", bundle, "--quiet")
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["metrics"]["split"]["columns"] == {"time": "ts", "customer": "card", "label": "is_fraud"}

@@ -46,7 +46,7 @@ def train(
     target_precision: Annotated[Optional[float], typer.Option(help="Alert threshold: lowest with this precision on validation.")] = None,
     daily_alert_budget: Annotated[float, typer.Option(help="Alert threshold: at most this many alerts a day on validation (default rule).")] = 100.0,
     log_every: Annotated[float, typer.Option(min=0, help="When stderr is not a terminal (CI, nohup): seconds between epoch lines, besides each member's first and last; 0: every epoch. On a terminal every epoch shows.")] = 10.0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary; warnings still show.")] = False,
 ) -> None:
     """Train a Keras model on a feature table with the handbook's time split; write a run directory.
 
@@ -84,7 +84,7 @@ def train(
     # Off a terminal (CI, nohup, a pipe) the lines are throttled rather than dropped: a
     # minute-long silence there looks like a hang.
     result = run_training(config, say=(lambda message: None) if quiet else say,
-                          every_s=0.0 if progress_wanted() else log_every)
+                          every_s=0.0 if progress_wanted() else log_every, warn=say)
     test = result.metrics["test"]
     if not quiet:
         report(

@@ -18,6 +18,17 @@ OUTPUT_NAME = "score"
 INPUT_NAME = "features"
 
 
+def quiet_tensorflow() -> None:
+    """TensorFlow's Python warnings (e.g. predict() retracing) off, unless the user lowered
+    TF_CPP_MIN_LOG_LEVEL from the "3" that `train` and `export` set by default."""
+    import os
+
+    import tensorflow as tf
+
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "3":
+        tf.get_logger().setLevel("ERROR")
+
+
 @keras.saving.register_keras_serializable(package="fraudscore")
 class ReconstructionError(keras.layers.Layer):
     """Per-row mean squared difference of two tensors, kept as a (batch, 1) column."""

@@ -109,8 +109,9 @@ def _seed_everything(seed: int) -> None:
     import keras
     import tensorflow as tf
 
-    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "3":  # our quiet default; a user who set it lower hears all
-        tf.get_logger().setLevel("ERROR")  # e.g. the retracing warnings of predict() on validation each epoch
+    from .models import quiet_tensorflow
+
+    quiet_tensorflow()
     keras.utils.set_random_seed(seed)
     # Same seed, same data, same machine -> same weights: deterministic kernels on CPU.
     tf.config.experimental.enable_op_determinism()
@@ -183,10 +184,11 @@ def _fit_one(config: TrainConfig, x_fit, y_fit, x_val, y_val, member: int, say, 
     return model, {"best_epoch": best["epoch"] + 1, "best_val_ap": best["ap"], "history": history}
 
 
-def warm_up_warning(times: np.ndarray, start: dt.date, features: list[str]) -> str:
+def warm_up_warning(times: np.ndarray, start: dt.date, features: list[str], split_days: int = 0) -> str:
     """A warning when the training window starts before the online features' windows could fill:
     their first rows then see less history than production gives them (customer windows reach
-    30 days back, terminal windows 37 with the label delay), "" when it does not."""
+    30 days back, terminal windows 37 with the label delay), "" when it does not. `split_days`
+    (training, delay and test) tells whether the data covers a split from the first full day."""
     spec = BASELINE_SPEC
     windowed = set(features) & set(spec.names)
     customer = any(name.startswith("CUSTOMER_ID_") for name in windowed)
@@ -199,12 +201,17 @@ def warm_up_warning(times: np.ndarray, start: dt.date, features: list[str]) -> s
     if since_s >= reach_s:
         return ""
     full = first + np.timedelta64(-(-reach_s // 86_400), "D")
+    last = times.max().astype("datetime64[D]")
+    days = int((last - first).astype(np.int64)) + 1
+    short_data = (f"; the data covers {days} days ({first}..{last}), and a split of {split_days} days after the "
+                  f"windows' {-(-reach_s // 86_400)} needs {-(-reach_s // 86_400) + split_days}"
+                  if split_days and full + np.timedelta64(split_days - 1, "D") > last else "")
     what = (f"customer windows reach {spec.customer_reach_s // 86_400} days back, terminal windows "
             f"{spec.terminal_reach_s // 86_400} with the {spec.terminal_delay_days}-day label delay")
     return (f"warning: the training window starts {max(since_s, 0) / 86_400:.1f} days after the data's first day "
             f"({first}), so the features of its first rows saw less history than production "
             f"gives them ({what}) and the model learns from understated windows. Start on or after {full} (--start), "
-            "or compute the features over a longer history")
+            f"or compute the features over a longer history{short_data}")
 
 
 def _check_training_data(config: TrainConfig, table: Table, train: np.ndarray, test: np.ndarray, fit: np.ndarray, val: np.ndarray) -> None:
@@ -228,12 +235,13 @@ def _check_training_data(config: TrainConfig, table: Table, train: np.ndarray, t
         raise InputError(f"{source}: no positives in the validation day(s) at the end of the training window; use more --train-days or --val-days")
 
 
-def train(config: TrainConfig, say=lambda message: None, every_s: float = 0.0) -> RunResult:
+def train(config: TrainConfig, say=lambda message: None, every_s: float = 0.0, warn=None) -> RunResult:
     """Run the whole job; returns the run directory and its metrics.
 
     `say` gets progress lines: the data's sizes, then each member's epochs (epoch, loss,
     validation AP): all of them with `every_s` 0, else at most one per `every_s` seconds
-    besides each member's first and last."""
+    besides each member's first and last. `warn` (default: `say`) gets warnings, which a
+    quiet run still shows."""
     config.validate()
     out = Path(config.out)
     check_new_directory(out)
@@ -252,9 +260,10 @@ def train(config: TrainConfig, say=lambda message: None, every_s: float = 0.0) -
     _check_training_data(config, table, train_mask, test_mask, fit_mask, val_mask)
     labels = (table[config.label] == 1).astype(np.int64)
 
-    short = warm_up_warning(table[config.time_column], config.start, features)
+    short = warm_up_warning(table[config.time_column], config.start, features,
+                            config.train_days + config.delay_days + config.test_days)
     if short:
-        say(short)
+        (warn or say)(short)
     say(f"training {config.model} on {int(fit_mask.sum()):,} rows ({int(labels[fit_mask].sum()):,} positives), "
         f"validating on {int(val_mask.sum()):,}, testing on {int(test_mask.sum()):,}")
     members, member_info = [], []

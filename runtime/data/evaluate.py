@@ -44,55 +44,64 @@ def _day_range(text: str) -> tuple[dt.date, dt.date]:
 
 def recorded_split(manifest) -> Split | None:
     """The split `train` recorded (metrics.split: train and test day ranges), or None for a bundle
-    exported before it was recorded or from a run without one."""
+    exported before it was recorded, from a run without one, or with ranges that do not read."""
     split = manifest.metrics.get("split") or {}
     try:
         train_first, train_last = _day_range(split["train"])
         test_first, test_last = _day_range(split["test"])
-    except (KeyError, TypeError, ValueError):
+        return Split(train_first, (train_last - train_first).days + 1, (test_first - train_last).days - 1,
+                     (test_last - test_first).days + 1)
+    except (KeyError, TypeError, ValueError, AttributeError, InputError):
         return None
-    return Split(train_first, (train_last - train_first).days + 1, (test_first - train_last).days - 1,
-                 (test_last - test_first).days + 1)
+
+
+SOURCES = {"recorded": "the split recorded in the bundle", "recorded+flags": "the recorded split, days from the flags",
+           "start": "--start"}
 
 
 def choose_split(bundles, start: dt.date | None, train_days: int | None = None, delay_days: int | None = None,
-                 test_days: int | None = None) -> tuple[Split, str]:
-    """The split to evaluate on and where it came from.
+                 test_days: int | None = None) -> tuple[Split, str, list[str]]:
+    """The split to evaluate on, where it came from (a key of SOURCES) and notes for stderr.
 
     Without `start`, the first bundle's recorded split (the days flags given still apply);
     with it, the recorded lengths of training, delay and test (the protocol's 7/7/7 for a
-    bundle with none) unless flags name them. Refused (UsageError, with the fix) when the
-    test window overlaps the training window any bundle recorded."""
+    bundle with none) unless flags name them. Refused (UsageError, with a --start that every
+    bundle accepts) when the test window overlaps the training window any bundle recorded;
+    a bundle that recorded none cannot be checked, and a note says so."""
     first = bundles[0]
     recorded = recorded_split(first.manifest)
     base = recorded or Split(dt.date(1970, 1, 1))
+    days_given = (train_days, delay_days, test_days) != (None, None, None)
     if start is None:
         if recorded is None:
             raise UsageError(f"{first.path}: the bundle records no training split (exported by an older fraudscore); "
                              "pass --start, the first training day of the split to evaluate")
-        start, source = recorded.start, "the split recorded in the bundle"
+        start, source = recorded.start, "recorded+flags" if days_given else "recorded"
     else:
-        source = "--start"
+        source = "start"
     split = Split(start, base.train_days if train_days is None else train_days,
                   base.delay_days if delay_days is None else delay_days,
                   base.test_days if test_days is None else test_days)
     test_first = split.test_start
     test_last = test_first + dt.timedelta(days=split.test_days - 1)
-    for bundle in bundles:
-        trained = recorded_split(bundle.manifest)
-        if trained is None:
-            continue
-        train_last = trained.start + dt.timedelta(days=trained.train_days - 1)
-        if test_first <= train_last and test_last >= trained.start:
-            honest = train_last + dt.timedelta(days=1 - split.train_days)
-            raise UsageError(
-                f"the test window {test_first}..{test_last} overlaps {bundle.path}'s training window "
-                f"{trained.start}..{train_last}: its scores there are on rows the model learned from, and its "
-                f"figures would flatter it. Drop --start to test on the split recorded in the bundle, or pass "
-                f"--start {honest} (with --train-days {split.train_days} and --delay-days {split.delay_days} the test "
-                f"window then begins {train_last + dt.timedelta(days=1 + split.delay_days)}, after training and the "
-                f"label delay)")
-    return split, source
+    trained = {bundle.path: recorded_split(bundle.manifest) for bundle in bundles}
+    notes = [f"note: {path} records no training window, so this test window is not checked against it"
+             for path, window in trained.items() if window is None]
+    windows = {path: (w.start, w.start + dt.timedelta(days=w.train_days - 1)) for path, w in trained.items() if w}
+    overlapping = [(path, a, b) for path, (a, b) in windows.items() if test_first <= b and test_last >= a]
+    if overlapping:
+        path, a, b = overlapping[0]
+        latest = max(b for _, b in windows.values())
+        honest = latest + dt.timedelta(days=1 - split.train_days)
+        how = ("drop --start to test on the split recorded in the first bundle, or pass" if source == "start"
+               else "pass")
+        raise UsageError(
+            f"the test window {test_first}..{test_last} ({SOURCES[source]}) overlaps {path}'s training window "
+            f"{a}..{b}: its scores there are on rows the model learned from, and its figures would flatter it. To "
+            f"test after every bundle's training, {how} --start {honest} (with --train-days {split.train_days} and "
+            f"--delay-days {split.delay_days} the test window then begins "
+            f"{latest + dt.timedelta(days=1 + split.delay_days)}, after training and the label delay)")
+    return split, source, notes
 
 
 def production_like(table, rows: np.ndarray, scores: np.ndarray, threshold: float, *, time_column: str,
@@ -129,7 +138,7 @@ def evaluate_bundles(
     columns (`bundle_columns`) unless the `*_column` arguments name them. Besides the protocol's
     figures, "all_cards" holds the production-like ones (`production_like`)."""
     loaded = [load_bundle(b) for b in bundles]
-    split, source = choose_split(loaded, start, train_days, delay_days, test_days)
+    split, source, notes = choose_split(loaded, start, train_days, delay_days, test_days)
     table = read_table(data)
     overrides = {"time": time_column, "customer": customer_column, "label": label_column}
     results = []
@@ -143,7 +152,9 @@ def evaluate_bundles(
                              f"{columns['customer']}, label {columns['label']}; name others with --time-column, "
                              "--customer-column, --label)") from None
         if not test.any():
-            raise InputError(f"{data}: no rows in the test window {split.describe()['test']}; check --start and the data's dates")
+            fix = "check --start and the data's dates" if source == "start" else (
+                "pass --start (and --test-days) to test on days the data covers")
+            raise InputError(f"{data}: no rows in the test window {split.describe()['test']} ({SOURCES[source]}); {fix}")
         every = window_mask(table, split, time_column=columns["time"])
         every_scores = Scorer(bundle, device=device).score(feature_matrix(table, bundle.features, str(data))[every])
         scores = every_scores[test[every]]
@@ -156,6 +167,7 @@ def evaluate_bundles(
                 "model_version": bundle.manifest.model_version,
                 "threshold": bundle.manifest.threshold,
                 "columns": columns,
+                "trained": window.describe()["train"] if (window := recorded_split(bundle.manifest)) else None,
                 "alerts_per_day": float(alerts.sum() / max(1, metrics["days"])),
                 "precision_at_threshold": float(table[columns["label"]][test][alerts].mean()) if alerts.any() else float("nan"),
                 "all_cards": production_like(table, every, every_scores, bundle.manifest.threshold,
@@ -163,7 +175,8 @@ def evaluate_bundles(
             }
         )
         results.append(metrics)
-    return results[0] | {"split": split.describe() | {"source": source}, "data": str(data), "bundles": results}
+    return results[0] | {"split": split.describe() | {"source": source}, "data": str(data), "bundles": results,
+                         "notes": notes}
 
 
 def format_table(report: dict, k: int = 100) -> str:
@@ -202,7 +215,7 @@ def format_table(report: dict, k: int = 100) -> str:
     widths = [max(len(label) for label, _ in filled)] + [max(len(v[i]) for _, v in filled) for i in range(len(report["bundles"]))]
     split = report["split"]
     lines = [f"test {split['test']} (train {split['train']}, delay {split['delay_days']} days; "
-             f"{split.get('source', '--start')})"]
+             f"{SOURCES.get(split.get('source'), '--start')})"]
     lines += [label if not values else "  ".join([label.ljust(widths[0])] + [v.rjust(w) for v, w in zip(values, widths[1:])])
               for label, values in cells]
     return "\n".join(lines)
