@@ -10,9 +10,9 @@ setup:
 demo:
 	scripts/demo.sh
 
-# The test suite starts its own Kafka broker (deploy/kafka/local.sh) on free ports.
+# The test suite on two workers against one throw-away Kafka broker (scripts/test.sh).
 test: setup
-	.venv/bin/python -m pytest
+	scripts/test.sh
 
 # The runtime image, built offline with podman (docs/containers.md); set-up installs podman,
 # runc and debootstrap for it. BASE_IMAGE=python:3.11-slim builds on a registry image instead.
