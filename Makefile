@@ -10,7 +10,7 @@ setup:
 demo:
 	scripts/demo.sh
 
-# The test suite on two workers against one throw-away Kafka broker (scripts/test.sh).
+# The test suite on two workers, each with its own Kafka broker (scripts/test.sh).
 test: setup
 	scripts/test.sh
 

@@ -176,3 +176,34 @@ def test_config_file_and_environment(kafka_bootstrap, small_bundle, topics, tmp_
     assert proc.returncode == 0, out[-2000:]
     assert "hunter2" not in out and "'sasl.password': '***'" in out
     assert "group g-env" in out
+
+
+def test_a_committed_offset_below_the_retained_log_is_counted_and_logged_not_skipped_silently(
+        kafka_bootstrap, small_bundle, transactions, make_topic) -> None:
+    """issue 24: retention deleted messages above the group's committed offset while the group was
+    down. The sidecar says so (an error naming both offsets and the count, and
+    fraudscore_input_skipped_messages_total) and scores every message still retained."""
+    from confluent_kafka.admin import AdminClient
+
+    keys, values = transactions
+    topics = four_topics(make_topic, partitions=1)
+    group = f"g-retention-{time.time_ns()}"
+    produce(kafka_bootstrap, topics["in"], keys[:100], values[:100])
+    # The group read 10 messages, then went away; retention then deleted the first 60.
+    committer = Consumer(client(kafka_bootstrap) | {"group.id": group, "enable.auto.commit": False})
+    committer.commit(offsets=[TopicPartition(topics["in"], 0, 10)], asynchronous=False)
+    committer.close()
+    admin = AdminClient(client(kafka_bootstrap))  # kept: its futures need the client alive
+    for future in admin.delete_records([TopicPartition(topics["in"], 0, 60)]).values():
+        assert future.result(timeout=30).low_watermark == 60
+    sidecar = Sidecar(kafka_bootstrap, small_bundle, topics, group)
+    sidecar.wait_ready()
+    results = drain(kafka_bootstrap, [topics["out"]], 40, timeout_s=60)
+    _, metrics = sidecar.get("/metrics")
+    code, log = sidecar.stop()
+    assert code == 0, log[-3000:]
+    ids = {json.loads(m.value())["transaction_id"] for m in results}
+    assert ids == {json.loads(v)["TRANSACTION_ID"] for v in values[60:100]}
+    assert "the group's committed offset 10 is below the first retained offset 60: 50 messages" in log, log[-3000:]
+    assert "scoring resumes at the first retained message" in log
+    assert 'fraudscore_input_skipped_messages_total{partition="0",reason="retention"} 50.0' in metrics

@@ -171,6 +171,11 @@ class SidecarMetrics:
         self.produce_errors = Counter(
             "fraudscore_produce_errors", "Output messages the broker did not acknowledge (their batch is retried).", registry=r)
         self.consume_errors = Counter("fraudscore_consume_errors", "Errors reported by the consumer.", registry=r)
+        self.skipped = Counter(
+            "fraudscore_input_skipped_messages", "Input messages never read, by reason: retention (deleted by the "
+            "topic's retention below the group's committed offset before any member read them) or reset_latest "
+            "(retained ones passed over because --offset-reset latest moved an out-of-range offset to the end).",
+            ["partition", "reason"], registry=r)
         self.scores = BatchHistogram("fraudscore_score", "Distribution of scores.", SCORE_BUCKETS, r)
         self.lag = Gauge("fraudscore_consumer_lag", "Messages behind the high watermark, per partition.",
                          ["topic", "partition"], registry=r)

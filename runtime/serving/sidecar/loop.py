@@ -161,6 +161,7 @@ class Sidecar:
             self.state.restoring |= {p.partition for p in partitions}
         self._assignment |= {(p.topic, p.partition) for p in partitions}
         log.info("assigned %s (now %s)", sorted(p.partition for p in partitions), sorted(p for _, p in self._assignment))
+        self._retention_gaps(consumer, partitions)
         if self.state is not None and partitions:
             # Before any message of these partitions is scored: their customer windows come
             # back from the input topic, up to the committed offsets (not ready meanwhile).
@@ -170,6 +171,44 @@ class Sidecar:
             self.metrics.restoring.set(0)
             self.state.report(self.metrics)
         self._update_ready()
+
+    def _retention_gaps(self, consumer, partitions) -> None:
+        """Committed offsets below their partition's first retained offset (retention passed while
+        no member read them): the messages in between are gone and are never scored. Counted in
+        fraudscore_input_skipped_messages_total and logged, with what the consumer does next:
+        --offset-reset earliest resumes at the first retained message, latest at the end (the
+        retained ones are then passed over too, and counted as such). Never silent."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        timeout = min(5.0, self.config.startup_timeout_s)
+        try:
+            committed = consumer.committed([TopicPartition(p.topic, p.partition) for p in partitions], timeout=timeout)
+        except KafkaException as exc:
+            log.warning("committed offsets of %s unavailable (%s): a retention gap would go unreported",
+                        sorted(p.partition for p in partitions), exc)
+            return
+        for tp in committed:
+            if tp.error is not None or tp.offset < 0:
+                continue  # no commit yet: --offset-reset decides, as documented
+            try:
+                low, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=timeout,
+                                                           cached=False)
+            except KafkaException as exc:
+                log.warning("partition %d: watermarks unavailable (%s): a retention gap would go unreported",
+                            tp.partition, exc)
+                continue
+            if tp.offset >= low:
+                continue
+            self.metrics.skipped.labels(str(tp.partition), "retention").inc(low - tp.offset)
+            latest = self.config.offset_reset == "latest"
+            if latest:
+                self.metrics.skipped.labels(str(tp.partition), "reset_latest").inc(high - low)
+            log.error("partition %d of %s: the group's committed offset %d is below the first retained offset %d: %d "
+                      "messages were deleted by retention before any member read them and will never be scored; %s. "
+                      "Keep the input's retention longer than the longest outage (docs/operations.md, "
+                      "FraudscoreInputSkipped)", tp.partition, tp.topic, tp.offset, low, low - tp.offset,
+                      f"--offset-reset latest resumes at the end, passing over the {high - low} retained ones too"
+                      if latest else "scoring resumes at the first retained message")
 
     def _on_revoke(self, consumer, partitions) -> None:
         # Runs inside consume()/poll(). The batch in flight is completed first; the delivered
