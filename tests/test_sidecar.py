@@ -182,20 +182,28 @@ def test_a_committed_offset_below_the_retained_log_is_counted_and_logged_not_ski
         kafka_bootstrap, small_bundle, transactions, make_topic) -> None:
     """issue 24: retention deleted messages above the group's committed offset while the group was
     down. The sidecar says so (an error naming both offsets and the count, and
-    fraudscore_input_skipped_messages_total) and scores every message still retained."""
+    fraudscore_input_skipped_messages_total), scores every message still retained, and commits
+    where it resumed, so the next owner does not report the same gap again."""
+    from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient
 
     keys, values = transactions
-    topics = four_topics(make_topic, partitions=1)
+    topics = four_topics(make_topic, partitions=2)
     group = f"g-retention-{time.time_ns()}"
-    produce(kafka_bootstrap, topics["in"], keys[:100], values[:100])
-    # The group read 10 messages, then went away; retention then deleted the first 60.
+    producer = Producer(client(kafka_bootstrap))
+    for i in range(120):  # partition 0: 100 messages; partition 1: 20
+        producer.produce(topics["in"], values[i], keys[i], partition=0 if i < 100 else 1)
+    assert producer.flush(30) == 0
+    # The group read 10 (and 5) messages, then went away; retention then deleted the first 60 of
+    # partition 0 and all of partition 1.
     committer = Consumer(client(kafka_bootstrap) | {"group.id": group, "enable.auto.commit": False})
-    committer.commit(offsets=[TopicPartition(topics["in"], 0, 10)], asynchronous=False)
+    committer.commit(offsets=[TopicPartition(topics["in"], 0, 10), TopicPartition(topics["in"], 1, 5)],
+                     asynchronous=False)
     committer.close()
     admin = AdminClient(client(kafka_bootstrap))  # kept: its futures need the client alive
-    for future in admin.delete_records([TopicPartition(topics["in"], 0, 60)]).values():
-        assert future.result(timeout=30).low_watermark == 60
+    cut = [TopicPartition(topics["in"], 0, 60), TopicPartition(topics["in"], 1, 20)]
+    for future in admin.delete_records(cut).values():
+        assert future.result(timeout=30).low_watermark in (60, 20)
     sidecar = Sidecar(kafka_bootstrap, small_bundle, topics, group)
     sidecar.wait_ready()
     results = drain(kafka_bootstrap, [topics["out"]], 40, timeout_s=60)
@@ -205,5 +213,15 @@ def test_a_committed_offset_below_the_retained_log_is_counted_and_logged_not_ski
     ids = {json.loads(m.value())["transaction_id"] for m in results}
     assert ids == {json.loads(v)["TRANSACTION_ID"] for v in values[60:100]}
     assert "the group's committed offset 10 is below the first retained offset 60: 50 messages" in log, log[-3000:]
+    assert "the group's committed offset 5 is below the first retained offset 20: 15 messages" in log
     assert "scoring resumes at the first retained message" in log
     assert 'fraudscore_input_skipped_messages_total{partition="0",reason="retention"} 50.0' in metrics
+    assert 'fraudscore_input_skipped_messages_total{partition="1",reason="retention"} 15.0' in metrics
+    # Partition 1 had nothing left to score, so only the resume commit moved its offset: the next
+    # owner reports no gap again.
+    again = Sidecar(kafka_bootstrap, small_bundle, topics, group)
+    again.wait_ready()
+    _, metrics = again.get("/metrics")
+    code, log = again.stop()
+    assert code == 0, log[-3000:]
+    assert "below the first retained offset" not in log and "fraudscore_input_skipped_messages_total{" not in metrics

@@ -83,6 +83,7 @@ class Sidecar:
         self._stage = "starting"  # what the stop is doing, for StopBound's report
         self._reload = False
         self._assignment: set[tuple[str, int]] = set()
+        self._gaps_reported: set[tuple[str, int, int]] = set()  # (topic, partition, committed offset) logged once
         self._was_ready = False
         self._last_catch_up = 0.0
         self._watch_state = self._bundle_state()
@@ -174,24 +175,32 @@ class Sidecar:
 
     def _retention_gaps(self, consumer, partitions) -> None:
         """Committed offsets below their partition's first retained offset (retention passed while
-        no member read them): the messages in between are gone and are never scored. Counted in
-        fraudscore_input_skipped_messages_total and logged, with what the consumer does next:
-        --offset-reset earliest resumes at the first retained message, latest at the end (the
-        retained ones are then passed over too, and counted as such). Never silent."""
+        the group was down): the messages in between are gone and are never scored. Checked when a
+        partition is assigned; counted in fraudscore_input_skipped_messages_total and logged, with
+        what the consumer does next (--offset-reset earliest resumes at the first retained message,
+        latest at the end, and the retained ones passed over are counted too). In at-least-once
+        mode the first retained offset is then committed, so the gap is reported once, not again at
+        every assignment; each process also reports a (partition, offset) only once."""
         from confluent_kafka import KafkaException, TopicPartition
 
-        timeout = min(5.0, self.config.startup_timeout_s)
+        if self._stop:
+            return
+        deadline = time.monotonic() + min(10.0, self.config.startup_timeout_s)
+        left = lambda: max(0.1, min(5.0, deadline - time.monotonic()))  # noqa: E731
         try:
-            committed = consumer.committed([TopicPartition(p.topic, p.partition) for p in partitions], timeout=timeout)
+            committed = consumer.committed([TopicPartition(p.topic, p.partition) for p in partitions], timeout=left())
         except KafkaException as exc:
             log.warning("committed offsets of %s unavailable (%s): a retention gap would go unreported",
                         sorted(p.partition for p in partitions), exc)
             return
         for tp in committed:
-            if tp.error is not None or tp.offset < 0:
+            if tp.error is not None or tp.offset < 0 or (tp.topic, tp.partition, tp.offset) in self._gaps_reported:
                 continue  # no commit yet: --offset-reset decides, as documented
+            if time.monotonic() >= deadline:
+                log.warning("retention check of partition %d skipped: out of time", tp.partition)
+                continue
             try:
-                low, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=timeout,
+                low, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=left(),
                                                            cached=False)
             except KafkaException as exc:
                 log.warning("partition %d: watermarks unavailable (%s): a retention gap would go unreported",
@@ -199,16 +208,24 @@ class Sidecar:
                 continue
             if tp.offset >= low:
                 continue
+            self._gaps_reported.add((tp.topic, tp.partition, tp.offset))
             self.metrics.skipped.labels(str(tp.partition), "retention").inc(low - tp.offset)
             latest = self.config.offset_reset == "latest"
             if latest:
-                self.metrics.skipped.labels(str(tp.partition), "reset_latest").inc(high - low)
+                self.metrics.skipped.labels(str(tp.partition), "reset_latest").inc(max(0, high - low))
             log.error("partition %d of %s: the group's committed offset %d is below the first retained offset %d: %d "
                       "messages were deleted by retention before any member read them and will never be scored; %s. "
                       "Keep the input's retention longer than the longest outage (docs/operations.md, "
                       "FraudscoreInputSkipped)", tp.partition, tp.topic, tp.offset, low, low - tp.offset,
                       f"--offset-reset latest resumes at the end, passing over the {high - low} retained ones too"
                       if latest else "scoring resumes at the first retained message")
+            if not self.config.exactly_once:
+                resume = high if latest else low
+                try:
+                    consumer.commit(offsets=[TopicPartition(tp.topic, tp.partition, resume)], asynchronous=False)
+                except KafkaException as exc:
+                    log.warning("partition %d: could not commit the resume offset %d (%s); the gap may be reported "
+                                "again by the next owner", tp.partition, resume, exc)
 
     def _on_revoke(self, consumer, partitions) -> None:
         # Runs inside consume()/poll(). The batch in flight is completed first; the delivered
