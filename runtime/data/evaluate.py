@@ -181,36 +181,34 @@ def evaluate_bundles(
 
 def format_table(report: dict, k: int = 100) -> str:
     """Bundles side by side: one column each; the protocol's figures, then the production-like ones."""
-    protocol = [
-        ("model", "model_kind", "{}"),
-        ("version", "model_version", "{}"),
-        ("threshold", "threshold", "{:.4g}"),
-        ("protocol (known compromised cards removed):", None, ""),
-        ("  AUC", "auc", "{:.4f}"),
-        ("  AP", "ap", "{:.4f}"),
-        (f"  CP@{k}", f"cp_at_{k}", "{:.4f}"),
-        ("  alerts/day", "alerts_per_day", "{:.1f}"),
-        ("  precision@thr", "precision_at_threshold", "{:.3f}"),
-        ("  transactions", "transactions", "{:,}"),
-        ("  frauds", "frauds", "{:,}"),
-        ("production-like (every card, as a sidecar):", None, ""),
-    ]
-    production = [
-        ("  alerts/day", "alerts_per_day", "{:.1f}"),
-        ("  precision@thr", "precision_at_threshold", "{:.3f}"),
-        ("  recall@thr", "recall_at_threshold", "{:.3f}"),
-        ("  AUC", "auc", "{:.4f}"),
-        ("  AP", "ap", "{:.4f}"),
-        ("  transactions", "transactions", "{:,}"),
-        ("  frauds", "frauds", "{:,}"),
+    protocol, every = None, "all_cards"  # where each row's value lives: the bundle's report or its all_cards
+    rows = [
+        ("model", protocol, "model_kind", "{}"),
+        ("version", protocol, "model_version", "{}"),
+        ("threshold", protocol, "threshold", "{:.4g}"),
+        ("protocol (known compromised cards removed):", None, None, ""),
+        ("  AUC", protocol, "auc", "{:.4f}"),
+        ("  AP", protocol, "ap", "{:.4f}"),
+        (f"  CP@{k}", protocol, f"cp_at_{k}", "{:.4f}"),
+        ("  alerts/day", protocol, "alerts_per_day", "{:.1f}"),
+        ("  precision@thr", protocol, "precision_at_threshold", "{:.3f}"),
+        ("  transactions", protocol, "transactions", "{:,}"),
+        ("  frauds", protocol, "frauds", "{:,}"),
+        ("production-like (every card, as a sidecar):", None, None, ""),
+        ("  alerts/day", every, "alerts_per_day", "{:.1f}"),
+        ("  precision@thr", every, "precision_at_threshold", "{:.3f}"),
+        ("  recall@thr", every, "recall_at_threshold", "{:.3f}"),
+        ("  AUC", every, "auc", "{:.4f}"),
+        ("  AP", every, "ap", "{:.4f}"),
+        ("  transactions", every, "transactions", "{:,}"),
+        ("  frauds", every, "frauds", "{:,}"),
     ]
 
     def cell(value, fmt: str) -> str:
         return "n/a" if isinstance(value, float) and np.isnan(value) else fmt.format(value)
 
-    rows = [(label, key and (lambda b, key=key: b[key]), fmt) for label, key, fmt in protocol]
-    rows += [(label, lambda b, key=key: b["all_cards"][key], fmt) for label, key, fmt in production]
-    cells = [(label, get and [cell(get(b), fmt) for b in report["bundles"]]) for label, get, fmt in rows]
+    cells = [(label, key and [cell((b[block] if block else b)[key], fmt) for b in report["bundles"]])
+             for label, block, key, fmt in rows]
     filled = [(label, values) for label, values in cells if values]
     widths = [max(len(label) for label, _ in filled)] + [max(len(v[i]) for _, v in filled) for i in range(len(report["bundles"]))]
     split = report["split"]
