@@ -112,6 +112,11 @@ def features(
     terminal_column: Annotated[str, typer.Option(help="Terminal column (integers).")] = "TERMINAL_ID",
     amount_column: Annotated[str, typer.Option(help="Amount column; copied to the TX_AMOUNT feature when called otherwise.")] = "TX_AMOUNT",
     label: Annotated[str, typer.Option(help="Label column (0/1), for the terminal-risk features.")] = "TX_FRAUD",
+    terminal_resolution: Annotated[str, typer.Option(
+        help="Where terminal windows end: t - 7 days rounded down to 1s (the handbook's exact windows), "
+             "1h, 2h, 3h, 4h, 6h, 8h, 12h or 1d. Coarser bounds raw mode's terminal memory by terminals x "
+             "buckets (docs/raw-transactions.md#sizing). Recorded in a .parquet output for `train`; "
+             "other than 1s needs one.")] = "1s",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary.")] = False,
 ) -> None:
     """Add the handbook's 15 baseline features to raw transactions.
@@ -121,10 +126,22 @@ def features(
     keeps every input column and appends the features under the handbook's names. Raw
     columns called otherwise are named with the *-column flags and --label (as in `train`).
     """
-    from fraudscore.features.baseline import add_baseline_features
-    from fraudscore.data.table import read_table, write_table
+    import dataclasses
+    import json
+
+    from fraudscore.data.table import file_format, read_table, write_table
+    from fraudscore.errors import InputError
+    from fraudscore.features.baseline import SPEC_METADATA_KEY, add_baseline_features
+    from fraudscore.features.spec import BASELINE_SPEC, parse_resolution
 
     check_output(out)
+    try:
+        spec = dataclasses.replace(BASELINE_SPEC, terminal_resolution_s=parse_resolution(terminal_resolution))
+    except InputError as exc:
+        raise UsageError(f"--terminal-resolution: {exc}") from None
+    if spec.terminal_resolution_s != 1 and file_format(out) != "parquet":
+        raise UsageError(f"--terminal-resolution {terminal_resolution} needs a .parquet --out: the table records its "
+                         "specification there, for `train` to put in the bundle (a CSV cannot carry it)")
     columns = {"TRANSACTION_ID": id_column, "TX_DATETIME": time_column, "CUSTOMER_ID": customer_column,
                "TERMINAL_ID": terminal_column, "TX_AMOUNT": amount_column, "TX_FRAUD": label}
     if len(set(columns.values())) < len(columns):
@@ -133,9 +150,9 @@ def features(
     t0 = time.perf_counter()
     table = read_table(input_path)
     t1 = time.perf_counter()
-    result = add_baseline_features(table, source=str(input_path), columns=columns)
+    result = add_baseline_features(table, spec, source=str(input_path), columns=columns)
     t2 = time.perf_counter()
-    write_table(result, out)
+    write_table(result, out, metadata={SPEC_METADATA_KEY: json.dumps(spec.to_dict())})
     t3 = time.perf_counter()
     if not quiet:
         report(

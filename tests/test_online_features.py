@@ -30,6 +30,14 @@ from fraudscore.features.windows import cent_sums
 DAY = 86_400
 EPOCH = 1_522_540_800  # 2018-04-01 00:00:00 UTC
 SMALL_SPEC = FeatureSpec(customer_windows_days=(2, 5), terminal_windows_days=(1, 3), terminal_delay_days=2, night_last_hour=5)
+# Coarse terminal resolutions (per-terminal bucket counts online). Their delays exceed every
+# lateness drawn here: a transaction arriving after its own confirmation is then never in
+# a window yet (see features/buckets.py for where the two stores differ).
+BUCKET_SPECS = [
+    FeatureSpec(terminal_resolution_s=6 * 3600),
+    FeatureSpec(terminal_resolution_s=DAY),
+    FeatureSpec(customer_windows_days=(2, 5), terminal_windows_days=(1, 3), terminal_delay_days=4, terminal_resolution_s=3600),
+]
 
 
 @dataclass
@@ -174,7 +182,8 @@ def confirmations(draw, stream: Stream, n_batches: int) -> dict[int, np.ndarray]
 settings_ = settings(max_examples=250, deadline=None)
 lateness = st.sampled_from([0, 3600, DAY, 3 * DAY])
 fold_rows = st.sampled_from([1, 2, 7, 10**6])  # 1: fold before every batch; 10**6: never
-specs = st.sampled_from([BASELINE_SPEC, SMALL_SPEC])
+exact_specs = st.sampled_from([BASELINE_SPEC, SMALL_SPEC])
+specs = st.sampled_from([BASELINE_SPEC, SMALL_SPEC, *BUCKET_SPECS])
 
 
 @settings_
@@ -216,7 +225,7 @@ def test_out_of_order_within_the_lateness_equals_the_rows_seen_so_far(data, stre
 
 
 @settings_
-@given(st.data(), streams(), st.sampled_from([0, 3600, DAY]), fold_rows, specs)
+@given(st.data(), streams(), st.sampled_from([0, 3600, DAY]), fold_rows, exact_specs)
 def test_rows_beyond_the_lateness_are_flagged_and_the_rest_are_exact(data, stream: Stream, late_s: int, fold: int, spec: FeatureSpec) -> None:
     delay = np.array(data.draw(st.lists(st.integers(0, late_s + 3 * DAY), min_size=len(stream), max_size=len(stream))))
     order = np.lexsort((data.draw(st.permutations(range(len(stream)))), stream.seconds + delay))
@@ -227,7 +236,7 @@ def test_rows_beyond_the_lateness_are_flagged_and_the_rest_are_exact(data, strea
 
 
 @settings_
-@given(st.data(), streams(), lateness, fold_rows, specs)
+@given(st.data(), streams(), lateness, fold_rows, exact_specs)
 def test_redelivered_rows_are_counted_once(data, stream: Stream, late_s: int, fold: int, spec: FeatureSpec) -> None:
     order = np.lexsort((stream.ids, stream.seconds))
     batches = split(data.draw, order)
@@ -387,14 +396,15 @@ def labels_due(stream: Stream, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return rows[order], due[order]
 
 
-def test_a_simulated_month_in_three_partitions_equals_the_offline_table() -> None:
+@pytest.mark.parametrize("spec", [BASELINE_SPEC, *BUCKET_SPECS[:2]], ids=["1s", "6h", "1d"])
+def test_a_simulated_month_in_three_partitions_equals_the_offline_table(spec: FeatureSpec) -> None:
     table = simulate(customers=200, terminals=400, days=60, seed=3).transactions
     stream = Stream.of(table)
     order = np.lexsort((stream.ids, stream.seconds))
     label_rows, due = labels_due(stream, seed=1)
     # A 500-row batch spans about a day and a half here, so the partitions' sub-batches
     # lag the terminal state's watermark by that much: its lateness must cover it.
-    online = OnlineFeatures(terminal_lateness_s=2 * DAY, fold_min_rows=4096)
+    online = OnlineFeatures(spec, terminal_lateness_s=2 * DAY, fold_min_rows=4096)
     got = np.empty((len(stream), 15))
     delivered = 0
     for start in range(0, len(order), 500):
@@ -410,20 +420,21 @@ def test_a_simulated_month_in_three_partitions_equals_the_offline_table() -> Non
             rows = batch[stream.customers[batch] % 3 == partition]
             assert not online.late_mask(partition, stream.seconds[rows]).any()
             got[rows] = online.features(partition, **stream.columns(rows))
-    assert_same_features(got, baseline_features(table), BASELINE_SPEC, exact_amounts=True)
+    assert_same_features(got, baseline_features(table, spec), spec, exact_amounts=True)
     assert online.terminals.labels == LabelCounts(applied=delivered)  # the last week's are not due yet
     online.evict()
     assert sum(len(state) for state in online.customers.values()) < len(stream)  # old rows were evicted
 
 
-def test_restored_state_continues_like_an_uninterrupted_one() -> None:
+@pytest.mark.parametrize("spec", [BASELINE_SPEC, BUCKET_SPECS[1]], ids=["1s", "1d"])
+def test_restored_state_continues_like_an_uninterrupted_one(spec: FeatureSpec) -> None:
     stream = Stream.of(simulate(customers=100, terminals=200, days=50, seed=7).transactions)
     order = np.lexsort((stream.ids, stream.seconds))
     label_rows, _ = labels_due(stream, seed=2)
     prefix, rest = order[: len(order) * 3 // 5], order[len(order) * 3 // 5 :]
 
     def fresh() -> OnlineFeatures:
-        online = OnlineFeatures(fold_min_rows=1000)
+        online = OnlineFeatures(spec, fold_min_rows=1000)
         online.add_labels(stream.ids[label_rows], stream.seconds[label_rows], stream.terminals[label_rows])
         return online
 

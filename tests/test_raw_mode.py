@@ -22,7 +22,7 @@ from kafka_helpers import EXE, Sidecar, client, drain, produce, written
 from fraudscore import baseline_features, simulate, write_table
 from fraudscore.data.evaluate import evaluate_bundles
 from fraudscore.data.replay import raw_stream, replay
-from fraudscore.features.spec import BASELINE_SPEC
+from fraudscore.features.spec import BASELINE_SPEC, FeatureSpec
 
 pytestmark = pytest.mark.kafka
 
@@ -30,16 +30,14 @@ NAMES = BASELINE_SPEC.names
 COUNT_FEATURES = [n for n in NAMES if "NB_TX" in n or "DURING" in n]
 
 
-@pytest.fixture(scope="module")
-def month(tmp_path_factory, small_bundle: Path):
-    """A simulated stream (500 customers, 1,000 terminals, 60 days), its offline features and offline scores,
-    and the feature table those came from (for `evaluate`)."""
-    work = tmp_path_factory.mktemp("raw-month")
+def simulated_month(work: Path, bundle: Path, spec: FeatureSpec = BASELINE_SPEC):
+    """A simulated stream (500 customers, 1,000 terminals, 60 days), its offline features under
+    `spec` and `bundle`'s offline scores of them, and the feature table those came from."""
     table = simulate(customers=500, terminals=1000, days=60, seed=11).transactions
-    features = baseline_features(table)
+    features = baseline_features(table, spec)
     offline = table.with_columns({n: features[n] for n in NAMES if n != "TX_AMOUNT"})
     write_table(offline, work / "features.parquet")
-    done = subprocess.run([EXE, "score", "--bundle", str(small_bundle), "--in", str(work / "features.parquet"),
+    done = subprocess.run([EXE, "score", "--bundle", str(bundle), "--in", str(work / "features.parquet"),
                            "--out", str(work / "scores.jsonl"), "--quiet"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     scores = {json.loads(line)["transaction_id"]: json.loads(line)["score"]
@@ -47,6 +45,12 @@ def month(tmp_path_factory, small_bundle: Path):
     ids = table["TRANSACTION_ID"].tolist()
     expected = {i: {n: float(features[n][k]) for n in NAMES} for k, i in enumerate(ids)}
     return raw_stream(table, seed=3), expected, scores, work / "features.parquet"
+
+
+@pytest.fixture(scope="module")
+def month(tmp_path_factory, small_bundle: Path):
+    """`simulated_month` under the handbook's specification, scored by the small bundle."""
+    return simulated_month(tmp_path_factory.mktemp("raw-month"), small_bundle)
 
 
 def raw_topics(make_topic, partitions: int = 3) -> dict[str, str]:
@@ -784,3 +788,57 @@ def test_a_static_member_restarted_within_the_session_timeout_causes_no_rebalanc
     assert held(log_b2)[:1] == held(log_b)[-1:], (held(log_b), held(log_b2))
     assert "restored from a snapshot" in log_b2, log_b2[-3000:]
     assert_parity(results, expected, scores)
+
+
+DAILY = FeatureSpec(terminal_resolution_s=86_400)
+
+
+@pytest.fixture(scope="module")
+def daily_bundle(tmp_path_factory) -> Path:
+    """A bundle trained, with the project's own commands, on features at a 1-day terminal resolution."""
+    work = tmp_path_factory.mktemp("daily-bundle")
+    write_table(simulate(customers=400, terminals=800, days=30, seed=5).transactions, work / "tx.parquet")
+    for args in (
+        ["features", "--in", work / "tx.parquet", "--out", work / "features.parquet", "--terminal-resolution", "1d", "--quiet"],
+        ["train", "--data", work / "features.parquet", "--start", "2018-04-09", "--seed", "1", "--epochs", "2",
+         "--ensemble", "1", "--out", work / "run", "--quiet"],
+        ["export", "--run", work / "run", "--out", work / "bundle", "--quiet"],
+    ):
+        done = subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    return work / "bundle"
+
+
+def test_a_daily_resolution_bundle_keeps_parity_through_a_restart_from_its_bucket_snapshot(
+        kafka_bootstrap, daily_bundle, tmp_path) -> None:
+    """`features --terminal-resolution 1d` -> train -> export records the resolution; the sidecar then keeps
+    per-terminal day counts (not transactions), snapshots them, restores them after a SIGTERM mid-stream,
+    and every transaction still gets exactly the offline features and score at that resolution."""
+    manifest = json.loads((daily_bundle / "manifest.json").read_text())
+    assert manifest["feature_spec"]["terminal_resolution_s"] == 86_400
+    events, expected, scores, _ = simulated_month(tmp_path, daily_bundle, DAILY)
+    topics = topics_with_state(kafka_bootstrap)
+    flags = ("--state-topic", topics["state"], "--snapshot-interval", "2")
+    first = raw_sidecar(kafka_bootstrap, daily_bundle, topics, "raw-daily", *flags)
+    first.wait_ready(120)
+    sender = _background_send(kafka_bootstrap, topics, events, speedup=60 * 86_400 / 25)
+    _wait_for_results(kafka_bootstrap, topics["out"], len(expected) // 3, timeout_s=120)
+    code, log = first.stop()
+    assert code == 0, log[-3000:]
+    second = raw_sidecar(kafka_bootstrap, daily_bundle, topics, "raw-daily", *flags)
+    second.wait_ready(120)
+    sender.wait(240)
+    assert sender.returncode == 0, sender.stderr.read()
+    results = drain(kafka_bootstrap, [topics["out"]], len(expected), timeout_s=240)
+    status, metrics = second.get("/metrics")
+    code, log = second.stop()
+    assert code == 0, log[-3000:]
+    assert "terminal table: restored from a snapshot" in log, log[-3000:]
+    assert 'fraudscore_state_snapshot_restores_total{kind="terminals",outcome="restored"} 1.0' in metrics
+    assert_parity(results, expected, scores)
+    # Day counts of 1,000 terminals: ~48 prefix columns x 2 matrices x 4 B, rows reserved 1.5x ahead,
+    # whatever the stream's length (the exact table holds ~21 B per retained transaction instead).
+    terminal_bytes = next(float(line.split()[-1]) for line in metrics.splitlines()
+                          if line.startswith('fraudscore_state_bytes{kind="terminal"}'))
+    print(f"terminal state at 1 day: {terminal_bytes:,.0f} B for 1,000 terminals")
+    assert terminal_bytes < 2 * 1_000 * 48 * 8, terminal_bytes

@@ -42,7 +42,8 @@ from fraudscore.data.evaluation import (
     threshold_for_precision,
 )
 from fraudscore.data.matrix import feature_matrix
-from fraudscore.features.spec import BASELINE_SPEC
+from fraudscore.features.baseline import recorded_spec
+from fraudscore.features.spec import BASELINE_SPEC, FeatureSpec, resolution_name
 from fraudscore.progress import Throttle
 from fraudscore.data.table import Table
 
@@ -184,12 +185,12 @@ def _fit_one(config: TrainConfig, x_fit, y_fit, x_val, y_val, member: int, say, 
     return model, {"best_epoch": best["epoch"] + 1, "best_val_ap": best["ap"], "history": history}
 
 
-def warm_up_warning(times: np.ndarray, start: dt.date, features: list[str], split_days: int = 0) -> str:
+def warm_up_warning(times: np.ndarray, start: dt.date, features: list[str], split_days: int = 0,
+                    spec: FeatureSpec = BASELINE_SPEC) -> str:
     """A warning when the training window starts before the online features' windows could fill:
     their first rows then see less history than production gives them (customer windows reach
     30 days back, terminal windows 37 with the label delay), "" when it does not. `split_days`
     (training, delay and test) tells whether the data covers a split from the first full day."""
-    spec = BASELINE_SPEC
     windowed = set(features) & set(spec.names)
     customer = any(name.startswith("CUSTOMER_ID_") for name in windowed)
     terminal = any(name.startswith("TERMINAL_ID_") for name in windowed)
@@ -207,7 +208,9 @@ def warm_up_warning(times: np.ndarray, start: dt.date, features: list[str], spli
                   f"windows' {-(-reach_s // 86_400)} needs {-(-reach_s // 86_400) + split_days}"
                   if split_days and full + np.timedelta64(split_days - 1, "D") > last else "")
     what = (f"customer windows reach {spec.customer_reach_s // 86_400} days back, terminal windows "
-            f"{spec.terminal_reach_s // 86_400} with the {spec.terminal_delay_days}-day label delay")
+            f"{-(-spec.terminal_reach_s // 86_400)} with the {spec.terminal_delay_days}-day label delay"
+            + (f" and their ends rounded down to {resolution_name(spec.terminal_resolution_s)}"
+               if spec.terminal_resolution_s != 1 else ""))
     return (f"warning: the training window starts {max(since_s, 0) / 86_400:.1f} days after the data's first day "
             f"({first}), so the features of its first rows saw less history than production "
             f"gives them ({what}) and the model learns from understated windows. Start on or after {full} (--start), "
@@ -247,6 +250,8 @@ def train(config: TrainConfig, say=lambda message: None, every_s: float = 0.0, w
     check_new_directory(out)
     started = time.perf_counter()
     table = read_table(config.data)
+    # The specification `fraudscore features` recorded in the table (a CSV records none: the handbook's).
+    spec = recorded_spec(config.data) or BASELINE_SPEC
     features = list(config.features)
     matrix = feature_matrix(table, features, str(config.data))
     split = Split(config.start, config.train_days, config.delay_days, config.test_days)
@@ -261,7 +266,7 @@ def train(config: TrainConfig, say=lambda message: None, every_s: float = 0.0, w
     labels = (table[config.label] == 1).astype(np.int64)
 
     short = warm_up_warning(table[config.time_column], config.start, features,
-                            config.train_days + config.delay_days + config.test_days)
+                            config.train_days + config.delay_days + config.test_days, spec)
     if short:
         (warn or say)(short)
     say(f"training {config.model} on {int(fit_mask.sum()):,} rows ({int(labels[fit_mask].sum()):,} positives), "
@@ -317,7 +322,7 @@ def train(config: TrainConfig, say=lambda message: None, every_s: float = 0.0, w
         params = {k: (str(v) if isinstance(v, (Path, dt.date)) else v) for k, v in dataclasses.asdict(config).items()}
         params["features"] = features
         # Raw-mode serving computes these features online; recorded only when every input is one of them.
-        params["feature_spec"] = BASELINE_SPEC.to_dict() if set(features) <= set(BASELINE_SPEC.names) else {}
+        params["feature_spec"] = spec.to_dict() if set(features) <= set(spec.names) else {}
         params["libraries"] = _library_versions()
         params["command"] = " ".join(sys.argv)
         (tmp / "params.json").write_text(json.dumps(params, indent=2) + "\n")

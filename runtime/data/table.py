@@ -170,6 +170,21 @@ def read_table(path: str | os.PathLike[str], *, engine: str = "auto") -> Table:
     return Table((name, _coerce(path, name, values)) for name, values in raw.items())
 
 
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The metadata `write_table` stored in a Parquet file; {} for CSV or a file without any."""
+    path = Path(path)
+    if file_format(path) != "parquet" or not path.is_file() or pyarrow_or_none() is None:
+        return {}
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        raw = pq.read_schema(path).metadata or {}
+    except pa.ArrowException as exc:
+        raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
+    return {k.decode(): v.decode() for k, v in raw.items() if not k.startswith(b"ARROW:")}
+
+
 def _arrow_to_numpy(column) -> np.ndarray:
     import pyarrow as pa
 
@@ -292,8 +307,10 @@ def _unparseable(values: np.ndarray, dtype: str) -> np.ndarray:
 # ---------------------------------------------------------------------------- writing
 
 
-def write_table(table: Table, path: str | os.PathLike[str]) -> None:
-    """Write atomically as CSV, gzipped CSV (deterministic: no timestamp in the header) or Parquet."""
+def write_table(table: Table, path: str | os.PathLike[str], metadata: dict[str, str] | None = None) -> None:
+    """Write atomically as CSV, gzipped CSV (deterministic: no timestamp in the header) or Parquet.
+    `metadata` (Parquet only: CSV has nowhere to keep it) is stored in the file's schema;
+    `read_metadata` gives it back."""
     path = Path(path)
     fmt = file_format(path)
     if fmt == "parquet" and pyarrow_or_none() is None:
@@ -301,7 +318,7 @@ def write_table(table: Table, path: str | os.PathLike[str]) -> None:
     check_parent(path)  # missing directories are created by the atomic write
     with replacing(path) as tmp:
         if fmt == "parquet":
-            _write_parquet(table, tmp)
+            _write_parquet(table, tmp, metadata)
         else:
             data = csv_bytes(table)
             with open(tmp, "wb") as raw:
@@ -312,7 +329,7 @@ def write_table(table: Table, path: str | os.PathLike[str]) -> None:
                     raw.write(data)
 
 
-def _write_parquet(table: Table, path: Path) -> None:
+def _write_parquet(table: Table, path: Path, metadata: dict[str, str] | None = None) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -322,7 +339,7 @@ def _write_parquet(table: Table, path: Path) -> None:
             arrays[name] = pa.array(values.astype(object).tolist(), type=pa.string())
         else:
             arrays[name] = pa.array(values)
-    pq.write_table(pa.table(arrays), path, compression="zstd")
+    pq.write_table(pa.table(arrays, metadata=metadata or None), path, compression="zstd")
 
 
 def csv_bytes(table: Table) -> bytes:

@@ -10,7 +10,9 @@ and the runtime reads the same names from each message.
   customer's own transactions with time in (t - w days, t], the current one included.
 - Terminal risk with a 7-day delay (labels arrive late): over the terminal's
   transactions with time in (t - 7 - w days, t - 7 days], the count and the share
-  that are fraud (0 when the count is 0).
+  that are fraud (0 when the count is 0). With a terminal resolution r other than
+  1 s, the window's end t - 7 days is first rounded down to a multiple of r
+  (`FeatureSpec.terminal_window_ends`).
 
 Windows are time-based and left-open. Transactions at the same second are ordered
 by TRANSACTION_ID: for the customer windows, only earlier ids and the current one
@@ -148,6 +150,27 @@ def add_baseline_features(table: Table, spec: FeatureSpec = BASELINE_SPEC, *, so
                                if not (name == "TX_AMOUNT" and amount_column == "TX_AMOUNT")})
 
 
+SPEC_METADATA_KEY = "fraudscore.feature_spec"
+"""Where `fraudscore features` records, in a Parquet feature table, the specification it used."""
+
+
+def recorded_spec(path) -> FeatureSpec | None:
+    """The feature specification `fraudscore features` recorded in a Parquet table; None when the
+    table records none (CSV, or written before tables recorded it: the handbook's then)."""
+    import json
+
+    from fraudscore.data.table import read_metadata
+
+    text = read_metadata(path).get(SPEC_METADATA_KEY)
+    if text is None:
+        return None
+    try:
+        return FeatureSpec.from_dict(json.loads(text))
+    except (ValueError, InputError) as exc:
+        raise InputError(f"{path}: the feature specification it records is unreadable ({exc}); "
+                         "recompute the table with `fraudscore features`") from None
+
+
 def _sorted_keys(entity: np.ndarray, seconds: np.ndarray, ids: np.ndarray, reach: int) -> tuple[np.ndarray, np.ndarray]:
     """Order by (entity, time, id) and composite int64 keys that are increasing in that order.
 
@@ -185,13 +208,14 @@ def _customer_windows(
 def _terminal_windows(
     terminal: np.ndarray, seconds: np.ndarray, ids: np.ndarray, fraud: np.ndarray, spec: FeatureSpec
 ) -> dict[str, np.ndarray]:
-    delay = spec.terminal_delay_s
     order, keys = _sorted_keys(terminal, seconds, ids, spec.terminal_reach_s)
     frauds = np.concatenate([[0], np.cumsum(fraud[order].astype(np.int64))])
-    end = np.searchsorted(keys, keys - delay, side="right")
+    # keys - (t - end): the window end of each row's own key, t - delay rounded down to the resolution
+    ends = keys - (seconds[order] - spec.terminal_window_ends(seconds[order]))
+    end = np.searchsorted(keys, ends, side="right")
     out = {}
     for w in spec.terminal_windows_days:
-        first = np.searchsorted(keys, keys - delay - w * SECONDS_PER_DAY, side="right")
+        first = np.searchsorted(keys, ends - w * SECONDS_PER_DAY, side="right")
         count = end - first
         out[terminal_count_name(w)] = _unsort(order, count)
         out[terminal_risk_name(w)] = _unsort(order, fraud_shares(frauds[end] - frauds[first], count))

@@ -31,13 +31,23 @@ from __future__ import annotations
 
 import numpy as np
 
+from fraudscore.features.buckets import TerminalBuckets
 from fraudscore.features.customers import CustomerState
 from fraudscore.features.spec import BASELINE_SPEC, SECONDS_PER_DAY, FeatureSpec
 from fraudscore.features.store import FOLD_MIN_ROWS, _columns, late_in_order
 from fraudscore.features.terminals import LabelCounts, TerminalState
 from fraudscore.features.windows import calendar_features
 
-__all__ = ["FOLD_MIN_ROWS", "CustomerState", "LabelCounts", "OnlineFeatures", "TerminalState", "late_in_order"]
+__all__ = ["FOLD_MIN_ROWS", "CustomerState", "LabelCounts", "OnlineFeatures", "TerminalBuckets", "TerminalState",
+           "late_in_order", "terminal_state"]
+
+
+def terminal_state(spec: FeatureSpec = BASELINE_SPEC, *, allowed_lateness_s: int = SECONDS_PER_DAY,
+                   fold_min_rows: int = FOLD_MIN_ROWS) -> TerminalState | TerminalBuckets:
+    """The terminal state `spec` calls for: every transaction (`TerminalState`) at the exact
+    1 s resolution, per-terminal bucket counts (`TerminalBuckets`) at a coarser one."""
+    kind = TerminalState if spec.terminal_resolution_s == 1 else TerminalBuckets
+    return kind(spec, allowed_lateness_s=allowed_lateness_s, fold_min_rows=fold_min_rows)
 
 
 class OnlineFeatures:
@@ -74,7 +84,7 @@ class OnlineFeatures:
         self.spec = spec
         self.allowed_lateness_s = allowed_lateness_s
         self.fold_min_rows = fold_min_rows
-        self.terminals = TerminalState(
+        self.terminals = terminal_state(
             spec,
             allowed_lateness_s=allowed_lateness_s if terminal_lateness_s is None else terminal_lateness_s,
             fold_min_rows=fold_min_rows,

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+import numpy as np
+
 from fraudscore.errors import InputError
 
 SECONDS_PER_DAY = 86_400
@@ -44,6 +46,11 @@ class FeatureSpec:
     terminal_delay_days: int = 7
     night_last_hour: int = 6
     tie_rule: str = "same_second_by_transaction_id"
+    terminal_resolution_s: int = 1
+    """Where terminal windows end: at t - delay rounded down to a multiple of this (seconds).
+    1 is the handbook's exact definition; a whole number of hours dividing a day (3600,
+    7200, ..., 86400) lets the online engine keep per-terminal counts per time bucket
+    instead of every transaction, so its memory is bounded by terminals x buckets."""
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -71,12 +78,22 @@ class FeatureSpec:
 
     @property
     def terminal_reach_s(self) -> int:
-        """How far back (seconds) a terminal window reaches: the delay plus the largest window."""
-        return self.terminal_delay_s + max(self.terminal_windows_days) * SECONDS_PER_DAY
+        """How far back (seconds) a terminal window reaches: the delay plus the largest window,
+        plus what rounding its end down to the resolution moves it back (resolution - 1)."""
+        return self.terminal_delay_s + max(self.terminal_windows_days) * SECONDS_PER_DAY + self.terminal_resolution_s - 1
+
+    def terminal_window_ends(self, seconds: np.ndarray) -> np.ndarray:
+        """Where the terminal windows of transactions at `seconds` end (int64 array): t - delay,
+        rounded down to a multiple of `terminal_resolution_s`. A window of w days is then
+        (end - w days, end], so at a resolution dividing a day it is made of whole buckets."""
+        ends = np.asarray(seconds, dtype=np.int64) - self.terminal_delay_s
+        r = self.terminal_resolution_s
+        return ends if r == 1 else ends // r * r
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready mapping, for the bundle manifest."""
-        return {
+        """A JSON-ready mapping, for the bundle manifest. The resolution is written only when it
+        is not 1 s, so bundles and state snapshots written before it existed keep matching."""
+        out = {
             "version": self.version,
             "customer_windows_days": list(self.customer_windows_days),
             "terminal_windows_days": list(self.terminal_windows_days),
@@ -84,6 +101,9 @@ class FeatureSpec:
             "night_last_hour": self.night_last_hour,
             "tie_rule": self.tie_rule,
         }
+        if self.terminal_resolution_s != 1:
+            out["terminal_resolution_s"] = self.terminal_resolution_s
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FeatureSpec:
@@ -92,7 +112,7 @@ class FeatureSpec:
             raise InputError(f"feature spec must be a mapping, got {type(d).__name__}; re-export the bundle with this fraudscore version")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
-        missing = sorted(known - set(d))
+        missing = sorted(known - set(d) - set(_OPTIONAL))
         problems = []
         if unknown:
             problems.append(f"unknown field(s) {', '.join(unknown)}")
@@ -105,6 +125,29 @@ class FeatureSpec:
             if isinstance(values[name], (list, tuple)):
                 values[name] = tuple(values[name])
         return cls(**values)
+
+
+_OPTIONAL = {"terminal_resolution_s": 1}
+"""Fields a manifest may leave out (written before they existed), with the value that means."""
+
+RESOLUTIONS = {"1s": 1, "1h": 3600, "2h": 7200, "3h": 10_800, "4h": 14_400, "6h": 21_600, "8h": 28_800,
+               "12h": 43_200, "1d": SECONDS_PER_DAY}
+"""The terminal resolutions this runtime computes, by the names the command line takes."""
+
+
+def parse_resolution(text: str) -> int:
+    """Seconds of a resolution given as 1s, 1h, 6h, 1d ... or as seconds; InputError otherwise."""
+    value = str(text).strip().lower()
+    if value in RESOLUTIONS:
+        return RESOLUTIONS[value]
+    if value.isdigit() and int(value) in RESOLUTIONS.values():
+        return int(value)
+    raise InputError(f"terminal resolution {text!r} is not one of {', '.join(RESOLUTIONS)} (or the same in seconds)")
+
+
+def resolution_name(seconds: int) -> str:
+    """The command-line name of a resolution in seconds: 86400 -> '1d'."""
+    return next((name for name, value in RESOLUTIONS.items() if value == seconds), f"{seconds}s")
 
 
 def customer_count_name(w: int) -> str:
@@ -150,6 +193,10 @@ def _problems(spec: FeatureSpec) -> list[str]:
         problems.append(f"terminal_delay_days must be a whole number of days >= 0, got {spec.terminal_delay_days!r}")
     if not _is_int(spec.night_last_hour) or not 0 <= spec.night_last_hour <= 23:
         problems.append(f"night_last_hour must be an hour 0..23, got {spec.night_last_hour!r}")
+    if not _is_int(spec.terminal_resolution_s) or spec.terminal_resolution_s not in RESOLUTIONS.values():
+        problems.append(f"terminal_resolution_s must be one of {', '.join(map(str, RESOLUTIONS.values()))} seconds "
+                        f"(1 s, or whole hours dividing a day), got {spec.terminal_resolution_s!r}; "
+                        "re-export the bundle with this fraudscore version, or upgrade fraudscore")
     return problems
 
 

@@ -204,7 +204,49 @@ class _Batch(NamedTuple):
     new: np.ndarray  # which rows were new, in the caller's order
 
 
-class _Store:
+class _EventTimes:
+    """Event-time bookkeeping both terminal forms and the customer state share: from `_first`,
+    `watermark`, `reach_s`, `allowed_lateness_s` and `horizon_cap` (set by the subclass)."""
+
+    _first: int | None
+    watermark: int | None
+    reach_s: int
+    allowed_lateness_s: int
+    horizon_cap: int | None
+
+    @property
+    def first_event(self) -> int | None:
+        """The oldest event time this state has stored, evicted rows included (kept through
+        snapshots); None while empty."""
+        return self._first
+
+    @property
+    def coverage_s(self) -> int:
+        """Seconds of event time this state has seen, from its oldest row to its watermark: history
+        older than that never reached it (not retained, or not loaded). A window needs `reach_s`."""
+        if self._first is None or self.watermark is None:
+            return 0
+        return max(0, self.watermark - self._first)
+
+    @property
+    def horizon(self) -> int | None:
+        """Rows at or before this event time can reach no window within the allowed lateness."""
+        if self.watermark is None:
+            return None
+        own = self.watermark - self.reach_s - self.allowed_lateness_s
+        return own if self.horizon_cap is None else min(own, self.horizon_cap)
+
+    def late_mask(self, seconds: np.ndarray) -> np.ndarray:
+        """True where a row is too late to score: more than allowed_lateness older than the newest
+        of the watermark and the rows before it (`late_in_order`, the one lateness rule).
+
+        Ask it just before the batch's `features`: the watermark is then the one from
+        before the batch.
+        """
+        return late_in_order(_int_column("seconds", seconds), self.watermark, self.allowed_lateness_s)
+
+
+class _Store(_EventTimes):
     """What both states share: slots, keys, the two runs, folding and eviction."""
 
     _ranks_in_main = True  # whether queries need `_Batch.rank_main` (else it is skipped when possible)
@@ -246,28 +288,6 @@ class _Store:
         """Customers or terminals with stored rows."""
         return len(np.union1d(_slots_of(self._main.keys), _slots_of(self._recent.keys)))
 
-    @property
-    def first_event(self) -> int | None:
-        """The oldest event time this state has stored, evicted rows included (kept through
-        snapshots); None while empty."""
-        return self._first
-
-    @property
-    def coverage_s(self) -> int:
-        """Seconds of event time this state has seen, from its oldest row to its watermark: history
-        older than that never reached it (not retained, or not loaded). A window needs `reach_s`."""
-        if self._first is None or self.watermark is None:
-            return 0
-        return max(0, self.watermark - self._first)
-
-    @property
-    def horizon(self) -> int | None:
-        """Rows at or before this event time can reach no window within the allowed lateness."""
-        if self.watermark is None:
-            return None
-        own = self.watermark - self.reach_s - self.allowed_lateness_s
-        return own if self.horizon_cap is None else min(own, self.horizon_cap)
-
     def stored_mask(self, ids: np.ndarray, seconds: np.ndarray, entities: np.ndarray) -> np.ndarray:
         """True where the row (entity, time, id) is stored already: a redelivery, not a new transaction."""
         ids, seconds, entities = _columns(None, ids=ids, seconds=seconds, entities=entities)
@@ -280,15 +300,6 @@ class _Store:
         out = np.empty(len(ids), bool)
         out[perm] = stored
         return out
-
-    def late_mask(self, seconds: np.ndarray) -> np.ndarray:
-        """True where a row is too late to score: more than allowed_lateness older than the newest
-        of the watermark and the rows before it (`late_in_order`, the one lateness rule).
-
-        Ask it just before the batch's `features`: the watermark is then the one from
-        before the batch.
-        """
-        return late_in_order(_int_column("seconds", seconds), self.watermark, self.allowed_lateness_s)
 
     def evict(self) -> int:
         """Fold the recent rows into the main run now and drop rows no on-time query can reach; returns rows dropped."""

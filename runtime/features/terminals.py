@@ -107,7 +107,7 @@ class TerminalState(_Store):
         if not len(ids):
             return np.zeros(0, bool), self.features(seconds, terminals)
         batch = self._insert(ids, seconds, terminals, np.zeros(len(ids), np.int8))
-        return batch.new, self._windows(batch.perm, batch.keys, batch.newest)
+        return batch.new, self._windows(batch.perm, batch.keys, seconds)
 
     def features(self, seconds: np.ndarray, terminals: np.ndarray) -> dict[str, np.ndarray]:
         """The terminal window features of transactions at `seconds` on `terminals` (counts int64, risks float64)."""
@@ -117,14 +117,15 @@ class TerminalState(_Store):
         else:
             keys = self._keys(self._directory.lookup(terminals, create=False), seconds)
         perm = np.argsort(keys, kind="stable")
-        return self._windows(perm, keys[perm], int(seconds.max()) if len(seconds) else 0)
+        return self._windows(perm, keys[perm], seconds)
 
-    def _windows(self, perm: np.ndarray, keys: np.ndarray, newest: int) -> dict[str, np.ndarray]:
-        """Window features of sorted query keys, returned in the caller's order (`perm`)."""
+    def _windows(self, perm: np.ndarray, keys: np.ndarray, seconds: np.ndarray) -> dict[str, np.ndarray]:
+        """Window features of sorted query keys (of rows at `seconds`, in the caller's order),
+        returned in the caller's order (`perm`)."""
         n = len(keys)
-        delay = self.spec.terminal_delay_s
-        ends = keys - delay
-        latest_end = newest - delay
+        window_ends = self.spec.terminal_window_ends(seconds)
+        ends = keys - (seconds - window_ends)[perm]  # each key moved back to its window's end
+        latest_end = int(window_ends.max()) if n else 0
         # Rows newer than every window's end cannot count: the recent run usually holds
         # only such rows (they arrived in the last days, the windows end a week back).
         parts = []

@@ -41,7 +41,8 @@ import time
 
 import numpy as np
 
-from fraudscore.features.online import CustomerState, OnlineFeatures, TerminalState, late_in_order
+from fraudscore.features.online import (CustomerState, OnlineFeatures, TerminalBuckets, TerminalState, late_in_order,
+                                        terminal_state)
 from fraudscore.features.spec import FeatureSpec
 from fraudscore.serving.sidecar.config import SidecarConfig
 from fraudscore.errors import FraudscoreError
@@ -164,7 +165,7 @@ class FeatureState:
         return self.online.customers
 
     @property
-    def terminals(self) -> TerminalState:
+    def terminals(self) -> TerminalState | TerminalBuckets:
         """The terminal table's state: every partition's transactions and the confirmations."""
         return self.online.terminals
 
@@ -189,7 +190,7 @@ class FeatureState:
             blob = self.snapshots.read([TERMINALS])[TERMINALS]
             if isinstance(blob, SnapshotRefused):
                 raise blob
-            fresh = TerminalState(self.spec, allowed_lateness_s=self.config.allowed_lateness_s)
+            fresh = terminal_state(self.spec, allowed_lateness_s=self.config.allowed_lateness_s)
             header, state = decode(blob, self._expect("terminals"), fresh)
             try:
                 positions = {(str(t), int(p)): int(o) for t, p, o in header["positions"]}
@@ -310,7 +311,7 @@ class FeatureState:
         reach = self.config.allowed_lateness_s + self.spec.terminal_reach_s
         if needed is None or needed - reach <= evicted:
             log.info("terminal table: a newly assigned partition needs rows already evicted; reading it again")
-            self.online.terminals = TerminalState(self.spec, allowed_lateness_s=self.config.allowed_lateness_s)
+            self.online.terminals = terminal_state(self.spec, allowed_lateness_s=self.config.allowed_lateness_s)
             self.table.reset(self.terminals)
 
     def revoke(self, partitions: list[int]) -> None:

@@ -1,5 +1,6 @@
 """The terminal table of a raw-mode sidecar: every partition of the input topic and the
-labels topic, read whole into one `TerminalState` (the "global table" pattern).
+labels topic, read whole into one terminal state (`TerminalState`, or `TerminalBuckets` at a
+resolution above 1 s: the "global table" pattern).
 
 A terminal serves customers on every partition, so its windows need every partition's
 transactions, whichever partitions this instance scores. Before a batch is scored the
@@ -28,7 +29,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fraudscore.features.online import TerminalState, late_in_order
+from fraudscore.features.online import TerminalBuckets, TerminalState, late_in_order
 from fraudscore.serving.sidecar.clients import common_config
 from fraudscore.serving.sidecar.config import SidecarConfig
 from fraudscore.serving.sidecar.delivery import MAX_KEY_BYTES
@@ -46,7 +47,7 @@ class TerminalTable:
     `before_apply` is called before rows go in (the owner caps the table's eviction there); a read
     ends early, not caught up, once `stopping()` is true."""
 
-    def __init__(self, config: SidecarConfig, terminals: TerminalState, metrics, before_apply: Callable[[], None] = lambda: None,
+    def __init__(self, config: SidecarConfig, terminals: TerminalState | TerminalBuckets, metrics, before_apply: Callable[[], None] = lambda: None,
                  stopping: Callable[[], bool] = lambda: False):
         self.config = config
         self.terminals = terminals
@@ -92,7 +93,7 @@ class TerminalTable:
         """Every (topic, partition) the table reads."""
         return [(tp.topic, tp.partition) for tp in self._reader_partitions]
 
-    def reset(self, terminals: TerminalState) -> None:
+    def reset(self, terminals: TerminalState | TerminalBuckets) -> None:
         """Read everything again, from the beginning, into `terminals` (a fresh state)."""
         self.terminals = terminals
         self.caught_up = False

@@ -1,0 +1,391 @@
+"""Terminal windows at a coarse resolution: per-terminal counts per time bucket, not rows.
+
+With `FeatureSpec.terminal_resolution_s` = r > 1 s (whole hours dividing a day) a terminal
+window of w days ends at t - delay rounded down to a multiple of r, so it is made of whole
+buckets (k r - r, k r]. Then a terminal needs only, per bucket, how many transactions it
+saw and how many of them were confirmed frauds: `TerminalBuckets` keeps those counts as
+prefix sums along the buckets, one row per terminal, and a window is two lookups. Memory
+is terminals x buckets (`columns_needed`), whatever the traffic: at r = 1 day about 40
+buckets, ~330 B per terminal; the exact store (`terminals.TerminalState`) holds ~17-21 B per
+retained transaction instead.
+
+What the counts cannot do, and how the caller makes up for it:
+- A transaction cannot be recognised when it comes again, so `add_transactions` counts
+  every row it is given: the caller feeds each one once (the sidecar's terminal table
+  reads every offset once and snapshots the offsets with the counts).
+- A confirmation is counted in its bucket (id, event time and terminal name it) without
+  finding its transaction: at once when a transaction at or after its time has been
+  counted, else it waits until one has (no window can reach it before). Confirmations
+  are told apart by id (duplicates are not counted twice) as long as their bucket is
+  held. A confirmation of a transaction that never reaches the input (or was
+  dead-lettered as late) still counts, where the exact store would hold it pending until
+  it expires.
+Given the same transactions and confirmations, the windows equal the offline engine's at
+the same resolution (`baseline.baseline_features`), exactly: both count whole buckets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fraudscore.errors import InputError
+from fraudscore.features.spec import BASELINE_SPEC, SECONDS_PER_DAY, FeatureSpec, terminal_count_name, terminal_risk_name
+from fraudscore.features.store import FOLD_MIN_ROWS, _columns, _EventTimes
+from fraudscore.features.terminals import LabelCounts
+from fraudscore.features.windows import fraud_shares
+
+_NEVER = np.iinfo(np.int64).min // 4
+
+
+def _member(values: np.ndarray, among: np.ndarray) -> np.ndarray:
+    """Which of `values` are in `among` (sorted for the confirmed ids, any order for the pending)."""
+    return np.isin(values, among) if len(among) else np.zeros(len(values), bool)
+
+
+def columns_needed(spec: FeatureSpec, allowed_lateness_s: int) -> int:
+    """Buckets a terminal keeps: every bucket an on-time query can reach (reach + lateness), the
+    bucket being filled, and one more for the rounding at each end."""
+    r = spec.terminal_resolution_s
+    return -(-(spec.terminal_reach_s + allowed_lateness_s) // r) + 2
+
+
+class TerminalBuckets(_EventTimes):
+    """The terminal windows (`TerminalState`'s interface) as per-terminal bucket counts.
+
+    Example:
+        >>> from fraudscore.features.spec import FeatureSpec
+        >>> day = 86_400
+        >>> state = TerminalBuckets(FeatureSpec(terminal_resolution_s=day))
+        >>> state.add_transactions(ids=[1, 2, 3], seconds=[5, 10, day + 5], terminals=[3, 3, 3]).tolist()
+        [True, True, True]
+        >>> state.add_labels(ids=[2], seconds=[10], terminals=[3])
+        LabelCounts(applied=1, pending=0, expired=0, duplicate=0)
+        >>> f = state.features(seconds=[8 * day + 20], terminals=[3])  # ends at day 1 (t - 7 days, rounded down)
+        >>> f["TERMINAL_ID_NB_TX_1DAY_WINDOW"].tolist(), f["TERMINAL_ID_RISK_1DAY_WINDOW"].tolist()
+        ([2], [0.5])
+    """
+
+    def __init__(self, spec: FeatureSpec = BASELINE_SPEC, *, allowed_lateness_s: int = SECONDS_PER_DAY,
+                 fold_min_rows: int = FOLD_MIN_ROWS):
+        if spec.terminal_resolution_s == 1:
+            raise InputError("TerminalBuckets needs a terminal resolution above 1 s; use TerminalState for exact windows")
+        if allowed_lateness_s < 0:
+            raise InputError(f"allowed_lateness_s must be >= 0 seconds, got {allowed_lateness_s}")
+        del fold_min_rows  # nothing to fold: counts go straight into their bucket
+        self.spec = spec
+        self.reach_s = spec.terminal_reach_s
+        self.allowed_lateness_s = int(allowed_lateness_s)
+        self.watermark: int | None = None
+        self.horizon_cap: int | None = None  # as `TerminalState.horizon_cap`: eviction never passes it
+        self.evicted_through: int | None = None
+        self.labels = LabelCounts()
+        self._r = spec.terminal_resolution_s
+        self._base: int | None = None  # the bucket number of column 0
+        self._width = columns_needed(spec, self.allowed_lateness_s)
+        self._width += -(-self._width // 8)  # room to move ahead before the columns shift
+        self._target_width = self._width
+        # Terminal ids, sorted, and each one's row in the count matrices.
+        self._ids = np.empty(0, np.int64)
+        self._rows = np.empty(0, np.int64)
+        self._used = 0
+        # Prefix sums along the buckets: [row, j] = transactions (frauds) of the terminal in columns < j.
+        self._counts = np.zeros((0, self._width + 1), np.int32)
+        self._frauds = np.zeros((0, self._width + 1), np.int32)
+        self._first: int | None = None
+        # Confirmations counted, sorted by id, with their event times (to forget them with their bucket).
+        self._confirmed = np.empty(0, np.int64)
+        self._confirmed_seconds = np.empty(0, np.int64)
+        # Confirmations newer than the watermark: (ids, seconds, terminals).
+        self._pending = (np.empty(0, np.int64),) * 3
+
+    # ------------------------------------------------------------------ what the sidecar reads
+
+    def __len__(self) -> int:
+        """Transactions counted in the buckets held."""
+        return int(self._counts[:self._used, -1].sum(dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in numpy arrays (allocated rows included)."""
+        return (self._counts.nbytes + self._frauds.nbytes + self._ids.nbytes + self._rows.nbytes
+                + self._confirmed.nbytes + self._confirmed_seconds.nbytes + sum(a.nbytes for a in self._pending))
+
+    @property
+    def entities(self) -> int:
+        """Terminals with a transaction in the buckets held."""
+        return int((self._counts[:self._used, -1] > 0).sum())
+
+    @property
+    def pending_labels(self) -> int:
+        """Confirmations newer than every transaction so far, waiting for one to pass them."""
+        return len(self._pending[0])
+
+    # ------------------------------------------------------------------ updates
+
+    def add_transactions(self, ids: np.ndarray, seconds: np.ndarray, terminals: np.ndarray) -> np.ndarray:
+        """Count the transactions in their buckets; every row counts (feed each once). Returns
+        which rows were counted: all but those at or before the horizon (late: the caller's
+        `late_mask` finds them first)."""
+        ids, seconds, terminals = _columns(ids=ids, seconds=seconds, terminals=terminals)
+        if not len(ids):
+            return np.zeros(0, bool)
+        counted = self._count("_counts", seconds, terminals)
+        self._first = int(seconds.min()) if self._first is None else min(self._first, int(seconds.min()))
+        newest = int(seconds.max())
+        newest = newest if self.watermark is None else max(self.watermark, newest)
+        if len(self._pending[0]):  # under the horizon from before the batch, as its transactions were
+            self._release_pending(newest)
+        self.watermark = newest
+        return counted
+
+    def add_and_features(self, ids: np.ndarray, seconds: np.ndarray, terminals: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """`add_transactions`, then `features` of the same rows."""
+        counted = self.add_transactions(ids, seconds, terminals)
+        return counted, self.features(seconds, terminals)
+
+    def add_labels(self, ids: np.ndarray, seconds: np.ndarray, terminals: np.ndarray) -> LabelCounts:
+        """Count fraud confirmations (id, event time, terminal) in their buckets; see the module.
+        One newer than every transaction so far waits (pending) until a transaction passes it:
+        no window can reach it before, and its bucket may not be held yet."""
+        ids, seconds, terminals = _columns(ids=ids, seconds=seconds, terminals=terminals)
+        counts = LabelCounts()
+        if not len(ids):
+            return counts
+        first = np.zeros(len(ids), bool)
+        first[np.unique(ids, return_index=True)[1]] = True
+        seen = _member(ids, self._confirmed) | _member(ids, self._pending[0])
+        counts.duplicate = int((~first | seen).sum())
+        fresh = first & ~seen
+        horizon = self.horizon
+        expired = fresh & (seconds <= horizon) if horizon is not None else np.zeros(len(ids), bool)
+        live = fresh & ~expired
+        ahead = live & (seconds > self.watermark) if self.watermark is not None else live
+        if ahead.any():
+            self._pending = tuple(np.concatenate([held, new[ahead]]) for held, new in zip(self._pending, (ids, seconds, terminals)))
+            counts.pending = int(ahead.sum())
+        applied = self._apply(ids[live & ~ahead], seconds[live & ~ahead], terminals[live & ~ahead])
+        counts.applied = applied
+        counts.expired = int(expired.sum()) + int((live & ~ahead).sum()) - applied
+        self.labels.applied += counts.applied
+        self.labels.pending += counts.pending
+        self.labels.expired += counts.expired
+        self.labels.duplicate += counts.duplicate
+        return counts
+
+    def _apply(self, ids: np.ndarray, seconds: np.ndarray, terminals: np.ndarray) -> int:
+        """Count confirmations in their buckets and remember their ids; how many were counted."""
+        if not len(ids):
+            return 0
+        counted = self._count("_frauds", seconds, terminals)
+        ids, seconds = ids[counted], seconds[counted]
+        order = np.argsort(ids)
+        where = np.searchsorted(self._confirmed, ids[order])
+        self._confirmed = np.insert(self._confirmed, where, ids[order])
+        self._confirmed_seconds = np.insert(self._confirmed_seconds, where, seconds[order])
+        return len(ids)
+
+    def _release_pending(self, newest: int) -> None:
+        """Count the pending confirmations the transactions up to event time `newest` have passed."""
+        ids, seconds, terminals = self._pending
+        due = seconds <= newest
+        if not due.any():
+            return
+        self._pending = (ids[~due], seconds[~due], terminals[~due])
+        applied = self._apply(ids[due], seconds[due], terminals[due])
+        self.labels.pending -= int(due.sum())
+        self.labels.applied += applied
+        self.labels.expired += int(due.sum()) - applied
+
+    def evict(self) -> int:
+        """Drop the buckets no on-time query can reach now; returns the transactions they held."""
+        if self._base is None or self.horizon is None:
+            return 0
+        return self._shift(self._keep_from())
+
+    # ------------------------------------------------------------------ queries
+
+    def features(self, seconds: np.ndarray, terminals: np.ndarray) -> dict[str, np.ndarray]:
+        """The terminal window features of transactions at `seconds` on `terminals` (counts int64, risks float64)."""
+        seconds, terminals = _columns(seconds=seconds, terminals=terminals)
+        n = len(seconds)
+        rows = self._lookup(terminals, create=False)
+        known = rows >= 0
+        out = {}
+        # The window's last bucket: its end is t - delay rounded down to the resolution.
+        last = self.spec.terminal_window_ends(seconds) // self._r - (self._base or 0)
+        for w in self.spec.terminal_windows_days:
+            count = np.zeros(n, np.int64)
+            frauds = np.zeros(n, np.int64)
+            if known.any():
+                r = rows[known]
+                hi = np.clip(last[known] + 1, 0, self._width)
+                lo = np.clip(last[known] + 1 - w * SECONDS_PER_DAY // self._r, 0, self._width)
+                count[known] = self._counts[r, hi].astype(np.int64) - self._counts[r, lo]
+                frauds[known] = self._frauds[r, hi].astype(np.int64) - self._frauds[r, lo]
+            out[terminal_count_name(w)] = count
+            out[terminal_risk_name(w)] = fraud_shares(frauds, count)
+        return out
+
+    # ------------------------------------------------------------------ snapshots
+
+    def to_arrays(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """The whole state as JSON-ready scalars and named arrays; `load_arrays` puts them back."""
+        labels = self.labels
+        scalars = {"watermark": self.watermark, "evicted_through": self.evicted_through, "first_event": self._first,
+                   "base": self._base, "resolution_s": self._r,
+                   "labels": [labels.applied, labels.pending, labels.expired, labels.duplicate]}
+        arrays = {"ids": self._ids, "rows": self._rows, "counts": self._counts[:self._used],
+                  "frauds": self._frauds[:self._used], "confirmed.ids": self._confirmed,
+                  "confirmed.seconds": self._confirmed_seconds, "pending.ids": self._pending[0],
+                  "pending.seconds": self._pending[1], "pending.terminals": self._pending[2]}
+        return scalars, arrays
+
+    def load_arrays(self, scalars: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Take what `to_arrays` gave; InputError if it does not fit together."""
+        try:
+            ids, rows, counts, frauds, confirmed, confirmed_seconds = (
+                np.asarray(arrays[name]) for name in ("ids", "rows", "counts", "frauds", "confirmed.ids", "confirmed.seconds"))
+            pending = tuple(np.asarray(arrays[f"pending.{name}"]) for name in ("ids", "seconds", "terminals"))
+            if int(scalars["resolution_s"]) != self._r:
+                raise InputError(f"resolution {scalars['resolution_s']} s, this state counts {self._r} s buckets")
+            watermark, evicted, first, base = (None if scalars[k] is None else int(scalars[k])
+                                               for k in ("watermark", "evicted_through", "first_event", "base"))
+            labels = LabelCounts(*(int(n) for n in scalars["labels"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"terminal bucket arrays incomplete or malformed ({type(exc).__name__}: {exc})") from None
+        if (ids.dtype != np.int64 or rows.dtype != np.int64 or len(ids) != len(rows) or counts.ndim != 2
+                or counts.dtype != np.int32 or frauds.dtype != np.int32 or counts.shape != frauds.shape
+                or counts.shape[0] != len(ids) or counts.shape[1] < 2
+                or (len(rows) and not np.array_equal(np.sort(rows), np.arange(len(rows))))
+                or (len(ids) > 1 and not (np.diff(ids) > 0).all())):
+            raise InputError("terminal bucket arrays: columns of other types, shapes or orders")
+        if confirmed.dtype != np.int64 or confirmed_seconds.dtype != np.int64 or len(confirmed) != len(confirmed_seconds):
+            raise InputError("confirmed frauds: columns of other types or lengths")
+        if any(a.dtype != np.int64 or len(a) != len(pending[0]) for a in pending):
+            raise InputError("pending confirmations: columns of other types or lengths")
+        self._pending = pending
+        self._ids, self._rows, self._used = ids, rows, len(ids)
+        self._counts, self._frauds = np.ascontiguousarray(counts), np.ascontiguousarray(frauds)
+        self._width = counts.shape[1] - 1
+        self._confirmed, self._confirmed_seconds = confirmed, confirmed_seconds
+        self.watermark, self.evicted_through, self._first, self._base = watermark, evicted, first, base
+        self.labels = labels
+
+    # ------------------------------------------------------------------ inside
+
+    def _keep_from(self) -> int:
+        """The oldest bucket an on-time query can still reach (under `horizon`)."""
+        return self.horizon // self._r + 1
+
+    def _count(self, matrix: str, seconds: np.ndarray, terminals: np.ndarray) -> np.ndarray:
+        """Add one to the matrix named `matrix` ("_counts" or "_frauds") in each row's bucket;
+        which rows were counted (not those at or before the horizon: their buckets are gone or
+        no on-time query reaches them)."""
+        horizon = self.horizon
+        counted = seconds > horizon if horizon is not None else np.ones(len(seconds), bool)
+        if not counted.all():
+            seconds, terminals = seconds[counted], terminals[counted]
+        if not len(seconds):
+            return counted
+        buckets = -(-seconds // self._r)  # (k r - r, k r] is bucket k
+        oldest, newest = int(buckets.min()), int(buckets.max())
+        if self._base is None:
+            self._base = oldest
+        elif oldest < self._base:  # older than anything held so far, and within the horizon
+            self._widen(self._base - oldest, before=True)
+            self._base = oldest
+        if newest - self._base >= self._width:
+            self._make_room(newest)
+        columns = buckets - self._base
+        rows = self._lookup(terminals, create=True)
+        touched, inverse = np.unique(rows, return_inverse=True)
+        start = int(columns.min())
+        delta = np.zeros((len(touched), self._width - start), np.int32)
+        np.add.at(delta, (inverse, columns - start), 1)
+        getattr(self, matrix)[touched, start + 1:] += np.cumsum(delta, axis=1, dtype=np.int32)
+        return counted
+
+    def _make_room(self, newest: int) -> None:
+        """Columns up to bucket `newest`: drop the buckets nothing can reach, and widen if that is not enough."""
+        if self.horizon is not None:
+            self._shift(min(self._keep_from(), newest))
+        if newest - self._base >= self._width:
+            self._widen(newest - self._base + 1 - self._width + -(-self._width // 8))
+
+    def _widen(self, columns: int, before: bool = False) -> None:
+        """Add `columns` empty buckets after the last one, or `before` the first."""
+        if before:  # prefix sums start at 0: the new buckets are zeros in front
+            pad = lambda m: np.concatenate([np.zeros((len(m), columns), np.int32), m], axis=1)  # noqa: E731
+        else:  # and end at the total: repeat the last column
+            pad = lambda m: np.concatenate([m, np.repeat(m[:, -1:], columns, axis=1)], axis=1)  # noqa: E731
+        self._counts, self._frauds = pad(self._counts), pad(self._frauds)
+        self._width += columns
+
+    def _shift(self, keep_from: int) -> int:
+        """Drop the buckets before `keep_from`; returns the transactions they held."""
+        d = keep_from - self._base
+        if d <= 0:
+            return 0
+        d = min(d, self._width)
+        dropped = int(self._counts[:self._used, d].sum(dtype=np.int64))
+        for m in (self._counts, self._frauds):
+            moved = m[:, d:] - m[:, d:d + 1]
+            m[:, :self._width + 1 - d] = moved
+            m[:, self._width + 1 - d:] = moved[:, -1:]
+        self._base = keep_from
+        # Give back the columns a held-back horizon made room for, past the newest bucket.
+        spare = self._width - max(self._target_width, -(-self.watermark // self._r) - self._base + 1 if self.watermark is not None else 0)
+        if spare > 0:
+            self._counts, self._frauds = self._counts[:, :self._width + 1 - spare].copy(), self._frauds[:, :self._width + 1 - spare].copy()
+            self._width -= spare
+        through = (keep_from - 1) * self._r
+        self.evicted_through = through if self.evicted_through is None else max(self.evicted_through, through)
+        if len(self._confirmed):
+            keep = self._confirmed_seconds > through
+            self._confirmed, self._confirmed_seconds = self._confirmed[keep], self._confirmed_seconds[keep]
+        self._drop_idle_terminals()
+        return dropped
+
+    def _drop_idle_terminals(self) -> None:
+        """Forget terminals with nothing left in the buckets held, once they are a quarter of the rows."""
+        used = self._used
+        idle = (self._counts[:used, -1] == 0) & (self._frauds[:used, -1] == 0)
+        if not used or idle.sum() * 4 < used:
+            return
+        alive = np.flatnonzero(~idle)
+        renumber = np.full(used, -1, np.int64)
+        renumber[alive] = np.arange(len(alive))
+        self._counts = self._counts[alive].copy()
+        self._frauds = self._frauds[alive].copy()
+        self._used = len(alive)
+        new_rows = renumber[self._rows]
+        keep = new_rows >= 0
+        self._ids, self._rows = self._ids[keep], new_rows[keep]
+
+    def _lookup(self, terminals: np.ndarray, create: bool) -> np.ndarray:
+        """Rows of `terminals` in the matrices; new terminals get rows if `create`, else -1."""
+        at = np.searchsorted(self._ids, terminals)
+        known = at < len(self._ids)
+        known[known] = self._ids[at[known]] == terminals[known]
+        rows = np.full(len(terminals), -1, np.int64)
+        rows[known] = self._rows[at[known]]
+        if create and not known.all():
+            fresh, inverse = np.unique(terminals[~known], return_inverse=True)
+            numbers = self._used + np.arange(len(fresh), dtype=np.int64)
+            self._reserve(self._used + len(fresh))
+            self._used += len(fresh)
+            rows[~known] = numbers[inverse]
+            where = np.searchsorted(self._ids, fresh)
+            self._ids = np.insert(self._ids, where, fresh)
+            self._rows = np.insert(self._rows, where, numbers)
+        return rows
+
+    def _reserve(self, rows: int) -> None:
+        if rows <= len(self._counts):
+            return
+        capacity = max(rows, len(self._counts) * 3 // 2, 1024)
+        for name in ("_counts", "_frauds"):
+            old = getattr(self, name)
+            new = np.zeros((capacity, self._width + 1), np.int32)
+            new[:len(old)] = old
+            setattr(self, name, new)
