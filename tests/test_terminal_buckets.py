@@ -103,11 +103,11 @@ def test_confirmations_wait_for_the_watermark_count_once_and_need_no_transaction
     assert (state.pending_labels, state.labels.applied) == (0, 1)
     assert state.add_labels(ids=[5, 5], seconds=[EPOCH + 10] * 2, terminals=[1, 1]).duplicate == 2
     # A confirmation whose transaction never arrives is still counted (features/buckets.py says so):
-    # the window then holds 1 transaction and 1 fraud besides it.
+    # the window then holds 1 transaction and 2 frauds, and the share is capped at 1.
     state.add_labels(ids=[6], seconds=[EPOCH + 15], terminals=[1])
     f = state.features(seconds=[EPOCH + 8 * DAY], terminals=[1])
     assert f["TERMINAL_ID_NB_TX_1DAY_WINDOW"].tolist() == [1]
-    assert f["TERMINAL_ID_RISK_1DAY_WINDOW"].tolist() == [2.0]
+    assert f["TERMINAL_ID_RISK_1DAY_WINDOW"].tolist() == [1.0]
     state.add_transactions(ids=[7], seconds=[EPOCH + 60 * DAY], terminals=[2])
     assert state.add_labels(ids=[8], seconds=[EPOCH + 11], terminals=[1]).expired == 1  # beyond the horizon
 
@@ -162,3 +162,21 @@ def test_features_records_the_resolution_for_train_and_refuses_it_without_parque
                            "--terminal-resolution", "90m"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--terminal-resolution" in done.stderr and "1d" in done.stderr, done.stderr
     assert recorded_spec(tmp_path / "tx.parquet") is None  # a table `features` did not write records none
+
+
+def test_event_times_far_from_the_rest_cannot_blow_up_memory() -> None:
+    """One TX_DATETIME of 1970 in a first batch, or a years-old confirmation while a restore holds
+    eviction back, is not counted rather than stretching every terminal's columns over decades."""
+    hourly = FeatureSpec(terminal_resolution_s=3600)
+    state = TerminalBuckets(hourly)
+    terminals = np.arange(2000)
+    counted = state.add_transactions(ids=np.arange(2001), seconds=np.r_[np.full(2000, EPOCH), 0],
+                                     terminals=np.r_[terminals, 1])
+    assert counted.tolist() == [True] * 2000 + [False]
+    fresh = state.nbytes
+    state.horizon_cap = np.iinfo(np.int64).min // 4  # the sidecar's "keep everything" while restoring
+    state.add_labels(ids=[10**6], seconds=[EPOCH - 2 * 365 * DAY], terminals=[1])
+    assert state.nbytes <= fresh * 4.5, (state.nbytes, fresh)
+    for day in range(1, 400, 5):  # a cap held for a year: the columns stop at the limit
+        state.add_transactions(ids=[10**7 + day], seconds=[EPOCH + day * DAY], terminals=[1])
+    assert state.nbytes <= fresh * 4.5, (state.nbytes, fresh)

@@ -5,21 +5,29 @@ window of w days ends at t - delay rounded down to a multiple of r, so it is mad
 buckets (k r - r, k r]. Then a terminal needs only, per bucket, how many transactions it
 saw and how many of them were confirmed frauds: `TerminalBuckets` keeps those counts as
 prefix sums along the buckets, one row per terminal, and a window is two lookups. Memory
-is terminals x buckets (`columns_needed`), whatever the traffic: at r = 1 day about 40
-buckets, ~330 B per terminal; the exact store (`terminals.TerminalState`) holds ~17-21 B per
-retained transaction instead.
+is terminals x buckets (`columns_needed`), whatever the traffic: at r = 1 day 41 buckets,
+384 B per terminal ((41 + 1/8 room + 1) prefix columns x 2 counts x 4 B; rows are reserved
+up to 1.5x ahead, and terminals with nothing left are dropped once they are a quarter of
+them). While a caller holds eviction back (`horizon_cap`) the columns grow with event
+time, up to MAX_WIDTH_FACTOR x; rows that would need more are not counted. The exact
+store (`terminals.TerminalState`) holds ~17-21 B per retained transaction instead. Counts
+are int32: one terminal may take up to 2**31 - 1 transactions in the buckets held (~630 a
+second on that terminal, sustained for 39 days).
 
 What the counts cannot do, and how the caller makes up for it:
 - A transaction cannot be recognised when it comes again, so `add_transactions` counts
   every row it is given: the caller feeds each one once (the sidecar's terminal table
-  reads every offset once and snapshots the offsets with the counts).
+  reads every offset once and snapshots the offsets with the counts). A transaction id
+  written twice to the input (a producer's retry without idempotence, `fraudscore dlq
+  replay` of a row the table had counted) is counted twice, where the exact store
+  counts it once.
 - A confirmation is counted in its bucket (id, event time and terminal name it) without
   finding its transaction: at once when a transaction at or after its time has been
   counted, else it waits until one has (no window can reach it before). Confirmations
   are told apart by id (duplicates are not counted twice) as long as their bucket is
   held. A confirmation of a transaction that never reaches the input (or was
   dead-lettered as late) still counts, where the exact store would hold it pending until
-  it expires.
+  it expires; a share of frauds is capped at 1.
 Given the same transactions and confirmations, the windows equal the offline engine's at
 the same resolution (`baseline.baseline_features`), exactly: both count whole buckets.
 """
@@ -34,7 +42,8 @@ from fraudscore.features.store import FOLD_MIN_ROWS, _columns, _EventTimes
 from fraudscore.features.terminals import LabelCounts
 from fraudscore.features.windows import fraud_shares
 
-_NEVER = np.iinfo(np.int64).min // 4
+MAX_WIDTH_FACTOR = 4
+"""Columns held never exceed this many times those on-time queries need (see `_count`)."""
 
 
 def _member(values: np.ndarray, among: np.ndarray) -> np.ndarray:
@@ -122,26 +131,40 @@ class TerminalBuckets(_EventTimes):
 
     # ------------------------------------------------------------------ updates
 
-    def add_transactions(self, ids: np.ndarray, seconds: np.ndarray, terminals: np.ndarray) -> np.ndarray:
+    def add_transactions(self, ids: np.ndarray, seconds: np.ndarray, terminals: np.ndarray,
+                         queried_from: int | None = None) -> np.ndarray:
         """Count the transactions in their buckets; every row counts (feed each once). Returns
-        which rows were counted: all but those at or before the horizon (late: the caller's
-        `late_mask` finds them first)."""
+        which rows were counted: not those that no on-time query can reach once this batch is
+        in (older than its newest time less the reach and the lateness, unless `horizon_cap`
+        or queries of this batch from event time `queried_from` on need them)."""
         ids, seconds, terminals = _columns(ids=ids, seconds=seconds, terminals=terminals)
         if not len(ids):
             return np.zeros(0, bool)
-        counted = self._count("_counts", seconds, terminals)
-        self._first = int(seconds.min()) if self._first is None else min(self._first, int(seconds.min()))
         newest = int(seconds.max())
         newest = newest if self.watermark is None else max(self.watermark, newest)
-        if len(self._pending[0]):  # under the horizon from before the batch, as its transactions were
-            self._release_pending(newest)
+        keep_after = self._horizon_at(newest)
+        if queried_from is not None:
+            keep_after = min(keep_after, queried_from - self.reach_s)
+        counted = self._count("_counts", seconds, terminals, keep_after)
+        if counted.any():
+            oldest = int(seconds[counted].min())
+            self._first = oldest if self._first is None else min(self._first, oldest)
+        if len(self._pending[0]):
+            self._release_pending(newest, keep_after)
         self.watermark = newest
         return counted
 
     def add_and_features(self, ids: np.ndarray, seconds: np.ndarray, terminals: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """`add_transactions`, then `features` of the same rows."""
-        counted = self.add_transactions(ids, seconds, terminals)
+        (seconds,) = _columns(seconds=seconds)
+        queried_from = int(seconds.min()) if len(seconds) else None
+        counted = self.add_transactions(ids, seconds, terminals, queried_from)
         return counted, self.features(seconds, terminals)
+
+    def _horizon_at(self, watermark: int) -> int:
+        """`horizon` under watermark `watermark`."""
+        own = watermark - self.reach_s - self.allowed_lateness_s
+        return own if self.horizon_cap is None else min(own, self.horizon_cap)
 
     def add_labels(self, ids: np.ndarray, seconds: np.ndarray, terminals: np.ndarray) -> LabelCounts:
         """Count fraud confirmations (id, event time, terminal) in their buckets; see the module.
@@ -172,11 +195,11 @@ class TerminalBuckets(_EventTimes):
         self.labels.duplicate += counts.duplicate
         return counts
 
-    def _apply(self, ids: np.ndarray, seconds: np.ndarray, terminals: np.ndarray) -> int:
+    def _apply(self, ids: np.ndarray, seconds: np.ndarray, terminals: np.ndarray, keep_after: int | None = None) -> int:
         """Count confirmations in their buckets and remember their ids; how many were counted."""
         if not len(ids):
             return 0
-        counted = self._count("_frauds", seconds, terminals)
+        counted = self._count("_frauds", seconds, terminals, self.horizon if keep_after is None else keep_after)
         ids, seconds = ids[counted], seconds[counted]
         order = np.argsort(ids)
         where = np.searchsorted(self._confirmed, ids[order])
@@ -184,14 +207,14 @@ class TerminalBuckets(_EventTimes):
         self._confirmed_seconds = np.insert(self._confirmed_seconds, where, seconds[order])
         return len(ids)
 
-    def _release_pending(self, newest: int) -> None:
+    def _release_pending(self, newest: int, keep_after: int) -> None:
         """Count the pending confirmations the transactions up to event time `newest` have passed."""
         ids, seconds, terminals = self._pending
         due = seconds <= newest
         if not due.any():
             return
         self._pending = (ids[~due], seconds[~due], terminals[~due])
-        applied = self._apply(ids[due], seconds[due], terminals[due])
+        applied = self._apply(ids[due], seconds[due], terminals[due], keep_after)
         self.labels.pending -= int(due.sum())
         self.labels.applied += applied
         self.labels.expired += int(due.sum()) - applied
@@ -223,7 +246,8 @@ class TerminalBuckets(_EventTimes):
                 count[known] = self._counts[r, hi].astype(np.int64) - self._counts[r, lo]
                 frauds[known] = self._frauds[r, hi].astype(np.int64) - self._frauds[r, lo]
             out[terminal_count_name(w)] = count
-            out[terminal_risk_name(w)] = fraud_shares(frauds, count)
+            # A confirmation counted without its transaction (see the module) must not make a share above 1.
+            out[terminal_risk_name(w)] = fraud_shares(np.minimum(frauds, count), count)
         return out
 
     # ------------------------------------------------------------------ snapshots
@@ -261,6 +285,11 @@ class TerminalBuckets(_EventTimes):
             raise InputError("terminal bucket arrays: columns of other types, shapes or orders")
         if confirmed.dtype != np.int64 or confirmed_seconds.dtype != np.int64 or len(confirmed) != len(confirmed_seconds):
             raise InputError("confirmed frauds: columns of other types or lengths")
+        if len(confirmed) > 1 and not (np.diff(confirmed) > 0).all():
+            raise InputError("confirmed frauds: ids out of order")
+        if len(ids) and (base is None or (counts[:, 0] != 0).any() or (np.diff(counts, axis=1) < 0).any()
+                         or (frauds[:, 0] != 0).any() or (np.diff(frauds, axis=1) < 0).any()):
+            raise InputError("terminal bucket counts: no first bucket, or prefix sums that do not start at 0 and grow")
         if any(a.dtype != np.int64 or len(a) != len(pending[0]) for a in pending):
             raise InputError("pending confirmations: columns of other types or lengths")
         self._pending = pending
@@ -277,17 +306,27 @@ class TerminalBuckets(_EventTimes):
         """The oldest bucket an on-time query can still reach (under `horizon`)."""
         return self.horizon // self._r + 1
 
-    def _count(self, matrix: str, seconds: np.ndarray, terminals: np.ndarray) -> np.ndarray:
+    def _count(self, matrix: str, seconds: np.ndarray, terminals: np.ndarray, keep_after: int | None) -> np.ndarray:
         """Add one to the matrix named `matrix` ("_counts" or "_frauds") in each row's bucket;
-        which rows were counted (not those at or before the horizon: their buckets are gone or
+        which rows were counted (not those at or before `keep_after`: their buckets are gone or
         no on-time query reaches them)."""
-        horizon = self.horizon
-        counted = seconds > horizon if horizon is not None else np.ones(len(seconds), bool)
+        counted = seconds > keep_after if keep_after is not None else np.ones(len(seconds), bool)
         if not counted.all():
             seconds, terminals = seconds[counted], terminals[counted]
         if not len(seconds):
             return counted
         buckets = -(-seconds // self._r)  # (k r - r, k r] is bucket k
+        # Memory stays bounded whatever the event times: while a caller holds eviction back
+        # (`horizon_cap`), a row that would stretch the columns past MAX_WIDTH_FACTOR x what
+        # on-time queries need (a years-old confirmation during a restore) is not counted.
+        top = max(int(buckets.max()), -(-self.watermark // self._r) if self.watermark is not None else int(buckets.max()))
+        fits = (buckets > top - self._target_width * MAX_WIDTH_FACTOR if self.horizon_cap is not None
+                else np.ones(len(buckets), bool))
+        if not fits.all():
+            counted[np.flatnonzero(counted)[~fits]] = False
+            buckets, terminals = buckets[fits], terminals[fits]
+            if not len(buckets):
+                return counted
         oldest, newest = int(buckets.min()), int(buckets.max())
         if self._base is None:
             self._base = oldest
@@ -309,6 +348,9 @@ class TerminalBuckets(_EventTimes):
         """Columns up to bucket `newest`: drop the buckets nothing can reach, and widen if that is not enough."""
         if self.horizon is not None:
             self._shift(min(self._keep_from(), newest))
+        limit = self._target_width * MAX_WIDTH_FACTOR
+        if self.horizon_cap is not None and newest - self._base >= limit:  # a horizon cap held back this long gives way: memory first
+            self._shift(newest - limit + 1)
         if newest - self._base >= self._width:
             self._widen(newest - self._base + 1 - self._width + -(-self._width // 8))
 
