@@ -66,18 +66,21 @@ def _gate(path: Path, text: str) -> Path:
 
 
 def test_gate_passes_unchanged_and_fails_on_a_slowed_scorer(small_bundle, baseline: Path, tmp_path: Path) -> None:
+    # Bounds wide enough for a 0.2 s run beside another test worker on two cores (a CI run
+    # measured -61.7 % throughput unchanged), yet far inside what 5 ms per batch costs:
+    # p50 >= 5 ms against ~0.25 ms, throughput <= 64 / 5 ms = 12,800/s against millions.
     gate = _gate(tmp_path / "gate.toml", """
 [[bound]]
 mode = "pipeline"
 batch_size = 64
 metric = "p50_ms"
-max_increase = 1.5
+max_increase = 5
 
 [[bound]]
 mode = "model"
 batch_size = 64
 metric = "throughput_per_s"
-max_decrease = 0.6
+max_decrease = 0.9
 
 [[bound]]
 ratio = "pipeline_overhead.cpu.b64"
