@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import socket
 import subprocess
@@ -32,11 +33,40 @@ KAFKA_LOG = logging.getLogger("fraudscore.kafka")  # librdkafka's lines via logg
 ROLES = ("in", "out", "alerts", "dlq")  # input, scores, alerts, dead letters: the keys of a topics dict
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on at the moment of asking."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux; 32768..60999 elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port(count: int = 1) -> int:
+    """The first of `count` consecutive TCP ports on 127.0.0.1 that nothing uses at the moment of asking.
+
+    Chosen outside the kernel's ephemeral range: a port from there (what binding port 0 gives)
+    can be taken in the meantime as the local end of any outgoing connection, a Kafka client's
+    for one, and a sidecar told to listen on it then fails to start (`--workers N` needs N+1)."""
+    low, high = _ephemeral_range()
+    spans = [(1024, low - 1), (high + 1, 65535)]
+    rng = random.Random()
+    for _ in range(200):
+        first, last = rng.choice([s for s in spans if s[1] - s[0] >= count] or [(1024, 65535)])
+        base = rng.randint(first, last - count + 1)
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError(f"no {count} consecutive free TCP ports found on 127.0.0.1")
 
 
 def create_topics(bootstrap: str, partitions: int, tag: str | None = None,
@@ -67,7 +97,8 @@ def start_sidecar(bootstrap: str, bundle: Path, topics: Mapping[str, str], *, ba
     A sidecar that is not ready within `ready_timeout_s` is killed and a RuntimeError raised.
     The caller stops it (terminate or SIGTERM, then wait).
     """
-    port = metrics_port or free_port()
+    workers = int(extra[extra.index("--workers") + 1]) if "--workers" in extra else 1
+    port = metrics_port or free_port(1 + (workers if workers > 1 else 0))
     exe = str(Path(sys.executable).with_name("fraudscore"))
     args = [exe, "run", "--bundle", str(bundle), "--bootstrap-servers", bootstrap,
             "--input-topic", topics["in"], "--output-topic", topics["out"], "--alerts-topic", topics["alerts"],

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from fraudscore.console import report, reports_errors, say
+from fraudscore.console import report, reports_errors
 
 
 def register(app: typer.Typer) -> None:

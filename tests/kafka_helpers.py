@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,19 +31,14 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from fraudscore.bench.kafka_io import free_port  # noqa: F401  (outside the ephemeral range: see there)
+
 ROOT = Path(__file__).resolve().parents[1]
 EXE = str(Path(sys.executable).with_name("fraudscore"))  # the installed command, as operators run it
 LOCAL_KAFKA = ROOT / "deploy" / "kafka" / "local.sh"
 
 # Every sidecar process a test starts, so that `no_leftover_sidecars` can kill what a failing test left behind.
 STARTED: list[subprocess.Popen] = []
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on at the moment of asking."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def client(bootstrap: str | dict) -> dict:

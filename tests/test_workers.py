@@ -96,7 +96,7 @@ def test_a_taken_worker_port_stops_every_worker_with_exit_2(small_bundle) -> Non
 
     from kafka_helpers import EXE, free_port
 
-    port = free_port()
+    port = free_port(3)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port + 1))  # worker 0's port
         taken.listen()
