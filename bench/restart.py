@@ -102,7 +102,7 @@ class Instance:
         out = {}
         for family in text_string_to_metric_families(self.get("/metrics")[1]):
             for s in family.samples:
-                if s.name.startswith("fraudscore_state") or s.name.startswith("fraudscore_scored"):
+                if s.name.startswith(("fraudscore_state", "fraudscore_scored", "fraudscore_terminal")):
                     labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
                     out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
         return out

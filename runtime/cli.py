@@ -237,9 +237,10 @@ def score(
 
 
 STATE_TOPIC_HELP = ("Raw mode: compacted topic (and STATE_TOPIC-index) for snapshots of the feature state, so a restart "
-                    "or a moved partition reads the last snapshot and only the input after it; one per consumer group; "
-                    "`fraudscore topics create --state-topic` makes both [default: none, every restore replays the "
-                    "retained input].")
+                    "or a moved partition reads the last snapshot and only the input after it; and STATE_TOPIC-feed, "
+                    "each partition's decoded transactions from its owner, so the terminal table does not decode every "
+                    "partition; one per consumer group; `fraudscore topics create --state-topic` makes all three "
+                    "[default: none, every restore replays the retained input].")
 
 
 @app.command()

@@ -617,6 +617,7 @@ def topics_with_state(bootstrap: str, partitions: int = 3) -> dict[str, str]:
     said = done.stdout + done.stderr  # `say` writes to stderr
     assert f"created {topics['state']} (state): {partitions} partitions" in said, said
     assert f"created {topics['state']}-index (state index): 1 partition" in said
+    assert f"created {topics['state']}-feed (terminal feed): {partitions} partitions" in said
     assert "cleanup.policy=compact,delete" in said
     return topics
 
@@ -749,6 +750,50 @@ def test_partitions_that_do_not_move_keep_being_scored_while_a_member_joins(kafk
     # The stream arrives continuously (replay paces each message): a pause this long is the join's.
     assert gaps.max() < 2.0, f"the first instance stopped scoring for {gaps.max():.2f} s during the join"
     assert_parity(results, expected, scores)
+
+
+def rows_by_source(sidecar: Sidecar) -> dict[str, float]:
+    """fraudscore_terminal_table_rows_total by source, from an instance's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, body = sidecar.get("/metrics")
+    assert status == 200
+    out = {"feed": 0.0, "input": 0.0}
+    for family in text_string_to_metric_families(body):
+        if family.name == "fraudscore_terminal_table_rows":
+            out |= {s.labels["source"]: s.value for s in family.samples if s.name.endswith("_total")}
+    return out
+
+
+def test_instances_with_a_state_topic_read_each_others_partitions_from_the_terminal_feed(kafka_bootstrap, small_bundle,
+                                                                                         month) -> None:
+    """--state-topic: one instance starts on a live stream, two join a quarter of the way in.
+    Every instance's terminal table takes nearly all of its rows from the terminal feed (the
+    owners' decoded rows), so none parses the others' JSON, and every transaction still gets
+    exactly the offline features and score."""
+    events, expected, scores, _ = month
+    topics = topics_with_state(kafka_bootstrap)
+    flags = ("--state-topic", topics["state"], "--snapshot-interval", "2")
+    first = raw_sidecar(kafka_bootstrap, small_bundle, topics, "raw-feed", *flags)
+    first.wait_ready(120)
+    sender = _background_send(kafka_bootstrap, topics, events, speedup=60 * 86_400 / 25)
+    _wait_for_results(kafka_bootstrap, topics["out"], len(expected) // 4, timeout_s=120)
+    assert written(kafka_bootstrap, topics["out"]) < len(expected)  # they join mid-stream
+    others = [raw_sidecar(kafka_bootstrap, small_bundle, topics, "raw-feed", *flags) for _ in range(2)]
+    for other in others:
+        other.wait_ready(120)
+    sender.wait(240)
+    assert sender.returncode == 0, sender.stderr.read()
+    results = drain(kafka_bootstrap, [topics["out"]], len(expected), timeout_s=240)
+    sources = [rows_by_source(s) for s in (first, *others)]
+    for instance in (first, *others):
+        code, log = instance.stop()
+        assert code == 0, log[-3000:]
+    print(f"terminal table rows by source, per instance: {sources}")
+    assert_parity(results, expected, scores)
+    for joined in sources[1:]:  # restored from the first's terminal snapshot, then fed
+        assert joined["feed"] > 0 and joined["input"] <= 0.1 * joined["feed"], sources
+    assert sum(s["input"] for s in sources) <= 0.1 * sum(s["feed"] for s in sources), sources
 
 
 def held(log: str) -> list[str]:

@@ -90,9 +90,12 @@ def test_retention_keeps_what_raw_mode_recovery_reads_and_nothing_is_compacted()
 
 def test_state_topics_are_compacted_and_kept_no_longer_than_the_input() -> None:
     plans = {p.role: p for p in plan_topics(TopicsConfig(**TOPICS, labels_topic="l", state_topic="tx-state"), 6, 3)}
-    assert list(plans)[-2:] == ["state", "state index"]
-    assert (plans["state"].name, plans["state index"].name) == ("tx-state", "tx-state-index")
-    assert (plans["state"].partitions, plans["state index"].partitions) == (6, 1)
+    assert list(plans)[-3:] == ["state", "state index", "terminal feed"]
+    assert (plans["state"].name, plans["state index"].name, plans["terminal feed"].name) == (
+        "tx-state", "tx-state-index", "tx-state-feed")
+    assert (plans["state"].partitions, plans["state index"].partitions, plans["terminal feed"].partitions) == (6, 1, 6)
+    feed = plans["terminal feed"].topic_config()  # one partition per input partition, a day, not compacted
+    assert feed["cleanup.policy"] == "delete" and int(feed["retention.ms"]) == DAY_MS
     for role in ("state", "state index"):
         config = plans[role].topic_config()
         assert config["cleanup.policy"] == "compact,delete"

@@ -246,6 +246,14 @@ class SidecarMetrics:
             "fraudscore_state_snapshot_restores", "State restores by kind (customers, terminals) and outcome: restored "
             "from a snapshot, or replayed from the input because it was missing, corrupt, a mismatch (other spec, "
             "lateness, topic or group) or ahead of the committed offset.", ["kind", "outcome"], registry=r)
+        self.terminal_rows = Counter(
+            "fraudscore_terminal_table_rows", "Transactions applied to the terminal table, by source: the terminal "
+            "feed (its owners' decoded rows, 32 bytes each) or the input itself (no feed, or a catch-up the feed "
+            "could not serve yet).", ["source"], registry=r)
+        self.feed_records = Counter(
+            "fraudscore_terminal_feed_records", "Terminal feed records: written by this instance (written, failed), "
+            "or read and not usable (gap: it starts after what the table holds; unreadable); the table then reads "
+            "that partition's input.", ["outcome"], registry=r)
         self.snapshot_writes = Counter(
             "fraudscore_state_snapshot_writes", "Snapshots written to the state topic, by kind and outcome (ok, failed).",
             ["kind", "outcome"], registry=r)

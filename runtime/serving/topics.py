@@ -17,6 +17,7 @@ Retention, by role (docs/sidecar.md#topics says why):
 | dead letters | 30 days | kept to investigate, fix and re-send |
 
 | state, state index (`--state-topic`) | the input's | snapshots of raw mode's feature state: compacted (the latest snapshot per name), and deleted with the input they were made from, so card histories leave Kafka no later than the transactions do |
+| terminal feed (`--state-topic`: STATE-feed) | 1 day | each input partition's decoded transactions, written by its owner for every instance's terminal table; a table further behind reads the input instead |
 
 Every other topic is `cleanup.policy=delete`: the input is the source of truth, and
 compacting it (one message a customer key) would drop the transactions the windows are
@@ -36,11 +37,15 @@ from fraudscore.errors import FraudscoreError, UsageError
 from fraudscore.features.spec import BASELINE_SPEC, SECONDS_PER_DAY
 from fraudscore.serving.sidecar.clients import KafkaUnavailable, connection_problem, quiet_repeats
 from fraudscore.serving.sidecar.config import SECRET_MARKERS, SidecarConfig, read_sources, require
+from fraudscore.serving.sidecar.state.feed import feed_topic
 from fraudscore.serving.sidecar.state.snapshots import index_topic
 
 DAY_MS = SECONDS_PER_DAY * 1000
 OUTPUT_RETENTION_DAYS = 7  # scores and alerts: downstream reads them, the sidecar never does
 DLQ_RETENTION_DAYS = 30  # dead letters: time to investigate, fix the producer and re-send
+# The terminal feed is read from the terminal snapshot's positions (written every
+# --snapshot-interval); where retention has taken what a table needs, it reads the input.
+FEED_RETENTION_DAYS = 1
 FEATURE_INPUT_RETENTION_DAYS = 7  # --input features: nothing is replayed from the input
 # Kafka deletes by the message's timestamp, the windows count by TX_DATETIME, which may run
 # up to a day ahead of it (later ones are refused as bad_time): a day more keeps them.
@@ -117,7 +122,8 @@ class TopicsConfig:
             out["labels"] = self.labels_topic
         out |= {"scores": self.output_topic, "alerts": self.alerts_topic, "dead letters": self.dlq_topic}
         if self.state_topic:
-            out |= {"state": self.state_topic, "state index": index_topic(self.state_topic)}
+            out |= {"state": self.state_topic, "state index": index_topic(self.state_topic),
+                    "terminal feed": feed_topic(self.state_topic)}
         return out
 
     def client_config(self) -> dict:
@@ -178,6 +184,7 @@ def plan_topics(config: TopicsConfig, partitions: int, replication_factor: int) 
         "dead letters": DLQ_RETENTION_DAYS * DAY_MS,
     }
     retention["state"] = retention["state index"] = retention["input"]
+    retention["terminal feed"] = FEED_RETENTION_DAYS * DAY_MS
     return [TopicPlan(role, name, 1 if role == "state index" else partitions, replication_factor, retention[role])
             for role, name in config.roles().items()]
 

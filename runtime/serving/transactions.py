@@ -46,6 +46,8 @@ RAW_FIELDS = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX
 LABEL_FIELDS = ("TRANSACTION_ID", "TX_DATETIME", "TERMINAL_ID", "TX_FRAUD")
 _INT_FIELDS = ("TRANSACTION_ID", "CUSTOMER_ID", "TERMINAL_ID")
 _MIN_S, _MAX_S = 0, 9_200_000_000  # 1970 .. year 2261: beyond, int64 nanoseconds and most tools overflow
+EVENT_SECONDS = (_MIN_S, _MAX_S)
+"""The event times a decoded transaction can have, in seconds since the epoch (inclusive)."""
 _INT64 = (-(2**63), 2**63 - 1)
 FUTURE_TOLERANCE_S = 86_400
 _UTC = dt.timezone.utc

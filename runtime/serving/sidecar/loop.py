@@ -500,11 +500,14 @@ class Sidecar:
             partitions = np.fromiter((msg.partition() for msg in good), np.int64, len(good))
             own = stamps if good is everything else np.fromiter((msg.timestamp()[1] for msg in good), np.int64, len(good))
             raw = self.state.read(values, own)
+            offsets = np.fromiter((msg.offset() for msg in good), np.int64, len(good))
+            all_partitions = partitions if good is everything else np.fromiter((msg.partition() for msg in everything), np.int64, len(everything))
+            all_offsets = offsets if good is everything else np.fromiter((msg.offset() for msg in everything), np.int64, len(everything))
+            self.state.publish(all_partitions, all_offsets, raw, partitions[raw.index], offsets[raw.index])
             if not self._catch_up(everything, int(raw.seconds.max()) if len(raw) else None):
                 return  # read again once the terminal table has caught up
             decoded, emitted = self.state.decode(values, partitions, [msg.key() for msg in good], pipeline.features, own, raw)
-            self.state.consumed(np.fromiter((msg.partition() for msg in everything), np.int64, len(everything)),
-                                np.fromiter((msg.offset() for msg in everything), np.int64, len(everything)))
+            self.state.consumed(all_partitions, all_offsets)
             result = pipeline.score_decoded(decoded, emitted if self.config.emit_features else None)
             if self._score_from_s is not None:
                 result = self._without_backfill(result, raw)
@@ -612,6 +615,6 @@ class Sidecar:
         if self.state.ready() and time.monotonic() - self._last_catch_up < IDLE_CATCH_UP_S:
             return
         self._last_catch_up = time.monotonic()
-        self.state.catch_up(None, None if self.state.ready() else IDLE_CATCH_UP_S)
+        self.state.catch_up(None, None if self.state.ready() else IDLE_CATCH_UP_S, idle=True)
         self._update_ready()
         self.state.report(self.metrics)

@@ -46,6 +46,7 @@ from fraudscore.features.online import (CustomerState, OnlineFeatures, TerminalB
 from fraudscore.features.spec import FeatureSpec
 from fraudscore.serving.sidecar.config import SidecarConfig
 from fraudscore.errors import FraudscoreError
+from fraudscore.serving.sidecar.state.feed import FeedWriter
 from fraudscore.serving.sidecar.state.recovery import RestoreAbandoned, restore_partitions
 from fraudscore.serving.sidecar.state.snapshots import TERMINALS, SnapshotRefused, SnapshotStore, customers_name, decode, encode
 from fraudscore.serving.sidecar.state.terminal_table import TerminalTable
@@ -94,6 +95,7 @@ def input_spec(config: SidecarConfig, manifest, current: FeatureSpec | None) -> 
 
 
 ENTITIES_EVERY_S = 30.0  # how often fraudscore_state_entities is counted
+FEED_FLUSH_ON_REVOKE_S = 1.0  # at most this long a revoke waits for the terminal feed's queued records
 
 
 MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
@@ -149,6 +151,7 @@ class FeatureState:
                                    stopping=lambda: self.stopping)
         self.restoring: set[int] = set()
         self.snapshots = SnapshotStore(config) if config.state_topic else None
+        self.feed: FeedWriter | None = None  # with --state-topic and its feed topic: this instance's rows for the others
         self.offsets: dict[int, int] = {}  # partition -> the next input offset its customer windows cover
         self.snapshotted: dict[int, int] = {}  # partition -> offset of its last snapshot written or restored
         self.committed: dict[int, int] = {}  # partition -> the group's committed offset when it was restored
@@ -173,7 +176,16 @@ class FeatureState:
         """Start reading the terminal table: every partition of the input and labels topics, from
         the beginning, or from where its snapshot left off."""
         self.table.start(self._restore_terminals() if self.snapshots is not None else None)
+        if self.table.feed:
+            self.feed = FeedWriter(self.config, self.metrics, partitions=len(self.table.inputs))
         release_free_memory()
+
+    def publish(self, partitions: np.ndarray, offsets: np.ndarray, raw: RawBatch, row_partitions: np.ndarray,
+                row_offsets: np.ndarray) -> None:
+        """A batch read from the input (every message's partition and offset; `raw` its decoded
+        transactions with theirs) into the terminal feed, for every instance's table (feed.py)."""
+        if self.feed is not None:
+            self.feed.publish(partitions, offsets, row_partitions, row_offsets, raw.ids, raw.seconds, raw.terminals)
 
     def _expect(self, kind: str) -> dict:
         """What a snapshot of `kind` must have been made for, to be used here."""
@@ -211,15 +223,16 @@ class FeatureState:
                  "reading on from its offsets", len(state), state.entities, len(blob) / 1e6, time.monotonic() - t0)
         return positions
 
-    def catch_up(self, newest_s: int | None = None, timeout_s: float | None = None) -> bool:
+    def catch_up(self, newest_s: int | None = None, timeout_s: float | None = None, idle: bool = False) -> bool:
         """Read the terminal table as far as a batch whose newest event time is `newest_s` needs
         (None: to the topics' current ends); False if not every partition was read in time.
 
         Its terminal windows end the spec's delay before `newest_s`, and a partition that has
         shown an event time more than the allowed lateness past that end holds no row those
-        windows still need (terminal_table.py)."""
+        windows still need (terminal_table.py). `idle`: nothing to score, and ready: read what the
+        terminal feed holds (if there is one) and the labels, never the input itself."""
         bound = None if newest_s is None else newest_s - self.spec.terminal_delay_s + self.config.allowed_lateness_s
-        return self.table.catch_up(bound, timeout_s)
+        return self.table.catch_up(bound, timeout_s, feed_only=idle and self.ready())
 
     def restore(self, consumer, partitions: list[int]) -> None:
         """Rebuild newly assigned partitions' customer windows from the input topic (not ready meanwhile)."""
@@ -316,6 +329,11 @@ class FeatureState:
 
     def revoke(self, partitions: list[int]) -> None:
         """Forget the customer state of partitions this instance no longer owns."""
+        if self.feed is not None:
+            # Their records out before the next owner's: otherwise its first record could land
+            # first and the readers would see a gap (and read the input) where there is none.
+            self.feed.flush(FEED_FLUSH_ON_REVOKE_S)
+            self.feed.forget(partitions)
         for p in partitions:
             self.online.drop_partition(p)
             self.restoring.discard(p)
@@ -475,5 +493,7 @@ class FeatureState:
 
     def close(self) -> None:
         self.table.close()
+        if self.feed is not None:
+            self.feed.close(self.snapshots.budget())
         if self.snapshots is not None:
             self.snapshots.close()

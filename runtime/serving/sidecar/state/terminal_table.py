@@ -15,6 +15,15 @@ time past it, no row it still holds can fall in those windows: such a row would 
 and late rows (in each partition's arrival order, the scorer's own rule, `late_in_order`)
 are left out of the table as the scorer dead-letters them.
 
+With --state-topic the table reads the terminal feed (feed.py) instead of the input: each
+partition's transactions as its owner decoded them, 32 bytes a transaction, no JSON. Where a
+batch needs rows the feed does not hold yet (its owner behind this instance, or no owner yet:
+a first start on a backlog), or the feed has a gap, the table reads that partition's input
+itself from where it stands, as far as that catch-up needs (the fallback), and goes back to
+the feed where the input has reached the record after the gap (the feed is sought back to
+it). Either way a partition's rows go in once, in offset order: `positions[(input, p)]` is
+the next input offset the table has not applied, whichever source brought the ones before.
+
     table = TerminalTable(config, terminals, metrics)
     table.start()            # every partition, from the beginning (or from a snapshot's `positions`)
     table.catch_up(bound_s)  # before each batch; False if not every partition was read in time
@@ -33,6 +42,7 @@ from fraudscore.features.online import TerminalBuckets, TerminalState, late_in_o
 from fraudscore.serving.sidecar.clients import common_config
 from fraudscore.serving.sidecar.config import SidecarConfig
 from fraudscore.serving.sidecar.delivery import MAX_KEY_BYTES
+from fraudscore.serving.sidecar.state.feed import decode_record, feed_topic, fingerprint
 from fraudscore.serving.transactions import decode_labels, decode_transactions
 
 log = logging.getLogger("fraudscore.sidecar")
@@ -43,9 +53,9 @@ PARTITION_EOF = -191  # confluent_kafka.KafkaError.PARTITION_EOF
 
 
 class TerminalTable:
-    """Reads the input and labels topics into `terminals`; `metrics` counts the confirmations;
-    `before_apply` is called before rows go in (the owner caps the table's eviction there); a read
-    ends early, not caught up, once `stopping()` is true."""
+    """Reads the input (or its feed) and labels topics into `terminals`; `metrics` counts the
+    confirmations and rows; `before_apply` is called before rows go in (the owner caps the
+    table's eviction there); a read ends early, not caught up, once `stopping()` is true."""
 
     def __init__(self, config: SidecarConfig, terminals: TerminalState | TerminalBuckets, metrics, before_apply: Callable[[], None] = lambda: None,
                  stopping: Callable[[], bool] = lambda: False):
@@ -55,17 +65,28 @@ class TerminalTable:
         self.reader = None
         self.caught_up = False
         self.partition_watermarks: dict[int, int] = {}  # input partition -> newest event time read
-        self._reader_partitions: list = []
+        self.inputs: list[int] = []  # the input topic's partitions
+        self._assigned: dict[tuple[str, int], None] = {}  # what the reader is assigned, in order
         self._ends: dict[tuple[str, int], int] = {}  # partition -> offset where the reader last hit its end
         self.positions: dict[tuple[str, int], int] = {}  # partition -> the next offset not yet in the table
         self.before_apply = before_apply
         self.stopping = stopping
         self.highs: dict[tuple[str, int], int] = {}  # partition -> its high watermark at the last read
+        self.feed: str | None = None  # the feed topic, when there is one to read
+        self.fallback: set[int] = set()  # input partitions read from the input during this catch-up
+        self.gaps: set[int] = set()  # input partitions whose feed skipped offsets: read from the input next
+        # input partition -> (input offset, feed offset) of the first record after its gap: the
+        # feed is sought back there once the input has been read up to that input offset.
+        self.rejoin: dict[int, tuple[int, int]] = {}
+        self._lows: dict[int, int] = {}  # input partition -> its low watermark (what retention left)
+        self.mark = fingerprint(config)
+        self._feed_highs: dict[int, int] = {}  # input partition -> its feed's high watermark, this catch-up
 
     def start(self, positions: dict[tuple[str, int], int] | None = None) -> None:
-        """Start the global reader: every partition of the input and labels topics, from the
-        beginning, or from `positions` (a snapshot's: what its table had read) where given."""
-        from confluent_kafka import Consumer, TopicPartition
+        """Start the global reader: every partition of the labels topic and of the input topic's
+        feed (or of the input itself, without a feed), from the beginning, or from `positions`
+        (a snapshot's: what its table had read) where given."""
+        from confluent_kafka import Consumer
 
         c = self.config
         self.reader = Consumer(common_config(c) | {
@@ -80,56 +101,112 @@ class TerminalTable:
             # otherwise keep the position short of the high watermark for ever.
             "enable.partition.eof": True,
         } | c.kafka | {"auto.offset.reset": "earliest"})  # an offset lost to retention: the oldest kept, never the end
-        topics = [c.input_topic] + ([c.labels_topic] if c.labels_topic else [])
         metadata = self.reader.list_topics(timeout=c.startup_timeout_s)
-        self._reader_partitions = [TopicPartition(t, p, OFFSET_BEGINNING) for t in topics
-                                   for p in sorted(metadata.topics[t].partitions)]
+        self.inputs = sorted(metadata.topics[c.input_topic].partitions)
+        self.feed = self._usable_feed(metadata)
+        labels = [(c.labels_topic, p) for p in sorted(metadata.topics[c.labels_topic].partitions)] if c.labels_topic else []
+        sources = [(self.feed, p) for p in self.inputs] if self.feed else [(c.input_topic, p) for p in self.inputs]
         self.positions = dict(positions or {})
-        self.reader.assign([TopicPartition(tp.topic, tp.partition, self.positions.get((tp.topic, tp.partition), OFFSET_BEGINNING))
-                            for tp in self._reader_partitions])
+        self._assigned = {}
+        self._assign(sources + labels)
+
+    def _usable_feed(self, metadata) -> str | None:
+        """The feed topic, if the state topic has one with a partition for every input partition."""
+        c = self.config
+        if not c.state_topic:
+            return None
+        name = feed_topic(c.state_topic)
+        topic = metadata.topics.get(name)
+        if topic is None or topic.error is not None or len(topic.partitions) < len(self.inputs):
+            found = "not found" if topic is None or topic.error is not None else f"{len(topic.partitions)} partitions"
+            log.warning("terminal feed %s: %s (it needs %d, one per input partition); every instance reads every "
+                        "input partition instead. Create it with `fraudscore topics create --state-topic %s`",
+                        name, found, len(self.inputs), c.state_topic)
+            return None
+        return name
 
     @property
     def partitions(self) -> list[tuple[str, int]]:
-        """Every (topic, partition) the table reads."""
-        return [(tp.topic, tp.partition) for tp in self._reader_partitions]
+        """Every (topic, partition) the table reads now."""
+        return list(self._assigned)
+
+    def _assign(self, keys: list[tuple[str, int]]) -> None:
+        from confluent_kafka import TopicPartition
+
+        keys = [k for k in keys if k not in self._assigned]
+        if keys:
+            self.reader.incremental_assign([TopicPartition(t, p, self.positions.get((t, p), OFFSET_BEGINNING)) for t, p in keys])
+            self._assigned.update(dict.fromkeys(keys))
+
+    def _unassign(self, keys: list[tuple[str, int]]) -> None:
+        from confluent_kafka import TopicPartition
+
+        keys = [k for k in keys if k in self._assigned]
+        if keys:
+            self.reader.incremental_unassign([TopicPartition(t, p) for t, p in keys])
+            for k in keys:
+                del self._assigned[k]
 
     def reset(self, terminals: TerminalState | TerminalBuckets) -> None:
         """Read everything again, from the beginning, into `terminals` (a fresh state)."""
+        from confluent_kafka import TopicPartition
+
         self.terminals = terminals
         self.caught_up = False
         self.partition_watermarks.clear()
         self._ends.clear()
         self.positions.clear()
-        for tp in self._reader_partitions:
-            self.reader.seek(tp)  # tp.offset is OFFSET_BEGINNING
+        self.gaps.clear()
+        self.rejoin.clear()
+        self._end_fallback()
+        for t, p in self._assigned:
+            self.reader.seek(TopicPartition(t, p, OFFSET_BEGINNING))
 
-    def catch_up(self, bound_s: int | None = None, timeout_s: float | None = None) -> bool:
+    def catch_up(self, bound_s: int | None = None, timeout_s: float | None = None, feed_only: bool = False) -> bool:
         """Read the labels topic up to its current high watermarks and each input partition up to
-        its high watermark or past event time `bound_s` (None: to the high watermark). True when done."""
+        its high watermark or past event time `bound_s` (None: to the high watermark). True when done.
+
+        `feed_only` (with a feed): each partition's feed to its high watermark instead, never
+        the input (an idle refresh: what the owners have written is enough until a batch needs more)."""
         from confluent_kafka import KafkaException, TopicPartition
 
         c, reader = self.config, self.reader
         t0 = time.monotonic()
         deadline = t0 + (c.drain_timeout_s if timeout_s is None else timeout_s)
         targets = {}
+        feed_highs = self._feed_highs = {}
+        feed_only = feed_only and bool(self.feed)
+        sources = [(self.feed, p) for p in self.inputs] if feed_only else [(c.input_topic, p) for p in self.inputs]
         try:
-            for tp in self._reader_partitions:
-                if not self._past((tp.topic, tp.partition), bound_s):
-                    _, high = reader.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
-                                                           timeout=c.startup_timeout_s, cached=False)
-                    targets[(tp.topic, tp.partition)] = high
+            for t, p in sources + [k for k in self._assigned if k[0] == c.labels_topic]:
+                if not self._past((t, p), bound_s):
+                    low, high = reader.get_watermark_offsets(TopicPartition(t, p), timeout=c.startup_timeout_s, cached=False)
+                    targets[(t, p)] = high
+                    if t == c.input_topic:
+                        self._lows[p] = low
+            if self.feed:
+                for t, p in targets:
+                    if t == c.input_topic and p not in self.gaps and not self._done((t, p), targets[(t, p)]):
+                        feed_highs[p] = reader.get_watermark_offsets(TopicPartition(self.feed, p), timeout=c.startup_timeout_s,
+                                                                     cached=False)[1]
         except KafkaException as exc:  # a leader moving, a broker restarting: try again before the next batch
             log.warning("terminal table: high watermarks unavailable (%s); retrying before the next batch", exc)
             return False
         self.highs.update(targets)
-        remaining = self._behind(targets) if targets else []
-        while remaining and time.monotonic() < deadline and not self.stopping():
-            # A short wait: consume() blocks until READ_BATCH messages or the timeout, and what is
-            # missing is usually a few messages already on their way.
-            messages = reader.consume(num_messages=READ_BATCH, timeout=0.002)
-            if messages:
-                self._apply(messages)
-            remaining = [key for key in self._behind(targets, remaining) if not self._past(key, bound_s)]
+        try:
+            remaining = [k for k in targets if not self._done(k, targets[k])]
+            while remaining and time.monotonic() < deadline and not self.stopping():
+                if self.feed and not feed_only:
+                    self._fall_back([k[1] for k in remaining if k[0] == c.input_topic])
+                # A short wait: consume() blocks until READ_BATCH messages or the timeout, and what is
+                # missing is usually a few messages already on their way.
+                messages = reader.consume(num_messages=READ_BATCH, timeout=0.002)
+                if messages:
+                    self._apply(messages)
+                remaining = [k for k in remaining if not self._done(k, targets[k]) and not self._past(k, bound_s)]
+        finally:
+            self.gaps -= {p for p in self.fallback if self._done((c.input_topic, p), targets.get((c.input_topic, p), 0))}
+            self._end_fallback()
         if remaining:
             # A slice (an explicit timeout: the idle read of a restore) is expected to end short.
             (log.debug if timeout_s is not None or self.stopping() else log.warning)(
@@ -143,6 +220,21 @@ class TerminalTable:
                      self.terminals.nbytes / 1e6, time.monotonic() - t0)
         return True
 
+    def _fall_back(self, behind: list[int]) -> None:
+        """Read from the input the partitions still behind whose feed has nothing more (or a gap)."""
+        feed = self.feed
+        wanted = [p for p in behind if p not in self.fallback and (
+            p in self.gaps or self._done((feed, p), self._feed_highs.get(p, 0)))]
+        if wanted:
+            self.fallback.update(wanted)
+            self._assign([(self.config.input_topic, p) for p in wanted])
+
+    def _end_fallback(self) -> None:
+        """Back to the feed alone: the input's partitions are read only while a catch-up needs them."""
+        if self.feed and self.fallback:
+            self._unassign([(self.config.input_topic, p) for p in sorted(self.fallback)])
+            self.fallback.clear()
+
     def lag(self, topic: str) -> dict[int, int]:
         """Messages of `topic` not read yet, per partition, against the high watermarks of the last read."""
         return {p: max(0, high - max(self.positions.get((t, p), 0), self._ends.get((t, p), 0)))
@@ -155,39 +247,65 @@ class TerminalTable:
         newest = self.partition_watermarks.get(key[1])
         return newest is not None and newest > bound_s
 
-    def _behind(self, targets: dict, among=None) -> list:
-        from confluent_kafka import TopicPartition
-
-        keys = list(targets) if among is None else among
-        positions = self.reader.position([TopicPartition(t, p) for t, p in keys])
-        return [(tp.topic, tp.partition) for tp in positions
-                if max(tp.offset, self._ends.get((tp.topic, tp.partition), 0)) < targets[(tp.topic, tp.partition)]]
+    def _done(self, key: tuple[str, int], target: int) -> bool:
+        """Everything of `key` before offset `target` is in the table (read, or skipped as a marker)."""
+        return max(self.positions.get(key, 0), self._ends.get(key, 0)) >= target
 
     def _apply(self, messages: list) -> None:
         c = self.config
+        ok = [m for m in messages if m.error() is None]
         for m in messages:
-            if m.error() is None:
-                self.positions[(m.topic(), m.partition())] = m.offset() + 1
-            elif m.error().code() == PARTITION_EOF:
+            if m.error() is not None and m.error().code() == PARTITION_EOF:
                 self._ends[(m.topic(), m.partition())] = m.offset()
         # Keys over the limit are dead-lettered by the scoring path: they are not transactions here either.
-        tx = [m for m in messages if m.error() is None and m.topic() == c.input_topic
-              and len(m.key() or b"") <= MAX_KEY_BYTES]
-        labels = [m.value() for m in messages if m.error() is None and m.topic() == c.labels_topic]
+        tx = [m for m in ok if m.topic() == c.input_topic and len(m.key() or b"") <= MAX_KEY_BYTES]
+        raw, row_of = None, None
         if tx:
             stamps = np.fromiter((m.timestamp()[1] for m in tx), np.int64, len(tx))
             raw = decode_transactions([m.value() for m in tx], max_message_bytes=c.max_message_bytes, timestamps_ms=stamps)
-            if len(raw):
-                partitions = np.fromiter((tx[i].partition() for i in raw.index.tolist()), np.int64, len(raw))
-                on_time = np.ones(len(raw), bool)
-                for p in np.unique(partitions).tolist():
-                    rows = np.flatnonzero(partitions == p)
-                    # The scorer dead-letters these (late): they count in no window.
-                    on_time[rows] = ~late_in_order(raw.seconds[rows], self.partition_watermarks.get(p), c.allowed_lateness_s)
-                    high = int(raw.seconds[rows].max())
-                    self.partition_watermarks[p] = max(self.partition_watermarks.get(p, high), high)
-                self.before_apply()
-                self.terminals.add_transactions(raw.ids[on_time], raw.seconds[on_time], raw.terminals[on_time])
+            row_of = np.full(len(tx), -1, np.int64)  # message of `tx` -> its decoded row
+            row_of[raw.index] = np.arange(len(raw))
+        # Each partition's rows in offset order, from whichever source brought them first.
+        chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []  # (partitions, ids, seconds, terminals)
+        taken: list[int] = []  # rows of `raw` to apply, in read order (flushed into `chunks` before a feed record)
+        parts: list[int] = []
+        read_from_input = read_from_feed = 0
+        i = 0
+        for m in ok:
+            topic, p = m.topic(), m.partition()
+            if topic == c.input_topic:
+                row = -1
+                if len(m.key() or b"") <= MAX_KEY_BYTES:
+                    row, i = int(row_of[i]), i + 1
+                key = (topic, p)
+                if m.offset() >= self.positions.get(key, 0):
+                    self.positions[key] = m.offset() + 1
+                    if row >= 0:
+                        taken.append(row)
+                        parts.append(p)
+            elif topic == self.feed:
+                self.positions[(topic, p)] = m.offset() + 1
+                rows = self._feed_rows(m)
+                if rows is not None and len(rows[0]):
+                    if taken:
+                        chunks.append(self._input_chunk(raw, taken, parts))
+                        taken, parts = [], []
+                    chunks.append((np.full(len(rows[0]), p, np.int64), *rows))
+                    read_from_feed += len(rows[0])
+            elif topic == c.labels_topic:
+                self.positions[(topic, p)] = m.offset() + 1
+        if taken:
+            read_from_input = len(taken)
+            chunks.append(self._input_chunk(raw, taken, parts))
+        if read_from_input:
+            self.metrics.terminal_rows.labels("input").inc(read_from_input)
+        if read_from_feed:
+            self.metrics.terminal_rows.labels("feed").inc(read_from_feed)
+        if chunks:
+            self._add(chunks)
+        labels = [m.value() for m in ok if m.topic() == c.labels_topic]
+        if self.rejoin:
+            self._rejoin_feed()
         if labels:
             batch = decode_labels(labels, max_message_bytes=c.max_message_bytes)
             counts = self.terminals.add_labels(batch.ids, batch.seconds, batch.terminals)
@@ -198,6 +316,85 @@ class TerminalTable:
             m.labels.labels("expired").inc(counts.expired)
             m.labels.labels("unreadable").inc(batch.unreadable)
             m.labels.labels("genuine").inc(batch.genuine)
+
+    def _rejoin_feed(self) -> None:
+        """Back to the feed where the input has been read up to the record after a gap: the feed
+        is sought back to that record and the partition's input is no longer read."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        c = self.config
+        for p, (first, feed_offset) in list(self.rejoin.items()):
+            if self.positions.get((c.input_topic, p), -1) < first:
+                continue
+            del self.rejoin[p]
+            if (self.feed, p) not in self._assigned:
+                continue
+            try:
+                self.reader.seek(TopicPartition(self.feed, p, feed_offset))
+                self._feed_highs[p] = self.reader.get_watermark_offsets(TopicPartition(self.feed, p), timeout=c.startup_timeout_s,
+                                                                        cached=False)[1]
+            except KafkaException as exc:  # the input goes on serving the partition: slower, as exact
+                log.debug("terminal feed: partition %d not sought back to %d (%s)", p, feed_offset, exc)
+                continue
+            self.positions[(self.feed, p)] = feed_offset
+            self.gaps.discard(p)  # a record that does not join after all marks it again
+            if p in self.fallback:
+                self._unassign([(c.input_topic, p)])
+                self.fallback.discard(p)
+
+    @staticmethod
+    def _input_chunk(raw, rows: list[int], partitions: list[int]) -> tuple:
+        take = np.asarray(rows, np.int64)
+        return np.asarray(partitions, np.int64), raw.ids[take], raw.seconds[take], raw.terminals[take]
+
+    def _feed_rows(self, m) -> tuple | None:
+        """A feed record's rows the table does not hold yet; None (and the partition marked as a gap)
+        if the record cannot be applied."""
+        p, key = m.partition(), (self.config.input_topic, m.partition())
+        try:
+            record = decode_record(m.value(), self.mark)
+        except ValueError as exc:
+            self.metrics.feed_records.labels("unreadable").inc()
+            # Once per run of them: a feed of another deployment would otherwise log every record.
+            (log.debug if p in self.gaps else log.warning)(
+                "terminal feed %s[%d] offset %d: %s; reading that partition's input instead", m.topic(), p, m.offset(), exc)
+            self.gaps.add(p)
+            return None
+        position = self.positions.get(key)
+        if position is None:  # nothing read of p yet: a record from where retention left the input starts it
+            position = 0 if record.first > self._lows.get(p, 0) else record.first
+        if record.through <= position:
+            return None  # read already (from the input, or an earlier record of a rewound batch)
+        if record.first > position:
+            self.metrics.feed_records.labels("gap").inc()
+            (log.debug if p in self.gaps else log.info)(
+                "terminal feed: partition %d's record starts at offset %d, the table is at %d; reading the input "
+                "as far as it is needed, then the feed again from there", p, record.first, position)
+            self.gaps.add(p)
+            self.rejoin.setdefault(p, (record.first, m.offset()))
+            return None
+        record = record.rows_from(position)
+        self.positions[key] = record.through
+        self.gaps.discard(p)  # joined where the table stands: whatever was wrong before is behind it
+        self.rejoin.pop(p, None)
+        return record.ids, record.seconds, record.terminals
+
+    def _add(self, chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        """Rows of several partitions (each partition's in its offset order) into the table."""
+        c = self.config
+        partitions = np.concatenate([chunk[0] for chunk in chunks])
+        ids = np.concatenate([chunk[1] for chunk in chunks])
+        seconds = np.concatenate([chunk[2] for chunk in chunks])
+        terminals = np.concatenate([chunk[3] for chunk in chunks])
+        on_time = np.ones(len(ids), bool)
+        for p in np.unique(partitions).tolist():
+            rows = np.flatnonzero(partitions == p)
+            # The scorer dead-letters these (late): they count in no window.
+            on_time[rows] = ~late_in_order(seconds[rows], self.partition_watermarks.get(p), c.allowed_lateness_s)
+            high = int(seconds[rows].max())
+            self.partition_watermarks[p] = max(self.partition_watermarks.get(p, high), high)
+        self.before_apply()
+        self.terminals.add_transactions(ids[on_time], seconds[on_time], terminals[on_time])
 
     def close(self) -> None:
         if self.reader is not None:
