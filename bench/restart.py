@@ -39,7 +39,7 @@ import numpy as np
 from .kafka_io import free_port
 from .soak import rss_mb
 
-SLICE_DAYS = 20
+SLICE_TRANSACTIONS = 2_000_000  # replayed at a time: the Python objects of ~2 M messages take a few GB
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 
@@ -143,13 +143,14 @@ def run(args: argparse.Namespace, say=lambda line: print(line, file=sys.stderr, 
     t0 = time.perf_counter()
     table = simulate(customers=args.customers, terminals=args.terminals, days=args.days, seed=args.seed).transactions
     n, labels = len(table), 0
-    # In slices of 20 days: the Python objects of a whole stream of 10 M transactions or more
+    # In slices of whole days, ~2 M transactions each: the Python objects of a whole stream of 10 M transactions or more
     # do not fit this machine's 24 GB. A confirmation whose time falls in the next slice is
     # sent with its own slice, a little early: the sidecar holds it until it counts.
     day = (table["TX_DATETIME"].astype("datetime64[s]").astype(np.int64) - int(
         table["TX_DATETIME"][:1].astype("datetime64[s]").astype(np.int64)[0])) // 86_400
-    for first in range(0, args.days, SLICE_DAYS):
-        part = table.take(np.flatnonzero((day >= first) & (day < first + SLICE_DAYS)))
+    slice_days = max(1, int(SLICE_TRANSACTIONS * args.days / max(1, n)))
+    for first in range(0, args.days, slice_days):
+        part = table.take(np.flatnonzero((day >= first) & (day < first + slice_days)))
         events = raw_stream(part, seed=args.seed + first)
         labels += int(events.is_label.sum())
         replay(events, {"bootstrap.servers": args.bootstrap_servers}, topics["in"], topics["labels"])

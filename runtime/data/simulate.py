@@ -190,11 +190,16 @@ def _terminal_profiles(rng: np.random.Generator, n: int) -> np.ndarray:
 def _terminals_within_radius(
     customers: dict[str, np.ndarray], terminals: np.ndarray, radius: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """CSR lists of the terminals at Euclidean distance < radius of each customer."""
+    """CSR lists of the terminals at Euclidean distance < radius of each customer.
+
+    The lists hold customers x terminals x pi r^2 / 100^2 entries (150,000 x 300,000 x 0.785 %
+    = 353 M at 30x the reference size): kept as int32 where the ids fit, 4 bytes an entry,
+    and gathered chunk by chunk without a second copy."""
     cxy = np.stack([customers["x"], customers["y"]], axis=1)
     n = len(cxy)
     chunk = max(1, 4_000_000 // max(1, len(terminals)))
     counts = np.empty(n, dtype=np.int64)
+    kind = np.int32 if len(terminals) < 2**31 else np.int64
     found: list[np.ndarray] = []
     r2 = radius * radius
     for lo in range(0, n, chunk):
@@ -202,9 +207,11 @@ def _terminals_within_radius(
         d2 = (block[:, 0:1] - terminals[:, 0]) ** 2 + (block[:, 1:2] - terminals[:, 1]) ** 2
         within = d2 < r2
         counts[lo : lo + len(block)] = within.sum(axis=1)
-        found.append(np.nonzero(within)[1])  # row-major: grouped by customer, ascending terminal id
+        found.append(np.nonzero(within)[1].astype(kind))  # row-major: grouped by customer, ascending terminal id
     indptr = np.concatenate([[0], np.cumsum(counts)])
-    return indptr, np.concatenate(found).astype(np.int64)
+    indices = np.concatenate(found) if found else np.empty(0, kind)
+    del found
+    return indptr, indices
 
 
 def _transactions(
@@ -232,7 +239,7 @@ def _transactions(
 
     keep = (time_of_day > 0) & (time_of_day < SECONDS_PER_DAY) & (n_terminals > 0)
     customer, day, time_of_day, amount, pick = (a[keep] for a in (customer, day, time_of_day, amount, pick))
-    terminal = indices[indptr[customer] + pick]
+    terminal = indices[indptr[customer] + pick].astype(np.int64)
     seconds = day * SECONDS_PER_DAY + time_of_day
     order = np.lexsort((customer, seconds))  # stable: ties keep generation order
     return {
