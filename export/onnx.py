@@ -115,6 +115,7 @@ def export_bundle(run_dir: Path, out: Path, opset: int = OPSET, tolerance: float
     params = _read_json(run_dir / "params.json")
     metrics = _read_json(run_dir / "metrics.json")
     fingerprint = _read_json(run_dir / "fingerprint.json")
+    tracking = _read_json(run_dir / "tracking.json") if (run_dir / "tracking.json").exists() else {}
     holdout_path = run_dir / "holdout.npy"
     if not holdout_path.exists():
         raise InputError(f"{holdout_path} is missing; re-run `fraudscore train`")
@@ -156,6 +157,7 @@ def export_bundle(run_dir: Path, out: Path, opset: int = OPSET, tolerance: float
                  "export_parity": {"max_abs_diff": max_diff, "worst_row": worst, "rows": int(len(rows)), "opset": opset}},
         fingerprint=fingerprint,
         feature_spec=params.get("feature_spec", {}),
+        tracking=tracking,
         libraries=params.get("libraries", {}) | {
             "tensorflow": tf.__version__, "keras": keras.__version__, "tf2onnx": tf2onnx.__version__,
             "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,

@@ -176,6 +176,11 @@ def evaluate(
     time_column: Annotated[Optional[str], typer.Option(help="Timestamp column [default: the one the bundle was trained with, else TX_DATETIME].")] = None,
     customer_column: Annotated[Optional[str], typer.Option(help="Card/customer column [default: the bundle's, else CUSTOMER_ID].")] = None,
     label: Annotated[Optional[str], typer.Option(help="Label column (0/1) [default: the bundle's, else TX_FRAUD].")] = None,
+    mlflow_uri: Annotated[str, typer.Option(
+        "--mlflow-uri", envvar="FRAUDSCORE_MLFLOW_URI",
+        help="Also log the comparison (per bundle, keyed by model version; the split; the report) as one run to this "
+             "MLflow tracking server; needs the `tracking` extra.")] = "",
+    mlflow_experiment: Annotated[str, typer.Option(help="MLflow experiment of that run.")] = "fraudscore",
 ) -> None:
     """Score a feature table through exported bundles; report AUC, AP and card precision@k per the protocol,
     and next to them the production-like figures: every card, alerts a day at the bundle's threshold.
@@ -196,6 +201,10 @@ def evaluate(
         raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
     if json_path is not None:
         check_output(json_path.with_suffix(".csv"))  # only its directory matters here
+    if mlflow_uri:
+        from fraudscore.tracking import check_server
+
+        check_server(mlflow_uri)
     evaluation = evaluate_bundles(
         bundle, data, None if start is None else parse_date(start, "--start"), train_days=train_days, delay_days=delay_days,
         test_days=test_days, k=k, device=device, time_column=time_column, customer_column=customer_column,
@@ -203,11 +212,17 @@ def evaluate(
     )
     for note in evaluation["notes"]:
         say(note)
-    report(format_table(evaluation, k))
+    table = format_table(evaluation, k)
+    report(table)
     if json_path is not None:
         from fraudscore.atomic import write_bytes
 
         write_bytes(json_path, (json.dumps(evaluation, indent=2) + "\n").encode())
+    if mlflow_uri:
+        from fraudscore.tracking import log_evaluation
+
+        record = log_evaluation(mlflow_uri, mlflow_experiment, evaluation, table)
+        say(f"logged to MLflow: experiment {record['experiment']!r} ({record['experiment_id']}), run {record['run_id']}")
 
 
 @app.command()

@@ -4,8 +4,9 @@
 #     with CI=true or FRAUDSCORE_CONTAINERS=1 also podman, runc and debootstrap, which the
 #     container test (tests/test_container.py) needs to build and run the runtime image;
 #   - a virtual environment .venv with fraudscore installed editable with the extras
-#     in FRAUDSCORE_EXTRAS (default cpu,train,dev);
-#   - the Apache Kafka jars from Maven Central (cached outside the repo by deploy/kafka/local.sh).
+#     in FRAUDSCORE_EXTRAS (default cpu,train,dev,tracking);
+#   - the Apache Kafka jars from Maven Central (cached outside the repo by deploy/kafka/local.sh);
+#   - with the `tracking` extra, an MLflow tracking server in a venv of its own (deploy/mlflow/local.sh).
 #
 # Quiet by design: each installer's own output goes to a log under $FRAUDSCORE_CACHE/setup-logs
 # (default ~/.cache/fraudscore/setup-logs) and is shown only when it fails. A run with nothing
@@ -20,7 +21,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 python="${PYTHON:-python3}"
 venv="${VENV:-.venv}"
-extras="${FRAUDSCORE_EXTRAS:-cpu,train,dev}"
+extras="${FRAUDSCORE_EXTRAS:-cpu,train,dev,tracking}"
 logs="${FRAUDSCORE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fraudscore}/setup-logs"
 did=()  # what this run installed, for the summary
 mkdir -p "$logs"
@@ -130,6 +131,12 @@ fi
 # --- Kafka jars (deploy/kafka/local.sh keeps Maven's own output in a log of its own)
 jars="$(deploy/kafka/local.sh fetch 2>"$logs/kafka-fetch.log" || { cat "$logs/kafka-fetch.log" >&2; exit 1; })"
 grep -q resolving "$logs/kafka-fetch.log" && did+=("Kafka jars")
+
+# --- The MLflow tracking server for `train --mlflow-uri` and its tests, in an environment of its own
+if [[ ",$extras," == *,tracking,* ]]; then
+  PYTHON="$python" deploy/mlflow/local.sh fetch 2>"$logs/mlflow-fetch.log" || { cat "$logs/mlflow-fetch.log" >&2; exit 1; }
+  grep -q installing "$logs/mlflow-fetch.log" && did+=("MLflow server")
+fi
 
 if ((${#did[@]})) || [[ "${CI:-}" == true ]]; then
   say "installed: ${did[*]:-nothing new}"

@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN = ("tensorflow", "keras", "tf2onnx", "onnx")
+TRAINING_STACK = ("tensorflow", "keras", "tf2onnx", "onnx")
+# Never loaded by importing any runtime module: the training stack, and MLflow's client, which
+# only runtime/tracking.py imports, inside its functions (train/evaluate --mlflow-uri).
+FORBIDDEN = TRAINING_STACK + ("mlflow",)
 
 
 def _forbidden_loaded(code: str) -> list[str]:
@@ -80,7 +83,18 @@ def _imported_names(path: Path) -> list[str]:
 def test_runtime_sources_never_import_the_training_stack() -> None:
     for path in (ROOT / "runtime").rglob("*.py"):
         for name in _imported_names(path):
-            assert name.split(".")[0] not in FORBIDDEN, f"{path.name} imports {name}"
+            assert name.split(".")[0] not in TRAINING_STACK, f"{path.name} imports {name}"
+
+
+def test_mlflow_is_imported_only_inside_the_tracking_functions() -> None:
+    for path in (ROOT / "runtime").rglob("*.py"):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n.split(".")[0] == "mlflow" for n in names):
+                assert path.name == "tracking.py" and node not in top, f"{path.relative_to(ROOT)} imports mlflow"
 
 
 def test_runtime_never_imports_train_export_or_bench() -> None:
@@ -134,7 +148,7 @@ def _extras() -> dict[str, list[str]]:
 # The combinations the README and .ci/run install. Together they hold every extra, and an
 # extra that resolves with others resolves alone (fewer constraints), so the extras alone are
 # not resolved again (each resolution is ~9 s against the index).
-EXTRA_SETS = ["cpu,train,dev", "gpu,parquet", "cpu,parquet"]
+EXTRA_SETS = ["cpu,train,dev,tracking", "gpu,parquet", "cpu,parquet"]
 
 
 def test_the_resolved_combinations_hold_every_extra() -> None:

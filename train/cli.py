@@ -46,6 +46,12 @@ def train(
     target_precision: Annotated[Optional[float], typer.Option(help="Alert threshold: lowest with this precision on validation.")] = None,
     daily_alert_budget: Annotated[float, typer.Option(help="Alert threshold: at most this many alerts a day on validation (default rule).")] = 100.0,
     log_every: Annotated[float, typer.Option(min=0, help="When stderr is not a terminal (CI, nohup): seconds between epoch lines, besides each member's first and last; 0: every epoch. On a terminal every epoch shows.")] = 10.0,
+    mlflow_uri: Annotated[str, typer.Option(
+        "--mlflow-uri", envvar="FRAUDSCORE_MLFLOW_URI",
+        help="Log the run (parameters, metrics per split, data fingerprint, the run directory as artefacts) to this "
+             "MLflow tracking server, e.g. http://127.0.0.1:5000; needs the `tracking` extra. The run id goes to "
+             "the run directory's tracking.json and, through export, into the bundle's manifest.")] = "",
+    mlflow_experiment: Annotated[str, typer.Option(help="MLflow experiment of the run (created if missing).")] = "fraudscore",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary; warnings still show.")] = False,
 ) -> None:
     """Train a Keras model on a feature table with the handbook's time split; write a run directory.
@@ -56,6 +62,10 @@ def train(
 
     from fraudscore.train.trainer import TrainConfig, train as run_training
 
+    if mlflow_uri:
+        from fraudscore.tracking import check_server
+
+        check_server(mlflow_uri)  # before training, not after it
     feature_list = tuple(f.strip() for f in features.split(",") if f.strip())
     config = TrainConfig(
         data=data,
@@ -92,3 +102,10 @@ def train(
             f"({test['transactions']:,} transactions, {test['frauds']:,} frauds); threshold "
             f"{result.metrics['threshold']['value']:.4g}; wrote {result.path} in {result.seconds:.1f} s"
         )
+    if mlflow_uri:
+        from fraudscore.tracking import log_training_run
+
+        record = log_training_run(mlflow_uri, mlflow_experiment, result.path)
+        if not quiet:
+            report(f"logged to MLflow: experiment {record['experiment']!r} ({record['experiment_id']}), "
+                   f"run {record['run_id']} at {mlflow_uri}")

@@ -168,6 +168,7 @@ def evaluate_bundles(
                 "threshold": bundle.manifest.threshold,
                 "columns": columns,
                 "trained": window.describe()["train"] if (window := recorded_split(bundle.manifest)) else None,
+                "tracking": bundle.manifest.tracking,
                 "alerts_per_day": float(alerts.sum() / max(1, metrics["days"])),
                 "precision_at_threshold": float(table[columns["label"]][test][alerts].mean()) if alerts.any() else float("nan"),
                 "all_cards": production_like(table, every, every_scores, bundle.manifest.threshold,

@@ -53,6 +53,9 @@ class Manifest:
     # The feature specification the model was trained with (fraudscore.features.spec), when its
     # inputs are features the runtime can compute from raw transactions; {} otherwise.
     feature_spec: dict[str, Any] = field(default_factory=dict)
+    # The experiment-tracking run the model came from (`train --mlflow-uri`): {"uri", "experiment",
+    # "experiment_id", "run_id", "artifact_uri"}; {} when the run was not tracked.
+    tracking: dict[str, Any] = field(default_factory=dict)
 
     @property
     def score_reference(self) -> dict[str, Any]:
@@ -81,6 +84,8 @@ class Manifest:
             "fingerprint": self.fingerprint,
             "libraries": self.libraries,
             "feature_spec": self.feature_spec,
+            # Only when tracked: the manifests (and digests) of untracked bundles stay as they were.
+            **({"tracking": self.tracking} if self.tracking else {}),
         }
 
     def write(self, path: Path) -> None:
@@ -125,6 +130,7 @@ class Manifest:
                 fingerprint=dict(data.get("fingerprint", {})),
                 libraries=dict(data.get("libraries", {})),
                 feature_spec=dict(data.get("feature_spec") or {}),
+                tracking=dict(data.get("tracking") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{source}: malformed manifest ({type(exc).__name__}: {exc}); re-export the bundle") from None

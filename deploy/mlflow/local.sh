@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# A local MLflow tracking server (SQLite store, artefacts on disk) for `fraudscore train
+# --mlflow-uri` and the tests. The server is MLflow from PyPI in a virtual environment of its
+# own (full mlflow pins pyarrow below what training needs; fraudscore itself uses only the
+# client, the `tracking` extra).
+#
+#   deploy/mlflow/local.sh start     start (or reuse) a server; last line = its tracking URI
+#   deploy/mlflow/local.sh stop      stop it by PID (SIGTERM, then SIGKILL after a grace period)
+#   deploy/mlflow/local.sh status    exit 0 and print the URI if it is running
+#   deploy/mlflow/local.sh fetch     only install the server into its environment
+#
+# Environment:
+#   MLFLOW_PORT            port on 127.0.0.1 (default 5000)
+#   MLFLOW_STATE_DIR       store, artefacts, log, pid (default ${TMPDIR:-/tmp}/fraudscore-mlflow-$MLFLOW_PORT)
+#   MLFLOW_VERSION         the server's version (default 3.17.2, the client's in pyproject.toml)
+#   FRAUDSCORE_CACHE       where its environment lives (default ${XDG_CACHE_HOME:-~/.cache}/fraudscore)
+#   MLFLOW_BIN             another mlflow command to run instead
+#   PYTHON                 the Python that makes its environment (default python3)
+#   MLFLOW_START_TIMEOUT   seconds to wait for the server to answer (default 120)
+set -euo pipefail
+
+port="${MLFLOW_PORT:-5000}"
+state="${MLFLOW_STATE_DIR:-${TMPDIR:-/tmp}/fraudscore-mlflow-$port}"
+timeout="${MLFLOW_START_TIMEOUT:-120}"
+pidfile="$state/server.pid"
+version="${MLFLOW_VERSION:-3.17.2}"
+cache="${FRAUDSCORE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fraudscore}"
+env_dir="$cache/mlflow-$version"
+uri="http://127.0.0.1:$port"
+
+log() { echo "local-mlflow: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+fetch() {
+  if [[ -f "$env_dir/.complete" ]]; then
+    return
+  fi
+  log "installing MLflow $version from PyPI into $env_dir (log in $env_dir.log)"
+  rm -rf "$env_dir"
+  if ! { "${PYTHON:-python3}" -m venv "$env_dir" && "$env_dir/bin/python" -m pip install --disable-pip-version-check \
+      --progress-bar off "mlflow==$version"; } >"$env_dir.log" 2>&1; then
+    tail -n 30 "$env_dir.log" >&2
+    die "installing MLflow $version failed (log above, whole in $env_dir.log)"
+  fi
+  touch "$env_dir/.complete"
+}
+
+mlflow_bin() {
+  if [[ -n "${MLFLOW_BIN:-}" ]]; then echo "$MLFLOW_BIN"; return; fi
+  fetch
+  echo "$env_dir/bin/mlflow"
+}
+
+answers() {
+  python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/health", timeout=2)' "$uri" 2>/dev/null
+}
+
+running() { [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+
+start() {
+  if running && answers; then
+    log "already running (pid $(cat "$pidfile"))"
+    echo "$uri"
+    return
+  fi
+  local bin
+  bin="$(mlflow_bin)"
+  mkdir -p "$state/artifacts"
+  chmod 700 "$state"  # run parameters and artefacts: the owner's only
+  # One worker: a tracking server for one team's CI and laptops; --artifacts-destination
+  # makes the server serve artefacts itself (clients need no access to the directory).
+  setsid "$bin" server --host 127.0.0.1 --port "$port" --workers 1 \
+    --backend-store-uri "sqlite:///$state/mlflow.db" --artifacts-destination "$state/artifacts" \
+    >"$state/server.log" 2>&1 </dev/null &
+  echo $! >"$pidfile"
+  local waited=0
+  until answers; do
+    if ! running; then
+      tail -n 30 "$state/server.log" >&2
+      die "the server exited while starting (log above, whole in $state/server.log)"
+    fi
+    if (( waited >= timeout * 2 )); then
+      tail -n 30 "$state/server.log" >&2
+      stop
+      die "the server did not answer on $uri within ${timeout} s"
+    fi
+    sleep 0.5
+    waited=$((waited + 1))
+  done
+  log "ready after $((waited / 2)) s (store $state)"
+  echo "$uri"
+}
+
+stop() {
+  if ! running; then
+    log "not running"
+    rm -f "$pidfile"
+    return
+  fi
+  local pid
+  pid="$(cat "$pidfile")"
+  # The server's workers are its children: the whole process group goes.
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 40); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.25
+  done
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  rm -f "$pidfile"
+  log "stopped (pid $pid)"
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) if running && answers; then echo "$uri"; else exit 1; fi ;;
+  fetch) fetch ;;
+  *) echo "usage: $0 start|stop|status|fetch" >&2; exit 2 ;;
+esac
