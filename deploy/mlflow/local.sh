@@ -36,10 +36,17 @@ fetch() {
     return
   fi
   log "installing MLflow $version from PyPI into $env_dir (log in $env_dir.log)"
+  mkdir -p "$cache"
   rm -rf "$env_dir"
-  if ! { "${PYTHON:-python3}" -m venv "$env_dir" && "$env_dir/bin/python" -m pip install --disable-pip-version-check \
-      --progress-bar off "mlflow==$version"; } >"$env_dir.log" 2>&1; then
+  local ok=1
+  "${PYTHON:-python3}" -m venv "$env_dir" >"$env_dir.log" 2>&1 || ok=0
+  if ((ok)); then
+    "$env_dir/bin/python" -m pip install --disable-pip-version-check --progress-bar off "mlflow==$version" \
+      >>"$env_dir.log" 2>&1 || ok=0
+  fi
+  if ((!ok)); then
     tail -n 30 "$env_dir.log" >&2
+    rm -rf "$env_dir"
     die "installing MLflow $version failed (log above, whole in $env_dir.log)"
   fi
   touch "$env_dir/.complete"
