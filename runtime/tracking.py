@@ -8,8 +8,8 @@ directory:
 - metrics: AUC, AP, card precision@100, precision and recall at the alert threshold and
   alerts a day, for the validation and the test split (`validation_ap`, `test_auc`, ...),
   and the threshold;
-- tags: the data's fingerprint (`fraudscore.data_sha256`: the training rows' digest from
-  `fingerprint.json`), the data file, the model kind and the command;
+- tags: the data file's sha256 (`fraudscore.data_sha256`, from `fingerprint.json`), the
+  training rows, the data file, the model kind and the command;
 - artefacts: the whole run directory (model.keras, params, metrics, history, fingerprint,
   held-out rows, the PR curve).
 
@@ -38,7 +38,7 @@ from fraudscore.errors import FraudscoreError, UsageError
 DEFAULT_EXPERIMENT = "fraudscore"
 TRACKING_FILE = "tracking.json"
 START_SERVER = ("start one with deploy/mlflow/local.sh start (a local server on SQLite), or `mlflow server "
-                "--backend-store-uri sqlite:///mlflow.db --port 5000`")
+                "--backend-store-uri sqlite:///mlflow.db --port 5000` where full MLflow is installed")
 METRICS = ("auc", "ap", "cp_at_100", "precision_at_threshold", "recall_at_threshold", "alerts_per_day")
 
 
@@ -57,27 +57,57 @@ def require_mlflow():
     return mlflow
 
 
-def check_server(uri: str, timeout_s: float = 10.0) -> None:
-    """Fail before training, not after it, when an http(s) tracking URI has no server behind it.
+DATABASES = ("sqlite", "postgresql", "mysql", "mssql")
 
-    Other URIs (a `sqlite:///` or `file:` store on this machine) are MLflow's own to check."""
+
+def check_server(uri: str, timeout_s: float = 10.0) -> None:
+    """Fail before training, not after it, when the tracking URI cannot work.
+
+    http(s): a server must answer (an answer of 401/403 is a server that wants the
+    credentials MLflow's client reads from MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN; with
+    MLFLOW_TRACKING_SERVER_CERT_PATH or MLFLOW_TRACKING_INSECURE_TLS set, the client's TLS
+    settings are its own and the check is left to it). A database store needs SQLAlchemy,
+    which the `tracking` extra (MLflow's client) does not bring; `file:` stores are MLflow's
+    to check."""
     require_mlflow()
-    scheme = urllib.parse.urlparse(uri).scheme
+    scheme = urllib.parse.urlparse(uri).scheme.split("+")[0]
+    if scheme in DATABASES:
+        import importlib.util
+
+        if importlib.util.find_spec("sqlalchemy") is None:
+            raise UsageError(f"--mlflow-uri {public_uri(uri)}: a database store needs the full mlflow package (the "
+                             f"`tracking` extra is its client only); log to a tracking server instead: {START_SERVER}")
+        return
+    if scheme in ("file", "databricks"):
+        return
     if scheme not in ("http", "https"):
-        if scheme in ("", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks"):
-            return
-        raise UsageError(f"--mlflow-uri {uri}: not a tracking URI (http://host:port of a tracking server, or "
-                         "sqlite:///path/mlflow.db)")
+        raise UsageError(f"--mlflow-uri {public_uri(uri)}: not a tracking URI; give the server's address with its "
+                         "scheme, e.g. http://127.0.0.1:5000")
+    if scheme == "https" and (os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or os.environ.get("MLFLOW_TRACKING_INSECURE_TLS")):
+        return
     url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
             json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
-        raise UsageError(f"--mlflow-uri {uri}: the server answered HTTP {exc.code} to a search of experiments; "
-                         "is it an MLflow tracking server?") from None
+        if exc.code in (401, 403):
+            return  # a server, asking for the credentials MLflow's client will send
+        raise UsageError(f"--mlflow-uri {public_uri(uri)}: the server answered HTTP {exc.code} to a search of "
+                         "experiments; is it an MLflow tracking server?") from None
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise UsageError(f"--mlflow-uri {uri}: no MLflow tracking server answers there ({reason}); {START_SERVER}") from None
+        raise UsageError(f"--mlflow-uri {public_uri(uri)}: no MLflow tracking server answers there ({reason}); "
+                         f"{START_SERVER}") from None
+
+
+def public_uri(uri: str) -> str:
+    """`uri` without a user and password in it: what is written to files and messages."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _params(params: dict) -> dict[str, str]:
@@ -96,6 +126,8 @@ def log_training_run(uri: str, experiment: str, run_dir: Path) -> dict:
     mlflow = require_mlflow()
     run_dir = Path(run_dir)
     params = json.loads((run_dir / "params.json").read_text())
+    if isinstance(params.get("command"), str):  # the URI's credentials stay out of MLflow
+        params["command"] = params["command"].replace(uri, public_uri(uri))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     fingerprint = json.loads((run_dir / "fingerprint.json").read_text())
     # A dead server would otherwise be retried with back-off for minutes.
@@ -120,13 +152,13 @@ def log_training_run(uri: str, experiment: str, run_dir: Path) -> dict:
             })
             mlflow.log_dict(fingerprint, "fingerprint.json")
             mlflow.log_artifacts(str(run_dir), artifact_path="run")
-            record = {"uri": uri, "experiment": experiment, "experiment_id": found.experiment_id,
+            record = {"uri": public_uri(uri), "experiment": experiment, "experiment_id": found.experiment_id,
                       "run_id": run.info.run_id, "artifact_uri": run.info.artifact_uri}
     except FraudscoreError:
         raise
     except Exception as exc:  # MLflow raises its own and requests' errors; the run directory is complete
-        raise TrackingError(f"--mlflow-uri {uri}: the run was not logged ({type(exc).__name__}: {exc}); "
-                            f"{run_dir} is complete: log it later, or export it as it is") from None
+        raise TrackingError(f"--mlflow-uri {public_uri(uri)}: the run was not logged ({type(exc).__name__}: {exc}); "
+                            f"{run_dir} is complete and exports as it is, without a tracking run") from None
     (run_dir / TRACKING_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return record
 
@@ -154,7 +186,8 @@ def log_evaluation(uri: str, experiment: str, evaluation: dict, table: str) -> d
             values, tags = {}, {"fraudscore.kind": "evaluation"}
             for i, bundle in enumerate(evaluation["bundles"]):
                 label = _key(bundle["model_version"])
-                for name in ("auc", "ap", "cp_at_100", "alerts_per_day", "precision_at_threshold"):
+                names = ["auc", "ap", "alerts_per_day", "precision_at_threshold"] + [k for k in bundle if k.startswith("cp_at_")]
+                for name in names:
                     if isinstance(bundle.get(name), (int, float)) and bundle[name] == bundle[name]:  # not NaN
                         values[f"{label}/{name}"] = float(bundle[name])
                 for name in ("alerts_per_day", "precision_at_threshold", "recall_at_threshold", "ap"):
@@ -169,8 +202,9 @@ def log_evaluation(uri: str, experiment: str, evaluation: dict, table: str) -> d
             mlflow.set_tags(tags)
             mlflow.log_dict(evaluation, "evaluate.json")
             mlflow.log_text(table + "\n", "evaluate.txt")
-            return {"uri": uri, "experiment": experiment, "experiment_id": found.experiment_id, "run_id": run.info.run_id}
+            return {"uri": public_uri(uri), "experiment": experiment, "experiment_id": found.experiment_id,
+                    "run_id": run.info.run_id}
     except FraudscoreError:
         raise
     except Exception as exc:
-        raise TrackingError(f"--mlflow-uri {uri}: the evaluation was not logged ({type(exc).__name__}: {exc})") from None
+        raise TrackingError(f"--mlflow-uri {public_uri(uri)}: the evaluation was not logged ({type(exc).__name__}: {exc})") from None

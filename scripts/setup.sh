@@ -133,7 +133,9 @@ jars="$(deploy/kafka/local.sh fetch 2>"$logs/kafka-fetch.log" || { cat "$logs/ka
 grep -q resolving "$logs/kafka-fetch.log" && did+=("Kafka jars")
 
 # --- The MLflow tracking server for `train --mlflow-uri` and its tests, in an environment of its own
+tracking_server=""
 if [[ ",$extras," == *,tracking,* ]]; then
+  tracking_server=1
   PYTHON="$python" deploy/mlflow/local.sh fetch 2>"$logs/mlflow-fetch.log" || { cat "$logs/mlflow-fetch.log" >&2; exit 1; }
   grep -q installing "$logs/mlflow-fetch.log" && did+=("MLflow server")
 fi
@@ -145,5 +147,5 @@ if ((${#did[@]})) || [[ "${CI:-}" == true ]]; then
     | awk '{printf "%s=%s ", $1, $2}')"
   say "Kafka jars in $jars"
 else
-  say "ready: Debian packages, $venv with fraudscore[$extras], Kafka jars (nothing to do)"
+  say "ready: Debian packages, $venv with fraudscore[$extras], Kafka jars${tracking_server:+, MLflow server} (nothing to do)"
 fi

@@ -151,9 +151,14 @@ def test_kafka_rows_carry_cpu_per_process_stages_the_latency_tail_and_each_varia
         if mode == "kafka-naive":
             continue
         assert r["lost"] == 0
-        assert r["cpu_s"]["sidecar"] > 0 and r["cpu_s"]["bench_process"] > 0 and r["wall_s"] > 0
-        # The test's broker runs on this host, started by deploy/kafka/local.sh.
-        assert r["cpu_s"]["broker"] > 0 and "cpu_note" not in r
+        assert r["cpu_s"]["bench_process"] > 0 and r["wall_s"] > 0
+        # The test's broker runs on this host, started by deploy/kafka/local.sh: both are measured.
+        # The kernel counts a process's CPU in clock ticks (10 ms), and a drain of these 2,000
+        # messages can take 0.2 s of wall time and less than a tick of the sidecar's (a CI run
+        # read 0.0): above zero is asserted for the rate rows, seconds long.
+        assert r["cpu_s"]["sidecar"] >= 0 and r["cpu_s"]["broker"] >= 0 and "cpu_note" not in r
+        if mode == "kafka-rate":
+            assert r["cpu_s"]["sidecar"] > 0 and r["cpu_s"]["broker"] > 0
         assert r["cpu_ms_per_1000_tx"]["sidecar"] == pytest.approx(r["cpu_s"]["sidecar"] * 1e6 / r["messages"])
         assert r["mean_batch_size"] is None or 1 <= r["mean_batch_size"] <= 4096
         assert isinstance(r["stages_ms"], dict) and all(v >= 0 for v in r["stages_ms"].values())

@@ -48,7 +48,7 @@ def test_kafka_jar_fetch_prints_its_own_lines_only(tmp_path: Path) -> None:
 
 def test_setup_with_nothing_to_do_prints_one_plain_line() -> None:
     stamp = ROOT / ".venv" / ".fraudscore-installed"
-    want = f"cpu,train,dev {hashlib.sha256((ROOT / 'pyproject.toml').read_bytes()).hexdigest()}"
+    want = f"cpu,train,dev,tracking {hashlib.sha256((ROOT / 'pyproject.toml').read_bytes()).hexdigest()}"
     if not stamp.exists() or stamp.read_text().strip() != want:
         pytest.skip("scripts/setup.sh has work to do here (pyproject.toml changed since .venv was installed)")
     if not all(map(shutil.which, ("promtool", "prometheus-alertmanager", "prometheus-pushgateway", "java", "mvn"))):
@@ -59,5 +59,6 @@ def test_setup_with_nothing_to_do_prints_one_plain_line() -> None:
     assert done.returncode == 0, done.stderr
     assert time.monotonic() - t0 < 10
     assert done.stdout.splitlines() == [
-        "setup: ready: Debian packages, .venv with fraudscore[cpu,train,dev], Kafka jars (nothing to do)"], done.stdout
+        "setup: ready: Debian packages, .venv with fraudscore[cpu,train,dev,tracking], Kafka jars, MLflow server "
+        "(nothing to do)"], done.stdout
     assert done.stderr == ""

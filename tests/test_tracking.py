@@ -30,10 +30,11 @@ def mlflow_server(tmp_path_factory) -> Iterator[str]:
         if os.environ.get("CI"):
             pytest.fail("mlflow is not installed; scripts/setup.sh installs the `tracking` extra")
         pytest.skip("mlflow is not installed (pip install -e '.[tracking]')")
-    env = dict(os.environ, MLFLOW_PORT=str(free_port()), MLFLOW_STATE_DIR=str(tmp_path_factory.mktemp("mlflow")))
-    done = subprocess.run([str(LOCAL_MLFLOW), "start"], capture_output=True, text=True, env=env, timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
-    try:
+    env = dict(os.environ, MLFLOW_PORT=str(free_port()), MLFLOW_STATE_DIR=str(tmp_path_factory.mktemp("mlflow")),
+               MLFLOW_START_TIMEOUT="150")
+    try:  # stopped on every path, a start that timed out included
+        done = subprocess.run([str(LOCAL_MLFLOW), "start"], capture_output=True, text=True, env=env, timeout=240)
+        assert done.returncode == 0, done.stderr[-3000:]
         yield done.stdout.strip().splitlines()[-1]
     finally:
         subprocess.run([str(LOCAL_MLFLOW), "stop"], capture_output=True, env=env, timeout=60)
@@ -120,6 +121,21 @@ def test_a_uri_without_a_server_is_refused_before_training(features: Path, tmp_p
     assert done.returncode == 2, done.stderr[-3000:]
     assert "no MLflow tracking server answers there" in done.stderr and "deploy/mlflow/local.sh start" in done.stderr
     assert not (tmp_path / "run").exists()  # refused before any training
+
+
+@pytest.mark.parametrize("uri, says", [
+    ("127.0.0.1:5000", "give the server's address with its scheme"),
+    ("sqlite:///tmp/mlflow.db", "a database store needs the full mlflow package"),
+])
+def test_a_uri_that_cannot_work_is_refused_with_the_fix(uri: str, says: str) -> None:
+    if importlib.util.find_spec("mlflow") is None and not os.environ.get("CI"):
+        pytest.skip("mlflow is not installed (pip install -e '.[tracking]')")
+    from fraudscore.errors import UsageError
+    from fraudscore.tracking import check_server, public_uri
+
+    with pytest.raises(UsageError, match=says):
+        check_server(uri)
+    assert public_uri("https://user:secret@mlflow.example:443/x") == "https://mlflow.example:443/x"
 
 
 def test_an_untracked_bundle_has_no_tracking_entry(tmp_path: Path) -> None:

@@ -11,7 +11,9 @@
 #
 # Environment:
 #   MLFLOW_PORT            port on 127.0.0.1 (default 5000)
-#   MLFLOW_STATE_DIR       store, artefacts, log, pid (default ${TMPDIR:-/tmp}/fraudscore-mlflow-$MLFLOW_PORT)
+#   MLFLOW_STATE_DIR       store, artefacts, log, pid (default ${TMPDIR:-/tmp}/fraudscore-mlflow-$MLFLOW_PORT:
+#                          /tmp goes at reboot, and run ids in bundles then lead nowhere; keep
+#                          a lasting directory for runs you deploy)
 #   MLFLOW_VERSION         the server's version (default 3.17.2, the client's in pyproject.toml)
 #   FRAUDSCORE_CACHE       where its environment lives (default ${XDG_CACHE_HOME:-~/.cache}/fraudscore)
 #   MLFLOW_BIN             another mlflow command to run instead
@@ -59,42 +61,62 @@ mlflow_bin() {
 }
 
 answers() {
-  python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/health", timeout=2)' "$uri" 2>/dev/null
+  "${PYTHON:-python3}" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/health", timeout=2)' \
+    "$uri" 2>/dev/null
 }
 
-running() { [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+# Our server: the pid file's process is alive and is an mlflow command (not a reused pid).
+running() {
+  [[ -f "$pidfile" ]] || return 1
+  local pid
+  pid="$(cat "$pidfile")"
+  kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q mlflow
+}
 
 start() {
-  if running && answers; then
+  local deadline=$((SECONDS + timeout))
+  if running; then
+    # Ours, answering or still starting (another `start` launched it): wait, never a second one.
+    until answers; do
+      running || die "the server (pid $(cat "$pidfile")) exited while starting; see $state/server.log"
+      (( SECONDS < deadline )) || die "the server (pid $(cat "$pidfile")) does not answer on $uri; stop it first"
+      sleep 0.5
+    done
     log "already running (pid $(cat "$pidfile"))"
     echo "$uri"
     return
   fi
+  if answers; then
+    die "something this script did not start answers on $uri; stop it or choose another MLFLOW_PORT"
+  fi
   local bin
   bin="$(mlflow_bin)"
+  deadline=$((SECONDS + timeout))  # the first start may have spent minutes installing
   mkdir -p "$state/artifacts"
   chmod 700 "$state"  # run parameters and artefacts: the owner's only
-  # One worker: a tracking server for one team's CI and laptops; --artifacts-destination
-  # makes the server serve artefacts itself (clients need no access to the directory).
-  setsid "$bin" server --host 127.0.0.1 --port "$port" --workers 1 \
+  # One worker, no background job runners (MLflow 3.17 starts a pool of them with a database
+  # store): a tracking server for one team's CI and laptops. --artifacts-destination makes the
+  # server serve artefacts itself (clients need no access to the directory).
+  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_DISABLE_TELEMETRY=true \
+    setsid "$bin" server --host 127.0.0.1 --port "$port" --workers 1 \
     --backend-store-uri "sqlite:///$state/mlflow.db" --artifacts-destination "$state/artifacts" \
     >"$state/server.log" 2>&1 </dev/null &
   echo $! >"$pidfile"
-  local waited=0
+  local began=$SECONDS
   until answers; do
     if ! running; then
       tail -n 30 "$state/server.log" >&2
+      rm -f "$pidfile"
       die "the server exited while starting (log above, whole in $state/server.log)"
     fi
-    if (( waited >= timeout * 2 )); then
+    if (( SECONDS >= deadline )); then
       tail -n 30 "$state/server.log" >&2
       stop
       die "the server did not answer on $uri within ${timeout} s"
     fi
     sleep 0.5
-    waited=$((waited + 1))
   done
-  log "ready after $((waited / 2)) s (store $state)"
+  log "ready after $((SECONDS - began)) s (store $state)"
   echo "$uri"
 }
 
