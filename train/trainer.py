@@ -20,6 +20,7 @@ import dataclasses
 import datetime as dt
 import json
 import platform
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -324,7 +325,8 @@ def train(config: TrainConfig, say=lambda message: None, every_s: float = 0.0, w
         # Raw-mode serving computes these features online; recorded only when every input is one of them.
         params["feature_spec"] = spec.to_dict() if set(features) <= set(spec.names) else {}
         params["libraries"] = _library_versions()
-        params["command"] = " ".join(sys.argv)
+        # A user and password in a URI (--mlflow-uri https://user:secret@host) stay out of the run.
+        params["command"] = re.sub(r"(?<=://)[^/@\s]+@", "", " ".join(sys.argv))
         (tmp / "params.json").write_text(json.dumps(params, indent=2) + "\n")
         fp = fingerprint(matrix[train_mask], labels[train_mask], features, config.data)
         (tmp / "fingerprint.json").write_text(json.dumps(fp, indent=2) + "\n")

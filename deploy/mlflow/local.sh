@@ -14,7 +14,8 @@
 #   MLFLOW_STATE_DIR       store, artefacts, log, pid (default ${TMPDIR:-/tmp}/fraudscore-mlflow-$MLFLOW_PORT:
 #                          /tmp goes at reboot, and run ids in bundles then lead nowhere; keep
 #                          a lasting directory for runs you deploy)
-#   MLFLOW_VERSION         the server's version (default 3.17.2, the client's in pyproject.toml)
+#   MLFLOW_VERSION         the server's version (default 3.17.2, the client's in pyproject.toml, with
+#                          every dependency pinned in requirements.txt beside this script)
 #   FRAUDSCORE_CACHE       where its environment lives (default ${XDG_CACHE_HOME:-~/.cache}/fraudscore)
 #   MLFLOW_BIN             another mlflow command to run instead
 #   PYTHON                 the Python that makes its environment (default python3)
@@ -28,13 +29,21 @@ pidfile="$state/server.pid"
 version="${MLFLOW_VERSION:-3.17.2}"
 cache="${FRAUDSCORE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fraudscore}"
 env_dir="$cache/mlflow-$version"
+# The default version installs from requirements.txt beside this script (every dependency
+# pinned: a new release of one cannot change the server under CI); another version from PyPI as it resolves.
+requirements="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/requirements.txt"
+if [[ "$version" == 3.17.2 ]]; then
+  stamp="$(sha256sum "$requirements" | cut -d' ' -f1)"
+else
+  stamp="mlflow==$version"
+fi
 uri="http://127.0.0.1:$port"
 
 log() { echo "local-mlflow: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 fetch() {
-  if [[ -f "$env_dir/.complete" ]]; then
+  if [[ -f "$env_dir/.complete" && "$(cat "$env_dir/.complete")" == "$stamp" ]]; then
     return
   fi
   log "installing MLflow $version from PyPI into $env_dir (log in $env_dir.log)"
@@ -43,15 +52,20 @@ fetch() {
   local ok=1
   "${PYTHON:-python3}" -m venv "$env_dir" >"$env_dir.log" 2>&1 || ok=0
   if ((ok)); then
-    "$env_dir/bin/python" -m pip install --disable-pip-version-check --progress-bar off "mlflow==$version" \
-      >>"$env_dir.log" 2>&1 || ok=0
+    if [[ "$stamp" == "mlflow==$version" ]]; then
+      "$env_dir/bin/python" -m pip install --disable-pip-version-check --progress-bar off "mlflow==$version" \
+        >>"$env_dir.log" 2>&1 || ok=0
+    else
+      "$env_dir/bin/python" -m pip install --disable-pip-version-check --progress-bar off -r "$requirements" \
+        >>"$env_dir.log" 2>&1 || ok=0
+    fi
   fi
   if ((!ok)); then
     tail -n 30 "$env_dir.log" >&2
     rm -rf "$env_dir"
     die "installing MLflow $version failed (log above, whole in $env_dir.log)"
   fi
-  touch "$env_dir/.complete"
+  echo "$stamp" >"$env_dir/.complete"
 }
 
 mlflow_bin() {
