@@ -29,6 +29,7 @@ import numpy as np
 from fraudscore import InputError, UsageError, __version__
 from fraudscore.atomic import check_new_directory, new_directory
 from fraudscore.serving.manifest import Manifest
+from fraudscore.tracking import TRACKING_FILE
 
 OPSET = 17
 TOLERANCE = 1e-5
@@ -115,7 +116,7 @@ def export_bundle(run_dir: Path, out: Path, opset: int = OPSET, tolerance: float
     params = _read_json(run_dir / "params.json")
     metrics = _read_json(run_dir / "metrics.json")
     fingerprint = _read_json(run_dir / "fingerprint.json")
-    tracking = _read_json(run_dir / "tracking.json") if (run_dir / "tracking.json").exists() else {}
+    tracking = _read_json(run_dir / TRACKING_FILE) if (run_dir / TRACKING_FILE).exists() else {}
     holdout_path = run_dir / "holdout.npy"
     if not holdout_path.exists():
         raise InputError(f"{holdout_path} is missing; re-run `fraudscore train`")

@@ -35,7 +35,6 @@ from pathlib import Path
 
 from fraudscore.errors import FraudscoreError, UsageError
 
-DEFAULT_EXPERIMENT = "fraudscore"
 TRACKING_FILE = "tracking.json"
 START_SERVER = ("start one with deploy/mlflow/local.sh start (a local server on SQLite), or `mlflow server "
                 "--backend-store-uri sqlite:///mlflow.db --port 5000` where full MLflow is installed")
@@ -110,6 +109,13 @@ def public_uri(uri: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
+def _bounded_requests() -> None:
+    """MLflow's client retries a dead server with back-off for minutes: 2 retries, 30 s each
+    (unless the environment sets MLflow's own variables)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
 def _params(params: dict) -> dict[str, str]:
     """params.json as MLflow parameters: strings, the long ones (features, spec) as compact JSON."""
     out = {}
@@ -130,9 +136,7 @@ def log_training_run(uri: str, experiment: str, run_dir: Path) -> dict:
         params["command"] = params["command"].replace(uri, public_uri(uri))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     fingerprint = json.loads((run_dir / "fingerprint.json").read_text())
-    # A dead server would otherwise be retried with back-off for minutes.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    _bounded_requests()
     try:
         mlflow.set_tracking_uri(uri)
         found = mlflow.set_experiment(experiment)
@@ -173,8 +177,7 @@ def log_evaluation(uri: str, experiment: str, evaluation: dict, table: str) -> d
     its model version) the protocol's and the production-like figures, the split as parameters,
     each bundle's own tracking run as a tag, and the report and its table as artefacts."""
     mlflow = require_mlflow()
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    _bounded_requests()
     split = evaluation["split"]
     try:
         mlflow.set_tracking_uri(uri)

@@ -134,7 +134,6 @@ class FeedWriter:
     def __init__(self, config: SidecarConfig, metrics, partitions: int):
         from confluent_kafka import Producer
 
-        self.config = config
         self.metrics = metrics
         self.topic = feed_topic(config.state_topic)
         self.partitions = partitions  # of the feed topic; an input partition beyond them is not fed
