@@ -8,7 +8,8 @@ unless `--no-state`): a simulated stream and its confirmations replayed to Kafka
 possible (not timed), then
 
 1. first start: a sidecar on a fresh group, the whole stream as its backlog: seconds to
-   `/readyz` 200, seconds until every transaction has a result (the drain), RSS after it;
+   `/readyz` 200, seconds until every transaction has a result (the drain), peak RSS during it
+   (VmHWM) and RSS after it;
 2. restart: SIGTERM, the same command again: seconds to ready, RSS once ready;
 3. rebalance: a second instance joins the group: seconds from its assignment to its
    readiness (its log's "assigned" and "ready" lines), and the first instance's results
@@ -119,6 +120,17 @@ def results_count(bootstrap: str, topic: str) -> int:
         c.close()
 
 
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak RSS so far (VmHWM), MB (10^6 bytes); 0 once it has gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e6
+    except OSError:
+        pass
+    return 0.0
+
+
 def wait_results(bootstrap: str, topic: str, count: int, timeout_s: float) -> float:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
@@ -166,10 +178,12 @@ def run(args: argparse.Namespace, say=lambda line: print(line, file=sys.stderr, 
     say(f"first start: ready in {report['first_start_ready_s']:.1f} s")
     report["drain_s"] = wait_results(args.bootstrap_servers, topics["out"], n, args.timeout_s) + report["first_start_ready_s"]
     report["drain_tx_per_s"] = n / report["drain_s"]
+    report["peak_rss_drain_mb"] = peak_rss_mb(first.proc.pid)
     time.sleep(args.settle_s)  # a snapshot round after the drain
     report["rss_after_drain_mb"] = rss_mb([first.proc.pid])
     report["metrics_after_drain"] = first.metrics()
-    say(f"drain: {report['drain_s']:.1f} s from start ({report['drain_tx_per_s']:,.0f} tx/s), RSS {report['rss_after_drain_mb']:.0f} MB")
+    say(f"drain: {report['drain_s']:.1f} s from start ({report['drain_tx_per_s']:,.0f} tx/s), "
+        f"peak RSS {report['peak_rss_drain_mb']:.0f} MB, RSS {report['rss_after_drain_mb']:.0f} MB {args.settle_s:g} s after it")
     report["stop_s"] = first.stop()
 
     again = Instance(args, topics, group, "restart")

@@ -618,3 +618,5 @@ class Sidecar:
         self.state.catch_up(None, None if self.state.ready() else IDLE_CATCH_UP_S, idle=True)
         self._update_ready()
         self.state.report(self.metrics)
+        if self.in_flight is None:
+            self.state.idle()
