@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from bundle_helpers import squared_bundle
 from kafka_helpers import EXE, Sidecar, client, drain, produce, written
 
 from fraudscore import baseline_features, simulate, write_table
@@ -91,11 +93,14 @@ def send(bootstrap: str, topics: dict, events, speedup: float = 0.0) -> float:
     return replay(events, {"bootstrap.servers": bootstrap}, topics["in"], topics["labels"], speedup=speedup)
 
 
-def test_one_instance_matches_the_offline_features_and_scores(kafka_bootstrap, make_topic, small_bundle, month) -> None:
+def test_one_instance_matches_the_offline_features_and_scores(kafka_bootstrap, make_topic, small_bundle, month,
+                                                            tmp_path) -> None:
+    """...with a shadow challenger (--challenger) scored on the same online features."""
     events, expected, scores, _ = month
     topics = raw_topics(make_topic)
     send(kafka_bootstrap, topics, events)
-    sidecar = raw_sidecar(kafka_bootstrap, small_bundle, topics, "raw-one")
+    challenger = squared_bundle(small_bundle, tmp_path / "challenger", "challenger-squared")
+    sidecar = raw_sidecar(kafka_bootstrap, small_bundle, topics, "raw-one", "--challenger", str(challenger))
     sidecar.wait_ready(120)
     results = drain(kafka_bootstrap, [topics["out"]], len(expected), timeout_s=240)
     status, metrics = sidecar.get("/metrics")
@@ -109,6 +114,13 @@ def test_one_instance_matches_the_offline_features_and_scores(kafka_bootstrap, m
     times = {doc["transaction_id"]: doc["event_time"] for doc in map(orjson.loads, (m.value() for m in results))}
     assert times == {i: t.replace(" ", "T") + "Z" for i, t in sent.items()}
     check_operator_series(metrics, events)
+    for doc in map(orjson.loads, (m.value() for m in results)):  # the challenger's features were the champion's
+        assert doc["challenger"]["version"] == "challenger-squared"
+        assert doc["challenger"]["score"] == pytest.approx(doc["score"] ** 2, rel=1e-6, abs=1e-12)
+    scored = {(s.labels["role"], s.labels["model_version"]): s.value for family in text_string_to_metric_families(metrics)
+              for s in family.samples if s.name == "fraudscore_model_transactions_scored_total"}
+    assert scored[("challenger", "challenger-squared")] == scored[("champion", json.loads(
+        (small_bundle / "manifest.json").read_text())["model"]["version"])] == len(expected), scored
 
 
 def test_a_go_live_backfill_folds_history_into_state_and_scores_only_the_live_days(

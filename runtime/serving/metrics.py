@@ -184,6 +184,21 @@ class SidecarMetrics:
         self.reloads = Counter("fraudscore_model_reloads", "Model reload attempts, by result.", ["result"], registry=r)
         for result in ("success", "failure"):
             self.reloads.labels(result)
+        # Per model version, champion and shadow challenger alike (--challenger; docs/operations.md,
+        # "Shadow scoring"): what each scored and would have alerted on, at its own threshold.
+        self.model_scored = Counter("fraudscore_model_transactions_scored", "Transactions each model scored, by role "
+                                    "(champion: the results' score; challenger: shadow) and model version.",
+                                    ["role", "model_version"], registry=r)
+        self.model_alerts = Counter("fraudscore_model_alerts", "Scores at or above each model's own threshold, by role "
+                                    "and model version (a challenger's are the alerts it would have raised).",
+                                    ["role", "model_version"], registry=r)
+        self.challenger_info = Gauge("fraudscore_challenger_info", "The shadow challenger scored beside the model "
+                                     "(value 1; absent without --challenger).", ["model_version"], registry=r)
+        self.challenger_failures = Counter(
+            "fraudscore_challenger_failures", "Challenger failures, by reason: load (a reload kept the previous "
+            "challenger, or none), inference (a batch's call failed: its results carry no challenger), non_finite "
+            "(rows whose challenger score is null). The champion's results are never held back.",
+            ["model_version", "reason"], registry=r)
         self.feature_bins = FeatureBins(r)
         # The score-shift alert compares live scores with the model's own scale (docs/operations.md).
         self.score_reference = Gauge(
@@ -277,16 +292,38 @@ class SidecarMetrics:
         for reason in reasons:
             self.dead_letters.labels(reason).inc()
         self.scores.observe_many(result.scores)
+        if result.model_version:
+            self.model_scored.labels("champion", result.model_version).inc(len(result.index))
+            self.model_alerts.labels("champion", result.model_version).inc(int(result.alerts.sum()))
+        challenger = result.challenger_version
+        if challenger is not None:
+            if result.challenger_scores is None:
+                self.challenger_failures.labels(challenger, "inference").inc()
+            else:
+                self.model_scored.labels("challenger", challenger).inc(len(result.index) - result.challenger_non_finite)
+                self.model_alerts.labels("challenger", challenger).inc(int(result.challenger_alerts.sum()))
+                if result.challenger_non_finite:
+                    self.challenger_failures.labels(challenger, "non_finite").inc(result.challenger_non_finite)
         if self._reference_quantiles and len(result.scores):
             self.scores_compared.inc(len(result.scores))
             for name, value in self._reference_quantiles:
                 self.scores_above_reference.labels(name).inc(int(np.count_nonzero(result.scores >= value)))
         self.feature_bins.observe(result.matrix)
 
+    def set_challenger(self, version: str | None) -> None:
+        """The shadow challenger now scored beside the model (None: none)."""
+        self.challenger_info.clear()
+        if version is not None:
+            self.challenger_info.labels(version).set(1)
+            self.model_scored.labels("challenger", version)  # the series exist from the start, at 0
+            self.model_alerts.labels("challenger", version)
+
     def set_model(self, manifest: Manifest) -> None:
         """The model now served: its info series, drift baselines and score reference."""
         self.model_info.clear()
         self.model_info.labels(manifest.model_version, manifest.model_sha256, manifest.model_kind).set(1)
+        self.model_scored.labels("champion", manifest.model_version)
+        self.model_alerts.labels("champion", manifest.model_version)
         self.feature_bins.set_baselines(drift_baselines(manifest.features, manifest.fingerprint))
         self.score_reference.clear()
         reference = manifest.score_reference

@@ -8,12 +8,15 @@ e.g. from a feature table by `decode_table`), so every path applies the same che
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import orjson
 
+from fraudscore.errors import UsageError
+from fraudscore.serving.bundle import load_bundle
 from fraudscore.serving.decode import MAX_MESSAGE_BYTES, DecodedBatch, Rejection, decode_batch
 from fraudscore.serving.manifest import Manifest
 from fraudscore.serving.scorer import Scorer
@@ -30,13 +33,84 @@ class BatchResult:
     rejections: list[Rejection]  # in input order
     inference_seconds: float
     partial: np.ndarray | None = None  # raw mode: bool, aligned with index, scored on partial state
+    model_version: str = ""
+    # Shadow scoring (--challenger): its version; its float32 scores and would-be alerts at its own
+    # threshold, aligned with index (None when its call failed: challenger_error says why); how
+    # many of its scores were not finite (null in the results); its call's seconds.
+    challenger_version: str | None = None
+    challenger_scores: np.ndarray | None = None
+    challenger_alerts: np.ndarray | None = None
+    challenger_error: str | None = None
+    challenger_non_finite: int = 0
+    challenger_seconds: float = 0.0
 
     def take(self, rows: np.ndarray) -> BatchResult:
         """These results only (`rows` into index), the rejections unchanged."""
         picked = rows.tolist()
-        return BatchResult(self.index[rows], [self.ids[i] for i in picked], self.matrix[rows], self.scores[rows],
-                           self.alerts[rows], [self.payloads[i] for i in picked], self.rejections,
-                           self.inference_seconds, None if self.partial is None else self.partial[rows])
+        shadow = self.challenger_scores is not None
+        return dataclasses.replace(
+            self, index=self.index[rows], ids=[self.ids[i] for i in picked], matrix=self.matrix[rows],
+            scores=self.scores[rows], alerts=self.alerts[rows], payloads=[self.payloads[i] for i in picked],
+            partial=None if self.partial is None else self.partial[rows],
+            challenger_scores=self.challenger_scores[rows] if shadow else None,
+            challenger_alerts=self.challenger_alerts[rows] if shadow else None,
+            challenger_non_finite=int((~np.isfinite(self.challenger_scores[rows])).sum()) if shadow else 0)
+
+
+@dataclass
+class Challenger:
+    """A second model scored on the champion's feature matrix (shadow scoring): its results travel
+    with the champion's and decide nothing. Built by load_challenger, which checks that the
+    champion's features can feed it."""
+
+    version: str
+    threshold: float
+    features: tuple[str, ...]
+    feature_spec: dict
+    scorer: Scorer
+    columns: np.ndarray | None  # the champion's columns in the challenger's order; None: the same order
+
+    def score(self, matrix: np.ndarray) -> np.ndarray:
+        scores = self.scorer.score(matrix if self.columns is None else np.ascontiguousarray(matrix[:, self.columns]))
+        if len(scores) != len(matrix):
+            raise RuntimeError(f"the challenger returned {len(scores)} scores for {len(matrix)} rows")
+        return np.asarray(scores, np.float32)
+
+    def mismatch(self, champion: Manifest) -> str:
+        """Why the champion's features cannot feed this challenger ("" when they can)."""
+        return challenger_mismatch(self.features, self.feature_spec, champion)
+
+
+def challenger_mismatch(features: tuple[str, ...], feature_spec: dict, champion: Manifest) -> str:
+    """"" when a challenger with these inputs and this feature specification can be scored on the
+    champion's feature matrix (the same feature names, in any order, computed the same way);
+    otherwise the reason, naming what differs."""
+    if set(features) != set(champion.features) or len(features) != len(champion.features):
+        only_challenger = sorted(set(features) - set(champion.features))
+        only_champion = sorted(set(champion.features) - set(features))
+        return (f"its inputs are not the champion's: it needs {', '.join(only_challenger) or 'nothing else'} that the "
+                f"champion does not compute, and leaves out {', '.join(only_champion) or 'nothing'}")
+    if dict(feature_spec) != dict(champion.feature_spec):
+        keys = sorted(k for k in set(feature_spec) | set(champion.feature_spec)
+                      if feature_spec.get(k) != champion.feature_spec.get(k))
+        detail = "; ".join(f"{k}: {feature_spec.get(k)!r} here, {champion.feature_spec.get(k)!r} in the champion"
+                           for k in keys)
+        return f"its feature specification is not the champion's ({detail})"
+    return ""
+
+
+def load_challenger(path, champion: Manifest, device: str = "cpu", threads: int = 1) -> Challenger:
+    """The bundle at `path` as a challenger of `champion`; UsageError (saying what differs) when the
+    champion's features cannot feed it, the bundle's own errors when it cannot be loaded."""
+    bundle = load_bundle(path)
+    m = bundle.manifest
+    reason = challenger_mismatch(m.features, m.feature_spec, champion)
+    if reason:
+        raise UsageError(f"--challenger {path}: {reason}; a challenger is scored on the champion's features, "
+                         "so train it on the same feature specification and inputs")
+    columns = None if m.features == champion.features else np.array([champion.features.index(f) for f in m.features])
+    return Challenger(m.model_version, float(m.threshold), m.features, dict(m.feature_spec),
+                      Scorer(bundle, device=device, intra_op_threads=threads), columns)
 
 
 @dataclass(frozen=True)
@@ -80,8 +154,10 @@ class Pipeline:
         result.payloads[0]  # b'{"transaction_id":1,"score":0.0123,"decision":"pass",...}'
     """
 
-    def __init__(self, manifest: Manifest, scorer: Scorer, max_message_bytes: int = MAX_MESSAGE_BYTES):
+    def __init__(self, manifest: Manifest, scorer: Scorer, max_message_bytes: int = MAX_MESSAGE_BYTES,
+                 challenger: Challenger | None = None):
         self.scorer = scorer
+        self.challenger = challenger
         self.features = manifest.features
         self.threshold = float(manifest.threshold)
         self.model_version = manifest.model_version
@@ -90,6 +166,7 @@ class Pipeline:
         # feature specification its inputs were computed with; otherwise it is just a feature.
         self.amount_rule = bool(manifest.feature_spec)
         self._version_json = orjson.dumps(self.model_version).decode()
+        self.challenger_json = b"" if challenger is None else orjson.dumps(challenger.version)
 
     def score_batch(self, values: list[bytes | None]) -> BatchResult:
         """Decode message values, score the good ones in one call, encode the results."""
@@ -118,19 +195,39 @@ class Pipeline:
             if emitted is not None:
                 emitted = Emitted(emitted.names, emitted.values[keep])
         alerts = scores >= self.threshold
+        shadow = self._shadow(matrix)
         payloads = self.encode(ids, scores, alerts, inference_ms=inference * 1e3, emitted=emitted, event_seconds=events,
-                               partial=partial)
-        return BatchResult(index, ids, matrix, scores, alerts, payloads, rejections, inference, partial)
+                               partial=partial, challenger=shadow.get("challenger_scores"))
+        return BatchResult(index, ids, matrix, scores, alerts, payloads, rejections, inference, partial,
+                           self.model_version, **shadow)
+
+    def _shadow(self, matrix: np.ndarray) -> dict:
+        """The challenger's part of a BatchResult for the rows the champion scored ({} without one).
+        Whatever its call raises is caught: the champion's results never wait on it."""
+        challenger = self.challenger
+        if challenger is None:
+            return {}
+        t0 = time.perf_counter()
+        try:
+            scores = challenger.score(matrix)
+        except Exception as exc:  # ORT raises its own types; a broken challenger must not stop scoring
+            return {"challenger_version": challenger.version, "challenger_error": f"{type(exc).__name__}: {exc}",
+                    "challenger_seconds": time.perf_counter() - t0}
+        return {"challenger_version": challenger.version, "challenger_scores": scores,
+                "challenger_alerts": scores >= challenger.threshold,
+                "challenger_non_finite": int((~np.isfinite(scores)).sum()),
+                "challenger_seconds": time.perf_counter() - t0}
 
     def encode(self, ids: list, scores: np.ndarray, alerts: np.ndarray, inference_ms: float,
                emitted: Emitted | None = None, event_seconds: np.ndarray | None = None,
-               partial: np.ndarray | None = None) -> list[bytes]:
+               partial: np.ndarray | None = None, challenger: np.ndarray | None = None) -> list[bytes]:
         """One JSON result a row: id, score (9 significant digits: float32 round-trips), decision,
         threshold, model version, "timings" of the batch it was scored in (its one inference
         call's time and its size: per batch, not per transaction), with `event_seconds` (raw mode) the
         transaction's "event_time" (its TX_DATETIME, UTC, ISO 8601) and, for the rows `partial`
-        marks, "state":"partial" after it, and with `emitted` a "features" object (the values
-        computed online, before float32)."""
+        marks, "state":"partial" after it, with `challenger` (the shadow model's scores) a
+        "challenger" object after the decision (its version and score; null where not finite),
+        and with `emitted` a "features" object (the values computed online, before float32)."""
         tail = (
             f',"threshold":{self.threshold!r},"model_version":{self._version_json},'
             f'"timings":{{"inference_ms":{inference_ms:.3f},"batch_size":{len(ids)}}}}}'
@@ -140,15 +237,21 @@ class Pipeline:
         if stamps is not None:  # "event_time":"<stamp>", the partial mark folded into the stamp
             stamps = ([t + b'Z","state":"partial' if p else t + b"Z" for t, p in zip(stamps, partial.tolist())]
                       if partial is not None and partial.any() else [t + b"Z" for t in stamps])
+        shadow = b"" if challenger is None else b',"challenger":{"version":' + self.challenger_json + b',"score":'
         if emitted is None and integer_ids:
             # The common cases, one %-format a row (~0.3 µs): integer ids, no features.
             literal = tail.replace(b"%", b"%%")  # the model version is text from the manifest
             head = b'{"transaction_id":%d' + (b'' if stamps is None else b',"event_time":"%s"')
-            passed = head + b',"score":%.9g,"decision":"pass"' + literal
-            alerted = head + b',"score":%.9g,"decision":"alert"' + literal
-            if stamps is None:
-                return [(alerted if a else passed) % (i, s) for i, s, a in zip(ids, scores.tolist(), alerts.tolist())]
-            return [(alerted if a else passed) % (i, t, s) for i, t, s, a in zip(ids, stamps, scores.tolist(), alerts.tolist())]
+            middle = b"" if challenger is None else shadow.replace(b"%", b"%%") + b"%.9g}"
+            passed = head + b',"score":%.9g,"decision":"pass"' + middle + literal
+            alerted = head + b',"score":%.9g,"decision":"alert"' + middle + literal
+            columns = [ids, *(() if stamps is None else (stamps,)), scores.tolist(),
+                       *(() if challenger is None else (challenger.tolist(),))]
+            out = [(alerted if a else passed) % row for row, a in zip(zip(*columns), alerts.tolist())]
+            if challenger is not None:  # a challenger score that is not finite is null, not nan
+                for i in np.flatnonzero(~np.isfinite(challenger)).tolist():
+                    out[i] = out[i].replace(b',"score":%.9g}' % challenger[i], b',"score":null}', 1)
+            return out
         id_json = [str(i).encode() for i in ids] if integer_ids else list(map(orjson.dumps, ids))
         if stamps is not None:
             id_json = [b'%s,"event_time":"%s"' % (i, t) for i, t in zip(id_json, stamps)]
@@ -158,5 +261,10 @@ class Pipeline:
             tails = [b',"features":' + orjson.dumps(dict(zip(names, row))) + tail for row in emitted.values.tolist()]
         else:
             tails = [tail] * len(id_json)
+        if challenger is not None:
+            texts = [b"%.9g" % s for s in challenger.tolist()]
+            for i in np.flatnonzero(~np.isfinite(challenger)).tolist():
+                texts[i] = b"null"
+            tails = [shadow + text + b"}" + t for text, t in zip(texts, tails)]
         template = b'{"transaction_id":%s,"score":%.9g,"decision":"%s"%s'
         return [template % (i, s, d, t) for i, s, d, t in zip(id_json, scores.tolist(), decisions, tails)]

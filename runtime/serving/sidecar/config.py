@@ -63,6 +63,9 @@ class SidecarConfig:
     drain_timeout_s: float = 30.0
     watch: bool = False
     watch_interval_s: float = 5.0
+    # Shadow scoring: a second bundle scored on the same features; its score travels in each result
+    # and in metrics by model version, and decides nothing. "" = none.
+    challenger: str = ""
     max_message_bytes: int = 64 * 1024
     require_tls: bool = False
     # Raw mode: "" chooses raw when the bundle carries a feature specification, else features.

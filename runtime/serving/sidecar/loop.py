@@ -39,7 +39,7 @@ import numpy as np
 
 from fraudscore.serving.bundle import load_bundle
 from fraudscore.serving.metrics import HealthServer, SidecarMetrics
-from fraudscore.serving.pipeline import BatchResult, Pipeline
+from fraudscore.serving.pipeline import BatchResult, Challenger, Pipeline, load_challenger
 from fraudscore.serving.scorer import Scorer
 from fraudscore.serving.sidecar.clients import ClientHooks, build_clients, check_topics, kafka_log, quiet_repeats
 from fraudscore.serving.sidecar.config import SidecarConfig
@@ -48,6 +48,7 @@ from fraudscore.serving.sidecar.state import FeatureState, input_spec
 
 log = logging.getLogger("fraudscore.sidecar")
 PARTIAL_LOG_INTERVAL_S = 300.0  # results on partial state: one warning at most this often
+CHALLENGER_LOG_INTERVAL_S = 60.0  # a failing challenger: one error at most this often
 IDLE_CATCH_UP_S = 1.0
 
 
@@ -102,24 +103,52 @@ class Sidecar:
         self._backfill_logged = self._scoring_logged = False
         self._backfilled = 0
         self._partial_since, self._partial_logged = 0, -float("inf")  # _partial_report
+        self._challenger_failed_since, self._challenger_logged = 0, -float("inf")  # _challenger_failed
 
     # ------------------------------------------------------------------ set-up
 
-    def _load_pipeline(self) -> Pipeline:
+    def _load_pipeline(self, serving: Pipeline | None = None) -> Pipeline:
+        """The champion (--bundle) and its challenger (--challenger), at start (`serving` None: any
+        failure is raised) or on a reload (the champion's failure is raised and the old pipeline
+        kept; the challenger's is counted and logged, and the one `serving` has stays if it still
+        fits the new champion)."""
         bundle = load_bundle(self.config.bundle)
         scorer = Scorer(bundle, device=self.config.device, intra_op_threads=self.config.threads)
         self.spec = input_spec(self.config, bundle.manifest, self.spec)
-        pipeline = Pipeline(bundle.manifest, scorer, self.config.max_message_bytes)
+        challenger = self._load_challenger(bundle.manifest, serving)
+        pipeline = Pipeline(bundle.manifest, scorer, self.config.max_message_bytes, challenger=challenger)
         self.metrics.set_model(bundle.manifest)
-        log.info("model %s (%s) on %s, threshold %.6g", bundle.manifest.model_version, bundle.manifest.model_kind,
-                 scorer.provider, pipeline.threshold)
+        self.metrics.set_challenger(None if challenger is None else challenger.version)
+        log.info("model %s (%s) on %s, threshold %.6g%s", bundle.manifest.model_version, bundle.manifest.model_kind,
+                 scorer.provider, pipeline.threshold,
+                 "" if challenger is None else f"; shadow challenger {challenger.version}, threshold {challenger.threshold:.6g}")
         return pipeline
 
-    def _bundle_state(self) -> tuple:
+    def _load_challenger(self, champion, serving: Pipeline | None) -> Challenger | None:
+        c = self.config
+        if not c.challenger:
+            return None
+        if serving is None:
+            return load_challenger(c.challenger, champion, c.device, c.threads)
         try:
-            return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(Path(self.config.bundle).iterdir()))
-        except OSError:
-            return ()
+            return load_challenger(c.challenger, champion, c.device, c.threads)
+        except Exception as exc:  # whatever the bundle's failure, the champion keeps serving
+            previous = serving.challenger
+            kept = previous if previous is not None and not previous.mismatch(champion) else None
+            self.metrics.challenger_failures.labels(previous.version if previous else "none", "load").inc()
+            log.error("challenger reload failed, %s: %s",
+                      f"still shadowing with {kept.version}" if kept else "no challenger until the next reload", exc)
+            return kept
+
+    def _bundle_state(self) -> tuple:
+        """What --watch compares: the files of the bundle and of the challenger."""
+        state = []
+        for root in (self.config.bundle, *((self.config.challenger,) if self.config.challenger else ())):
+            try:
+                state += [(p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(Path(root).iterdir())]
+            except OSError:
+                state.append((str(root), None, None))
+        return tuple(state)
 
     def _start_clients(self) -> None:
         hooks = ClientHooks(on_error=self._on_error, on_lag=self._on_lag,
@@ -431,7 +460,7 @@ class Sidecar:
             return
         self._reload = False
         try:
-            new = self._load_pipeline()
+            new = self._load_pipeline(self.pipeline)
         except Exception as exc:  # any failure keeps the old model serving
             self.metrics.reloads.labels("failure").inc()
             log.error("model reload failed, still serving %s: %s", self.pipeline.model_version, exc)
@@ -514,7 +543,11 @@ class Sidecar:
         scored = time.perf_counter()
         m.inference_seconds.observe(result.inference_seconds)
         m.stage_seconds.labels("inference").observe(result.inference_seconds)
-        m.stage_seconds.labels("decode").observe(max(0.0, scored - t0 - result.inference_seconds))
+        m.stage_seconds.labels("decode").observe(max(0.0, scored - t0 - result.inference_seconds - result.challenger_seconds))
+        if result.challenger_version is not None:
+            m.stage_seconds.labels("challenger").observe(result.challenger_seconds)
+            if result.challenger_error is not None:
+                self._challenger_failed(result)
 
         if self.in_flight is not None and not self._complete(rewind_also=everything):
             return  # the batch in flight was not delivered: it and this one are read again
@@ -573,6 +606,19 @@ class Sidecar:
         if flight.result.partial is not None and flight.result.partial.any():
             self._partial_report(int(flight.result.partial.sum()))
         return True
+
+    def _challenger_failed(self, result: BatchResult) -> None:
+        """A batch's challenger call failed (its results carry no challenger; counted on delivery):
+        an error at once, then at most one every CHALLENGER_LOG_INTERVAL_S with the count since."""
+        self._challenger_failed_since += 1
+        now = time.monotonic()
+        if now - self._challenger_logged < CHALLENGER_LOG_INTERVAL_S:
+            return
+        self._challenger_logged = now
+        log.error("challenger %s failed on %d batch(es) since the last report (their results carry no challenger; "
+                  "the champion's are whole): %s", result.challenger_version, self._challenger_failed_since,
+                  result.challenger_error)
+        self._challenger_failed_since = 0
 
     def _partial_report(self, count: int) -> None:
         """A warning when results are scored on partial state: the first at once, then at most one
