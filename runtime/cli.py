@@ -354,6 +354,55 @@ def run(
 
 @app.command()
 @reports_errors
+def quality(
+    bootstrap_servers: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers, host:port[,host:port].", envvar="FRAUDSCORE_BOOTSTRAP_SERVERS")] = None,
+    output_topic: Annotated[Optional[str], typer.Option(help="The sidecars' results topic (`fraudscore run --output-topic`).", envvar="FRAUDSCORE_OUTPUT_TOPIC")] = None,
+    labels_topic: Annotated[Optional[str], typer.Option(help="Fraud confirmations (TRANSACTION_ID, TERMINAL_ID, TX_DATETIME, TX_FRAUD=1; `fraudscore schema --input labels`).", envvar="FRAUDSCORE_LABELS_TOPIC")] = None,
+    delay: Annotated[int, typer.Option(min=0, help="Confirmation delay, seconds: a day of event time is evaluated once the newest result is this long past its end; a transaction not confirmed by then counts as genuine [default: 7 days, the handbook's].", envvar="FRAUDSCORE_QUALITY_DELAY")] = 7 * 86_400,
+    top_k: Annotated[int, typer.Option(min=1, help="k of card precision@k: the cards with the highest score each day.", envvar="FRAUDSCORE_QUALITY_TOP_K")] = 100,
+    metrics_port: Annotated[int, typer.Option(help="Port of /metrics, /healthz, /readyz (200 once caught up).", envvar="FRAUDSCORE_QUALITY_METRICS_PORT")] = 9465,
+    metrics_host: Annotated[str, typer.Option(help="Address to bind the metrics port.", envvar="FRAUDSCORE_METRICS_HOST")] = "127.0.0.1",
+    kafka_property: Annotated[Optional[list[str]], typer.Option("-X", "--kafka-property", help="Any librdkafka property, key=value (repeat); secrets: FRAUDSCORE_KAFKA_* variables.")] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.", envvar="FRAUDSCORE_LOG_LEVEL")] = "INFO",
+) -> None:
+    """Live model quality: join the results topic with the confirmations on the labels topic and
+    export, per model version (champion and --challenger alike), precision and recall at each
+    model's threshold and card precision@k per day of event time, once the day is older than
+    --delay (docs/operations.md, "Live model quality").
+
+    One instance per results topic is enough (it reads every partition, without a consumer
+    group). It holds the results of the days not evaluated yet, and on a restart reads the
+    topics again from --delay plus two days back (by Kafka timestamp): days evaluated during
+    that catch-up set the last-day gauges but are not counted again. Exit codes: 0 after
+    SIGTERM/SIGINT, 2 bad flags, 3 broker unreachable or topics missing.
+    """
+    import os
+    import signal
+
+    from fraudscore.serving.metrics import HealthServer
+    from fraudscore.serving.quality import DAY_S, QualityMetrics, QualityMonitor
+    from fraudscore.serving.sidecar import configure_logging
+    from fraudscore.serving.sidecar.config import kafka_environment, parse_kafka_flags
+
+    for name, value in (("--bootstrap-servers", bootstrap_servers), ("--output-topic", output_topic),
+                        ("--labels-topic", labels_topic)):
+        if not value:
+            raise UsageError(f"{name} is required (flag or FRAUDSCORE_{name[2:].upper().replace('-', '_')})")
+    configure_logging(log_level)
+    kafka = kafka_environment(os.environ) | parse_kafka_flags(kafka_property or []) | {"bootstrap.servers": bootstrap_servers}
+    metrics = QualityMetrics()
+    monitor = QualityMonitor(kafka, output_topic, labels_topic, delay, top_k, history_s=delay + 2 * DAY_S, metrics=metrics)
+    http = HealthServer(metrics_host, metrics_port, metrics.registry, lambda: monitor.caught_up)
+    signal.signal(signal.SIGTERM, monitor.request_stop)
+    signal.signal(signal.SIGINT, monitor.request_stop)
+    try:
+        raise typer.Exit(monitor.run())
+    finally:
+        http.close()
+
+
+@app.command()
+@reports_errors
 def schema(
     bundle: Annotated[Optional[Path], typer.Option("--bundle", "-b", help="Bundle directory: its input mode and feature fields.")] = None,
     input_mode: Annotated[Optional[str], typer.Option("--input", help="raw, features or labels [default: the bundle's default input mode; raw without --bundle].")] = None,

@@ -49,6 +49,7 @@ def test_the_challenger_scores_every_result_and_decides_nothing(small_bundle, ch
         shadow = doc.pop("challenger")
         assert shadow["version"] == "challenger-squared"
         assert shadow["score"] == pytest.approx(base["score"] ** 2, rel=1e-6)
+        assert shadow["decision"] == ("alert" if shadow["score"] >= shadowed.challenger.threshold else "pass")
         base["timings"] = doc["timings"] = None  # the batch's inference time differs between the two runs
         assert doc == base
     assert result.challenger_error is None
@@ -110,6 +111,8 @@ def test_a_non_finite_challenger_score_is_null_and_counted(small_bundle, challen
     shadowed.challenger.scorer = HalfNan()
     result = shadowed.score_batch(extreme_messages(bundle.features)[3:])  # two rows the champion scores
     assert [json.loads(p)["challenger"]["score"] for p in result.payloads] == [None, 0.25]
+    assert [json.loads(p)["challenger"]["decision"] for p in result.payloads] == [
+        "pass", "alert" if 0.25 >= shadowed.challenger.threshold else "pass"]
     assert result.challenger_non_finite == 1
 
 

@@ -77,9 +77,10 @@ def test_runbook_base_is_configurable_at_deploy_time(tmp_path: Path) -> None:
 
 def test_rules_only_use_metrics_the_runtime_and_bench_export() -> None:
     from fraudscore.serving.metrics import SidecarMetrics
+    from fraudscore.serving.quality import QualityMetrics
 
     exported = set()
-    for metric in SidecarMetrics().registry.collect():
+    for metric in [*SidecarMetrics().registry.collect(), *QualityMetrics().registry.collect()]:
         exported.add(metric.name)
         exported.update(s.name for s in metric.samples)
         if metric.type == "counter":  # a counter with no series yet (drift bins before a model is set)

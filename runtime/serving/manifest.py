@@ -65,6 +65,15 @@ class Manifest:
         reference = self.metrics.get("validation", {}).get("score_reference") if isinstance(self.metrics, dict) else None
         return dict(reference) if isinstance(reference, dict) else {}
 
+    @property
+    def validation_quality(self) -> dict[str, float]:
+        """What the model measured on its validation day(s) that live quality compares with:
+        precision and recall at its threshold, card precision@100, alerts a day ({} when absent)."""
+        validation = self.metrics.get("validation", {}) if isinstance(self.metrics, dict) else {}
+        keys = ("precision_at_threshold", "recall_at_threshold", "cp_at_100", "alerts_per_day")
+        return {k: float(validation[k]) for k in keys
+                if isinstance(validation, dict) and isinstance(validation.get(k), (int, float))}
+
     def to_json(self) -> dict[str, Any]:
         return {
             "schema_version": self.schema_version,

@@ -194,6 +194,11 @@ class SidecarMetrics:
                                     ["role", "model_version"], registry=r)
         self.challenger_info = Gauge("fraudscore_challenger_info", "The shadow challenger scored beside the model "
                                      "(value 1; absent without --challenger).", ["model_version"], registry=r)
+        self.model_validation = Gauge(
+            "fraudscore_model_validation", "What each model measured on its validation day(s), by role, model version "
+            "and metric: precision_at_threshold, recall_at_threshold, cp_at_100, alerts_per_day (the reference of the "
+            "live quality alerts; absent for a bundle without them).", ["role", "model_version", "metric"], registry=r)
+        self._validation_labels: dict[str, list[tuple]] = {}
         self.challenger_failures = Counter(
             "fraudscore_challenger_failures", "Challenger failures, by reason: load (a reload kept the previous "
             "challenger, or none), inference (a batch's call failed: its results carry no challenger), non_finite "
@@ -310,13 +315,21 @@ class SidecarMetrics:
                 self.scores_above_reference.labels(name).inc(int(np.count_nonzero(result.scores >= value)))
         self.feature_bins.observe(result.matrix)
 
-    def set_challenger(self, version: str | None) -> None:
-        """The shadow challenger now scored beside the model (None: none)."""
+    def set_challenger(self, version: str | None, validation: dict[str, float] | None = None) -> None:
+        """The shadow challenger now scored beside the model (None: none), and its validation figures."""
         self.challenger_info.clear()
+        self._set_validation("challenger", version, validation or {})
         if version is not None:
             self.challenger_info.labels(version).set(1)
             self.model_scored.labels("challenger", version)  # the series exist from the start, at 0
             self.model_alerts.labels("challenger", version)
+
+    def _set_validation(self, role: str, version: str | None, figures: dict[str, float]) -> None:
+        for labels in self._validation_labels.pop(role, []):
+            self.model_validation.remove(*labels)
+        for metric, value in figures.items():
+            self.model_validation.labels(role, version, metric).set(value)
+            self._validation_labels.setdefault(role, []).append((role, version, metric))
 
     def set_model(self, manifest: Manifest) -> None:
         """The model now served: its info series, drift baselines and score reference."""
@@ -324,6 +337,7 @@ class SidecarMetrics:
         self.model_info.labels(manifest.model_version, manifest.model_sha256, manifest.model_kind).set(1)
         self.model_scored.labels("champion", manifest.model_version)
         self.model_alerts.labels("champion", manifest.model_version)
+        self._set_validation("champion", manifest.model_version, manifest.validation_quality)
         self.feature_bins.set_baselines(drift_baselines(manifest.features, manifest.fingerprint))
         self.score_reference.clear()
         reference = manifest.score_reference

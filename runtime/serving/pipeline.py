@@ -69,6 +69,7 @@ class Challenger:
     feature_spec: dict
     scorer: Scorer
     columns: np.ndarray | None  # the champion's columns in the challenger's order; None: the same order
+    validation: dict = dataclasses.field(default_factory=dict)  # Manifest.validation_quality
 
     def score(self, matrix: np.ndarray) -> np.ndarray:
         scores = self.scorer.score(matrix if self.columns is None else np.ascontiguousarray(matrix[:, self.columns]))
@@ -110,7 +111,7 @@ def load_challenger(path, champion: Manifest, device: str = "cpu", threads: int 
                          "so train it on the same feature specification and inputs")
     columns = None if m.features == champion.features else np.array([champion.features.index(f) for f in m.features])
     return Challenger(m.model_version, float(m.threshold), m.features, dict(m.feature_spec),
-                      Scorer(bundle, device=device, intra_op_threads=threads), columns)
+                      Scorer(bundle, device=device, intra_op_threads=threads), columns, m.validation_quality)
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,10 @@ def iso_seconds(seconds: np.ndarray) -> list[bytes]:
         text[:, column] = ord("0") + value // 10
         text[:, column + 1] = ord("0") + value % 10
     return text.view("S19").ravel().tolist()
+
+
+def _decisions(alerts: np.ndarray) -> list[bytes]:
+    return [b"alert" if a else b"pass" for a in alerts.tolist()]
 
 
 class Pipeline:
@@ -197,7 +202,8 @@ class Pipeline:
         alerts = scores >= self.threshold
         shadow = self._shadow(matrix)
         payloads = self.encode(ids, scores, alerts, inference_ms=inference * 1e3, emitted=emitted, event_seconds=events,
-                               partial=partial, challenger=shadow.get("challenger_scores"))
+                               partial=partial, challenger=shadow.get("challenger_scores"),
+                               challenger_alerts=shadow.get("challenger_alerts"))
         return BatchResult(index, ids, matrix, scores, alerts, payloads, rejections, inference, partial,
                            self.model_version, **shadow)
 
@@ -220,13 +226,15 @@ class Pipeline:
 
     def encode(self, ids: list, scores: np.ndarray, alerts: np.ndarray, inference_ms: float,
                emitted: Emitted | None = None, event_seconds: np.ndarray | None = None,
-               partial: np.ndarray | None = None, challenger: np.ndarray | None = None) -> list[bytes]:
+               partial: np.ndarray | None = None, challenger: np.ndarray | None = None,
+               challenger_alerts: np.ndarray | None = None) -> list[bytes]:
         """One JSON result a row: id, score (9 significant digits: float32 round-trips), decision,
         threshold, model version, "timings" of the batch it was scored in (its one inference
         call's time and its size: per batch, not per transaction), with `event_seconds` (raw mode) the
         transaction's "event_time" (its TX_DATETIME, UTC, ISO 8601) and, for the rows `partial`
-        marks, "state":"partial" after it, with `challenger` (the shadow model's scores) a
-        "challenger" object after the decision (its version and score; null where not finite),
+        marks, "state":"partial" after it, with `challenger` (the shadow model's scores) and
+        `challenger_alerts` a "challenger" object after the decision (its version, its score,
+        null where not finite, and its decision at its own threshold),
         and with `emitted` a "features" object (the values computed online, before float32)."""
         tail = (
             f',"threshold":{self.threshold!r},"model_version":{self._version_json},'
@@ -242,20 +250,20 @@ class Pipeline:
             # The common cases, one %-format a row (~0.3 µs): integer ids, no features.
             literal = tail.replace(b"%", b"%%")  # the model version is text from the manifest
             head = b'{"transaction_id":%d' + (b'' if stamps is None else b',"event_time":"%s"')
-            middle = b"" if challenger is None else shadow.replace(b"%", b"%%") + b"%.9g}"
+            middle = b"" if challenger is None else shadow.replace(b"%", b"%%") + b'%.9g,"decision":"%s"}'
             passed = head + b',"score":%.9g,"decision":"pass"' + middle + literal
             alerted = head + b',"score":%.9g,"decision":"alert"' + middle + literal
             columns = [ids, *(() if stamps is None else (stamps,)), scores.tolist(),
-                       *(() if challenger is None else (challenger.tolist(),))]
+                       *(() if challenger is None else (challenger.tolist(), _decisions(challenger_alerts)))]
             out = [(alerted if a else passed) % row for row, a in zip(zip(*columns), alerts.tolist())]
             if challenger is not None:  # a challenger score that is not finite is null, not nan
                 for i in np.flatnonzero(~np.isfinite(challenger)).tolist():
-                    out[i] = out[i].replace(b',"score":%.9g}' % challenger[i], b',"score":null}', 1)
+                    out[i] = out[i].replace(b',"score":%.9g,' % challenger[i], b',"score":null,', 1)
             return out
         id_json = [str(i).encode() for i in ids] if integer_ids else list(map(orjson.dumps, ids))
         if stamps is not None:
             id_json = [b'%s,"event_time":"%s"' % (i, t) for i, t in zip(id_json, stamps)]
-        decisions = [b"alert" if a else b"pass" for a in alerts.tolist()]
+        decisions = _decisions(alerts)
         if emitted is not None:
             names = emitted.names
             tails = [b',"features":' + orjson.dumps(dict(zip(names, row))) + tail for row in emitted.values.tolist()]
@@ -265,6 +273,7 @@ class Pipeline:
             texts = [b"%.9g" % s for s in challenger.tolist()]
             for i in np.flatnonzero(~np.isfinite(challenger)).tolist():
                 texts[i] = b"null"
-            tails = [shadow + text + b"}" + t for text, t in zip(texts, tails)]
+            tails = [shadow + text + b',"decision":"' + d + b'"}' + t
+                     for text, d, t in zip(texts, _decisions(challenger_alerts), tails)]
         template = b'{"transaction_id":%s,"score":%.9g,"decision":"%s"%s'
         return [template % (i, s, d, t) for i, s, d, t in zip(id_json, scores.tolist(), decisions, tails)]

@@ -118,7 +118,7 @@ class Sidecar:
         challenger = self._load_challenger(bundle.manifest, serving)
         pipeline = Pipeline(bundle.manifest, scorer, self.config.max_message_bytes, challenger=challenger)
         self.metrics.set_model(bundle.manifest)
-        self.metrics.set_challenger(None if challenger is None else challenger.version)
+        self.metrics.set_challenger(*((None, None) if challenger is None else (challenger.version, challenger.validation)))
         log.info("model %s (%s) on %s, threshold %.6g%s", bundle.manifest.model_version, bundle.manifest.model_kind,
                  scorer.provider, pipeline.threshold,
                  "" if challenger is None else f"; shadow challenger {challenger.version}, threshold {challenger.threshold:.6g}")

@@ -1,0 +1,210 @@
+"""Live model quality (`fraudscore quality`): results joined with confirmations, evaluated per day
+of event time once the confirmation delay has passed, per model version and role."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections import defaultdict
+
+import numpy as np
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bundle_helpers import squared_bundle
+from fraudscore.data.replay import raw_stream
+from fraudscore.serving.quality import DAY_S, Ledger, decode_results
+from kafka_helpers import EXE, STARTED, drain, free_port, http_get, wait_ready
+
+BASE_DAY = 17_622  # 2018-04-01
+
+
+class _Message:
+    """What decode_results reads of a Kafka message of the results topic."""
+
+    def __init__(self, value: bytes, key: bytes, timestamp_ms: int = 0):
+        self._value, self._key, self._ts = value, key, timestamp_ms
+
+    def value(self) -> bytes:
+        return self._value
+
+    def key(self) -> bytes:
+        return self._key
+
+    def timestamp(self) -> tuple[int, int]:
+        return 1, self._ts
+
+
+def _result(tx: int, card: int, second: int, score: float, threshold: float, version: str = "champ",
+            challenger: tuple[str, float | None, float] | None = None) -> _Message:
+    doc = {"transaction_id": tx, "event_time": str(np.datetime64(second, "s")) + "Z", "score": score,
+           "decision": "alert" if score >= threshold else "pass", "threshold": threshold, "model_version": version}
+    if challenger is not None:
+        name, s, t = challenger
+        doc["challenger"] = {"version": name, "score": s, "decision": "alert" if s is not None and s >= t else "pass"}
+    return _Message(orjson.dumps(doc), str(card).encode())
+
+
+def _expected(rows: list[dict], confirmed: set, k: int) -> dict:
+    """Per (day, role, version): the counts, computed one transaction at a time."""
+    out: dict = {}
+    groups = defaultdict(dict)
+    for r in rows:
+        for role in ("champion", "challenger"):
+            if r.get(role) is None or r[role][1] is None:
+                continue
+            groups[(r["second"] // DAY_S, role, r[role][0])].setdefault(r["tx"], (r["card"], *r[role][1:]))
+    for key, txs in groups.items():
+        tp = sum(1 for tx, (_, _, alert) in txs.items() if alert and tx in confirmed)
+        fp = sum(1 for tx, (_, _, alert) in txs.items() if alert and tx not in confirmed)
+        fn = sum(1 for tx, (_, _, alert) in txs.items() if not alert and tx in confirmed)
+        best, hit = {}, defaultdict(bool)
+        for tx, (card, score, _) in txs.items():
+            best[card] = max(best.get(card, -1.0), score)
+            hit[card] |= tx in confirmed
+        top = sorted(best, key=lambda c: (-best[c], c))[:k]
+        out[key] = (len(txs), tp, fp, fn, len(top), sum(hit[c] for c in top))
+    return out
+
+
+def test_matured_days_match_a_transaction_by_transaction_count() -> None:
+    rng = np.random.default_rng(7)
+    rows, messages = [], []
+    for tx in range(3000):
+        second = BASE_DAY * DAY_S + int(rng.integers(0, 12 * DAY_S))
+        card = int(rng.integers(0, 200))
+        score = float(rng.random())
+        version = "champ-a" if second < (BASE_DAY + 5) * DAY_S else "champ-b"  # a promotion on day 5
+        shadow = None
+        if rng.random() < 0.7:
+            shadow = ("chal", None if rng.random() < 0.02 else float(rng.random()), 0.8)
+        row = {"tx": tx, "second": second, "card": card, "champion": (version, score, score >= 0.9),
+               "challenger": None if shadow is None else (shadow[0], shadow[1], shadow[1] is not None and shadow[1] >= 0.8)}
+        rows.append(row)
+        messages.append(_result(tx, card, second, score, 0.9, version, shadow))
+        if rng.random() < 0.05:  # delivered twice (at least once)
+            messages.append(messages[-1])
+    confirmed_ids = set(rng.choice(3000, 150, replace=False).tolist())
+    seconds = {r["tx"]: r["second"] for r in rows}
+    ledger = Ledger(delay_s=2 * DAY_S, top_k=10)
+    for lo in range(0, len(messages), 500):  # in batches, confirmations interleaved
+        ledger.add_results(decode_results(messages[lo:lo + 500], ledger.versions))
+        part = sorted(confirmed_ids)[lo // 20:lo // 20 + 25]
+        ledger.confirm(np.array(part, np.int64), np.array([seconds[t] for t in part], np.int64))
+    watermark = (BASE_DAY + 9) * DAY_S  # days up to BASE_DAY + 6 are due (their end + 2 days)
+    assert ledger.due(watermark) == list(range(BASE_DAY, BASE_DAY + 7))
+    days = ledger.mature(watermark)
+    got = {(d.day, d.role, d.version): (d.transactions, d.true_positives, d.false_positives, d.false_negatives,
+                                        d.top_cards, d.top_cards_compromised) for d in days}
+    want = {key: value for key, value in _expected(rows, confirmed_ids, 10).items() if key[0] <= BASE_DAY + 6}
+    assert got == want
+    assert {d.version for d in days if d.role == "champion"} == {"champ-a", "champ-b"}
+    # What is left: the later days, and their confirmations only.
+    assert ledger.pending == sum(1 for m in messages if json.loads(m.value())["event_time"] >= str(np.datetime64((BASE_DAY + 7) * DAY_S, "s")))
+    assert all(s // DAY_S > BASE_DAY + 6 for s in ledger._confirmed.values())
+    # A result or confirmation of a matured day arrives late: counted, not evaluated.
+    ledger.add_results(decode_results([_result(99_999, 1, BASE_DAY * DAY_S + 5, 0.95, 0.9)], ledger.versions))
+    ledger.confirm(np.array([1], np.int64), np.array([BASE_DAY * DAY_S], np.int64))
+    assert (ledger.late_results, ledger.late_confirmations) == (1, 1)
+
+
+def test_unreadable_results_are_counted_not_joined() -> None:
+    good = _result(1, 5, BASE_DAY * DAY_S, 0.5, 0.9)
+    bad = [_Message(b"not json", b"5"), _Message(b'{"transaction_id": "abc", "score": 0.1, "model_version": "v"}', b"5"),
+           _Message(b'{"transaction_id": 3, "model_version": "v"}', b"5")]
+    batch = decode_results([good, *bad], {})
+    assert batch.ids.tolist() == [1] and batch.unreadable == 3
+    assert batch.seconds.tolist() == [BASE_DAY * DAY_S] and batch.cards.tolist() == [5]
+
+
+def _quality(bootstrap: str, topics: dict, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([EXE, "quality", "--bootstrap-servers", bootstrap, "--output-topic", topics["out"],
+                             "--labels-topic", topics["labels"], "--top-k", "20", "--metrics-port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    STARTED.append(proc)
+    return proc
+
+
+def _series(port: int) -> dict:
+    status, body = http_get(port, "/metrics")
+    assert status == 200
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(body) for s in f.samples}
+
+
+@pytest.mark.kafka
+def test_live_quality_of_a_champion_and_its_challenger_matches_the_results_and_survives_a_restart(
+        kafka_bootstrap, make_topic, small_bundle, tmp_path) -> None:
+    from fraudscore import simulate
+    from test_raw_mode import raw_sidecar, raw_topics, send
+
+    table = simulate(customers=300, terminals=600, days=30, seed=13).transactions
+    events = raw_stream(table, seed=4)
+    topics = raw_topics(make_topic, partitions=2)
+    port = free_port()
+    monitor = _quality(kafka_bootstrap, topics, port)
+    wait_ready(port, monitor, 60)  # empty topics: caught up at once, so every day is counted
+    challenger = squared_bundle(small_bundle, tmp_path / "challenger", "challenger-squared")
+    sidecar = raw_sidecar(kafka_bootstrap, small_bundle, topics, "quality", "--challenger", str(challenger))
+    sidecar.wait_ready(120)
+    send(kafka_bootstrap, topics, events)
+    results = drain(kafka_bootstrap, [topics["out"]], len(table), timeout_s=240)
+    assert sidecar.stop()[0] == 0
+
+    # The days the monitor must have evaluated: the last result's event time is past their end + 7 days.
+    labels = [orjson.loads(v) for v, is_label in zip(events.values, events.is_label) if is_label]
+    confirmed = {doc["TRANSACTION_ID"] for doc in labels if doc["TX_FRAUD"] == 1}
+    rows = []
+    for m in results:
+        doc = orjson.loads(m.value())
+        second = int(np.datetime64(doc["event_time"].rstrip("Z"), "s").astype(np.int64))
+        rows.append({"tx": doc["transaction_id"], "second": second, "card": int(m.key()),
+                     "champion": (doc["model_version"], doc["score"], doc["decision"] == "alert"),
+                     "challenger": (doc["challenger"]["version"], doc["challenger"]["score"],
+                                    doc["challenger"]["decision"] == "alert")})
+    watermark = max(r["second"] for r in rows)
+    want = {key: value for key, value in _expected(rows, confirmed, 20).items()
+            if (key[0] + 1) * DAY_S + 7 * DAY_S <= watermark}
+    assert len(want) == 2 * len({key[0] for key in want}) >= 2 * 20  # both models, every matured day
+    total = defaultdict(lambda: np.zeros(6, np.int64))
+    for (day, role, version), value in want.items():
+        total[(role, version)] += np.array(value)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        series = _series(port)
+        if series.get(("fraudscore_quality_days_total", (("model_version", "challenger-squared"), ("role", "challenger")))) \
+                == len(want) / 2:
+            break
+        time.sleep(0.5)
+    for (role, version), (n, tp, fp, fn, top, hit) in total.items():
+        labels_of = lambda decision, outcome: (("decision", decision), ("model_version", version), ("outcome", outcome), ("role", role))  # noqa: E731
+        got = [series[("fraudscore_quality_transactions_total", labels_of(d, o))]
+               for d, o in (("alert", "fraud"), ("alert", "genuine"), ("pass", "fraud"), ("pass", "genuine"))]
+        assert got == [tp, fp, fn, n - tp - fp - fn], (role, version)
+        assert series[("fraudscore_quality_top_cards_total", (("model_version", version), ("role", role)))] == top
+        assert series[("fraudscore_quality_top_cards_compromised_total", (("model_version", version), ("role", role)))] == hit
+    last_day = max(key[0] for key in want)
+    before = {k: v for k, v in series.items() if k[0] in ("fraudscore_quality_last_day", "fraudscore_quality_last_day_timestamp_seconds")}
+    assert before[("fraudscore_quality_last_day_timestamp_seconds",
+                   (("model_version", "challenger-squared"), ("role", "challenger")))] == last_day * DAY_S
+    monitor.terminate()
+    assert monitor.wait(30) == 0
+
+    # A restart reads the topics again: the same last day, and nothing counted twice.
+    port = free_port()
+    again = _quality(kafka_bootstrap, topics, port)
+    wait_ready(port, again, 120)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        series = _series(port)
+        after = {k: v for k, v in series.items() if k in before}
+        if after == before:
+            break
+        time.sleep(0.5)
+    assert after == before
+    assert not any(k[0] == "fraudscore_quality_days_total" and v for k, v in series.items())
+    again.terminate()
+    out = again.communicate(timeout=30)[0]
+    assert again.returncode == 0, out[-3000:]
+    assert "re-read at start: not counted" in out
