@@ -64,6 +64,42 @@ def test_kubernetes_sidecar_has_probes_resources_scrape_annotations_and_bundle_v
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
 
 
+def test_the_lag_autoscaler_targets_the_sidecar_s_group_within_the_partition_count() -> None:
+    """deploy/kubernetes/fraudscore-autoscaler.yaml: a KEDA ScaledObject on the sidecar's consumer
+    lag, pointed at the Deployment, topic, group and brokers of the sidecar example, bounded by
+    the input's partitions, scaling down slower than a moved partition restores."""
+    deployment = yaml.safe_load((DEPLOY / "kubernetes/payment-processor-with-fraudscore.yaml").read_text())
+    env = {e["name"]: e for c in deployment["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])}
+    docs = {d["kind"]: d for d in yaml.safe_load_all((DEPLOY / "kubernetes/fraudscore-autoscaler.yaml").read_text())}
+    assert set(docs) == {"ScaledObject", "TriggerAuthentication"}
+    scaled, auth = docs["ScaledObject"]["spec"], docs["TriggerAuthentication"]
+    assert docs["ScaledObject"]["apiVersion"] == auth["apiVersion"] == "keda.sh/v1alpha1"
+    assert scaled["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    (trigger,) = scaled["triggers"]
+    meta = trigger["metadata"]
+    assert trigger["type"] == "kafka"
+    assert meta["consumerGroup"] == env["FRAUDSCORE_GROUP_ID"]["value"]
+    assert meta["topic"] == env["FRAUDSCORE_INPUT_TOPIC"]["value"]
+    assert meta["bootstrapServers"] == env["FRAUDSCORE_BOOTSTRAP_SERVERS"]["value"]
+    assert meta["sasl"] == env["FRAUDSCORE_KAFKA_SASL_MECHANISM"]["value"].lower().replace("-", "_").replace("sha_", "sha")
+    assert meta["tls"] == "enable" and env["FRAUDSCORE_KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
+    assert meta["allowIdleConsumers"] == "false" and int(meta["lagThreshold"]) > 0
+    # The partition count that bounds maxReplicaCount is the one its comment names.
+    text = (DEPLOY / "kubernetes/fraudscore-autoscaler.yaml").read_text()
+    assert f"maxReplicaCount: {scaled['maxReplicaCount']} " in text
+    assert f"--partitions {scaled['maxReplicaCount']}" in text
+    assert 1 <= scaled["minReplicaCount"] <= scaled["maxReplicaCount"]
+    behavior = scaled["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 300
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] > behavior["scaleUp"]["stabilizationWindowSeconds"]
+    # The credentials are the sidecar's own secret, never literals.
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    refs = {r["parameter"]: r for r in auth["spec"]["secretTargetRef"]}
+    assert set(refs) == {"username", "password", "ca"}
+    assert refs["password"]["name"] == env["FRAUDSCORE_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"]
+    assert refs["password"]["key"] == env["FRAUDSCORE_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"]
+
+
 def test_runtime_image_is_non_root_without_the_training_stack_and_has_a_healthcheck() -> None:
     runtime = (DEPLOY / "docker/Dockerfile.runtime").read_text()
     installs = " ".join(line for line in runtime.replace("\\\n", " ").splitlines() if line.startswith("RUN"))
