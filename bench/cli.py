@@ -46,6 +46,7 @@ def bench(
     kafka_workers: Annotated[str, typer.Option(help="Comma-separated worker counts: the same backlog drained by `fraudscore run --workers N` for each, repeats interleaved (e.g. 1,2); the rate sweep uses the first.")] = "1",
     kafka_variant: Annotated[Optional[list[str]], typer.Option("--kafka-variant", help="NAME=ARGS: a sidecar configuration, ARGS extra `fraudscore run` arguments (shell words), e.g. 'linger5=-X linger.ms=5'; repeat to compare several in one run, repeats interleaved [default: one, `default`, no extra arguments].")] = None,
     slo_ms: Annotated[float, typer.Option(help="p99 latency objective for the highest sustainable rate.")] = 50.0,
+    challenger: Annotated[Optional[Path], typer.Option(help="A second bundle: with --mode pipeline, the pipeline is also measured with it shadow-scored (`fraudscore run --challenger`), as rows of variant shadow and the ratio shadow_overhead.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no results table; only the gate's table and verdict.")] = False,
 ) -> None:
     """Measure p50/p99 latency and throughput (model, pipeline, Kafka); export them; gate CI on them.
@@ -66,6 +67,8 @@ def bench(
     unknown = set(modes) - {"model", "pipeline", "raw", "kafka"}
     if unknown:
         raise UsageError(f"--mode {', '.join(sorted(unknown))}: choose model, pipeline, raw or kafka")
+    if challenger is not None and "pipeline" not in modes:
+        raise UsageError("--challenger is measured in the pipeline mode: add --mode pipeline")
     bounds = load_gate(gate) if gate else None
     base = load_report(baseline) if baseline else None
     if bounds is not None:
@@ -79,7 +82,7 @@ def bench(
         kafka_rates=tuple(float(r) for r in kafka_rates.split(",") if r.strip()), kafka_rate_seconds=kafka_rate_seconds,
         kafka_warmup_seconds=kafka_warmup_seconds, naive_messages=naive_messages, slo_ms=slo_ms, kafka_repeats=kafka_repeats,
         kafka_workers=int_list(kafka_workers, "--kafka-workers"),
-        kafka_variants=kafka_variants(kafka_variant or ()),
+        kafka_variants=kafka_variants(kafka_variant or ()), challenger=challenger,
     )
     talk = not quiet and progress_wanted()
     report = run_bench(config, say=(lambda m: say(f"bench: {m}")) if talk else (lambda m: None), run=run)

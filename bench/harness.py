@@ -73,6 +73,9 @@ class BenchConfig:
     kafka_variants: tuple[tuple[str, tuple[str, ...]], ...] = (("default", ()),)
     naive_messages: int = 5_000
     slo_ms: float = 50.0
+    # --challenger: with the pipeline mode, the same pipeline with this bundle shadow-scored beside
+    # the model too (rows of variant "shadow"; ratio shadow_overhead = their p50 / the pipeline's)
+    challenger: Path | None = None
 
 
 def _busy_wait(ms: float) -> None:
@@ -183,7 +186,7 @@ def run_bench(config: BenchConfig, say: Callable[[str], None] = lambda m: None, 
     """
     from fraudscore.serving.bundle import load_bundle
     from fraudscore.serving.decode import decode_batch
-    from fraudscore.serving.pipeline import Pipeline
+    from fraudscore.serving.pipeline import Pipeline, load_challenger
     from fraudscore.serving.scorer import Scorer
 
     bundle = load_bundle(config.bundle)
@@ -196,6 +199,10 @@ def run_bench(config: BenchConfig, say: Callable[[str], None] = lambda m: None, 
     for device in config.devices:
         scorer = Scorer(bundle, device=device, intra_op_threads=config.threads)
         pipeline = Pipeline(bundle.manifest, scorer)
+        shadowed = None
+        if config.challenger is not None and "pipeline" in config.modes:
+            shadowed = Pipeline(bundle.manifest, scorer, challenger=load_challenger(
+                config.challenger, bundle.manifest, device=device, threads=config.threads))
         for batch in config.batch_sizes:
             batches = [values[i : i + batch] for i in range(0, len(values) - batch + 1, batch)][:8]
             cases = {}
@@ -210,6 +217,14 @@ def run_bench(config: BenchConfig, say: Callable[[str], None] = lambda m: None, 
                     st["i"] += 1
 
                 cases["pipeline"] = one
+                if shadowed is not None:
+                    shadow_state = {"i": 0}
+
+                    def shadow(bs=batches, st=shadow_state):
+                        shadowed.score_batch(bs[st["i"] % len(bs)])
+                        st["i"] += 1
+
+                    cases["shadow"] = shadow
             say(f"{' and '.join(cases)} {device} batch {batch}")
             # Interleaved, so that CPU steal on a shared machine hits both sides of the ratio alike.
             timed: dict[str, list[np.ndarray]] = {mode: [] for mode in cases}
@@ -217,10 +232,13 @@ def run_bench(config: BenchConfig, say: Callable[[str], None] = lambda m: None, 
                 for mode, fn in cases.items():
                     timed[mode].append(_timed_runs(fn, config.seconds, config.warmup_s,
                                                    inject_ms=delays.get(mode, 0.0)))
-            rows = {mode: _summarise(mode, device, batch, runs) for mode, runs in timed.items()}
+            rows = {mode: (_summarise("pipeline", device, batch, runs, variant="shadow") if mode == "shadow"
+                           else _summarise(mode, device, batch, runs)) for mode, runs in timed.items()}
             results += rows.values()
             if "model" in rows and "pipeline" in rows:
                 ratios[f"pipeline_overhead.{device}.b{batch}"] = rows["pipeline"]["p50_ms"] / rows["model"]["p50_ms"]
+            if "shadow" in rows:
+                ratios[f"shadow_overhead.{device}.b{batch}"] = rows["shadow"]["p50_ms"] / rows["pipeline"]["p50_ms"]
 
     if "raw" in config.modes:
         from .raw_pipeline import run_raw_pipeline
@@ -253,7 +271,8 @@ def run_bench(config: BenchConfig, say: Callable[[str], None] = lambda m: None, 
                    "model_kind": bundle.manifest.model_kind, "sha256": bundle.manifest.model_sha256},
         "config": {"modes": list(config.modes), "batch_sizes": list(config.batch_sizes), "devices": list(config.devices),
                    "threads": config.threads, "repeats": config.repeats, "seconds": config.seconds,
-                   "slo_ms": config.slo_ms, "inject_delay_ms": delays},
+                   "slo_ms": config.slo_ms, "inject_delay_ms": delays,
+                   **({} if config.challenger is None else {"challenger": str(config.challenger)})},
         "results": results,
         "ratios": ratios,
     }
@@ -268,7 +287,7 @@ def format_table(report: dict) -> str:
         spread_text = f"{spread[0]:.3f}-{spread[1]:.3f}" if spread else ""
         mode = r["mode"] if r.get("workers", 1) == 1 else f"{r['mode']} x{r['workers']}"  # `--kafka-workers`
         variant = r.get("variant", "fp32").removesuffix(f"-workers{r.get('workers', 1)}")  # `--kafka-variant`
-        if r["mode"].startswith("kafka-") and variant not in ("fp32", f"workers{r.get('workers', 1)}"):
+        if (r["mode"].startswith("kafka-") or variant == "shadow") and variant not in ("fp32", f"workers{r.get('workers', 1)}"):
             mode = f"{mode} {variant}"
         lines.append(f"{mode:<22} {r.get('device', 'cpu'):<6} {r['batch_size']:>6} {p50:>9} {p99:>9} "
                      f"{spread_text:>17} {r['throughput_per_s']:>12,.0f}")

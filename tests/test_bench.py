@@ -60,6 +60,26 @@ def test_every_report_field_is_documented(baseline: Path) -> None:
     assert keys - documented == set(), "add these to docs/bench.md's table of report fields"
 
 
+def test_shadow_scoring_is_measured_beside_the_pipeline_and_documented(small_bundle, tmp_path: Path) -> None:
+    from bundle_helpers import squared_bundle
+
+    challenger = squared_bundle(small_bundle, tmp_path / "challenger", "challenger-squared")
+    out = tmp_path / "shadow.json"
+    done = bench("--bundle", small_bundle, "--mode", "pipeline", "--batch-sizes", "64", "--seconds", "0.1",
+                 "--repeats", "2", "--challenger", challenger, "--json", out)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert [(r["mode"], r["variant"]) for r in report["results"]] == [("pipeline", "fp32"), ("pipeline", "shadow")]
+    shadow, plain = report["results"][1], report["results"][0]
+    assert report["ratios"]["shadow_overhead.cpu.b64"] == pytest.approx(shadow["p50_ms"] / plain["p50_ms"])
+    assert report["config"]["challenger"] == str(challenger)
+    assert "pipeline shadow" in done.stdout  # the table names the variant
+    documented = (ROOT / "docs" / "bench.md").read_text()
+    assert "`config.challenger`" in documented and "shadow_overhead.DEVICE.bBATCH" in documented
+    refused = bench("--bundle", small_bundle, "--mode", "model", "--challenger", challenger)
+    assert refused.returncode == 2 and "--mode pipeline" in refused.stderr
+
+
 def _gate(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
