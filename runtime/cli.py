@@ -372,15 +372,16 @@ def quality(
 
     One instance per results topic is enough (it reads every partition, without a consumer
     group). It holds the results of the days not evaluated yet, and on a restart reads the
-    topics again from --delay plus two days back (by Kafka timestamp): days evaluated during
-    that catch-up set the last-day gauges but are not counted again. Exit codes: 0 after
+    topics again from --delay plus two days back (by Kafka timestamp): a day that had matured
+    before the restart sets the last-day gauges and is not counted again. Exit codes: 0 after
     SIGTERM/SIGINT, 2 bad flags, 3 broker unreachable or topics missing.
     """
     import os
     import signal
 
     from fraudscore.serving.metrics import HealthServer
-    from fraudscore.serving.quality import DAY_S, QualityMetrics, QualityMonitor
+    from fraudscore.serving.quality import DAY_S
+    from fraudscore.serving.quality_monitor import QualityMetrics, QualityMonitor
     from fraudscore.serving.sidecar import configure_logging
     from fraudscore.serving.sidecar.config import kafka_environment, parse_kafka_flags
 

@@ -141,3 +141,75 @@ def test_alert_rate_spike_reaches_the_webhook(kafka_bootstrap, small_bundle, mak
             except subprocess.TimeoutExpired:
                 proc.kill()
         hook.shutdown()
+
+
+def _prometheus_alerts(port: int) -> dict[str, str]:
+    """alertname -> state (pending/firing) of the alerts a Prometheus holds now."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/alerts", timeout=5) as r:
+        alerts = json.loads(r.read())["data"]["alerts"]
+    return {a["labels"]["alertname"]: a["state"] for a in alerts}
+
+
+@pytest.mark.skipif(not PROMETHEUS, reason="prometheus missing: scripts/setup.sh installs it")
+def test_live_quality_alerts_fire_in_prometheus_when_the_challenger_is_the_better_model(
+        kafka_bootstrap, small_bundle, make_topic, tmp_path: Path) -> None:
+    """Roles swapped: a deliberately worse champion (noise alerting on ~10 % of transactions) and
+    the trained bundle as its challenger. `fraudscore quality` reads their results and the
+    confirmations; a real Prometheus with the repo's rules (7-day windows scaled to 10 minutes,
+    every `for:` to 3 s) scrapes it and the sidecar: FraudscoreChallengerBetter and
+    FraudscoreModelPrecisionLow fire."""
+    from bundle_helpers import noise_bundle
+    from fraudscore.data.replay import raw_stream
+    from kafka_helpers import STARTED
+    from test_raw_mode import raw_sidecar, raw_topics, send
+
+    champion = noise_bundle(small_bundle, tmp_path / "noise", "noise-champion", threshold=0.9)
+    quality_port, prom_port = free_port(), free_port()
+    topics = raw_topics(make_topic, partitions=2)
+    sidecar = raw_sidecar(kafka_bootstrap, champion, topics, "g-quality-e2e", "--challenger", str(small_bundle))
+
+    rules = (ROOT / "deploy/prometheus/rules.yml").read_text()
+    rules = rules.replace("[5m]", "[10s]").replace("[15m]", "[30s]").replace("[6h]", "[10m]").replace("[7d]", "[10m]")
+    rules = re.sub(r"for: \d+[mhd]", "for: 3s", rules)
+    (tmp_path / "rules.yml").write_text(rules)
+    prom = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    prom["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    prom["rule_files"] = [str(tmp_path / "rules.yml")]
+    prom.pop("alerting")
+    targets = {"fraudscore": sidecar.port, "fraudscore_quality": quality_port}
+    prom["scrape_configs"] = [c for c in prom["scrape_configs"] if c["job_name"] in targets]
+    for config in prom["scrape_configs"]:
+        config["static_configs"][0]["targets"] = [f"127.0.0.1:{targets[config['job_name']]}"]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prom))
+
+    procs = []
+    try:
+        procs.append(subprocess.Popen([PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
+                                       f"--storage.tsdb.path={tmp_path / 'prom'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(subprocess.Popen([EXE, "quality", "--bootstrap-servers", kafka_bootstrap, "--output-topic", topics["out"],
+                                       "--labels-topic", topics["labels"], "--top-k", "20", "--metrics-port", str(quality_port)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        STARTED.extend(procs)
+        _wait_http(f"http://127.0.0.1:{prom_port}/-/ready")
+        _wait_http(f"http://127.0.0.1:{quality_port}/readyz")
+        sidecar.wait_ready(120)
+        time.sleep(3)  # Prometheus has scraped both before any result exists
+        send(kafka_bootstrap, topics, raw_stream(simulate(customers=300, terminals=600, days=30, seed=13).transactions, seed=4))
+        deadline, state = time.monotonic() + 120, {}
+        while time.monotonic() < deadline:
+            state = _prometheus_alerts(prom_port)
+            if state.get("FraudscoreChallengerBetter") == "firing" and state.get("FraudscoreModelPrecisionLow") == "firing":
+                break
+            time.sleep(1)
+        assert state.get("FraudscoreChallengerBetter") == "firing", state
+        assert state.get("FraudscoreModelPrecisionLow") == "firing", state
+        assert sidecar.stop()[0] == 0
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()

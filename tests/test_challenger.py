@@ -6,6 +6,7 @@ features cannot feed is refused at start; one that fails later never stops the c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bundle_helpers import squared_bundle
 from fraudscore.errors import UsageError
 from fraudscore.serving.bundle import load_bundle
+from fraudscore.serving.metrics import SidecarMetrics
 from fraudscore.serving.pipeline import Pipeline, load_challenger
 from fraudscore.serving.scorer import Scorer
 from kafka_helpers import EXE, Sidecar, drain, produce
@@ -86,34 +88,77 @@ class _Broken:
         raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : out of memory")
 
 
+def _with_scorer(champion: Path, challenger: Path, scorer) -> Pipeline:
+    bundle = load_bundle(champion)
+    shadow = dataclasses.replace(load_challenger(challenger, bundle.manifest), scorer=scorer)
+    return Pipeline(bundle.manifest, Scorer(bundle), challenger=shadow)
+
+
 def test_a_failing_challenger_leaves_the_champion_s_results_whole(small_bundle, challenger, transactions) -> None:
-    alone, shadowed = _pipelines(small_bundle, challenger)
-    shadowed.challenger.scorer = _Broken()
+    alone, _ = _pipelines(small_bundle, challenger)
+    shadowed = _with_scorer(small_bundle, challenger, _Broken())
     values = transactions[1][:50]
     result, plain = shadowed.score_batch(values), alone.score_batch(values)
     assert "out of memory" in result.challenger_error and result.challenger_scores is None
     assert [json.loads(p)["score"] for p in result.payloads] == [json.loads(p)["score"] for p in plain.payloads]
     assert not any("challenger" in json.loads(p) for p in result.payloads)
+    metrics = SidecarMetrics()
+    metrics.observe_batch([_Stamped()] * 50, result, [])
+    assert metrics.registry.get_sample_value("fraudscore_challenger_failures_total",
+                                             {"model_version": "challenger-squared", "reason": "inference"}) == 1
 
 
-def test_a_non_finite_challenger_score_is_null_and_counted(small_bundle, challenger) -> None:
-    from test_pipeline import extreme_messages
+class _Stamped:
+    """What SidecarMetrics.observe_batch reads of a consumed message: its timestamp."""
 
-    bundle = load_bundle(small_bundle)
-    shadowed = Pipeline(bundle.manifest, Scorer(bundle), challenger=load_challenger(challenger, bundle.manifest))
+    def timestamp(self):
+        return 1, 0
 
-    class HalfNan:
-        def score(self, matrix):
-            out = np.full(len(matrix), 0.25, np.float32)
-            out[::2] = np.nan
-            return out
 
-    shadowed.challenger.scorer = HalfNan()
-    result = shadowed.score_batch(extreme_messages(bundle.features)[3:])  # two rows the champion scores
-    assert [json.loads(p)["challenger"]["score"] for p in result.payloads] == [None, 0.25]
-    assert [json.loads(p)["challenger"]["decision"] for p in result.payloads] == [
-        "pass", "alert" if 0.25 >= shadowed.challenger.threshold else "pass"]
-    assert result.challenger_non_finite == 1
+class _Odd:
+    """Challenger scores with a NaN, +inf and -inf among finite ones."""
+
+    def score(self, matrix):
+        out = np.full(len(matrix), 0.25, np.float32)
+        out[:3] = [np.nan, np.inf, -np.inf]
+        return out
+
+
+@pytest.mark.parametrize("case", ["integer ids", "string ids", "features", "percent in versions", "partial"])
+def test_non_finite_challenger_scores_are_null_in_valid_json_on_every_encoding_path(small_bundle, challenger, tmp_path,
+                                                                                    case) -> None:
+    """Both of encode's paths (one %-format a row for integer ids without features; the general one)
+    write the "challenger" object, and a score that is not finite is null, never an alert."""
+    from fraudscore.serving.decode import DecodedBatch
+    from fraudscore.serving.pipeline import Emitted
+
+    champion = small_bundle
+    if case == "percent in versions":
+        champion = squared_bundle(small_bundle, tmp_path / "champion", "champion %d %s 100%")
+        challenger = squared_bundle(small_bundle, tmp_path / "odd", "challenger %s%%")
+    pipeline = _with_scorer(champion, challenger, _Odd())
+    n = 5
+    ids = [f"tx-{i}" for i in range(n)] if case == "string ids" else list(range(n))
+    matrix = np.full((n, len(pipeline.features)), 0.5, np.float32)
+    decoded = DecodedBatch(np.arange(n), ids, matrix, [], event_seconds=np.full(n, 1_522_540_800) if case == "partial"
+                           else None, partial=np.array([True, False] * 2 + [True]) if case == "partial" else None)
+    emitted = Emitted(("A", "B"), np.ones((n, 2))) if case == "features" else None
+    result = pipeline.score_decoded(decoded, emitted)
+    docs = [json.loads(p) for p in result.payloads]
+    assert [d["challenger"]["score"] for d in docs] == [None, None, None, 0.25, 0.25]
+    threshold = pipeline.challenger.threshold
+    assert [d["challenger"]["decision"] for d in docs] == ["pass"] * 3 + ["alert" if 0.25 >= threshold else "pass"] * 2
+    assert {d["challenger"]["version"] for d in docs} == {pipeline.challenger.version}
+    assert [d["transaction_id"] for d in docs] == ids
+    assert {d["model_version"] for d in docs} == {pipeline.model_version}
+    metrics = SidecarMetrics()
+    metrics.observe_batch([_Stamped()] * n, result, [])
+    version = pipeline.challenger.version
+    sample = metrics.registry.get_sample_value
+    assert sample("fraudscore_challenger_failures_total", {"model_version": version, "reason": "non_finite"}) == 3
+    assert sample("fraudscore_model_transactions_scored_total", {"role": "challenger", "model_version": version}) == 2
+    assert sample("fraudscore_model_alerts_total", {"role": "challenger", "model_version": version}) == (
+        2 if 0.25 >= threshold else 0)
 
 
 def _samples(sidecar: Sidecar, name: str) -> dict[tuple, float]:
@@ -159,3 +204,43 @@ def test_sidecar_shadow_scores_and_survives_a_broken_challenger_reload(kafka_boo
     code, out = sidecar.stop()
     assert code == 0
     assert "challenger reload failed" in out and "bundle hash mismatch" in out
+
+
+@pytest.mark.kafka
+def test_a_challenger_swapped_under_load_loses_and_duplicates_nothing(kafka_bootstrap, small_bundle, transactions,
+                                                                      topics, tmp_path) -> None:
+    """The runbook's promotion step under load: the --challenger path is a link moved to another
+    bundle (docs/operations.md, "Shadow scoring"), then SIGHUP, while transactions stream in."""
+    import os
+    import threading
+
+    keys, values = transactions
+    first = squared_bundle(small_bundle, tmp_path / "challenger-v1", "challenger-v1")
+    second = squared_bundle(small_bundle, tmp_path / "challenger-v2", "challenger-v2")
+    link = tmp_path / "challenger"
+    link.symlink_to(first)
+    sidecar = Sidecar(kafka_bootstrap, small_bundle, topics, "g-challenger-swap", "--challenger", str(link))
+    sidecar.wait_ready()
+    chunks = [(keys[i:i + 250], values[i:i + 250]) for i in range(0, len(values), 250)]
+
+    def stream() -> None:
+        for k, v in chunks:
+            produce(kafka_bootstrap, topics["in"], k, v)
+            time.sleep(0.1)
+
+    sender = threading.Thread(target=stream)
+    sender.start()
+    time.sleep(len(chunks) * 0.1 / 3)
+    (tmp_path / "next").symlink_to(second)
+    os.replace(tmp_path / "next", link)
+    sidecar.proc.send_signal(signal.SIGHUP)
+    sender.join(120)
+    results = [json.loads(m.value()) for m in drain(kafka_bootstrap, [topics["out"]], len(values))]
+    ids = [doc["transaction_id"] for doc in results]
+    assert len(ids) == len(set(ids)) == len(values)  # nothing lost, nothing twice
+    versions = [doc["challenger"]["version"] for doc in results]
+    assert set(versions) == {"challenger-v1", "challenger-v2"}  # the swap fell inside the stream
+    assert _samples(sidecar, "fraudscore_model_reloads_total")[(("result", "success"),)] == 1
+    assert _samples(sidecar, "fraudscore_challenger_info") == {(("model_version", "challenger-v2"),): 1.0}
+    code, out = sidecar.stop()
+    assert code == 0, out[-3000:]

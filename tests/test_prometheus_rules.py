@@ -77,7 +77,7 @@ def test_runbook_base_is_configurable_at_deploy_time(tmp_path: Path) -> None:
 
 def test_rules_only_use_metrics_the_runtime_and_bench_export() -> None:
     from fraudscore.serving.metrics import SidecarMetrics
-    from fraudscore.serving.quality import QualityMetrics
+    from fraudscore.serving.quality_monitor import QualityMetrics
 
     exported = set()
     for metric in [*SidecarMetrics().registry.collect(), *QualityMetrics().registry.collect()]:

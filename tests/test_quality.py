@@ -13,7 +13,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bundle_helpers import squared_bundle
+from bundle_helpers import noise_bundle
 from fraudscore.data.replay import raw_stream
 from fraudscore.serving.quality import DAY_S, Ledger, decode_results
 from kafka_helpers import EXE, STARTED, drain, free_port, http_get, wait_ready
@@ -88,11 +88,11 @@ def test_matured_days_match_a_transaction_by_transaction_count() -> None:
             messages.append(messages[-1])
     confirmed_ids = set(rng.choice(3000, 150, replace=False).tolist())
     seconds = {r["tx"]: r["second"] for r in rows}
+    day_of = {tx: s // DAY_S for tx, s in seconds.items()}
     ledger = Ledger(delay_s=2 * DAY_S, top_k=10)
     for lo in range(0, len(messages), 500):  # in batches, confirmations interleaved
         ledger.add_results(decode_results(messages[lo:lo + 500], ledger.versions))
-        part = sorted(confirmed_ids)[lo // 20:lo // 20 + 25]
-        ledger.confirm(np.array(part, np.int64), np.array([seconds[t] for t in part], np.int64))
+        ledger.confirm(np.array(sorted(confirmed_ids)[lo // 20:lo // 20 + 25], np.int64))
     watermark = (BASE_DAY + 9) * DAY_S  # days up to BASE_DAY + 6 are due (their end + 2 days)
     assert ledger.due(watermark) == list(range(BASE_DAY, BASE_DAY + 7))
     days = ledger.mature(watermark)
@@ -101,13 +101,34 @@ def test_matured_days_match_a_transaction_by_transaction_count() -> None:
     want = {key: value for key, value in _expected(rows, confirmed_ids, 10).items() if key[0] <= BASE_DAY + 6}
     assert got == want
     assert {d.version for d in days if d.role == "champion"} == {"champ-a", "champ-b"}
-    # What is left: the later days, and their confirmations only.
+    # What is left: the later days, and the confirmations of their transactions only.
     assert ledger.pending == sum(1 for m in messages if json.loads(m.value())["event_time"] >= str(np.datetime64((BASE_DAY + 7) * DAY_S, "s")))
-    assert all(s // DAY_S > BASE_DAY + 6 for s in ledger._confirmed.values())
-    # A result or confirmation of a matured day arrives late: counted, not evaluated.
+    assert {day_of[tx] > BASE_DAY + 6 for tx in ledger._confirmed} == {True}
+    # A result of a matured day arrives late: counted, not evaluated.
     ledger.add_results(decode_results([_result(99_999, 1, BASE_DAY * DAY_S + 5, 0.95, 0.9)], ledger.versions))
-    ledger.confirm(np.array([1], np.int64), np.array([BASE_DAY * DAY_S], np.int64))
-    assert (ledger.late_results, ledger.late_confirmations) == (1, 1)
+    assert ledger.late_results == 1
+
+
+def test_a_confirmation_finds_its_result_on_another_day_and_unmatched_ones_are_forgotten() -> None:
+    """Feature mode: a result's day is its Kafka timestamp's. A fraud at 23:59:59 whose result was
+    written after midnight is still a true positive when that later day matures."""
+    ledger = Ledger(delay_s=DAY_S, top_k=5)
+    late_night = BASE_DAY * DAY_S + DAY_S - 1
+    written = _Message(orjson.dumps({"transaction_id": 7, "score": 0.95, "decision": "alert", "model_version": "v"}),
+                       b"3", timestamp_ms=(late_night + 2) * 1000)
+    other = _Message(orjson.dumps({"transaction_id": 8, "score": 0.1, "decision": "pass", "model_version": "v"}),
+                     b"4", timestamp_ms=(BASE_DAY * DAY_S + 5) * 1000)
+    ledger.add_results(decode_results([other], ledger.versions))
+    ledger.confirm(np.array([7, 12_345], np.int64))  # 12,345: a transaction this topic never had
+    ledger.add_results(decode_results([written], ledger.versions))
+    assert ledger.mature((BASE_DAY + 2) * DAY_S)[0].transactions == 1  # the first day: transaction 8 alone
+    (day,) = ledger.mature((BASE_DAY + 3) * DAY_S)
+    assert (day.day, day.true_positives, day.false_positives) == (BASE_DAY + 1, 1, 0)
+    assert set(ledger._confirmed) == {12_345}
+    ledger.watermark_s = (BASE_DAY + 10) * DAY_S
+    ledger.add_results(decode_results([_result(9, 5, (BASE_DAY + 10) * DAY_S, 0.1, 0.9)], ledger.versions))
+    ledger.mature((BASE_DAY + 12) * DAY_S)
+    assert ledger.confirmations == 0  # unmatched, forgotten once the delay and two days have passed
 
 
 def test_unreadable_results_are_counted_not_joined() -> None:
@@ -136,6 +157,8 @@ def _series(port: int) -> dict:
 @pytest.mark.kafka
 def test_live_quality_of_a_champion_and_its_challenger_matches_the_results_and_survives_a_restart(
         kafka_bootstrap, make_topic, small_bundle, tmp_path) -> None:
+    """A deliberately worse challenger (noise alerting on ~10 % of transactions) shows its lower
+    precision and recall within the stream."""
     from fraudscore import simulate
     from test_raw_mode import raw_sidecar, raw_topics, send
 
@@ -145,7 +168,7 @@ def test_live_quality_of_a_champion_and_its_challenger_matches_the_results_and_s
     port = free_port()
     monitor = _quality(kafka_bootstrap, topics, port)
     wait_ready(port, monitor, 60)  # empty topics: caught up at once, so every day is counted
-    challenger = squared_bundle(small_bundle, tmp_path / "challenger", "challenger-squared")
+    challenger = noise_bundle(small_bundle, tmp_path / "challenger", "challenger-noise", threshold=0.9)
     sidecar = raw_sidecar(kafka_bootstrap, small_bundle, topics, "quality", "--challenger", str(challenger))
     sidecar.wait_ready(120)
     send(kafka_bootstrap, topics, events)
@@ -173,7 +196,7 @@ def test_live_quality_of_a_champion_and_its_challenger_matches_the_results_and_s
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         series = _series(port)
-        if series.get(("fraudscore_quality_days_total", (("model_version", "challenger-squared"), ("role", "challenger")))) \
+        if series.get(("fraudscore_quality_days_total", (("model_version", "challenger-noise"), ("role", "challenger")))) \
                 == len(want) / 2:
             break
         time.sleep(0.5)
@@ -184,10 +207,15 @@ def test_live_quality_of_a_champion_and_its_challenger_matches_the_results_and_s
         assert got == [tp, fp, fn, n - tp - fp - fn], (role, version)
         assert series[("fraudscore_quality_top_cards_total", (("model_version", version), ("role", role)))] == top
         assert series[("fraudscore_quality_top_cards_compromised_total", (("model_version", version), ("role", role)))] == hit
+    champion = next(value for (role, _), value in total.items() if role == "champion")
+    noise = total[("challenger", "challenger-noise")]
+    precision = {name: tp / (tp + fp) for name, (_, tp, fp, _, _, _) in (("champion", champion), ("noise", noise))}
+    recall = {name: tp / (tp + fn) for name, (_, tp, _, fn, _, _) in (("champion", champion), ("noise", noise))}
+    assert precision["noise"] < precision["champion"] and recall["noise"] < recall["champion"], (precision, recall)
     last_day = max(key[0] for key in want)
     before = {k: v for k, v in series.items() if k[0] in ("fraudscore_quality_last_day", "fraudscore_quality_last_day_timestamp_seconds")}
     assert before[("fraudscore_quality_last_day_timestamp_seconds",
-                   (("model_version", "challenger-squared"), ("role", "challenger")))] == last_day * DAY_S
+                   (("model_version", "challenger-noise"), ("role", "challenger")))] == last_day * DAY_S
     monitor.terminate()
     assert monitor.wait(30) == 0
 
@@ -207,4 +235,4 @@ def test_live_quality_of_a_champion_and_its_challenger_matches_the_results_and_s
     again.terminate()
     out = again.communicate(timeout=30)[0]
     assert again.returncode == 0, out[-3000:]
-    assert "re-read at start: not counted" in out
+    assert "evaluated before the restart: not counted again" in out

@@ -57,11 +57,15 @@ class BatchResult:
             challenger_non_finite=int((~np.isfinite(self.challenger_scores[rows])).sum()) if shadow else 0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Challenger:
     """A second model scored on the champion's feature matrix (shadow scoring): its results travel
     with the champion's and decide nothing. Built by load_challenger, which checks that the
-    champion's features can feed it."""
+    champion's features can feed it.
+
+        challenger = load_challenger("bundles/challenger", bundle.manifest)
+        pipeline = Pipeline(bundle.manifest, Scorer(bundle), challenger=challenger)
+        pipeline.score_batch(values).challenger_scores   # float32, aligned with the results"""
 
     version: str
     threshold: float
@@ -219,9 +223,10 @@ class Pipeline:
         except Exception as exc:  # ORT raises its own types; a broken challenger must not stop scoring
             return {"challenger_version": challenger.version, "challenger_error": f"{type(exc).__name__}: {exc}",
                     "challenger_seconds": time.perf_counter() - t0}
+        finite = np.isfinite(scores)
         return {"challenger_version": challenger.version, "challenger_scores": scores,
-                "challenger_alerts": scores >= challenger.threshold,
-                "challenger_non_finite": int((~np.isfinite(scores)).sum()),
+                "challenger_alerts": finite & (scores >= challenger.threshold),  # +inf is null, not an alert
+                "challenger_non_finite": int((~finite).sum()),
                 "challenger_seconds": time.perf_counter() - t0}
 
     def encode(self, ids: list, scores: np.ndarray, alerts: np.ndarray, inference_ms: float,

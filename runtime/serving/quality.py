@@ -1,4 +1,5 @@
-"""Live model quality: the results topic joined with the labels topic's confirmations.
+"""Live model quality, the pure part: results and confirmations in, matured days out (the Kafka
+reader and its metrics: fraudscore.serving.quality_monitor).
 
 `fraudscore quality` reads what the sidecars wrote (each result's transaction id, card = the
 message key, event time, the champion's score and decision, and with `--challenger` the
@@ -11,7 +12,7 @@ confirmed fraud that day).
 
     ledger = Ledger(delay_s=7 * 86_400, top_k=100)
     ledger.add_results(batch)            # ResultBatch from decode_results
-    ledger.confirm(ids, seconds)         # from decode_labels
+    ledger.confirm(ids)                  # from decode_labels
     for day in ledger.mature(watermark_s): ...
 
 What it holds: every result of the days not matured yet (42 bytes a result: the delay plus
@@ -23,8 +24,6 @@ from that far back (by Kafka timestamp), so nothing else needs saving; see docs/
 from __future__ import annotations
 
 import hashlib
-import logging
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +31,6 @@ import orjson
 
 DAY_S = 86_400
 ROLES = ("champion", "challenger")
-log = logging.getLogger("fraudscore.quality")
 
 
 @dataclass
@@ -47,6 +45,10 @@ class ResultBatch:
     alerts: np.ndarray  # bool (rows, 2)
     unreadable: int = 0
 
+    def take(self, rows: np.ndarray) -> ResultBatch:
+        return ResultBatch(self.ids[rows], self.cards[rows], self.seconds[rows], self.versions[rows], self.scores[rows],
+                           self.alerts[rows])
+
 
 def _card(key: bytes | None) -> int:
     if key and key.isdigit() and len(key) <= 18:
@@ -57,7 +59,10 @@ def _card(key: bytes | None) -> int:
 def decode_results(messages: list, versions: dict[str, int]) -> ResultBatch:
     """Results (Kafka messages of the output topic) as columns; `versions` maps model versions to
     indices and grows. A result that is not a JSON object with an integer transaction_id, a
-    finite score and a decision is unreadable (labels join on integer ids)."""
+    numeric score and a model_version is unreadable (labels join on integer ids); a missing
+    decision reads as "pass". The card is the message key (decimal: the CUSTOMER_ID of raw mode;
+    other keys are hashed; an empty key makes one card of all, which card precision@k cannot
+    use)."""
     ids, cards, seconds, vers, scores, alerts, stamps = [], [], [], [], [], [], []
     unreadable = 0
     for msg in messages:
@@ -139,16 +144,26 @@ class DayQuality:
 @dataclass
 class Ledger:
     """Results by event day until the day matures (its end plus `delay_s` reached by the event-time
-    watermark), and the confirmed frauds of those days."""
+    watermark), and the confirmed frauds not matched yet.
+
+        ledger = Ledger(delay_s=7 * 86_400, top_k=100)
+        ledger.add_results(decode_results(messages, ledger.versions))
+        ledger.confirm(label_batch.ids)
+        days = ledger.mature(watermark_s)   # DayQuality per day, role and model version
+
+    A confirmation is kept until a maturing day holds its transaction, or, unmatched (a
+    transaction this results topic never had), until the watermark is `delay_s` plus two days
+    past the moment it was read. It is matched by transaction id only: in feature mode a
+    result's day is its Kafka timestamp's, which need not be its TX_DATETIME's."""
 
     delay_s: int
     top_k: int = 100
     versions: dict[str, int] = field(default_factory=dict)
     matured_through: int | None = None  # the last day evaluated
+    watermark_s: int = 0  # the newest event time added
     _days: dict[int, list[ResultBatch]] = field(default_factory=dict)
-    _confirmed: dict[int, int] = field(default_factory=dict)  # transaction id -> its event second
+    _confirmed: dict[int, int] = field(default_factory=dict)  # transaction id -> the watermark when it was read
     late_results: int = 0
-    late_confirmations: int = 0
 
     def add_results(self, batch: ResultBatch) -> None:
         if not len(batch.ids):
@@ -158,24 +173,17 @@ class Ledger:
             late = day <= self.matured_through
             if late.any():
                 self.late_results += int(late.sum())
-                keep = np.flatnonzero(~late)
-                batch = ResultBatch(batch.ids[keep], batch.cards[keep], batch.seconds[keep], batch.versions[keep],
-                                    batch.scores[keep], batch.alerts[keep])
-                day = day[keep]
+                batch, day = batch.take(np.flatnonzero(~late)), day[~late]
+        if len(day):
+            self.watermark_s = max(self.watermark_s, int(batch.seconds.max()))
         for d in np.unique(day).tolist():
             rows = np.flatnonzero(day == d)
-            self._days.setdefault(d, []).append(
-                batch if len(rows) == len(day) else
-                ResultBatch(batch.ids[rows], batch.cards[rows], batch.seconds[rows], batch.versions[rows],
-                            batch.scores[rows], batch.alerts[rows]))
+            self._days.setdefault(d, []).append(batch if len(rows) == len(day) else batch.take(rows))
 
-    def confirm(self, ids: np.ndarray, seconds: np.ndarray) -> None:
-        """Fraud confirmations (transaction ids and their TX_DATETIME seconds)."""
-        for tx, s in zip(ids.tolist(), seconds.tolist()):
-            if self.matured_through is not None and s // DAY_S <= self.matured_through:
-                self.late_confirmations += 1  # after the delay: the protocol counted it genuine
-            else:
-                self._confirmed[tx] = s
+    def confirm(self, ids: np.ndarray) -> None:
+        """Fraud confirmations (their transaction ids)."""
+        for tx in ids.tolist():
+            self._confirmed[tx] = self.watermark_s
 
     def due(self, watermark_s: int) -> list[int]:
         """Days whose confirmation delay has passed at this event-time watermark."""
@@ -188,7 +196,8 @@ class Ledger:
             out += self._evaluate(d, self._days.pop(d))
             self.matured_through = d if self.matured_through is None else max(self.matured_through, d)
         if out:
-            self._confirmed = {tx: s for tx, s in self._confirmed.items() if s // DAY_S > self.matured_through}
+            forget_before = watermark_s - self.delay_s - 2 * DAY_S
+            self._confirmed = {tx: s for tx, s in self._confirmed.items() if s >= forget_before}
         return out
 
     def _evaluate(self, day: int, chunks: list[ResultBatch]) -> list[DayQuality]:
@@ -198,6 +207,8 @@ class Ledger:
         scores = np.concatenate([c.scores for c in chunks])
         alerts = np.concatenate([c.alerts for c in chunks])
         confirmed = np.fromiter(self._confirmed, np.int64, len(self._confirmed))
+        for tx in ids[np.isin(ids, confirmed)].tolist():  # matched: done with
+            self._confirmed.pop(tx, None)
         names = {i: v for v, i in self.versions.items()}
         out = []
         for column, role in enumerate(ROLES):
@@ -240,178 +251,3 @@ class Ledger:
     @property
     def confirmations(self) -> int:
         return len(self._confirmed)
-
-
-class QualityMetrics:
-    """The series of `fraudscore quality`, in their own registry."""
-
-    def __init__(self):
-        from prometheus_client import CollectorRegistry, Counter, Gauge
-
-        r = self.registry = CollectorRegistry()
-        labels = ["role", "model_version"]
-        self.transactions = Counter(
-            "fraudscore_quality_transactions", "Matured transactions, by model, decision at the model's own threshold "
-            "and outcome (fraud: confirmed within the delay; genuine: not).", [*labels, "decision", "outcome"], registry=r)
-        self.top_cards = Counter("fraudscore_quality_top_cards", "Cards among each matured day's k highest-scored "
-                                 "cards (card precision@k's denominator).", labels, registry=r)
-        self.top_cards_compromised = Counter(
-            "fraudscore_quality_top_cards_compromised", "Of those, cards with a fraud confirmed that day.", labels, registry=r)
-        self.days = Counter("fraudscore_quality_days", "Days of event time evaluated, by model.", labels, registry=r)
-        self.day_value = Gauge("fraudscore_quality_last_day", "The last matured day's precision, recall, "
-                               "card_precision_at_k, alert_rate and transactions, by model (absent when undefined: "
-                               "no alert, no fraud).", [*labels, "metric"], registry=r)
-        self.day_start = Gauge("fraudscore_quality_last_day_timestamp_seconds",
-                               "Start of the last matured day (UTC), by model.", labels, registry=r)
-        self.results = Counter("fraudscore_quality_results", "Results read, by outcome: used, unreadable, late (their "
-                               "day had matured).", ["outcome"], registry=r)
-        self.confirmations = Counter("fraudscore_quality_confirmations", "Confirmations read, by outcome: used, "
-                                     "late (after the delay), genuine, unreadable.", ["outcome"], registry=r)
-        self.pending = Gauge("fraudscore_quality_pending_results", "Results held until their day matures.", registry=r)
-        self.bytes = Gauge("fraudscore_quality_bytes", "Memory held by pending results and confirmations.", registry=r)
-        self.watermark = Gauge("fraudscore_quality_watermark_seconds", "Newest event time read from the results.", registry=r)
-        self.caught_up = Gauge("fraudscore_quality_caught_up", "1 once the topics were read to where they ended at start.",
-                               registry=r)
-        self.delay = Gauge("fraudscore_quality_delay_seconds", "The confirmation delay (--delay).", registry=r)
-
-    def publish(self, day: DayQuality, count: bool) -> None:
-        """A matured day: its gauges, and with `count` its counters (not for days re-read at start)."""
-        labels = (day.role, day.version)
-        if count:
-            t = self.transactions
-            t.labels(*labels, "alert", "fraud").inc(day.true_positives)
-            t.labels(*labels, "alert", "genuine").inc(day.false_positives)
-            t.labels(*labels, "pass", "fraud").inc(day.false_negatives)
-            t.labels(*labels, "pass", "genuine").inc(day.transactions - day.alerts - day.false_negatives)
-            self.top_cards.labels(*labels).inc(day.top_cards)
-            self.top_cards_compromised.labels(*labels).inc(day.top_cards_compromised)
-            self.days.labels(*labels).inc()
-        values = {"precision": day.precision, "recall": day.recall, "card_precision_at_k": day.card_precision,
-                  "alert_rate": day.alerts / day.transactions if day.transactions else float("nan"),
-                  "transactions": float(day.transactions)}
-        for name, value in values.items():
-            if np.isfinite(value):
-                self.day_value.labels(*labels, name).set(value)
-            else:
-                try:
-                    self.day_value.remove(*labels, name)
-                except KeyError:
-                    pass
-        self.day_start.labels(*labels).set(day.day * DAY_S)
-
-
-class QualityMonitor:
-    """Reads the results and labels topics from `history_s` back (by Kafka timestamp) and keeps
-    the ledger and metrics current. `run()` until `request_stop()`."""
-
-    def __init__(self, kafka: dict, output_topic: str, labels_topic: str, delay_s: int, top_k: int, history_s: int,
-                 metrics: QualityMetrics):
-        self.kafka, self.topics = kafka, (output_topic, labels_topic)
-        self.ledger = Ledger(delay_s, top_k)
-        self.metrics, self.history_s = metrics, history_s
-        self.watermark_s: int | None = None
-        self._stop = False
-        self._start_ends: dict[tuple[str, int], int] = {}  # high watermarks at start
-        self._starts: dict[tuple[str, int], int] = {}  # where reading began
-        self.caught_up = False
-        metrics.delay.set(delay_s)
-
-    def request_stop(self, *_args) -> None:
-        self._stop = True
-
-    def _consumer(self):
-        from confluent_kafka import Consumer, KafkaException, TopicPartition
-
-        from fraudscore.serving.sidecar.clients import KafkaUnavailable, kafka_log, quiet_repeats
-
-        quiet_repeats()  # librdkafka's lines through logging, a repeated one once (as the sidecar's)
-        consumer = Consumer(self.kafka | {"logger": kafka_log, "group.id": "fraudscore-quality", "enable.auto.commit": False,
-                                          "auto.offset.reset": "earliest", "enable.partition.eof": False})
-        try:
-            metadata = consumer.list_topics(timeout=10)
-        except KafkaException as exc:
-            consumer.close()
-            raise KafkaUnavailable(f"cannot reach the broker at {self.kafka.get('bootstrap.servers')}: {exc}") from None
-        missing = [t for t in self.topics if t not in metadata.topics or metadata.topics[t].error is not None]
-        if missing:
-            consumer.close()
-            raise KafkaUnavailable(f"topic(s) {', '.join(missing)} not found; create them (`fraudscore topics create`) "
-                                   "or fix --output-topic / --labels-topic")
-        since_ms = int((time.time() - self.history_s) * 1000)
-        wanted = [TopicPartition(t, p, since_ms) for t in self.topics for p in sorted(metadata.topics[t].partitions)]
-        starts = consumer.offsets_for_times(wanted, timeout=10)
-        for tp in starts:
-            low, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
-            if tp.offset < 0:  # nothing that recent: start at the end
-                tp.offset = high
-            self._start_ends[(tp.topic, tp.partition)] = high
-            self._starts[(tp.topic, tp.partition)] = tp.offset
-        consumer.assign(starts)
-        log.info("reading %s and %s from %s back: %d results and confirmations to read first",
-                 *self.topics, f"{self.history_s / DAY_S:g} days",
-                 sum(max(0, self._start_ends[(tp.topic, tp.partition)] - tp.offset) for tp in starts))
-        return consumer
-
-    def run(self) -> int:
-        from confluent_kafka import TopicPartition
-
-        from fraudscore.serving.transactions import decode_labels
-
-        consumer = self._consumer()
-        labels_checked, labels_done = 0.0, False
-        try:
-            while not self._stop:
-                messages = [m for m in consumer.consume(2000, 0.2) if m.error() is None]
-                results = [m for m in messages if m.topic() == self.topics[0]]
-                labels = [m.value() for m in messages if m.topic() == self.topics[1]]
-                if labels:
-                    batch = decode_labels(labels)
-                    late = self.ledger.late_confirmations
-                    self.ledger.confirm(batch.ids, batch.seconds)
-                    late = self.ledger.late_confirmations - late
-                    self.metrics.confirmations.labels("used").inc(len(batch.ids) - late)
-                    self.metrics.confirmations.labels("late").inc(late)
-                    self.metrics.confirmations.labels("genuine").inc(batch.genuine)
-                    self.metrics.confirmations.labels("unreadable").inc(batch.unreadable)
-                if results:
-                    batch = decode_results(results, self.ledger.versions)
-                    late = self.ledger.late_results
-                    self.ledger.add_results(batch)
-                    late = self.ledger.late_results - late
-                    self.metrics.results.labels("used").inc(len(batch.ids) - late)
-                    self.metrics.results.labels("late").inc(late)
-                    self.metrics.results.labels("unreadable").inc(batch.unreadable)
-                    if len(batch.seconds):
-                        newest = int(batch.seconds.max())
-                        self.watermark_s = newest if self.watermark_s is None else max(self.watermark_s, newest)
-                # Before its first message a partition has no position yet: it is where reading began.
-                positions = {(tp.topic, tp.partition): max(tp.offset, self._starts[(tp.topic, tp.partition)])
-                             for tp in consumer.position([TopicPartition(t, p) for t, p in self._start_ends])}
-                if not self.caught_up and all(positions[k] >= end for k, end in self._start_ends.items()):
-                    self.caught_up = True
-                    self.metrics.caught_up.set(1)
-                    log.info("caught up: results to event time %s, %d pending, %d confirmations held",
-                             _day_text(self.watermark_s), self.ledger.pending, self.ledger.confirmations)
-                if time.monotonic() - labels_checked >= 1.0 or not messages:
-                    # A day matures only once every confirmation written so far has been read.
-                    labels_checked = time.monotonic()
-                    labels_done = all(positions[(t, p)] >= consumer.get_watermark_offsets(TopicPartition(t, p), timeout=5)[1]
-                                      for t, p in self._start_ends if t == self.topics[1])
-                if labels_done and self.watermark_s is not None:
-                    for day in self.ledger.mature(self.watermark_s):
-                        self.metrics.publish(day, count=self.caught_up)
-                        log.info("%s %s %s: %d transactions, %d alerts, precision %.3f, recall %.3f, card precision@%d "
-                                 "%.3f%s", _day_text(day.day * DAY_S), day.role, day.version, day.transactions,
-                                 day.alerts, day.precision, day.recall, self.ledger.top_k, day.card_precision,
-                                 "" if self.caught_up else " (re-read at start: not counted)")
-                self.metrics.pending.set(self.ledger.pending)
-                self.metrics.bytes.set(self.ledger.nbytes)
-                if self.watermark_s is not None:
-                    self.metrics.watermark.set(self.watermark_s)
-        finally:
-            consumer.close()
-        return 0
-
-
-def _day_text(seconds: int | None) -> str:
-    return "none" if seconds is None else str(np.datetime64(int(seconds), "s"))

@@ -141,10 +141,12 @@ class Sidecar:
             return kept
 
     def _bundle_state(self) -> tuple:
-        """What --watch compares: the files of the bundle and of the challenger."""
+        """What --watch compares: where the bundle and the challenger resolve to (a link moved to
+        another bundle is a change), and their files."""
         state = []
         for root in (self.config.bundle, *((self.config.challenger,) if self.config.challenger else ())):
             try:
+                state.append((str(Path(root).resolve()), None, None))
                 state += [(p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(Path(root).iterdir())]
             except OSError:
                 state.append((str(root), None, None))
