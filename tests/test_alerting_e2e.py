@@ -133,14 +133,18 @@ def test_alert_rate_spike_reaches_the_webhook(kafka_bootstrap, small_bundle, mak
         assert alert["labels"]["severity"] == "critical"
         assert alert["annotations"]["runbook_url"] == "https://github.com/fraudscore/fraudscore/blob/main/docs/operations.md#fraudscorealertratespike"
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        _stop_all(procs)
         hook.shutdown()
+
+
+def _stop_all(procs: list[subprocess.Popen]) -> None:
+    for proc in reversed(procs):
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def _prometheus_alerts(port: int) -> dict[str, str]:
@@ -206,10 +210,4 @@ def test_live_quality_alerts_fire_in_prometheus_when_the_challenger_is_the_bette
         assert state.get("FraudscoreModelPrecisionLow") == "firing", state
         assert sidecar.stop()[0] == 0
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        _stop_all(procs)
