@@ -100,6 +100,34 @@ def test_the_lag_autoscaler_targets_the_sidecar_s_group_within_the_partition_cou
     assert refs["password"]["key"] == env["FRAUDSCORE_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"]
 
 
+def test_the_quality_monitor_runs_once_against_the_sidecars_topics_with_their_credentials() -> None:
+    """deploy/kubernetes/fraudscore-quality.yaml: `fraudscore quality`, one replica (Recreate), the
+    sidecar example's results and labels topics, brokers and secrets, probes on its metrics port,
+    and every FRAUDSCORE_* variable one that `fraudscore quality` reads."""
+    import typing
+
+    from fraudscore import cli
+
+    sidecar = yaml.safe_load((DEPLOY / "kubernetes/payment-processor-with-fraudscore.yaml").read_text())
+    side_env = {e["name"]: e for c in sidecar["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])}
+    deployment = yaml.safe_load((DEPLOY / "kubernetes/fraudscore-quality.yaml").read_text())
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["command"] == ["fraudscore", "quality"]
+    env = {e["name"]: e for e in container["env"]}
+    for name in ("FRAUDSCORE_BOOTSTRAP_SERVERS", "FRAUDSCORE_OUTPUT_TOPIC", "FRAUDSCORE_LABELS_TOPIC",
+                 "FRAUDSCORE_KAFKA_SECURITY_PROTOCOL", "FRAUDSCORE_KAFKA_SASL_MECHANISM", "FRAUDSCORE_KAFKA_SASL_PASSWORD"):
+        assert env[name] == side_env[name], name
+    hints = typing.get_type_hints(cli.quality, include_extras=True)
+    read = {m.envvar for hint in hints.values() for m in getattr(hint, "__metadata__", ()) if getattr(m, "envvar", None)}
+    assert {n for n in env if not n.startswith("FRAUDSCORE_KAFKA_")} <= read, "a variable `fraudscore quality` ignores"
+    port = int(env["FRAUDSCORE_QUALITY_METRICS_PORT"]["value"])
+    assert spec["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+    assert container["ports"][0]["containerPort"] == port
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
 def test_runtime_image_is_non_root_without_the_training_stack_and_has_a_healthcheck() -> None:
     runtime = (DEPLOY / "docker/Dockerfile.runtime").read_text()
     installs = " ".join(line for line in runtime.replace("\\\n", " ").splitlines() if line.startswith("RUN"))
