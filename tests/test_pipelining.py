@@ -61,6 +61,8 @@ class Result:
         self.rejections = []
         self.inference_seconds = 1e-5
         self.partial = None  # feature mode
+        self.model_version = "v1"
+        self.challenger_version, self.challenger_seconds = None, 0.0  # no --challenger
 
 
 class Events:
