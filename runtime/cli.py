@@ -358,7 +358,7 @@ def quality(
     bootstrap_servers: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers, host:port[,host:port].", envvar="FRAUDSCORE_BOOTSTRAP_SERVERS")] = None,
     output_topic: Annotated[Optional[str], typer.Option(help="The sidecars' results topic (`fraudscore run --output-topic`).", envvar="FRAUDSCORE_OUTPUT_TOPIC")] = None,
     labels_topic: Annotated[Optional[str], typer.Option(help="Fraud confirmations (TRANSACTION_ID, TERMINAL_ID, TX_DATETIME, TX_FRAUD=1; `fraudscore schema --input labels`).", envvar="FRAUDSCORE_LABELS_TOPIC")] = None,
-    delay: Annotated[int, typer.Option(min=0, help="Confirmation delay, seconds: a day of event time is evaluated once the newest result is this long past its end; a transaction not confirmed by then counts as genuine [default: 7 days, the handbook's].", envvar="FRAUDSCORE_QUALITY_DELAY")] = 7 * 86_400,
+    delay: Annotated[int, typer.Option(min=0, help="Confirmation delay, seconds: a day of event time is evaluated once every results partition has been read this long past its end; a transaction not confirmed by then counts as genuine [default: 7 days, the handbook's].", envvar="FRAUDSCORE_QUALITY_DELAY")] = 7 * 86_400,
     top_k: Annotated[int, typer.Option(min=1, help="k of card precision@k: the cards with the highest score each day.", envvar="FRAUDSCORE_QUALITY_TOP_K")] = 100,
     metrics_port: Annotated[int, typer.Option(help="Port of /metrics, /healthz, /readyz (200 once caught up).", envvar="FRAUDSCORE_QUALITY_METRICS_PORT")] = 9465,
     metrics_host: Annotated[str, typer.Option(help="Address to bind the metrics port.", envvar="FRAUDSCORE_METRICS_HOST")] = "127.0.0.1",

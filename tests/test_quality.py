@@ -92,7 +92,9 @@ def test_matured_days_match_a_transaction_by_transaction_count() -> None:
     ledger = Ledger(delay_s=2 * DAY_S, top_k=10)
     for lo in range(0, len(messages), 500):  # in batches, confirmations interleaved
         ledger.add_results(decode_results(messages[lo:lo + 500], ledger.versions))
-        ledger.confirm(np.array(sorted(confirmed_ids)[lo // 20:lo // 20 + 25], np.int64))
+        part = sorted(confirmed_ids)[lo // 20:lo // 20 + 25]
+        # TX_DATETIME of each, as the labels carry it (a confirmation may be read before its result)
+        ledger.confirm(np.array(part, np.int64), np.array([seconds[t] for t in part], np.int64))
     watermark = (BASE_DAY + 9) * DAY_S  # days up to BASE_DAY + 6 are due (their end + 2 days)
     assert ledger.due(watermark) == list(range(BASE_DAY, BASE_DAY + 7))
     days = ledger.mature(watermark)
@@ -108,6 +110,21 @@ def test_matured_days_match_a_transaction_by_transaction_count() -> None:
     ledger.add_results(decode_results([_result(99_999, 1, BASE_DAY * DAY_S + 5, 0.95, 0.9)], ledger.versions))
     assert ledger.late_results == 1
 
+    # Every confirmation read before any result (the labels topic read first), days matured in
+    # two rounds: the confirmations of the later days wait for their results.
+    first = Ledger(delay_s=2 * DAY_S, top_k=10)
+    every = sorted(confirmed_ids)
+    first.confirm(np.array(every, np.int64), np.array([seconds[t] for t in every], np.int64))
+    order = sorted(range(len(messages)), key=lambda i: json.loads(messages[i].value())["event_time"])
+    in_time = [messages[i] for i in order]
+    early = [m for m in in_time if json.loads(m.value())["event_time"] < str(np.datetime64((BASE_DAY + 6) * DAY_S, "s"))]
+    first.add_results(decode_results(early, first.versions))
+    days = first.mature((BASE_DAY + 6) * DAY_S)
+    first.add_results(decode_results(in_time[len(early):], first.versions))
+    days += first.mature(watermark)
+    assert {(d.day, d.role, d.version): (d.transactions, d.true_positives, d.false_positives, d.false_negatives,
+                                         d.top_cards, d.top_cards_compromised) for d in days} == want
+
 
 def test_a_confirmation_finds_its_result_on_another_day_and_unmatched_ones_are_forgotten() -> None:
     """Feature mode: a result's day is its Kafka timestamp's. A fraud at 23:59:59 whose result was
@@ -119,7 +136,8 @@ def test_a_confirmation_finds_its_result_on_another_day_and_unmatched_ones_are_f
     other = _Message(orjson.dumps({"transaction_id": 8, "score": 0.1, "decision": "pass", "model_version": "v"}),
                      b"4", timestamp_ms=(BASE_DAY * DAY_S + 5) * 1000)
     ledger.add_results(decode_results([other], ledger.versions))
-    ledger.confirm(np.array([7, 12_345], np.int64))  # 12,345: a transaction this topic never had
+    # 12,345: a transaction this topic never had
+    ledger.confirm(np.array([7, 12_345], np.int64), np.array([late_night, BASE_DAY * DAY_S], np.int64))
     ledger.add_results(decode_results([written], ledger.versions))
     assert ledger.mature((BASE_DAY + 2) * DAY_S)[0].transactions == 1  # the first day: transaction 8 alone
     (day,) = ledger.mature((BASE_DAY + 3) * DAY_S)
@@ -175,18 +193,19 @@ def test_live_quality_of_a_champion_and_its_challenger_matches_the_results_and_s
     results = drain(kafka_bootstrap, [topics["out"]], len(table), timeout_s=240)
     assert sidecar.stop()[0] == 0
 
-    # The days the monitor must have evaluated: the last result's event time is past their end + 7 days.
+    # The days the monitor must have evaluated: every results partition is read past their end + 7 days.
     labels = [orjson.loads(v) for v, is_label in zip(events.values, events.is_label) if is_label]
     confirmed = {doc["TRANSACTION_ID"] for doc in labels if doc["TX_FRAUD"] == 1}
-    rows = []
+    rows, newest = [], {}
     for m in results:
         doc = orjson.loads(m.value())
         second = int(np.datetime64(doc["event_time"].rstrip("Z"), "s").astype(np.int64))
+        newest[m.partition()] = max(newest.get(m.partition(), second), second)
         rows.append({"tx": doc["transaction_id"], "second": second, "card": int(m.key()),
                      "champion": (doc["model_version"], doc["score"], doc["decision"] == "alert"),
                      "challenger": (doc["challenger"]["version"], doc["challenger"]["score"],
                                     doc["challenger"]["decision"] == "alert")})
-    watermark = max(r["second"] for r in rows)
+    watermark = min(newest.values())  # days mature on the slowest results partition
     want = {key: value for key, value in _expected(rows, confirmed, 20).items()
             if (key[0] + 1) * DAY_S + 7 * DAY_S <= watermark}
     assert len(want) == 2 * len({key[0] for key in want}) >= 2 * 20  # both models, every matured day

@@ -12,7 +12,7 @@ confirmed fraud that day).
 
     ledger = Ledger(delay_s=7 * 86_400, top_k=100)
     ledger.add_results(batch)            # ResultBatch from decode_results
-    ledger.confirm(ids)                  # from decode_labels
+    ledger.confirm(ids, seconds)         # from decode_labels
     for day in ledger.mature(watermark_s): ...
 
 What it holds: every result of the days not matured yet (42 bytes a result: the delay plus
@@ -44,10 +44,11 @@ class ResultBatch:
     scores: np.ndarray  # float32 (rows, 2), NaN where there is none
     alerts: np.ndarray  # bool (rows, 2)
     unreadable: int = 0
+    source: np.ndarray | None = None  # int64: each row's position in the decoded messages
 
     def take(self, rows: np.ndarray) -> ResultBatch:
         return ResultBatch(self.ids[rows], self.cards[rows], self.seconds[rows], self.versions[rows], self.scores[rows],
-                           self.alerts[rows])
+                           self.alerts[rows], source=None if self.source is None else self.source[rows])
 
 
 def _card(key: bytes | None) -> int:
@@ -63,9 +64,9 @@ def decode_results(messages: list, versions: dict[str, int]) -> ResultBatch:
     decision reads as "pass". The card is the message key (decimal: the CUSTOMER_ID of raw mode;
     other keys are hashed; an empty key makes one card of all, which card precision@k cannot
     use)."""
-    ids, cards, seconds, vers, scores, alerts, stamps = [], [], [], [], [], [], []
+    ids, cards, seconds, vers, scores, alerts, stamps, source = [], [], [], [], [], [], [], []
     unreadable = 0
-    for msg in messages:
+    for position, msg in enumerate(messages):
         try:
             doc = orjson.loads(msg.value() or b"")
             tx, score, version = doc["transaction_id"], doc["score"], doc["model_version"]
@@ -82,6 +83,7 @@ def decode_results(messages: list, versions: dict[str, int]) -> ResultBatch:
             unreadable += 1
             continue
         ids.append(tx)
+        source.append(position)
         cards.append(_card(msg.key()))
         stamps.append(doc.get("event_time"))
         seconds.append(msg.timestamp()[1] // 1000)
@@ -103,7 +105,7 @@ def decode_results(messages: list, versions: dict[str, int]) -> ResultBatch:
     n = len(ids)
     return ResultBatch(np.array(ids, np.int64), np.array(cards, np.int64), event,
                        np.array(vers, np.int32).reshape(n, 2), np.array(scores, np.float32).reshape(n, 2),
-                       np.array(alerts, bool).reshape(n, 2), unreadable)
+                       np.array(alerts, bool).reshape(n, 2), unreadable, np.array(source, np.int64))
 
 
 @dataclass(frozen=True)
@@ -148,13 +150,14 @@ class Ledger:
 
         ledger = Ledger(delay_s=7 * 86_400, top_k=100)
         ledger.add_results(decode_results(messages, ledger.versions))
-        ledger.confirm(label_batch.ids)
+        ledger.confirm(label_batch.ids, label_batch.seconds)
         days = ledger.mature(watermark_s)   # DayQuality per day, role and model version
 
     A confirmation is kept until a maturing day holds its transaction, or, unmatched (a
     transaction this results topic never had), until the watermark is `delay_s` plus two days
-    past the moment it was read. It is matched by transaction id only: in feature mode a
-    result's day is its Kafka timestamp's, which need not be its TX_DATETIME's."""
+    past the later of its TX_DATETIME and the watermark when it was read. It is matched by
+    transaction id only: in feature mode a result's day is its Kafka timestamp's, which need not
+    be its TX_DATETIME's."""
 
     delay_s: int
     top_k: int = 100
@@ -162,7 +165,7 @@ class Ledger:
     matured_through: int | None = None  # the last day evaluated
     watermark_s: int = 0  # the newest event time added
     _days: dict[int, list[ResultBatch]] = field(default_factory=dict)
-    _confirmed: dict[int, int] = field(default_factory=dict)  # transaction id -> the watermark when it was read
+    _confirmed: dict[int, int] = field(default_factory=dict)  # transaction id -> max(TX_DATETIME, watermark when read)
     late_results: int = 0
 
     def add_results(self, batch: ResultBatch) -> None:
@@ -180,10 +183,13 @@ class Ledger:
             rows = np.flatnonzero(day == d)
             self._days.setdefault(d, []).append(batch if len(rows) == len(day) else batch.take(rows))
 
-    def confirm(self, ids: np.ndarray) -> None:
-        """Fraud confirmations (their transaction ids)."""
-        for tx in ids.tolist():
-            self._confirmed[tx] = self.watermark_s
+    def confirm(self, ids: np.ndarray, seconds: np.ndarray) -> None:
+        """Fraud confirmations: their transaction ids and TX_DATETIME seconds. One that matches
+        nothing is forgotten `delay_s` plus two days after the later of its TX_DATETIME and the
+        watermark when it was read: a confirmation read before its result (the labels topic
+        read faster than the results) waits for it."""
+        for tx, second in zip(ids.tolist(), seconds.tolist()):
+            self._confirmed[tx] = max(self.watermark_s, second)
 
     def due(self, watermark_s: int) -> list[int]:
         """Days whose confirmation delay has passed at this event-time watermark."""

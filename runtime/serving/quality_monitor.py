@@ -6,10 +6,11 @@ and the matured days as Prometheus series.
     monitor.run()   # until request_stop()
 
 It reads every partition of both topics without a consumer group, from `history_s` back by
-Kafka timestamp, so a restart rebuilds the ledger from Kafka. Days are evaluated only once it
-has read what the topics held at its start; a day whose end plus the delay is not past the
-newest event time read from those first results is counted, an earlier one (evaluated before
-the restart) only sets the last-day gauges.
+Kafka timestamp, so a restart rebuilds the ledger from Kafka. Days mature on the slowest
+results partition's event time (watermark()). They are evaluated only once it has read what
+the topics held at its start; a day whose end plus the delay is not past the watermark of
+those first results is counted, an earlier one (evaluated before the restart) only sets the
+last-day gauges.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fraudscore.serving.quality import DAY_S, ROLES, DayQuality, Ledger, decode_
 
 log = logging.getLogger("fraudscore.quality")
 MAX_SKEW_S = DAY_S  # a result more than this far in the future (by the wall clock) is not used
+IDLE_S = 300.0  # a results partition with nothing new this long, at its end, no longer holds days back
 LOG_EVERY_S = 60.0  # consume errors: one line at most this often
 
 
@@ -112,7 +114,13 @@ class QualityMonitor:
         # producers (the sidecar's --exactly-once) the high watermark lies past a commit marker
         # that no position ever reaches.
         self._eof: dict[tuple[str, int], int] = {}
-        self.start_watermark_s = 0  # the newest event time of the results the topics held at start
+        # Event time, per results partition: the newest read, the newest of what it held at start,
+        # and when its last result was read. Days mature on the slowest partition's (watermark()):
+        # the sidecars' partitions run days apart while a backlog drains.
+        self._newest: dict[int, int] = {}
+        self._newest_at_start: dict[int, int] = {}
+        self._last_read: dict[int, float] = {}
+        self.start_watermark_s = 0  # watermark() over what the topics held at start, once caught up
         self.caught_up = False
         self._errors, self._errors_logged = 0, -float("inf")
         metrics.delay.set(delay_s)
@@ -162,6 +170,7 @@ class QualityMonitor:
                 positions = self._positions(consumer)
                 if not self.caught_up and all(self._reached(k, end, positions) for k, end in self._start_ends.items()):
                     self.caught_up = True
+                    self.start_watermark_s = min(self._newest_at_start.values(), default=0)
                     self.metrics.caught_up.set(1)
                     log.info("caught up: results to event time %s, %d pending, %d confirmations held",
                              _day_text(self.ledger.watermark_s), self.ledger.pending, self.ledger.confirmations)
@@ -169,12 +178,13 @@ class QualityMonitor:
                     # A day matures only once every confirmation written so far has been read.
                     labels_checked = time.monotonic()
                     labels_done = self._labels_read(consumer, positions)
-                if self.caught_up and labels_done and self.ledger.watermark_s:
-                    for day in self.ledger.mature(self.ledger.watermark_s):
+                watermark = self.watermark()
+                if self.caught_up and labels_done and watermark:
+                    for day in self.ledger.mature(watermark):
                         self._publish(day)
                 self.metrics.pending.set(self.ledger.pending)
                 self.metrics.bytes.set(self.ledger.nbytes)
-                self.metrics.watermark.set(self.ledger.watermark_s)
+                self.metrics.watermark.set(watermark or 0)
         finally:
             consumer.close()
         return 0
@@ -198,7 +208,7 @@ class QualityMonitor:
         labels = [m.value() for m in good if m.topic() == self.topics[1]]
         if labels:
             batch = decode_labels(labels)
-            self.ledger.confirm(batch.ids)
+            self.ledger.confirm(batch.ids, batch.seconds)
             self.metrics.confirmations.labels("used").inc(len(batch.ids))
             self.metrics.confirmations.labels("genuine").inc(batch.genuine)
             self.metrics.confirmations.labels("unreadable").inc(batch.unreadable)
@@ -220,20 +230,30 @@ class QualityMonitor:
         if future.any():
             self.metrics.results.labels("future").inc(int(future.sum()))
             batch = batch.take(np.flatnonzero(~future))
-        if not self.caught_up and len(batch.ids):
-            # What the topics held at start: the days that had matured by then were counted before.
-            offsets = [(m.topic(), m.partition(), m.offset()) for m in results]
-            before = np.array([o < self._start_ends[(t, p)] for t, p, o in offsets], bool)
-            if future.any():
-                before = before[~future]
-            if before.any():
-                self.start_watermark_s = max(self.start_watermark_s, int(batch.seconds[before].max()))
+        now = time.monotonic()
+        for row, second in zip(batch.source.tolist(), batch.seconds.tolist()):
+            m = results[row]
+            p = m.partition()
+            self._newest[p] = max(self._newest.get(p, second), second)
+            self._last_read[p] = now
+            if m.offset() < self._start_ends[(m.topic(), p)]:
+                # What the topics held at start: the days that had matured by then were counted before.
+                self._newest_at_start[p] = max(self._newest_at_start.get(p, second), second)
         late = self.ledger.late_results
         self.ledger.add_results(batch)
         late = self.ledger.late_results - late
         self.metrics.results.labels("used").inc(len(batch.ids) - late)
         self.metrics.results.labels("late").inc(late)
         self.metrics.results.labels("unreadable").inc(batch.unreadable)
+
+    def watermark(self) -> int | None:
+        """The event time up to which every results partition has been read: the slowest partition's
+        newest, leaving out partitions at their end with nothing new for IDLE_S (a partition that
+        no instance writes to any more); None before any result."""
+        now = time.monotonic()
+        active = [s for p, s in self._newest.items()
+                  if not (self._eof.get((self.topics[0], p), -1) >= 0 and now - self._last_read[p] > IDLE_S)]
+        return min(active) if active else (max(self._newest.values()) if self._newest else None)
 
     def _publish(self, day: DayQuality) -> None:
         count = (day.day + 1) * DAY_S + self.ledger.delay_s > self.start_watermark_s
