@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
+from fraudscore.serving.transactions import parse_time, parse_times
+
 DAY_S = 86_400
 ROLES = ("champion", "challenger")
 
@@ -93,16 +95,13 @@ def decode_results(messages: list, versions: dict[str, int]) -> ResultBatch:
         alerts.append((doc.get("decision") == "alert", chal_alert))
     event = np.array(seconds, np.int64)
     given = [i for i, s in enumerate(stamps) if isinstance(s, str)]
-    if given:  # raw mode: "2018-04-01T07:19:05Z" (UTC)
+    if given:  # raw mode: "2018-04-01T07:19:05Z" (UTC), read by the input's own TX_DATETIME parser
         texts = [stamps[i].rstrip("Z") for i in given]
-        try:
-            event[given] = np.array(texts, "datetime64[s]").astype(np.int64)
-        except ValueError:
-            for i, text in zip(given, texts):
-                try:
-                    event[i] = np.datetime64(text, "s").astype(np.int64)
-                except ValueError:
-                    pass  # keeps the Kafka timestamp
+        parsed = parse_times(texts)
+        if parsed is None:  # one is not a time: each alone, the unreadable ones keep the Kafka timestamp
+            parsed = [parse_time(text) for text in texts]
+            given, parsed = [i for i, p in zip(given, parsed) if p is not None], [p for p in parsed if p is not None]
+        event[given] = parsed
     n = len(ids)
     return ResultBatch(np.array(ids, np.int64), np.array(cards, np.int64), event,
                        np.array(vers, np.int32).reshape(n, 2), np.array(scores, np.float32).reshape(n, 2),
