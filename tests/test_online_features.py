@@ -466,6 +466,31 @@ def test_replaying_a_partition_rebuilds_the_same_state() -> None:
         np.testing.assert_array_equal(run_a.ids, run_b.ids)
 
 
+def test_customer_rows_keep_only_their_cent_sums_and_answer_the_same_after_a_snapshot() -> None:
+    stream = Stream.of(simulate(customers=80, terminals=160, days=40, seed=9).transactions)
+    order = np.lexsort((stream.ids, stream.seconds))
+    state = CustomerState(fold_min_rows=400)
+    first, rest = order[: len(order) // 2], order[len(order) // 2 :]
+    for start in range(0, len(first), 300):
+        rows = first[start : start + 300]
+        state.features(stream.ids[rows], stream.seconds[rows], stream.customers[rows], stream.amounts[rows])
+    main = state._main
+    assert main._values is None and len(main) > 1000  # whole cents: the sums replace the amounts
+    assert main.nbytes == 24 * len(main) + 8  # key, id and cent sum a row (+ the sum's leading 0)
+    np.testing.assert_array_equal(np.rint(main.values * 100), np.rint(stream.amounts[main.ids] * 100))
+    copy = CustomerState(fold_min_rows=400)
+    copy.load_arrays(*state.to_arrays())
+    for start in range(0, len(rest), 300):
+        rows = rest[start : start + 300]
+        columns = (stream.ids[rows], stream.seconds[rows], stream.customers[rows], stream.amounts[rows])
+        mine, theirs = state.features(*columns), copy.features(*columns)
+        for name in mine:
+            np.testing.assert_array_equal(mine[name], theirs[name])
+    fractional = CustomerState()
+    fractional.features([1, 2], [100, 200], [7, 7], [10.001, 0.5])
+    assert fractional._recent._values is not None  # not whole cents: the amounts stay
+
+
 def test_eviction_keeps_only_what_windows_within_the_lateness_can_reach() -> None:
     stream = Stream.of(simulate(customers=100, terminals=200, days=120, seed=5).transactions)
     order = np.lexsort((stream.ids, stream.seconds))

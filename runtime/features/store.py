@@ -51,12 +51,17 @@ FOLD_MIN_ROWS = 16_384
 
 
 class _Run:
-    """Rows sorted by (key, id), with prefix sums of `values` computed when first needed."""
+    """Rows sorted by (key, id), with prefix sums of `values` computed when first needed.
 
-    __slots__ = ("_prefix", "_scale", "ids", "keys", "newest", "oldest", "values")
+    Once a run's amounts have exact cent sums, the sums are all it keeps: the amounts are
+    their differences (`values` gives them back as cents / 100, whose cent sums are the
+    same), so a customer row costs 24 bytes (key, id, sum) instead of 32.
+    """
+
+    __slots__ = ("_prefix", "_scale", "_values", "ids", "keys", "newest", "oldest")
 
     def __init__(self, keys: np.ndarray, ids: np.ndarray, values: np.ndarray, newest: int, oldest: int):
-        self.keys, self.ids, self.values = keys, ids, values
+        self.keys, self.ids, self._values = keys, ids, values
         # Bounds on the rows' event times (not always tight): they let a query skip work.
         self.newest, self.oldest = newest, oldest
         self._prefix: np.ndarray | None = None
@@ -70,20 +75,30 @@ class _Run:
         return len(self.keys)
 
     @property
+    def values(self) -> np.ndarray:
+        """The rows' values (for a run that kept only its cent sums: rebuilt from them, a new array)."""
+        if self._values is None:
+            return np.diff(self._prefix) / self._scale
+        return self._values
+
+    @property
     def nbytes(self) -> int:
         prefix = 0 if self._prefix is None else self._prefix.nbytes
-        return self.keys.nbytes + self.ids.nbytes + self.values.nbytes + prefix
+        values = 0 if self._values is None else self._values.nbytes
+        return self.keys.nbytes + self.ids.nbytes + values + prefix
 
     def amount_sums(self) -> tuple[np.ndarray, float]:
         """Prefix sums of amounts (exact cents when possible) and their scale."""
         if self._prefix is None:
-            self._prefix, self._scale = cent_sums(self.values)
+            self._prefix, self._scale = cent_sums(self._values)
+            if self._scale == 100.0:
+                self._values = None  # the sums hold them
         return self._prefix, self._scale
 
     def fraud_sums(self) -> np.ndarray:
         if self._prefix is None:
             # int32: a run never holds 2**31 rows, and it is half the bytes of int64.
-            self._prefix = np.concatenate([np.zeros(1, np.int32), np.cumsum(self.values, dtype=np.int32)])
+            self._prefix = np.concatenate([np.zeros(1, np.int32), np.cumsum(self._values, dtype=np.int32)])
         return self._prefix
 
     def rank(self, keys: np.ndarray, ids: np.ndarray, min_time: int) -> tuple[np.ndarray, np.ndarray]:
