@@ -6,6 +6,8 @@
 #   - a virtual environment .venv with fraudscore installed editable with the extras
 #     in FRAUDSCORE_EXTRAS (default cpu,train,dev,tracking);
 #   - the Apache Kafka jars from Maven Central (cached outside the repo by deploy/kafka/local.sh);
+#   - Toxiproxy built from the Go module proxy (cached likewise by deploy/toxiproxy/local.sh; Go
+#     from Debian's golang-go where the machine has none);
 #   - with the `tracking` extra, an MLflow tracking server in a venv of its own (deploy/mlflow/local.sh).
 #
 # Quiet by design: each installer's own output goes to a log under $FRAUDSCORE_CACHE/setup-logs
@@ -48,6 +50,11 @@ declare -A debs=(
   [java]=openjdk-17-jre-headless
   [mvn]=maven
 )
+# Go builds Toxiproxy for the network fault tests (deploy/toxiproxy/local.sh); a machine's own
+# Go (e.g. /usr/local/go) is used when there is one.
+if ! command -v go >/dev/null 2>&1 && [[ ! -x /usr/local/go/bin/go ]]; then
+  debs+=([go]=golang-go)
+fi
 if [[ "${CI:-}" == true || "${FRAUDSCORE_CONTAINERS:-0}" == 1 ]]; then
   debs+=([podman]=podman [runc]=runc [debootstrap]=debootstrap)
 fi
@@ -131,6 +138,10 @@ fi
 # --- Kafka jars (deploy/kafka/local.sh keeps Maven's own output in a log of its own)
 jars="$(deploy/kafka/local.sh fetch 2>"$logs/kafka-fetch.log" || { cat "$logs/kafka-fetch.log" >&2; exit 1; })"
 grep -q resolving "$logs/kafka-fetch.log" && did+=("Kafka jars")
+
+# --- Toxiproxy, the TCP fault proxy of the network fault tests, built once into the cache
+deploy/toxiproxy/local.sh fetch >/dev/null 2>"$logs/toxiproxy-fetch.log" || { cat "$logs/toxiproxy-fetch.log" >&2; exit 1; }
+grep -q building "$logs/toxiproxy-fetch.log" && did+=("Toxiproxy")
 
 # --- The MLflow tracking server for `train --mlflow-uri` and its tests, in an environment of its own
 tracking_server=""

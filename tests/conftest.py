@@ -15,7 +15,7 @@ import pytest
 from fraudscore import add_baseline_features, simulate, write_table
 from fraudscore.data.loadgen import transaction_messages
 from fraudscore.serving.bundle import load_bundle
-from kafka_helpers import EXE, LOCAL_KAFKA, STARTED, OwnBroker, client, four_topics, free_port
+from kafka_helpers import EXE, LOCAL_KAFKA, STARTED, OwnBroker, Toxiproxy, client, four_topics, free_port
 
 
 @pytest.fixture(scope="session")
@@ -96,6 +96,19 @@ def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnBroker]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def proxied_broker(own_broker: OwnBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OwnBroker, Toxiproxy]]:
+    """The second broker behind Toxiproxy: clients of `own_broker.proxied_bootstrap` go through
+    the proxy "kafka" (its toxics cleared after each use by the test), others straight to the broker."""
+    proxy = Toxiproxy(tmp_path_factory.mktemp("toxiproxy"))
+    proxy.start()
+    try:
+        proxy.create("kafka", own_broker.proxy_port, own_broker.proxied_port)
+        yield own_broker, proxy
+    finally:
+        proxy.stop()
 
 
 @pytest.fixture(scope="session")

@@ -214,15 +214,20 @@ class OwnBroker:
         password_file.write_text(self.password)
         password_file.chmod(0o600)
         self.port, self.sasl_ssl_port = free_port(), free_port()
+        # A third listener for clients that go through a fault proxy (`Toxiproxy`): the broker
+        # listens on proxied_port and advertises proxy_port, where the proxy listens.
+        self.proxied_port, self.proxy_port = free_port(), free_port()
         self.env = dict(
             os.environ, KAFKA_PORT=str(self.port), KAFKA_CONTROLLER_PORT=str(free_port()),
             KAFKA_SASL_SSL_PORT=str(self.sasl_ssl_port), KAFKA_STATE_DIR=str(work / "state"),
+            KAFKA_PROXIED_PORT=str(self.proxied_port), KAFKA_PROXIED_ADVERTISED_PORT=str(self.proxy_port),
             KAFKA_HEAP=os.environ.get("KAFKA_HEAP", "384m"), KAFKA_SSL_KEYSTORE=str(self.certs / "broker.p12"),
             KAFKA_SSL_KEYSTORE_PASSWORD_FILE=str(self.certs / "keystore.password"),
             KAFKA_SCRAM_USER=self.user, KAFKA_SCRAM_PASSWORD_FILE=str(password_file),
         )
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.sasl_ssl_bootstrap = f"127.0.0.1:{self.sasl_ssl_port}"
+        self.proxied_bootstrap = f"127.0.0.1:{self.proxy_port}"  # answers only while a proxy forwards it
         self.ca = self.certs / "ca.pem"
 
     def client_config(self, password: str | None = None) -> dict[str, str]:
@@ -250,3 +255,60 @@ class OwnBroker:
         """Send `sig` to the broker's process: SIGSTOP freezes it (connections stay open, nothing
         answers: a hung broker or a partition), SIGCONT lets it go on."""
         os.kill(int((Path(self.env["KAFKA_STATE_DIR"]) / "broker.pid").read_text()), sig)
+
+
+class Toxiproxy:
+    """Shopify's TCP fault proxy (deploy/toxiproxy/local.sh), driven through its HTTP API.
+
+        proxy = Toxiproxy(tmp_path)
+        proxy.start()
+        proxy.create("kafka", listen_port, upstream_port)
+        proxy.toxic("kafka", "latency", latency=300)   # ms, broker -> client
+        proxy.enable("kafka", False)                   # connections closed, new ones refused
+        proxy.clear("kafka")                           # every toxic removed, the proxy enabled
+        proxy.stop()
+    """
+
+    SCRIPT = ROOT / "deploy" / "toxiproxy" / "local.sh"
+
+    def __init__(self, work: Path):
+        self.port = free_port()
+        self.env = dict(os.environ, TOXIPROXY_PORT=str(self.port), TOXIPROXY_STATE_DIR=str(work / "toxiproxy"))
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        done = subprocess.run([str(self.SCRIPT), "start"], env=self.env, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            pytest.fail(f"could not start Toxiproxy:\n{done.stderr}")
+
+    def stop(self) -> None:
+        subprocess.run([str(self.SCRIPT), "stop"], env=self.env, capture_output=True, timeout=60)
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> object:
+        request = urllib.request.Request(self.url + path, method=method,
+                                         data=None if body is None else json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as r:
+            text = r.read()
+        return json.loads(text) if text else None
+
+    def create(self, name: str, listen_port: int, upstream_port: int) -> None:
+        self._call("POST", "/proxies", {"name": name, "listen": f"127.0.0.1:{listen_port}",
+                                        "upstream": f"127.0.0.1:{upstream_port}", "enabled": True})
+
+    def toxic(self, proxy: str, kind: str, stream: str = "downstream", **attributes: int) -> str:
+        """Add a toxic (`latency`, `bandwidth`, `timeout`, `reset_peer`, ...) to one direction
+        (downstream: broker -> client); its name."""
+        name = f"{kind}_{stream}"
+        self._call("POST", f"/proxies/{proxy}/toxics",
+                   {"name": name, "type": kind, "stream": stream, "toxicity": 1.0, "attributes": attributes})
+        return name
+
+    def enable(self, proxy: str, enabled: bool) -> None:
+        """Disabled, the proxy closes its connections and refuses new ones: the broker is unreachable."""
+        self._call("POST", f"/proxies/{proxy}", {"enabled": enabled})
+
+    def clear(self, proxy: str) -> None:
+        for toxic in self._call("GET", f"/proxies/{proxy}/toxics"):
+            self._call("DELETE", f"/proxies/{proxy}/toxics/{toxic['name']}")
+        self.enable(proxy, True)

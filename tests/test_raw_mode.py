@@ -419,6 +419,24 @@ def test_raw_mode_without_a_labels_topic_is_refused_unless_meant(kafka_bootstrap
     assert len({orjson.loads(m.value())["transaction_id"] for m in results}) == len(table)
 
 
+@pytest.mark.parametrize("missing", ["labels", "state"])
+def test_a_missing_labels_or_state_topic_stops_the_start_with_its_name(kafka_bootstrap, make_topic, small_bundle,
+                                                                     missing: str) -> None:
+    """A labels or state topic that does not exist (never created, or deleted) is named at start,
+    exit 3, before anything is consumed: scoring without confirmations or snapshots would be wrong
+    (terminal risks 0) or slow in silence."""
+    topics = raw_topics(make_topic, partitions=1)
+    name = f"no-such-{missing}-{time.time_ns()}"
+    args = [EXE, "run", "--bundle", str(small_bundle), "--bootstrap-servers", kafka_bootstrap, "--input", "raw",
+            "--input-topic", topics["in"], "--output-topic", topics["out"], "--alerts-topic", topics["alerts"],
+            "--dlq-topic", topics["dlq"], "--group-id", "g-missing-" + missing, "--startup-timeout", "5",
+            "--labels-topic", name if missing == "labels" else topics["labels"],
+            *(("--state-topic", name) if missing == "state" else ())]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert name in done.stderr and "fraudscore topics create" in done.stderr, done.stderr[-2000:]
+
+
 def _background_send(bootstrap: str, topics: dict, events, speedup: float) -> subprocess.Popen:
     """Replay `events` from another process, paced, so the sidecar sees a live stream."""
     import pickle

@@ -25,6 +25,13 @@
 #   KAFKA_SCRAM_USER                 a SCRAM-SHA-512 user created when the storage is formatted
 #   KAFKA_SCRAM_PASSWORD_FILE        file holding that user's password
 # Users are written at format time, so change them with KAFKA_FRESH=1.
+#
+# Behind a fault proxy (optional; the network fault tests, deploy/toxiproxy/local.sh): with
+# KAFKA_PROXIED_PORT set the broker also listens there (plaintext) and advertises that listener
+# at 127.0.0.1:$KAFKA_PROXIED_ADVERTISED_PORT, the proxy's port, so that clients bootstrapping
+# through the proxy keep talking through it; clients of KAFKA_PORT are not proxied.
+#   KAFKA_PROXIED_PORT               port of the proxied listener (the proxy's upstream)
+#   KAFKA_PROXIED_ADVERTISED_PORT    the proxy's listening port
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -39,6 +46,8 @@ timeout="${KAFKA_START_TIMEOUT:-90}"
 pidfile="$state/broker.pid"
 bootstrap="127.0.0.1:$port"
 sasl_ssl_port="${KAFKA_SASL_SSL_PORT:-}"
+proxied_port="${KAFKA_PROXIED_PORT:-}"
+proxied_advertised_port="${KAFKA_PROXIED_ADVERTISED_PORT:-}"
 
 log() { echo "local-kafka: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -97,6 +106,12 @@ write_config() {
     listeners+=",SASL_SSL://127.0.0.1:$sasl_ssl_port"
     advertised+=",SASL_SSL://127.0.0.1:$sasl_ssl_port"
     protocols+=",SASL_SSL:SASL_SSL"
+  fi
+  if [[ -n "$proxied_port" ]]; then
+    [[ -n "$proxied_advertised_port" ]] || die "KAFKA_PROXIED_ADVERTISED_PORT (the proxy's port) is required with KAFKA_PROXIED_PORT"
+    listeners+=",PROXIED://127.0.0.1:$proxied_port"
+    advertised+=",PROXIED://127.0.0.1:$proxied_advertised_port"
+    protocols+=",PROXIED:PLAINTEXT"
   fi
   umask 077
   cat >"$state/server.properties" <<EOF
@@ -191,6 +206,9 @@ start() {
   fi
   if port_open "$controller_port"; then
     die "controller port $controller_port is taken; choose another with KAFKA_CONTROLLER_PORT=..."
+  fi
+  if [[ -n "$proxied_port" ]] && port_open "$proxied_port"; then
+    die "proxied listener port $proxied_port is taken; choose another with KAFKA_PROXIED_PORT=..."
   fi
   if [[ -n "$sasl_ssl_port" ]] && port_open "$sasl_ssl_port"; then
     die "SASL_SSL port $sasl_ssl_port is taken; choose another with KAFKA_SASL_SSL_PORT=..."

@@ -92,6 +92,7 @@ class Sidecar:
         self.http: HealthServer | None = None
         self.consumer = None
         self.producer = None
+        self.watermarks = None  # the consumer lag's high watermarks, asked on the side (clients.WatermarkProbe)
         self.delivery: Delivery | None = None
         self.state: FeatureState | None = None
         self.in_flight: InFlight | None = None
@@ -156,7 +157,8 @@ class Sidecar:
         hooks = ClientHooks(on_error=self._on_error, on_lag=self._on_lag,
                             on_delivery=lambda err, msg: self.delivery.on_delivery(err, msg),
                             on_commit=lambda err, partitions: self.delivery.on_commit(err, partitions))
-        self.consumer, self.producer = build_clients(self.config, hooks, lambda t, p: (t, p) in self._assignment)
+        self.consumer, self.producer, self.watermarks = build_clients(self.config, hooks,
+                                                                      lambda t, p: (t, p) in self._assignment)
         self.delivery = self._make_delivery()
         if self.spec is not None:
             self.state = FeatureState(self.config, self.spec, self.metrics)
@@ -411,6 +413,7 @@ class Sidecar:
             self.delivery.dead_letters.close()
             self._stage = "leaving the consumer group"
             self.consumer.close()
+            self.watermarks.close()
         if self.state is not None:
             self.state.close()
         if self.http is not None:
