@@ -13,6 +13,7 @@ a loss becomes a retransmission delay, which the latency case covers).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -44,8 +45,15 @@ class Stream(threading.Thread):
         super().__init__(daemon=True)
         self.topic, self.keys, self.values = topic, keys, values
         self.producer = Producer(client(bootstrap) | {"linger.ms": 5})
-        self.sent: list[int] = []
+        self.sent: list[int] = []  # acknowledged by the broker
+        self.failed: list[str] = []
         self.done = threading.Event()
+
+    def _delivered(self, err, msg) -> None:
+        if err is None:
+            self.sent.append(orjson.loads(msg.value())["TRANSACTION_ID"])
+        else:
+            self.failed.append(str(err))
 
     def run(self) -> None:
         start, i = time.monotonic(), 0
@@ -54,17 +62,32 @@ class Stream(threading.Thread):
             while i < due:
                 doc = orjson.loads(self.values[i % len(self.values)])
                 doc["TRANSACTION_ID"] = 7 * 10**8 + i
-                self.producer.produce(self.topic, orjson.dumps(doc), self.keys[i % len(self.keys)])
-                self.sent.append(doc["TRANSACTION_ID"])
+                self.producer.produce(self.topic, orjson.dumps(doc), self.keys[i % len(self.keys)],
+                                      on_delivery=self._delivered)
                 i += 1
             self.producer.poll(0)
             time.sleep(0.02)
-        assert self.producer.flush(30) == 0
+        left = self.producer.flush(30)
+        if left:
+            self.failed.append(f"{left} not delivered at the end")
 
     def stop(self) -> list[int]:
+        """Ends the stream; the ids the broker acknowledged (fails if the test's own producer lost any)."""
         self.done.set()
         self.join(60)
+        assert not self.failed, f"the test's producer failed: {self.failed[:3]}"
         return self.sent
+
+
+def drain_ids(bootstrap: str, topic: str, ids: list[int], timeout_s: float = 120) -> list:
+    """Every result on `topic`, read until each of `ids` has one (duplicates do not count towards it)."""
+    deadline = time.monotonic() + timeout_s
+    want = set(ids)
+    results = drain(bootstrap, [topic], len(want), timeout_s=timeout_s)
+    while not want <= set(transaction_ids(results)) and time.monotonic() < deadline:
+        missing = len(want - set(transaction_ids(results)))
+        results = drain(bootstrap, [topic], len(results) + missing, timeout_s=max(1.0, deadline - time.monotonic()))
+    return results
 
 
 def _count(results: list) -> tuple[int, int]:
@@ -82,6 +105,14 @@ def _wait(condition, timeout_s: float, what: str) -> float:
     raise AssertionError(f"not within {timeout_s:g} s: {what}")
 
 
+def restoring(sidecar: Sidecar) -> bool:
+    """Whether the sidecar's /metrics says it is restoring state (`fraudscore_state_restoring` 1)."""
+    try:
+        return re.search(r"^fraudscore_state_restoring 1\.0$", sidecar.get("/metrics")[1], re.M) is not None
+    except OSError:
+        return False
+
+
 def _query(port: int, expr: str) -> float | None:
     url = f"http://127.0.0.1:{port}/api/v1/query?query={urllib.parse.quote(expr)}"
     with urllib.request.urlopen(url, timeout=5) as r:
@@ -91,7 +122,7 @@ def _query(port: int, expr: str) -> float | None:
 
 def test_the_reported_lag_counts_the_high_watermark_asked_on_the_side() -> None:
     """No broker: librdkafka's statistics of a consumer whose fetch responses lag behind (its own
-    consumer_lag 0) and a probe that saw the partition end 7,700 messages further."""
+    consumer_lag 0) and a probe that saw the partition end 7,600 messages further."""
 
     class Probe:
         watched: list = []
@@ -113,8 +144,21 @@ def test_the_reported_lag_counts_the_high_watermark_asked_on_the_side() -> None:
                   "2": {"consumer_lag": 99, "committed_offset": 0, "app_offset": 0},  # not assigned here
                   "-1": {"consumer_lag": -1}}
     stats(orjson.dumps({"topics": {"in": {"partitions": partitions}}}).decode())
-    assert reported == {("in", "0"): 7_700, ("in", "1"): 12}
+    assert reported == {("in", "0"): 7_600, ("in", "1"): 12}  # 9,700 less the next offset handed over, 2,100
     assert probe.watched == [("in", 0), ("in", 1)]
+    reported.clear()  # exactly-once: the statistics' committed offset and their lag are stale, not used
+    eos = consumer_config(dataclasses.replace(config, exactly_once=True), hooks, lambda t, p: p in (0, 1),
+                          probe)["stats_cb"]
+    eos(orjson.dumps({"topics": {"in": {"partitions": partitions}}}).decode())
+    assert reported == {("in", "0"): 7_600}
+
+
+def test_the_lag_examples_in_the_docstrings_run() -> None:
+    import doctest
+
+    from fraudscore.serving.sidecar import clients
+
+    assert doctest.testmod(clients).failed == 0
 
 
 @pytest.mark.kafka
@@ -184,7 +228,7 @@ def test_latency_and_a_slow_link_fire_the_latency_and_lag_alerts_which_clear_aft
         figures["lag alert cleared after (s)"] = _wait(lambda: state("FraudscoreConsumerLagHigh") is None, 90,
                                                        "FraudscoreConsumerLagHigh clearing once the link is fast again")
         sent = stream.stop()
-        results = drain(broker.bootstrap, [topics["out"]], len(sent), timeout_s=120)
+        results = drain_ids(broker.bootstrap, topics["out"], sent)
         duplicated, distinct = _count(results)
         assert set(transaction_ids(results)) == set(sent), f"lost {len(set(sent) - set(transaction_ids(results)))}"
         assert duplicated <= 2 * BATCH
@@ -216,14 +260,17 @@ def test_the_broker_unreachable_mid_stream_loses_nothing_and_the_sidecar_recover
         stream.start()
         _wait(lambda: written(broker.bootstrap, topics["out"]) >= 2 * RATE, 30, "results before the outage")
         proxy.enable("kafka", False)
-        time.sleep(outage_s)
+        time.sleep(1)
+        at_cut = written(broker.bootstrap, topics["out"])
+        time.sleep(outage_s - 1)
         at_outage_end = written(broker.bootstrap, topics["out"])
+        assert at_outage_end == at_cut, "results reached the broker during the outage: the fault missed the sidecar"
         proxy.enable("kafka", True)
         recovered_s = _wait(lambda: written(broker.bootstrap, topics["out"]) > at_outage_end, 120,
                             "results again after the broker became reachable")
         time.sleep(5)  # some more stream after the recovery
         sent = stream.stop()
-        results = drain(broker.bootstrap, [topics["out"]], len(sent), timeout_s=120)
+        results = drain_ids(broker.bootstrap, topics["out"], sent)
         duplicated, distinct = _count(results)
         lost = len(set(sent) - set(transaction_ids(results)))
         assert lost == 0
@@ -276,17 +323,12 @@ def test_the_broker_unreachable_during_a_restore_costs_time_not_correctness(prox
         proxy.toxic("kafka", "bandwidth", "downstream", rate=300)
         after = raw_sidecar(broker.proxied_bootstrap, small_bundle, topics, "g-net-restore")
 
-        def restoring() -> bool:
-            try:
-                return re.search(r"^fraudscore_state_restoring 1\.0$", after.get("/metrics")[1], re.M) is not None
-            except OSError:
-                return False
 
-        _wait(restoring, 60, "the second instance restoring")
+        _wait(lambda: restoring(after), 60, "the second instance restoring")
         t_cut = time.monotonic()
         proxy.enable("kafka", False)
         time.sleep(3)
-        assert restoring(), "the restore ended before the broker came back: the outage did not fall inside it"
+        assert restoring(after), "the restore ended before the broker came back: the outage did not fall inside it"
         proxy.clear("kafka")
         after.wait_ready(180)
         ready_s = time.monotonic() - t_cut
@@ -304,12 +346,14 @@ def test_the_broker_unreachable_during_a_restore_costs_time_not_correctness(prox
 
 @pytest.mark.kafka
 def test_a_broker_restart_during_a_rebalance_keeps_parity(proxied_broker, small_bundle, month) -> None:
-    """Raw mode, a live stream (60 days in ~25 s) on 3 partitions: a second instance joins, and
-    while the group rebalances (the joining instance assigned, not yet ready) the broker is
-    stopped and started again. Every transaction must end with the offline features."""
+    """Raw mode, a live stream (60 days in ~25 s) on 3 partitions: a second instance joins through
+    the proxy on a 300 kB/s link, so that restoring the partitions it is given takes seconds, and
+    while it restores (the group mid-rebalance) the broker is stopped and started again. Every
+    transaction must end with the offline features."""
     from test_raw_mode import _background_send, _wait_for_results, assert_parity, raw_sidecar, topics_with_state
 
-    broker, _ = proxied_broker
+    broker, proxy = proxied_broker
+    proxy.clear("kafka")
     events, expected, scores, _ = month
     topics = topics_with_state(broker.bootstrap)
     first = raw_sidecar(broker.bootstrap, small_bundle, topics, "g-net-rebalance")
@@ -319,16 +363,20 @@ def test_a_broker_restart_during_a_rebalance_keeps_parity(proxied_broker, small_
         first.wait_ready(120)
         sender = _background_send(broker.bootstrap, topics, events, speedup=60 * 86_400 / 25)
         _wait_for_results(broker.bootstrap, topics["out"], len(expected) // 4, timeout_s=120)
+        proxy.toxic("kafka", "bandwidth", "downstream", rate=300)
+        joiner = raw_sidecar(broker.proxied_bootstrap, small_bundle, topics, "g-net-rebalance")
+
+
+        _wait(lambda: restoring(joiner), 60, "the joining instance restoring the partitions it was given")
         at = written(broker.bootstrap, topics["out"])
         assert at < len(expected), f"the rebalance would fall after the stream: {at} of {len(expected)} results"
-        joiner = raw_sidecar(broker.bootstrap, small_bundle, topics, "g-net-rebalance")
-        _wait(lambda: "assigned" in joiner.output() or joiner.proc.poll() is not None, 60, "the joining instance assigned")
-        joiner_ready = joiner.get("/readyz")[0] == 200
+        assert restoring(joiner), "the joining instance finished restoring: the restart would not fall inside the rebalance"
         t0 = time.monotonic()
         broker.stop()
         stopped_s = time.monotonic() - t0
         broker.start()
         down_s = time.monotonic() - t0
+        proxy.clear("kafka")
         assert written(broker.bootstrap, topics["out"]) < len(expected), "the restart fell after the last result"
         sender.wait(300)
         assert sender.returncode == 0, sender.stderr.read()
@@ -338,9 +386,109 @@ def test_a_broker_restart_during_a_rebalance_keeps_parity(proxied_broker, small_
             code, log = instance.stop()
             assert code == 0, log[-3000:]
         assert_parity(results, expected, scores)
-        print(f"broker restarted during a rebalance (stop {stopped_s:.1f} s, back after {down_s:.1f} s; the joining "
-              f"instance {'ready' if joiner_ready else 'not ready yet'} when it began): "
+        print(f"broker restarted while a joining instance restored (stop {stopped_s:.1f} s, back after {down_s:.1f} s): "
               f"{len(results)} results for {len(expected)} transactions")
     finally:
+        proxy.clear("kafka")
         if sender is not None and sender.poll() is None:
             sender.kill()
+
+
+DRAIN_S = 5.0
+
+
+@pytest.mark.kafka
+def test_sigterm_during_a_slow_restore_exits_within_the_bound_and_the_next_instance_keeps_parity(
+        proxied_broker, small_bundle, month) -> None:
+    """Raw mode: SIGTERM (--drain-timeout 5) while an instance on a 100 kB/s link restores its state.
+    The stop gives the restore up (nothing was consumed, nothing is committed) and exits within
+    --drain-timeout + 5 s; an instance started next restores and scores the rest with parity."""
+    from test_raw_mode import _wait_for_results, assert_parity, raw_sidecar, send, topics_with_state
+
+    broker, proxy = proxied_broker
+    proxy.clear("kafka")
+    events, expected, scores, _ = month
+    mid = int(np.median(events.seconds))
+    first, second = events.between(None, mid), events.between(mid, None)
+    topics = topics_with_state(broker.bootstrap)
+    group = "g-net-stop-restore"
+    before = raw_sidecar(broker.bootstrap, small_bundle, topics, group)
+    try:
+        before.wait_ready(120)
+        send(broker.bootstrap, topics, first)
+        _wait_for_results(broker.bootstrap, topics["out"], int((~first.is_label).sum()), timeout_s=120)
+        code, log = before.stop()
+        assert code == 0, log[-3000:]
+        committed = written(broker.bootstrap, topics["out"])
+
+        proxy.toxic("kafka", "bandwidth", "downstream", rate=100)
+        slow = raw_sidecar(broker.proxied_bootstrap, small_bundle, topics, group, "--drain-timeout", str(DRAIN_S))
+
+
+        _wait(lambda: restoring(slow), 60, "the instance restoring")
+        time.sleep(1)
+        assert restoring(slow), "the restore ended before the stop: the stop would not fall inside it"
+        t0 = time.monotonic()
+        code, log = slow.stop(timeout_s=DRAIN_S + 30)
+        took = time.monotonic() - t0
+        assert took <= DRAIN_S + 5, (took, log[-3000:])
+        assert code in (0, 4), log[-3000:]
+        assert written(broker.bootstrap, topics["out"]) == committed  # it scored nothing
+        proxy.clear("kafka")
+
+        send(broker.bootstrap, topics, second)
+        after = raw_sidecar(broker.bootstrap, small_bundle, topics, group)
+        results = drain(broker.bootstrap, [topics["out"]], len(expected), timeout_s=240)
+        code, log = after.stop()
+        assert code == 0, log[-3000:]
+        assert_parity(results, expected, scores)
+        print(f"SIGTERM during a restore: exit {slow.proc.returncode} after {took:.1f} s (bound {DRAIN_S + 5:g} s); "
+              f"the next instance: {len(results)} results for {len(expected)} transactions")
+    finally:
+        proxy.clear("kafka")
+
+
+@pytest.mark.kafka
+def test_sigterm_with_outputs_stuck_on_a_slow_link_commits_only_what_was_delivered(
+        proxied_broker, small_bundle, transactions) -> None:
+    """The sidecar's link to the broker carries 2 kB/s towards the broker: its results queue up
+    unacknowledged. SIGTERM (--drain-timeout 5): exit within the bound, saying what was left, and
+    nothing committed that was not delivered: a fresh instance of the group delivers the rest."""
+    broker, proxy = proxied_broker
+    proxy.clear("kafka")
+    topics = own_topics(broker, partitions=2)
+    keys, values = transactions
+    stream = Stream(broker.bootstrap, topics["in"], keys, values)
+    group = "g-net-stop-slow-out"
+    sidecar = Sidecar(broker.proxied_bootstrap, small_bundle, topics, group, "--drain-timeout", str(DRAIN_S))
+    try:
+        sidecar.wait_ready()
+        stream.start()
+        _wait(lambda: written(broker.bootstrap, topics["out"]) >= 2 * RATE, 30, "results before the fault")
+        proxy.toxic("kafka", "bandwidth", "upstream", rate=2)
+        time.sleep(5)  # results queue up behind the slow link
+        before = written(broker.bootstrap, topics["out"])
+        t0 = time.monotonic()
+        code, log = sidecar.stop(timeout_s=DRAIN_S + 30)
+        took = time.monotonic() - t0
+        sent = stream.stop()
+        assert took <= DRAIN_S + 5, (took, log[-3000:])
+        left = re.search(r"(\d+) messages not delivered at shutdown", log)
+        # Exit 4 exactly when outputs were left unacknowledged (or the bound passed), and the log says so.
+        assert code == (4 if left else 0), log[-3000:]
+        if code == 4:
+            assert "the stop did not finish its work" in log or "the stop took longer than its bound" in log, log[-3000:]
+        proxy.clear("kafka")
+        after = Sidecar(broker.bootstrap, small_bundle, topics, group)
+        results = drain_ids(broker.bootstrap, topics["out"], sent)
+        code_after, log_after = after.stop()
+        assert code_after == 0, log_after[-3000:]
+        duplicated, _ = _count(results)
+        lost = len(set(sent) - set(transaction_ids(results)))
+        assert lost == 0
+        print(f"SIGTERM with outputs stuck on a 2 kB/s link: exit {code} after {took:.1f} s (bound {DRAIN_S + 5:g} s), "
+              f"{left.group(1) if left else 0} outputs not delivered at the stop, {before} results written before it; "
+              f"sent {len(sent)}, lost {lost}, duplicated {duplicated}")
+    finally:
+        stream.done.set()
+        proxy.clear("kafka")

@@ -137,8 +137,10 @@ def test_sigterm_with_the_broker_going_away_exits_within_the_bound_and_loses_not
     assert max(took) <= BOUND_S, (took, [log[-3000:] for log in logs])
     for code, log in zip(codes, logs):
         if code == 4:
-            assert "the stop took longer than its bound" in log, log[-3000:]
-            print("\n" + log[log.index("the stop took longer"):][:1500])
+            # Past the bound (StopBound's report), or within it with outputs left unacknowledged.
+            said = next((m for m in ("the stop took longer than its bound", "the stop did not finish its work") if m in log), None)
+            assert said is not None, log[-3000:]
+            print("\n" + log[log.index(said):][:1500])
 
     # Nothing committed that was not delivered: the group's next instance delivers what is left.
     if not frozen:

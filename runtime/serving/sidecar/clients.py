@@ -121,7 +121,9 @@ class WatermarkProbe:
     responses. On a slow link the next response is still on its way, so the lag it reports stays
     near 0 while the real lag grows (a 10 kB/s link: 0 against 7,700 and rising,
     tests/test_network_faults.py). The probe's small ListOffsets requests go on connections of
-    their own, not queued behind a fetch, so the lag the stats report is the larger of the two.
+    their own, not queued behind a fetch (on a link that is slow for every connection they still
+    share its bandwidth, but a few hundred bytes each 5 s), and the stats report the lag from them
+    (`consumer_lag`).
 
         probe = WatermarkProbe(admin_config, read_committed=False).start()
         probe.watch([("transactions", 0)]); probe.high("transactions", 0)  # None until answered
@@ -155,7 +157,9 @@ class WatermarkProbe:
 
         admin = AdminClient(self._config)
         level = IsolationLevel.READ_COMMITTED if self._read_committed else IsolationLevel.READ_UNCOMMITTED
+        warned = 0.0
         while not self._done.wait(self.interval_s):
+            admin.poll(0)  # serves the client's log and error callbacks, which queue up otherwise
             watched = self._watched
             self._high = {key: value for key, value in self._high.items() if key in watched}
             if not watched:
@@ -163,33 +167,40 @@ class WatermarkProbe:
             try:
                 futures = admin.list_offsets({TopicPartition(t, p): OffsetSpec.latest() for t, p in watched},
                                              isolation_level=level, request_timeout=self.interval_s)
-            except (KafkaException, ValueError) as exc:  # not asked this round; the stats' own lag stands
-                log.debug("high watermarks not asked: %s", exc)
-                continue
-            for tp, future in futures.items():
-                try:
-                    self._high[(tp.topic, tp.partition)] = future.result().offset
-                except KafkaException:  # unanswered (broker away): keep the last known one
-                    pass
+                for tp, future in futures.items():
+                    try:
+                        self._high[(tp.topic, tp.partition)] = future.result().offset
+                    except KafkaException:  # unanswered (broker away): keep the last known one
+                        pass
+            except Exception as exc:  # noqa: BLE001 - never let the thread die: the lag would read 0 again
+                if time.monotonic() - warned > 60:
+                    log.warning("consumer lag: high watermarks not asked (%s: %s); librdkafka's own figure stands",
+                                type(exc).__name__, exc)
+                    warned = time.monotonic()
 
 
-def consumer_lag(p: dict, high: int | None) -> int:
+def consumer_lag(p: dict, high: int | None, exactly_once: bool = False) -> int:
     """A partition's lag from its librdkafka statistics and a high watermark asked on the side:
-    the larger of librdkafka's `consumer_lag` and `high` less the committed offset (the next
-    offset handed to the application before anything is committed); -1 when neither is known.
+    `high` less the next offset the consumer hands to the application (the committed one before
+    the first message), or librdkafka's `consumer_lag` (end less committed offset) when that is
+    larger; -1 when neither is known. With exactly-once the offsets are committed inside
+    transactions, which the consumer's statistics never see (their committed offset stays where
+    the assignment found it, and librdkafka's figure only grows): `high` alone counts there.
 
         >>> consumer_lag({"consumer_lag": 3, "committed_offset": 10, "app_offset": 12}, 40)
-        30
+        28
+        >>> consumer_lag({"consumer_lag": 900, "committed_offset": 10, "app_offset": 12}, 40, exactly_once=True)
+        28
         >>> consumer_lag({"consumer_lag": -1, "committed_offset": -1001, "app_offset": -1001}, 40)
         -1
     """
-    lag = p.get("consumer_lag", -1)
-    position = p.get("committed_offset", -1001)
+    own = -1 if exactly_once else p.get("consumer_lag", -1)
+    position = p.get("app_offset", -1001)
     if position < 0:
-        position = p.get("app_offset", -1001)
+        position = p.get("committed_offset", -1001)
     if high is not None and high >= 0 and position >= 0:
-        lag = max(lag, high - position, 0)
-    return lag
+        return max(own, high - position, 0)
+    return own
 
 
 def consumer_config(config: SidecarConfig, hooks: ClientHooks, assigned: Callable[[str, int], bool],
@@ -204,7 +215,7 @@ def consumer_config(config: SidecarConfig, hooks: ClientHooks, assigned: Callabl
                 if partition == "-1" or not assigned(topic, int(partition)):
                     continue
                 watched.append((topic, int(partition)))
-                lag = consumer_lag(p, None if probe is None else probe.high(topic, int(partition)))
+                lag = consumer_lag(p, None if probe is None else probe.high(topic, int(partition)), config.exactly_once)
                 if lag >= 0:
                     hooks.on_lag(topic, partition, lag)
         if probe is not None:
@@ -261,12 +272,12 @@ def build_clients(config: SidecarConfig, hooks: ClientHooks, assigned: Callable[
     from confluent_kafka import Consumer, Producer
 
     probe = WatermarkProbe(common_config(config) | config.kafka | {"error_cb": lambda err: None},
-                           read_committed=config.exactly_once).start()
+                           read_committed=config.exactly_once)
     consumer = Consumer(consumer_config(config, hooks, assigned, probe))
     producer = Producer(producer_config(config, hooks))
     if config.exactly_once:
         producer.init_transactions(config.startup_timeout_s)
-    return consumer, producer, probe
+    return consumer, producer, probe.start()
 
 
 def connection_problem(admin, errors: list, exc: Exception, bootstrap: str, timeout_s: float) -> tuple[bool, str]:

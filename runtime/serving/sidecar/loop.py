@@ -44,6 +44,7 @@ from fraudscore.serving.scorer import Scorer
 from fraudscore.serving.sidecar.clients import ClientHooks, build_clients, check_topics, kafka_log, quiet_repeats
 from fraudscore.serving.sidecar.config import SidecarConfig
 from fraudscore.serving.sidecar.delivery import MAX_KEY_BYTES, Delivery
+from fraudscore.serving.sidecar.process import OVERDUE_EXIT
 from fraudscore.serving.sidecar.state import FeatureState, input_spec
 
 log = logging.getLogger("fraudscore.sidecar")
@@ -82,6 +83,7 @@ class Sidecar:
         self._stop = False
         self._stop_deadline: float | None = None  # time.monotonic() by which the stop must be done
         self._stage = "starting"  # what the stop is doing, for StopBound's report
+        self._unfinished: list[str] = []  # what the stop left undone (exit OVERDUE_EXIT): outputs not acknowledged
         self._reload = False
         self._assignment: set[tuple[str, int]] = set()
         self._gaps_reported: set[tuple[str, int, int]] = set()  # (topic, partition, committed offset) logged once
@@ -387,9 +389,14 @@ class Sidecar:
                 if self.state is not None and self.state.snapshot_due():
                     self._snapshot()
             log.info("stopping: batch in flight done, flushing")
-            return 0
         finally:
             self._shutdown()
+        if self._unfinished:
+            log.error("the stop did not finish its work within --drain-timeout (%s); exiting %d. Nothing "
+                      "unacknowledged was committed: the partitions' next owner reads it again",
+                      "; ".join(self._unfinished), OVERDUE_EXIT)
+            return OVERDUE_EXIT
+        return 0
 
     def _shutdown(self) -> None:
         """Complete the batch in flight, flush, commit, snapshot, leave the group: each step
@@ -404,6 +411,9 @@ class Sidecar:
             left = self.producer.flush(self._stop_budget())
             if left:
                 log.error("%d messages not delivered at shutdown; their inputs were not committed", left)
+                self._unfinished.append(f"{left} outputs not acknowledged")
+        if self.watermarks is not None:
+            self.watermarks.close()
         if self.consumer is not None:
             self._stage = "committing delivered offsets"
             committed = self.delivery.commit_done()
@@ -413,7 +423,6 @@ class Sidecar:
             self.delivery.dead_letters.close()
             self._stage = "leaving the consumer group"
             self.consumer.close()
-            self.watermarks.close()
         if self.state is not None:
             self.state.close()
         if self.http is not None:

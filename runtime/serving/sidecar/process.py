@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from fraudscore.serving.sidecar.loop import Sidecar
 
 
-OVERDUE_EXIT = 4  # the stop took longer than its bound: see StopBound
+OVERDUE_EXIT = 4  # the stop did not finish: past its bound (StopBound), or outputs left unacknowledged (Sidecar.run)
 GRACE_S = 2.0  # past --drain-timeout, for the log lines and the consumer's goodbye
 
 
