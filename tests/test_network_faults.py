@@ -162,6 +162,7 @@ def test_the_lag_examples_in_the_docstrings_run() -> None:
 
 
 @pytest.mark.kafka
+@pytest.mark.faults
 @pytest.mark.skipif(not PROMETHEUS, reason="prometheus missing: scripts/setup.sh installs it")
 def test_latency_and_a_slow_link_fire_the_latency_and_lag_alerts_which_clear_after(
         proxied_broker, small_bundle, transactions, tmp_path: Path) -> None:
@@ -244,6 +245,7 @@ def test_latency_and_a_slow_link_fire_the_latency_and_lag_alerts_which_clear_aft
 
 
 @pytest.mark.kafka
+@pytest.mark.faults
 @pytest.mark.parametrize("outage_s", [3, 20], ids=["shorter-than-session", "longer-than-session"])
 def test_the_broker_unreachable_mid_stream_loses_nothing_and_the_sidecar_recovers_by_itself(
         proxied_broker, small_bundle, transactions, outage_s: int) -> None:
@@ -298,6 +300,7 @@ def month(tmp_path_factory, small_bundle: Path):
 
 
 @pytest.mark.kafka
+@pytest.mark.faults
 def test_the_broker_unreachable_during_a_restore_costs_time_not_correctness(proxied_broker, small_bundle, month) -> None:
     """Raw mode: one instance scores the first half of a simulated month (direct to the broker)
     and stops; a second one, behind the proxy on a 300 kB/s link so that its restore of the
@@ -345,6 +348,7 @@ def test_the_broker_unreachable_during_a_restore_costs_time_not_correctness(prox
 
 
 @pytest.mark.kafka
+@pytest.mark.faults
 def test_a_broker_restart_during_a_rebalance_keeps_parity(proxied_broker, small_bundle, month) -> None:
     """Raw mode, a live stream (60 days in ~25 s) on 3 partitions: a second instance joins through
     the proxy on a 300 kB/s link, so that restoring the partitions it is given takes seconds, and
@@ -398,6 +402,7 @@ DRAIN_S = 5.0
 
 
 @pytest.mark.kafka
+@pytest.mark.faults
 def test_sigterm_during_a_slow_restore_exits_within_the_bound_and_the_next_instance_keeps_parity(
         proxied_broker, small_bundle, month) -> None:
     """Raw mode: SIGTERM (--drain-timeout 5) while an instance on a 100 kB/s link restores its state.
@@ -449,6 +454,7 @@ def test_sigterm_during_a_slow_restore_exits_within_the_bound_and_the_next_insta
 
 
 @pytest.mark.kafka
+@pytest.mark.faults
 def test_sigterm_with_outputs_stuck_on_a_slow_link_commits_only_what_was_delivered(
         proxied_broker, small_bundle, transactions) -> None:
     """The sidecar's link to the broker carries 2 kB/s towards the broker: its results queue up

@@ -90,6 +90,7 @@ class Exits:
 
 
 @pytest.mark.slow
+@pytest.mark.faults
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("order,instances", [("broker stopped, then SIGTERM", 2),
                                              ("broker frozen, then SIGTERM", 1),
