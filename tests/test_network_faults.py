@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 import pytest
 import yaml
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 
 from fraudscore.serving.sidecar.clients import ClientHooks, consumer_config
 from fraudscore.serving.sidecar.config import SidecarConfig
@@ -111,6 +111,18 @@ def restoring(sidecar: Sidecar) -> bool:
         return re.search(r"^fraudscore_state_restoring 1\.0$", sidecar.get("/metrics")[1], re.M) is not None
     except OSError:
         return False
+
+
+def _wait_value(ask, timeout_s: float, what: str):
+    """`ask()`'s answer, asked again while it raises KafkaException (a broker just started); fails after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return ask()
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not within {timeout_s:g} s: {what}") from None
+            time.sleep(0.5)
 
 
 def _query(port: int, expr: str) -> float | None:
@@ -381,7 +393,9 @@ def test_a_broker_restart_during_a_rebalance_keeps_parity(proxied_broker, small_
         broker.start()
         down_s = time.monotonic() - t0
         proxy.clear("kafka")
-        assert written(broker.bootstrap, topics["out"]) < len(expected), "the restart fell after the last result"
+        # Right after a start the broker may answer NOT_LEADER for a moment: ask until it answers.
+        after_restart = _wait_value(lambda: written(broker.bootstrap, topics["out"]), 60, "the restarted broker answering")
+        assert after_restart < len(expected), "the restart fell after the last result"
         sender.wait(300)
         assert sender.returncode == 0, sender.stderr.read()
         results = drain(broker.bootstrap, [topics["out"]], len(expected), timeout_s=300)
