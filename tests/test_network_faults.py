@@ -31,7 +31,7 @@ from confluent_kafka import KafkaException, Producer
 
 from fraudscore.serving.sidecar.clients import ClientHooks, consumer_config
 from fraudscore.serving.sidecar.config import SidecarConfig
-from kafka_helpers import ROOT, Sidecar, client, drain, free_port, own_topics, transaction_ids, written
+from kafka_helpers import ROOT, Sidecar, client, drain, free_port, own_topics, produce, transaction_ids, written
 from test_alerting_e2e import PROMETHEUS, _prometheus_alerts, _stop_all, _wait_http
 
 BATCH = 500
@@ -512,3 +512,54 @@ def test_sigterm_with_outputs_stuck_on_a_slow_link_commits_only_what_was_deliver
     finally:
         stream.done.set()
         proxy.clear("kafka")
+
+
+@pytest.mark.kafka
+@pytest.mark.faults
+def test_a_labels_topic_deleted_mid_stream_stops_scoring_until_it_is_back(kafka_bootstrap, make_topic, small_bundle,
+                                                                         month) -> None:
+    """Raw mode: the labels topic is deleted while transactions keep coming. The terminal table
+    cannot know which confirmations it misses, so nothing is scored (no result with a terminal
+    risk that may be wrong): the batches wait, the sidecar stays up and says why, and the lag
+    grows. Once the topic exists again (empty: the confirmations in it are gone for good) scoring
+    resumes and every transaction gets its result."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from test_raw_mode import _wait_for_results, raw_sidecar, raw_topics, send
+
+    events, expected, _, _ = month
+    mid = int(np.quantile(events.seconds, 0.4))
+    first, later = events.between(None, mid), events.between(mid, None)
+    later_tx = [i for i, label in enumerate(later.is_label.tolist()) if not label]
+    topics = raw_topics(make_topic)
+    sidecar = raw_sidecar(kafka_bootstrap, small_bundle, topics, "g-net-labels-gone")
+    admin = AdminClient(client(kafka_bootstrap))
+    try:
+        sidecar.wait_ready(120)
+        send(kafka_bootstrap, topics, first)
+        before = int((~first.is_label).sum())
+        _wait_for_results(kafka_bootstrap, topics["out"], before, timeout_s=120)
+        admin.delete_topics([topics["labels"]])[topics["labels"]].result(timeout=30)
+        produce(kafka_bootstrap, topics["in"], [later.keys[i] for i in later_tx], [later.values[i] for i in later_tx])
+        time.sleep(20)
+        stalled = written(kafka_bootstrap, topics["out"])
+        time.sleep(10)
+        assert written(kafka_bootstrap, topics["out"]) == stalled, "results written while the labels topic was gone"
+        assert stalled < before + len(later_tx)
+        assert sidecar.proc.poll() is None, sidecar.output()[-3000:]
+        log = sidecar.output()
+        assert "terminal table: high watermarks unavailable" in log, log[-3000:]
+        _, metrics = sidecar.get("/metrics")
+        lag = sum(float(v) for v in re.findall(r"^fraudscore_consumer_lag\{[^}]*\} (\S+)", metrics, re.M))
+
+        t0 = time.monotonic()
+        admin.create_topics([NewTopic(topics["labels"], num_partitions=1, replication_factor=1)])[topics["labels"]].result(timeout=30)
+        results = drain_ids(kafka_bootstrap, topics["out"], list(expected), timeout_s=180)
+        resumed_s = time.monotonic() - t0
+        code, log = sidecar.stop()
+        assert code == 0, log[-3000:]
+        print(f"labels topic deleted mid-stream: {stalled - before} of {len(later_tx)} later transactions scored "
+              f"before the stall held, lag {lag:.0f} while it held; all {len(expected)} scored {resumed_s:.1f} s "
+              f"after the topic was back ({len(results)} results)")
+    finally:
+        sidecar.proc.poll() is None and sidecar.proc.kill()
