@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The test suite as `make test` and CI run it: pytest on two pytest-xdist workers. Each worker
 # starts its own Kafka broker (tests/conftest.py, deploy/kafka/local.sh on free ports) unless
-# FRAUDSCORE_TEST_BOOTSTRAP names one, and its own second broker for the security and
-# broker-restart tests. Most Kafka tests wait, on the broker, on session timeouts and on
-# sidecars starting, so two workers finish in about 17 minutes what one does in about 29 on
-# 2 cores.
+# FRAUDSCORE_TEST_BOOTSTRAP names one, and its own second broker (with a Toxiproxy in front of
+# one of its listeners) for the security, stop-bound, broker-restart and network-fault tests.
+# Most Kafka tests wait, on the broker, on session timeouts and on sidecars starting, so two
+# workers finish in about 20 minutes on 2 cores (29 minutes on one worker when the suite was
+# smaller).
 #
 #   scripts/test.sh [pytest arguments]
+#   scripts/test.sh -m 'not faults'  without the long fault-injection runs (CI runs them)
 #   FRAUDSCORE_TEST_WORKERS=1       one process (pytest's own order, no xdist)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -494,8 +494,8 @@ def test_sigterm_with_outputs_stuck_on_a_slow_link_commits_only_what_was_deliver
         sent = stream.stop()
         assert took <= DRAIN_S + 5, (took, log[-3000:])
         left = re.search(r"(\d+) messages not delivered at shutdown", log)
-        # Exit 4 exactly when outputs were left unacknowledged (or the bound passed), and the log says so.
-        assert code == (4 if left else 0), log[-3000:]
+        # Outputs left unacknowledged exit 4 (so does a batch in flight that failed at the stop), and the log says so.
+        assert code == 4 if left else code in (0, 4), log[-3000:]
         if code == 4:
             assert "the stop did not finish its work" in log or "the stop took longer than its bound" in log, log[-3000:]
         proxy.clear("kafka")
@@ -548,7 +548,7 @@ def test_a_labels_topic_deleted_mid_stream_stops_scoring_until_it_is_back(kafka_
         assert stalled < before + len(later_tx)
         assert sidecar.proc.poll() is None, sidecar.output()[-3000:]
         log = sidecar.output()
-        assert "terminal table: high watermarks unavailable" in log, log[-3000:]
+        assert "terminal table: high watermarks unavailable" in log, log[-3000:]  # says why
         _, metrics = sidecar.get("/metrics")
         lag = sum(float(v) for v in re.findall(r"^fraudscore_consumer_lag\{[^}]*\} (\S+)", metrics, re.M))
 

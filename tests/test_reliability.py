@@ -145,6 +145,7 @@ class stream(threading.Thread):
             raise AssertionError(f"the feeder failed: {self.error!r}") from self.error
 
 
+@pytest.mark.faults
 def test_broker_restart_mid_stream_recovers_by_itself(own_broker, small_bundle, transactions) -> None:
     topics = own_topics(own_broker, partitions=3)
     keys, values = transactions

@@ -2,7 +2,8 @@
 # A local Toxiproxy server (Shopify's TCP fault proxy) for the network fault tests
 # (tests/test_network_faults.py): latency, bandwidth limits, black holes and connection resets
 # between the sidecar and a broker, driven through its HTTP API. Built from the Go module proxy
-# with the machine's Go (Debian's golang-go where there is none), pinned below.
+# with the machine's Go (`go` on PATH or /usr/local/go; scripts/setup.sh installs Debian's
+# golang-go where there is none), pinned below.
 #
 #   deploy/toxiproxy/local.sh start     start (or reuse) a server; last line = its API URL
 #   deploy/toxiproxy/local.sh stop      stop it by PID

@@ -405,7 +405,9 @@ class Sidecar:
             self._stop_deadline = time.monotonic() + self.config.drain_timeout_s
         if self.in_flight is not None:
             self._stage = "completing the batch in flight"
-            self._complete()
+            size = len(self.in_flight.messages)
+            if not self._complete():  # rewound: its outputs may have left the queue undelivered (or aborted)
+                self._unfinished.append(f"a batch of {size} in flight not delivered")
         if self.producer is not None:
             self._stage = "flushing outputs"
             left = self.producer.flush(self._stop_budget())
