@@ -43,6 +43,34 @@ def _wait_http(url: str, timeout_s: float = 60) -> None:
     raise AssertionError(f"{url} did not answer")
 
 
+def scaled_prometheus(tmp_path: Path, targets: dict[str, int], replacements: tuple[tuple[str, str], ...] = (),
+                      alertmanager_port: int | None = None) -> Path:
+    """The repo's Prometheus config and rules (deploy/prometheus), scaled down for a test and written
+    under `tmp_path`; the config file's path. Windows of 5 min -> 10 s, 15 min -> 30 s, 6 h and 7 d ->
+    10 min, every `for:` -> 3 s, scraped and evaluated every second; only the jobs in `targets`, each
+    at its port; `replacements` (old, new) applied to the rules, each required to match; alerts sent
+    to `alertmanager_port` (none without it)."""
+    rules = (ROOT / "deploy/prometheus/rules.yml").read_text()
+    rules = rules.replace("[5m]", "[10s]").replace("[15m]", "[30s]").replace("[6h]", "[10m]").replace("[7d]", "[10m]")
+    rules = re.sub(r"for: \d+[mhd]", "for: 3s", rules)
+    for old, new in replacements:
+        assert old in rules, f"the rules no longer say {old!r}"
+        rules = rules.replace(old, new)
+    (tmp_path / "rules.yml").write_text(rules)
+    prom = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    prom["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    prom["rule_files"] = [str(tmp_path / "rules.yml")]
+    if alertmanager_port is None:
+        prom.pop("alerting", None)
+    else:
+        prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [f"127.0.0.1:{alertmanager_port}"]
+    prom["scrape_configs"] = [c for c in prom["scrape_configs"] if c["job_name"] in targets]
+    for config in prom["scrape_configs"]:
+        config["static_configs"][0]["targets"] = [f"127.0.0.1:{targets[config['job_name']]}"]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prom))
+    return tmp_path / "prometheus.yml"
+
+
 @pytest.mark.skipif(not (PROMETHEUS and ALERTMANAGER), reason="prometheus / alertmanager missing: scripts/setup.sh installs them")
 def test_alert_rate_spike_reaches_the_webhook(kafka_bootstrap, small_bundle, make_topic, tmp_path: Path) -> None:
     received: list[dict] = []
@@ -60,17 +88,7 @@ def test_alert_rate_spike_reaches_the_webhook(kafka_bootstrap, small_bundle, mak
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     metrics_port, prom_port, am_port = free_port(), free_port(), free_port()
 
-    rules = (ROOT / "deploy/prometheus/rules.yml").read_text()
-    rules = rules.replace("[5m]", "[10s]").replace("[15m]", "[30s]").replace("[6h]", "[10m]")
-    rules = re.sub(r"for: \d+m", "for: 3s", rules)
-    (tmp_path / "rules.yml").write_text(rules)
-    prom = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
-    prom["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
-    prom["rule_files"] = [str(tmp_path / "rules.yml")]
-    prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [f"127.0.0.1:{am_port}"]
-    prom["scrape_configs"] = [c for c in prom["scrape_configs"] if c["job_name"] == "fraudscore"]
-    prom["scrape_configs"][0]["static_configs"][0]["targets"] = [f"127.0.0.1:{metrics_port}"]
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prom))
+    scaled_prometheus(tmp_path, {"fraudscore": metrics_port}, alertmanager_port=am_port)
     am = yaml.safe_load((ROOT / "deploy/alertmanager/alertmanager.yml").read_text())
     am["route"].update({"group_wait": "1s", "group_interval": "1s", "repeat_interval": "1m"})
     for route in am["route"].get("routes", []):
@@ -172,19 +190,7 @@ def test_live_quality_alerts_fire_in_prometheus_when_the_challenger_is_the_bette
     topics = raw_topics(make_topic, partitions=2)
     sidecar = raw_sidecar(kafka_bootstrap, champion, topics, "g-quality-e2e", "--challenger", str(small_bundle))
 
-    rules = (ROOT / "deploy/prometheus/rules.yml").read_text()
-    rules = rules.replace("[5m]", "[10s]").replace("[15m]", "[30s]").replace("[6h]", "[10m]").replace("[7d]", "[10m]")
-    rules = re.sub(r"for: \d+[mhd]", "for: 3s", rules)
-    (tmp_path / "rules.yml").write_text(rules)
-    prom = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
-    prom["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
-    prom["rule_files"] = [str(tmp_path / "rules.yml")]
-    prom.pop("alerting")
-    targets = {"fraudscore": sidecar.port, "fraudscore_quality": quality_port}
-    prom["scrape_configs"] = [c for c in prom["scrape_configs"] if c["job_name"] in targets]
-    for config in prom["scrape_configs"]:
-        config["static_configs"][0]["targets"] = [f"127.0.0.1:{targets[config['job_name']]}"]
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prom))
+    scaled_prometheus(tmp_path, {"fraudscore": sidecar.port, "fraudscore_quality": quality_port})
 
     procs = []
     try:
