@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need, and skips what is already there:
-#   - Debian packages: Prometheus tools (promtool, alertmanager, pushgateway), a JRE and Maven;
+#   - Debian packages: Prometheus tools (promtool, alertmanager, pushgateway), a JRE, Maven and
+#     iptables (packet loss for the network fault tests);
 #     with CI=true or FRAUDSCORE_CONTAINERS=1 also podman, runc and debootstrap, which the
 #     container test (tests/test_container.py) needs to build and run the runtime image;
 #   - a virtual environment .venv with fraudscore installed editable with the extras
@@ -49,6 +50,8 @@ declare -A debs=(
   [prometheus-pushgateway]=prometheus-pushgateway
   [java]=openjdk-17-jre-headless
   [mvn]=maven
+  # iptables makes the packet loss of the network fault tests (deploy/packet-loss/local.sh)
+  [iptables]=iptables
 )
 # Go builds Toxiproxy for the network fault tests (deploy/toxiproxy/local.sh); a machine's own
 # Go (e.g. /usr/local/go) is used when there is one.

@@ -312,3 +312,33 @@ class Toxiproxy:
         for toxic in self._call("GET", f"/proxies/{proxy}/toxics"):
             self._call("DELETE", f"/proxies/{proxy}/toxics/{toxic['name']}")
         self.enable(proxy, True)
+
+
+class PacketLoss:
+    """Random packet loss on one local TCP port, both ways (deploy/packet-loss/local.sh:
+    iptables' statistic match; root or CAP_NET_ADMIN needed).
+
+        loss = PacketLoss()
+        if reason := loss.unavailable():
+            pytest.skip(reason)
+        loss.add(port, 10)    # 10 % of the packets to and from `port` dropped
+        loss.clear()          # every rule the script added removed
+    """
+
+    SCRIPT = ROOT / "deploy" / "packet-loss" / "local.sh"
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(self.SCRIPT), *args], capture_output=True, text=True, timeout=30)
+
+    def unavailable(self) -> str | None:
+        """Why packet loss cannot be made on this machine, or None when it can."""
+        done = self._run("status")
+        return None if done.returncode == 0 else done.stderr.strip()
+
+    def add(self, port: int, percent: float) -> None:
+        done = self._run("add", str(port), str(percent))
+        assert done.returncode == 0, done.stderr
+
+    def clear(self) -> None:
+        done = self._run("clear")
+        assert done.returncode == 0, done.stderr

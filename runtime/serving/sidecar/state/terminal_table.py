@@ -63,6 +63,10 @@ class TerminalTable:
         self.terminals = terminals
         self.metrics = metrics
         self.reader = None
+        # The partitions' ends are asked on connections of their own: on a slow link a request on
+        # the reader's connection waits behind the fetch responses it prefetches (16 MB, a minute
+        # at 300 kB/s) and timed out every time, so the table never caught up (a network fault test).
+        self.ends = None
         self.caught_up = False
         self.partition_watermarks: dict[int, int] = {}  # input partition -> newest event time read
         self.inputs: list[int] = []  # the input topic's partitions
@@ -101,6 +105,8 @@ class TerminalTable:
             # otherwise keep the position short of the high watermark for ever.
             "enable.partition.eof": True,
         } | c.kafka | {"auto.offset.reset": "earliest"})  # an offset lost to retention: the oldest kept, never the end
+        self.ends = Consumer(common_config(c) | {"group.id": f"{c.group_id}.terminal-ends.{uuid.uuid4().hex[:8]}",
+                                                 "enable.auto.commit": False} | c.kafka)
         metadata = self.reader.list_topics(timeout=c.startup_timeout_s)
         self.inputs = sorted(metadata.topics[c.input_topic].partitions)
         self.feed = self._usable_feed(metadata)
@@ -180,15 +186,15 @@ class TerminalTable:
         try:
             for t, p in sources + [k for k in self._assigned if k[0] == c.labels_topic]:
                 if not self._past((t, p), bound_s):
-                    low, high = reader.get_watermark_offsets(TopicPartition(t, p), timeout=c.startup_timeout_s, cached=False)
+                    low, high = self.ends.get_watermark_offsets(TopicPartition(t, p), timeout=c.startup_timeout_s, cached=False)
                     targets[(t, p)] = high
                     if t == c.input_topic:
                         self._lows[p] = low
             if self.feed:
                 for t, p in targets:
                     if t == c.input_topic and p not in self.gaps and not self._done((t, p), targets[(t, p)]):
-                        feed_highs[p] = reader.get_watermark_offsets(TopicPartition(self.feed, p), timeout=c.startup_timeout_s,
-                                                                     cached=False)[1]
+                        feed_highs[p] = self.ends.get_watermark_offsets(TopicPartition(self.feed, p), timeout=c.startup_timeout_s,
+                                                                        cached=False)[1]
         except KafkaException as exc:  # a leader moving, a broker restarting: try again before the next batch
             log.warning("terminal table: high watermarks unavailable (%s); retrying before the next batch", exc)
             return False
@@ -331,8 +337,8 @@ class TerminalTable:
                 continue
             try:
                 self.reader.seek(TopicPartition(self.feed, p, feed_offset))
-                self._feed_highs[p] = self.reader.get_watermark_offsets(TopicPartition(self.feed, p), timeout=c.startup_timeout_s,
-                                                                        cached=False)[1]
+                self._feed_highs[p] = self.ends.get_watermark_offsets(TopicPartition(self.feed, p), timeout=c.startup_timeout_s,
+                                                                      cached=False)[1]
             except KafkaException as exc:  # the input goes on serving the partition: slower, as exact
                 log.debug("terminal feed: partition %d not sought back to %d (%s)", p, feed_offset, exc)
                 continue
@@ -400,3 +406,6 @@ class TerminalTable:
         if self.reader is not None:
             self.reader.close()
             self.reader = None
+        if self.ends is not None:
+            self.ends.close()
+            self.ends = None
