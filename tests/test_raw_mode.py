@@ -917,3 +917,82 @@ def test_a_daily_resolution_bundle_keeps_parity_through_a_restart_from_its_bucke
                           if line.startswith('fraudscore_state_bytes{kind="terminal"}'))
     print(f"terminal state at 1 day: {terminal_bytes:,.0f} B for 1,000 terminals")
     assert terminal_bytes < 2 * 1_000 * 48 * 8, terminal_bytes
+
+
+def _metric(metrics: str, name: str, **labels: str) -> float:
+    """The sum of `name`'s samples whose labels include `labels`, in a /metrics text."""
+    total = 0.0
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+@pytest.mark.faults
+def test_state_topics_deleted_mid_run_keep_scoring_and_a_restart_never_uses_wrong_state(
+        kafka_bootstrap, small_bundle, month) -> None:
+    """Raw mode with --state-topic under a live stream: the state topic, its index and its feed
+    are deleted (an operator's mistake, a cluster migration). Scoring goes on from the state in
+    memory; the snapshots due meanwhile are skipped (counted, logged once) instead of each
+    waiting its budget for a topic that is gone. `fraudscore topics create` makes the topics
+    again; snapshots go to the new ones, and an instance started after a stop restores from them
+    and ends with every feature equal to `fraudscore features`."""
+    from confluent_kafka.admin import AdminClient
+
+    events, expected, scores, _ = month
+    topics = topics_with_state(kafka_bootstrap)
+    state = topics["state"]
+    flags = ("--state-topic", state, "--snapshot-interval", "1", "--drain-timeout", "5")
+    stream_s = 40
+    first = raw_sidecar(kafka_bootstrap, small_bundle, topics, "raw-state-gone", *flags)
+    admin = AdminClient(client(kafka_bootstrap))
+    sender = second = None
+    try:
+        first.wait_ready(120)
+        sender = _background_send(kafka_bootstrap, topics, events, speedup=60 * 86_400 / stream_s)
+        _wait_for_results(kafka_bootstrap, topics["out"], len(expected) // 5, timeout_s=120)
+        for future in admin.delete_topics([state, f"{state}-index", f"{state}-feed"]).values():
+            future.result(timeout=30)
+        at_delete = written(kafka_bootstrap, topics["out"])
+        gone_s = 10
+        time.sleep(gone_s)
+        during = written(kafka_bootstrap, topics["out"]) - at_delete
+        # The stream brings ~1,450 transactions a second; scoring them must not stall while the topics are gone.
+        assert during >= 0.5 * gone_s * len(expected) / stream_s, \
+            f"{during} results in {gone_s} s without the state topics:\n{first.output()[-4000:]}"
+        _, metrics = first.get("/metrics")
+        skipped = _metric(metrics, "fraudscore_state_snapshot_writes_total", outcome="skipped")
+        assert skipped > 0, metrics
+        assert "snapshots skipped: state topic(s)" in first.output(), first.output()[-3000:]
+        ok_before = _metric(metrics, "fraudscore_state_snapshot_writes_total", outcome="ok")
+        done = subprocess.run([EXE, "topics", "create", "--bootstrap-servers", kafka_bootstrap, "--input-topic", topics["in"],
+                               "--labels-topic", topics["labels"], "--output-topic", topics["out"], "--alerts-topic",
+                               topics["alerts"], "--dlq-topic", topics["dlq"], "--state-topic", state, "--partitions", "3"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        t0 = time.monotonic()
+        while _metric(first.get("/metrics")[1], "fraudscore_state_snapshot_writes_total", outcome="ok") <= ok_before:
+            assert time.monotonic() - t0 < 60, f"no snapshot written to the new state topics:\n{first.output()[-3000:]}"
+            time.sleep(0.5)
+        back_s = time.monotonic() - t0
+        code, log = first.stop()
+        assert code == 0, log[-3000:]
+        assert written(kafka_bootstrap, topics["out"]) < len(expected), "the stream ended before the restart"
+        second = raw_sidecar(kafka_bootstrap, small_bundle, topics, "raw-state-gone", *flags)
+        second.wait_ready(120)
+        sender.wait(240)
+        assert sender.returncode == 0, sender.stderr.read()
+        results = drain(kafka_bootstrap, [topics["out"]], len(expected), timeout_s=240)
+        code, log = second.stop()
+        assert code == 0, log[-3000:]
+        assert "customer windows restored from a snapshot at offset" in log, log[-3000:]
+        assert_parity(results, expected, scores)
+        print(f"state topics deleted for {gone_s} s mid-stream: {during} results meanwhile, {skipped:.0f} snapshots "
+              f"skipped; a snapshot written {back_s:.1f} s after `topics create`; the restart restored from them")
+    finally:
+        for instance in (first, second):
+            if instance is not None and instance.proc.poll() is None:
+                instance.proc.kill()
+        if sender is not None and sender.poll() is None:
+            sender.kill()

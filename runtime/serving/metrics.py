@@ -275,7 +275,8 @@ class SidecarMetrics:
             "or read and not usable (gap: it starts after what the table holds; unreadable); the table then reads "
             "that partition's input.", ["outcome"], registry=r)
         self.snapshot_writes = Counter(
-            "fraudscore_state_snapshot_writes", "Snapshots written to the state topic, by kind and outcome (ok, failed).",
+            "fraudscore_state_snapshot_writes", "Snapshots due for the state topic, by kind and outcome: ok, failed (the "
+            "broker did not take it), skipped (the state topics were missing or the broker did not answer).",
             ["kind", "outcome"], registry=r)
         self.snapshot_bytes = Gauge(
             "fraudscore_state_snapshot_bytes", "Size of the last snapshot written or restored, by kind (customers: one partition).",

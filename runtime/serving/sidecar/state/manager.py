@@ -159,6 +159,7 @@ class FeatureState:
         self.snapshotted: dict[int, int] = {}  # partition -> offset of its last snapshot written or restored
         self.committed: dict[int, int] = {}  # partition -> the group's committed offset when it was restored
         self._terminals_snapshotted: dict | None = None  # the table's positions at its last snapshot
+        self._failed_rounds = 0  # snapshot rounds in a row that failed or were skipped (back-off)
         self._last_snapshot = time.monotonic()
         self._reported: set[str] = set()  # partitions with a fraudscore_state_partition_bytes series
         metrics.state_coverage_required.labels("customer").set(spec.customer_reach_s)
@@ -287,7 +288,10 @@ class FeatureState:
         release_free_memory()
 
     def snapshot_due(self) -> bool:
-        return self.snapshots is not None and time.monotonic() - self._last_snapshot >= self.config.snapshot_interval_s
+        """Every --snapshot-interval; after failed rounds every 2, 4, then 8 intervals (a broker or
+        state topic that is gone costs the loop one short check per round, not a wait per write)."""
+        backoff = 2 ** min(self._failed_rounds, 3)
+        return self.snapshots is not None and time.monotonic() - self._last_snapshot >= self.config.snapshot_interval_s * backoff
 
     def write_snapshots(self, committed: dict[int, int], terminals: bool, only: list[int] | None = None) -> None:
         """Snapshot the customer windows of partitions (`only` these) whose state covers exactly their
@@ -297,22 +301,56 @@ class FeatureState:
             return
         self._last_snapshot = time.monotonic()
         committed = self.committed | committed
-        for p in sorted(self.customers if only is None else only):
-            state, covered = self.customers.get(p), self.offsets.get(p)
-            if state is None or covered is None or committed.get(p) != covered or self.snapshotted.get(p) == covered:
-                continue
+        due = [p for p in sorted(self.customers if only is None else only)
+               if self.customers.get(p) is not None and self.offsets.get(p) is not None
+               and committed.get(p) == self.offsets[p] and self.snapshotted.get(p) != self.offsets[p]]
+        table_due = terminals and self.table.positions != self._terminals_snapshotted
+        if not due and not table_due:
+            return
+        if not self._state_topics_present(len(due), table_due):
+            return
+        ok = True
+        for p in due:
+            covered = self.offsets[p]
             header = self._expect("customers") | {"partition": p, "offset": covered, "written_ms": int(time.time() * 1000)}
-            if self._write("customers", customers_name(p), p, state, header):
-                self.snapshotted[p] = covered
-        if terminals and self.table.positions != self._terminals_snapshotted:
+            if not self._write("customers", customers_name(p), p, self.customers[p], header):
+                ok = False  # the rest waits for the next round: each write would wait its budget too
+                break
+            self.snapshotted[p] = covered
+        if ok and table_due:
             positions = dict(self.table.positions)
             header = self._expect("terminals") | {
                 "positions": [[t, p, o] for (t, p), o in sorted(positions.items())],
                 "partition_watermarks": [[p, w] for p, w in sorted(self.table.partition_watermarks.items())],
                 "written_ms": int(time.time() * 1000)}
-            if self._write("terminals", TERMINALS, 0, self.terminals, header):
+            ok = self._write("terminals", TERMINALS, 0, self.terminals, header)
+            if ok:
                 self._terminals_snapshotted = positions
+        self._round_done(ok)
         release_free_memory()
+
+    def _state_topics_present(self, customers: int, terminals: bool) -> bool:
+        """Whether the state topics exist now. Without them the round's snapshots (`customers`
+        partitions, the table if `terminals`) are skipped and counted, and the first skip is logged."""
+        try:
+            gone = self.snapshots.missing()
+            why = f"state topic(s) {', '.join(gone)} missing (`fraudscore topics create --state-topic` makes them)" if gone else ""
+        except FraudscoreError as exc:
+            why = str(exc)
+        if not why:
+            return True
+        self.metrics.snapshot_writes.labels("customers", "skipped").inc(customers)
+        self.metrics.snapshot_writes.labels("terminals", "skipped").inc(int(terminals))
+        (log.debug if self._failed_rounds else log.error)(
+            "snapshots skipped: %s; scoring goes on from the state in memory, snapshots resume once the topics are "
+            "back (a restart meanwhile stops at the missing topic)", why)
+        self._round_done(False)
+        return False
+
+    def _round_done(self, ok: bool) -> None:
+        if ok and self._failed_rounds:
+            log.info("snapshots written again after %d failed round(s)", self._failed_rounds)
+        self._failed_rounds = 0 if ok else self._failed_rounds + 1
 
     def _write(self, kind: str, name: str, partition: int, state, header: dict) -> bool:
         from confluent_kafka import KafkaException

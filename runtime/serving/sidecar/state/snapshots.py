@@ -131,6 +131,22 @@ class SnapshotStore:
             self._partitions = len(topic.partitions)
         return self._partitions
 
+    def missing(self) -> list[str]:
+        """The state topics (snapshots, index) the broker does not have now: one metadata request
+        each, at most 5 s. A snapshot round checks first: a write to a topic that is gone waits
+        its whole budget for metadata that never comes, and the loop waits with it."""
+        from confluent_kafka import KafkaException
+
+        gone = []
+        for topic in (self.topic, self.index):
+            try:
+                found = self.producer.list_topics(topic, timeout=min(5.0, max(0.1, self.budget()))).topics.get(topic)
+            except KafkaException as exc:  # no answer: as good as missing for this round
+                raise FraudscoreError(f"state topic {topic}: metadata unavailable ({exc})") from None
+            if found is None or found.error is not None or not found.partitions:
+                gone.append(topic)
+        return gone
+
     def write(self, name: str, partition: int, blob: bytes) -> int:
         """Store `blob` as snapshot `name` (chunks in data partition `partition` mod the count, then
         its index record); the number of chunks. FraudscoreError if the broker did not take it."""

@@ -48,6 +48,7 @@ from fraudscore.serving.transactions import decode_labels, decode_transactions
 log = logging.getLogger("fraudscore.sidecar")
 
 READ_BATCH = 10_000
+WARN_EVERY_S = 30.0  # a repeated catch-up warning (broker or topic gone) at most this often
 OFFSET_BEGINNING = -2  # confluent_kafka.OFFSET_BEGINNING
 PARTITION_EOF = -191  # confluent_kafka.KafkaError.PARTITION_EOF
 
@@ -85,6 +86,7 @@ class TerminalTable:
         self._lows: dict[int, int] = {}  # input partition -> its low watermark (what retention left)
         self.mark = fingerprint(config)
         self._feed_highs: dict[int, int] = {}  # input partition -> its feed's high watermark, this catch-up
+        self._warned: dict[str, tuple[float, int]] = {}  # kind -> (time of its last warning, repeats since)
 
     def start(self, positions: dict[tuple[str, int], int] | None = None) -> None:
         """Start the global reader: every partition of the labels topic and of the input topic's
@@ -190,14 +192,19 @@ class TerminalTable:
                     targets[(t, p)] = high
                     if t == c.input_topic:
                         self._lows[p] = low
-            if self.feed:
-                for t, p in targets:
-                    if t == c.input_topic and p not in self.gaps and not self._done((t, p), targets[(t, p)]):
+        except KafkaException as exc:  # a leader moving, a broker restarting: try again before the next batch
+            self._warn("ends", "terminal table: high watermarks unavailable (%s); retrying before the next batch", exc)
+            return False
+        if self.feed:
+            for t, p in targets:
+                if t == c.input_topic and p not in self.gaps and not self._done((t, p), targets[(t, p)]):
+                    try:
                         feed_highs[p] = self.ends.get_watermark_offsets(TopicPartition(self.feed, p), timeout=c.startup_timeout_s,
                                                                         cached=False)[1]
-        except KafkaException as exc:  # a leader moving, a broker restarting: try again before the next batch
-            log.warning("terminal table: high watermarks unavailable (%s); retrying before the next batch", exc)
-            return False
+                    except KafkaException as exc:  # the feed gone or unavailable: the input serves, slower, as exact
+                        self._warn("feed", "terminal feed %s unavailable (%s); its partitions are read from the input "
+                                   "until it answers again", self.feed, exc)
+                        self.gaps.add(p)
         self.highs.update(targets)
         try:
             remaining = [k for k in targets if not self._done(k, targets[k])]
@@ -225,6 +232,18 @@ class TerminalTable:
                      "%.2f s", len(self.terminals), self.terminals.entities, self.terminals.pending_labels,
                      self.terminals.nbytes / 1e6, time.monotonic() - t0)
         return True
+
+    def _warn(self, what: str, message: str, *args) -> None:
+        """A warning at most every WARN_EVERY_S per kind (`what`); the repeats in between at debug,
+        counted in the next warning: a broker or topic that is gone fails every batch's catch-up."""
+        now = time.monotonic()
+        last, repeats = self._warned.get(what, (-WARN_EVERY_S, 0))
+        if now - last < WARN_EVERY_S:
+            self._warned[what] = (last, repeats + 1)
+            log.debug(message, *args)
+            return
+        self._warned[what] = (now, 0)
+        log.warning(message + (f" ({repeats} more since the last warning)" if repeats else ""), *args)
 
     def _fall_back(self, behind: list[int]) -> None:
         """Read from the input the partitions still behind whose feed has nothing more (or a gap)."""
