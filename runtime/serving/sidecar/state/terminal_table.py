@@ -362,6 +362,11 @@ class TerminalTable:
                 log.debug("terminal feed: partition %d not sought back to %d (%s)", p, feed_offset, exc)
                 continue
             self.positions[(self.feed, p)] = feed_offset
+            # The end the reader hit before the seek is behind us now: left in place, it made the
+            # feed look read to its end, so the input was assigned again and both were read (which
+            # came first depended on timing; the feed test caught it once the ends moved to a
+            # connection of their own).
+            self._ends.pop((self.feed, p), None)
             self.gaps.discard(p)  # a record that does not join after all marks it again
             if p in self.fallback:
                 self._unassign([(c.input_topic, p)])
