@@ -2,7 +2,8 @@
 # The test suite as `make test` and CI run it: pytest on two pytest-xdist workers. Each worker
 # starts its own Kafka broker (tests/conftest.py, deploy/kafka/local.sh on free ports) unless
 # FRAUDSCORE_TEST_BOOTSTRAP names one, and its own second broker (with a Toxiproxy in front of
-# one of its listeners) for the security, stop-bound, broker-restart and network-fault tests.
+# one of its listeners) for the security, stop-bound, broker-restart and network-fault tests;
+# the coordinator test starts a two-broker cluster of its own.
 # Most Kafka tests wait, on the broker, on session timeouts and on sidecars starting, so two
 # workers finish in about 20 minutes on 2 cores (29 minutes on one worker when the suite was
 # smaller).

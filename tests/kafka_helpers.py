@@ -342,3 +342,104 @@ class PacketLoss:
     def clear(self) -> None:
         done = self._run("clear")
         assert done.returncode == 0, done.stderr
+
+
+class TwoBrokers:
+    """A cluster of two brokers (deploy/kafka/local.sh: node 1 broker and controller, node 2 a
+    broker that joins it; internal topics, the group coordinator's among them, with two
+    replicas), for faults that move a partition leader or a group's coordinator: stopping node 2
+    moves what it led to node 1; starting it and electing the preferred leaders moves it back.
+
+        cluster = TwoBrokers(tmp_path)
+        cluster.start()
+        group = cluster.group_on(2)        # a group id whose coordinator is node 2
+        topics = cluster.topics()          # two replicas each
+        cluster.stop(2); cluster.coordinator(group)  # -> 1
+        cluster.start(2); cluster.prefer_leaders()   # -> 2 again
+        cluster.stop()
+    """
+
+    def __init__(self, work: Path):
+        ports, controller = (free_port(), free_port()), free_port()
+        base = dict(os.environ, KAFKA_REPLICATION="2", KAFKA_HEAP=os.environ.get("KAFKA_HEAP", "384m"))
+        self.env = {1: base | dict(KAFKA_PORT=str(ports[0]), KAFKA_CONTROLLER_PORT=str(controller),
+                                   KAFKA_STATE_DIR=str(work / "node1")),
+                    2: base | dict(KAFKA_PORT=str(ports[1]), KAFKA_NODE_ID="2", KAFKA_JOIN=f"127.0.0.1:{controller}",
+                                   KAFKA_STATE_DIR=str(work / "node2"))}
+        self.bootstrap = ",".join(f"127.0.0.1:{p}" for p in ports)
+
+    def _local(self, node: int, action: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(LOCAL_KAFKA), action], env=self.env[node], capture_output=True, text=True, timeout=300)
+
+    def start(self, node: int | None = None) -> None:
+        """Both nodes (node 2 joining node 1's cluster), or just `node` again."""
+        for n in (1, 2) if node is None else (node,):
+            if n == 2 and "KAFKA_CLUSTER_ID" not in self.env[2]:
+                self.env[2]["KAFKA_CLUSTER_ID"] = self._local(1, "cluster-id").stdout.strip()
+            done = self._local(n, "start")
+            if done.returncode != 0:
+                pytest.fail(f"could not start broker {n} of the cluster:\n{done.stderr}")
+
+    def stop(self, node: int | None = None) -> None:
+        """Stop `node` (a controlled shutdown: what it leads moves first), or both, node 2 first."""
+        for n in (2, 1) if node is None else (node,):
+            self._local(n, "stop")
+
+    def admin(self) -> AdminClient:
+        """One client for the cluster, kept (a dropped client fails its futures with _DESTROY)."""
+        if getattr(self, "_admin", None) is None:
+            self._admin = AdminClient(client(self.bootstrap))
+        return self._admin
+
+    def coordinator(self, group: str) -> int:
+        """The id of the node that coordinates `group` now (asked again while the cluster answers
+        NOT_COORDINATOR or "loading": its offsets topic being made, or a coordinator moving)."""
+        from confluent_kafka import KafkaException
+
+        deadline = time.monotonic() + 60
+        while True:
+            admin = AdminClient(client(self.bootstrap))  # fresh: no coordinator cached from before a move
+            try:
+                return admin.describe_consumer_groups([group], request_timeout=10)[group].result(timeout=15).coordinator.id
+            except (KafkaException, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def group_on(self, node: int) -> str:
+        """A fresh group id whose coordinator is `node` (its __consumer_offsets partition is led there)."""
+        for _ in range(64):
+            group = f"g-coord-{uuid.uuid4().hex[:8]}"
+            if self.coordinator(group) == node:
+                return group
+        raise AssertionError(f"no group id found whose coordinator is node {node}")
+
+    def topics(self, partitions: int = 2) -> dict[str, str]:
+        """Fresh input (`partitions`), scores, alerts and dead-letter topics, two replicas each."""
+        names = {role: f"two-{role}-{uuid.uuid4().hex[:8]}" for role in ("in", "out", "alerts", "dlq")}
+        futures = self.admin().create_topics([NewTopic(n, num_partitions=partitions if r == "in" else 1, replication_factor=2)
+                                              for r, n in names.items()])
+        for future in futures.values():
+            future.result(timeout=30)
+        return names
+
+    def prefer_leaders(self, timeout_s: float = 60) -> None:
+        """Once every replica is back in sync, elect each partition's preferred leader (Kafka
+        does this by itself every 5 minutes): node 2 leads again what it led before its stop."""
+        from confluent_kafka import ElectionType, KafkaException, TopicPartition
+
+        admin, deadline = self.admin(), time.monotonic() + timeout_s
+        while True:
+            topics = admin.list_topics(timeout=10).topics
+            lagging = [(t, p) for t, meta in topics.items() for p, pm in meta.partitions.items() if len(pm.isrs) < len(pm.replicas)]
+            if not lagging:
+                break
+            assert time.monotonic() < deadline, f"replicas not back in sync within {timeout_s:g} s: {lagging[:5]}"
+            time.sleep(0.5)
+        partitions = [TopicPartition(t, p) for t, meta in topics.items() for p, pm in meta.partitions.items()
+                      if pm.replicas and pm.leader != pm.replicas[0]]
+        if partitions:
+            try:
+                admin.elect_leaders(ElectionType.PREFERRED, partitions).result(timeout=30)
+            except KafkaException:  # some already led by their preferred replica: the others were elected
+                pass

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A single-node Apache Kafka broker (KRaft, combined broker + controller) for
-# development and tests, built from the jars Maven Central publishes.
+# development and tests, built from the jars Maven Central publishes; optionally a second
+# broker that joins it (below).
 #
 #   deploy/kafka/local.sh start     start (or reuse) a broker; last line = bootstrap address
 #   deploy/kafka/local.sh stop      stop it by PID (SIGTERM, then SIGKILL after a grace period)
@@ -32,6 +33,15 @@
 # through the proxy keep talking through it; clients of KAFKA_PORT are not proxied.
 #   KAFKA_PROXIED_PORT               port of the proxied listener (the proxy's upstream)
 #   KAFKA_PROXIED_ADVERTISED_PORT    the proxy's listening port
+#
+# A second broker in the same cluster (optional; the coordinator fault test): a first node is
+# started with KAFKA_REPLICATION=2 (its internal topics, the group coordinator's among them, then
+# wait for a second broker and keep two replicas), and a second one, broker only, joins it:
+#   KAFKA_REPLICATION        replicas of the internal topics (default 1; 2 needs a second broker)
+#   KAFKA_NODE_ID            this node's id (default 1)
+#   KAFKA_JOIN               the first node's controller (host:port): start as a broker only,
+#                            in its cluster (no controller of its own on KAFKA_CONTROLLER_PORT)
+#   KAFKA_CLUSTER_ID         the cluster to join (`local.sh cluster-id` on the first node says it)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -48,6 +58,9 @@ bootstrap="127.0.0.1:$port"
 sasl_ssl_port="${KAFKA_SASL_SSL_PORT:-}"
 proxied_port="${KAFKA_PROXIED_PORT:-}"
 proxied_advertised_port="${KAFKA_PROXIED_ADVERTISED_PORT:-}"
+replication="${KAFKA_REPLICATION:-1}"
+node_id="${KAFKA_NODE_ID:-1}"
+join="${KAFKA_JOIN:-}"
 
 log() { echo "local-kafka: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -100,6 +113,13 @@ secret_file() {  # the content of the file named by variable $1, which must be s
 write_config() {
   mkdir -p "$state/data" "$state/logs"
   local listeners="PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port"
+  local roles="broker,controller" quorum="127.0.0.1:$controller_port"
+  if [[ -n "$join" ]]; then
+    [[ -n "${KAFKA_CLUSTER_ID:-}" ]] || die "KAFKA_CLUSTER_ID is required with KAFKA_JOIN (local.sh cluster-id on the first node)"
+    listeners="PLAINTEXT://127.0.0.1:$port"
+    roles="broker"
+    quorum="$join"
+  fi
   local advertised="PLAINTEXT://127.0.0.1:$port"
   local protocols="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
   if [[ -n "$sasl_ssl_port" ]]; then
@@ -115,26 +135,27 @@ write_config() {
   fi
   umask 077
   cat >"$state/server.properties" <<EOF
-# Written by deploy/kafka/local.sh; single-node KRaft for development and tests.
-process.roles=broker,controller
-node.id=1
+# Written by deploy/kafka/local.sh; KRaft for development and tests (one node, or a second
+# broker joining the first).
+process.roles=$roles
+node.id=$node_id
 listeners=$listeners
 advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=$protocols
 inter.broker.listener.name=PLAINTEXT
-controller.quorum.bootstrap.servers=127.0.0.1:$controller_port
+controller.quorum.bootstrap.servers=$quorum
 log.dirs=$state/data
 num.partitions=1
 # A missing topic must be an error that the sidecar reports, not a topic created by a typo.
 auto.create.topics.enable=false
-# One node: every internal topic has one replica.
-offsets.topic.replication.factor=1
+# Internal topics: one replica on one node; KAFKA_REPLICATION=2 for a two-broker cluster.
+offsets.topic.replication.factor=$replication
 offsets.topic.num.partitions=8
-transaction.state.log.replication.factor=1
+transaction.state.log.replication.factor=$replication
 transaction.state.log.min.isr=1
 transaction.state.log.num.partitions=8
-share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.replication.factor=$replication
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 log.retention.hours=24
@@ -174,10 +195,17 @@ EOF
 
 format_storage() {
   [[ -f "$state/data/meta.properties" ]] && return
-  local cluster_id
+  local cluster_id="${KAFKA_CLUSTER_ID:-}"
   java_cmd
-  cluster_id="$("${JAVA[@]}" kafka.tools.StorageTool random-uuid 2>>"$state/logs/format.log" | tail -n1)"
-  [[ -n "$cluster_id" ]] || die "StorageTool random-uuid failed; see $state/logs/format.log"
+  if [[ -z "$cluster_id" ]]; then
+    cluster_id="$("${JAVA[@]}" kafka.tools.StorageTool random-uuid 2>>"$state/logs/format.log" | tail -n1)"
+    [[ -n "$cluster_id" ]] || die "StorageTool random-uuid failed; see $state/logs/format.log"
+  fi
+  if [[ -n "$join" ]]; then  # a broker only: the quorum is the first node's
+    "${JAVA[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$state/server.properties" \
+      >>"$state/logs/format.log" 2>&1 || die "formatting $state/data failed; see $state/logs/format.log"
+    return
+  fi
   local scram=()
   if [[ -n "$sasl_ssl_port" ]]; then
     [[ -n "${KAFKA_SCRAM_USER:-}" ]] || die "KAFKA_SCRAM_USER is required with KAFKA_SASL_SSL_PORT"
@@ -204,7 +232,7 @@ start() {
   if port_open "$port"; then
     die "port $port is taken by another process; choose another with KAFKA_PORT=..."
   fi
-  if port_open "$controller_port"; then
+  if [[ -z "$join" ]] && port_open "$controller_port"; then
     die "controller port $controller_port is taken; choose another with KAFKA_CONTROLLER_PORT=..."
   fi
   if [[ -n "$proxied_port" ]] && port_open "$proxied_port"; then
@@ -270,5 +298,6 @@ case "${1:-}" in
   stop) stop ;;
   status) status ;;
   fetch) fetch; echo "$jars" ;;
-  *) echo "usage: $0 start|stop|status|fetch" >&2; exit 2 ;;
+  cluster-id) sed -n 's/^cluster.id=//p' "$state/data/meta.properties" 2>/dev/null | grep . || die "no formatted node in $state" ;;
+  *) echo "usage: $0 start|stop|status|fetch|cluster-id" >&2; exit 2 ;;
 esac
