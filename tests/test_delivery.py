@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
@@ -183,6 +184,26 @@ def test_dead_letters_carry_the_reason_and_source_and_oversized_values_are_cut()
     assert (headers["fraudscore.source.partition"], headers["fraudscore.source.offset"]) == (b"2", b"40")
 
 
+def test_what_delivery_writes_as_a_dead_letter_dlq_reads_back_field_by_field() -> None:
+    """The writer (Delivery.dead_letter) and the reader (DeadLetter.from_message) share the
+    header names of serving/wire.py: every field comes back, cuts included."""
+    from fraudscore.serving.dlq import DeadLetter
+
+    producer = FakeProducer()
+    d = Delivery(config(), FakeConsumer(), producer)
+    d.dead_letter(FakeMessage(2, 40, value=b"x" * 1_000_000, key=b"k" * (MAX_KEY_BYTES + 10)), "bad_json", "line 1", "v7")
+    topic, value, key, headers = producer.sent[0]
+
+    written = SimpleNamespace(  # the message as a consumer of the dead-letter topic gets it
+        partition=lambda: 0, offset=lambda: 5, timestamp=lambda: (1, 1_700_000_000_000), key=lambda: key,
+        value=lambda: value, headers=lambda: list(headers.items()))
+    letter = DeadLetter.from_message(written)
+    assert (letter.reason, letter.detail, letter.model_version) == ("bad_json", "line 1", "v7")
+    assert (letter.source_topic, letter.source_partition, letter.source_offset) == ("tx-in", 2, 40)
+    assert (letter.truncated, letter.key_truncated) == (1_000_000, MAX_KEY_BYTES + 10)
+    assert letter.source == "tx-in/2/40"
+
+
 def test_a_dead_letter_topic_that_refuses_large_messages_lowers_the_limit() -> None:
     producer = FakeProducer()
     d = Delivery(config(), FakeConsumer(), producer)
@@ -319,3 +340,12 @@ def test_held_dead_letters_are_logged_when_due_even_if_no_more_come(caplog) -> N
         "dead-lettered 1 message to tx-dlq in the last 0 s (bad_json 1)",
         "dead-lettered 4 messages to tx-dlq in the last 30 s (bad_json 4)",
     ]
+
+
+def test_the_wire_module_example_runs() -> None:
+    import doctest
+
+    from fraudscore.serving import wire
+
+    result = doctest.testmod(wire)
+    assert result.attempted and result.failed == 0

@@ -476,18 +476,22 @@ def test_sigterm_during_a_slow_restore_exits_within_the_bound_and_the_next_insta
 
 @pytest.mark.kafka
 @pytest.mark.faults
+@pytest.mark.parametrize("queue", [None, 600], ids=["queue-room", "queue-full"])
 def test_sigterm_with_outputs_stuck_on_a_slow_link_commits_only_what_was_delivered(
-        proxied_broker, small_bundle, transactions) -> None:
+        proxied_broker, small_bundle, transactions, queue: int | None) -> None:
     """The sidecar's link to the broker carries 2 kB/s towards the broker: its results queue up
-    unacknowledged. SIGTERM (--drain-timeout 5): exit within the bound, saying what was left, and
-    nothing committed that was not delivered: a fresh instance of the group delivers the rest."""
+    unacknowledged; with `queue` the producer's queue holds only that many messages, so it fills
+    and the sidecar waits to produce. SIGTERM (--drain-timeout 5): exit within the bound, saying
+    what was left, and nothing committed that was not delivered: a fresh instance of the group
+    delivers the rest."""
     broker, proxy = proxied_broker
     proxy.clear("kafka")
     topics = own_topics(broker, partitions=2)
     keys, values = transactions
     stream = Stream(broker.bootstrap, topics["in"], keys, values)
-    group = "g-net-stop-slow-out"
-    sidecar = Sidecar(broker.proxied_bootstrap, small_bundle, topics, group, "--drain-timeout", str(DRAIN_S))
+    group = f"g-net-stop-slow-out-{queue}"
+    extra = ("-X", f"queue.buffering.max.messages={queue}") if queue else ()
+    sidecar = Sidecar(broker.proxied_bootstrap, small_bundle, topics, group, "--drain-timeout", str(DRAIN_S), *extra)
     try:
         sidecar.wait_ready()
         stream.start()
@@ -505,6 +509,8 @@ def test_sigterm_with_outputs_stuck_on_a_slow_link_commits_only_what_was_deliver
         assert code == 4 if left else code in (0, 4), log[-3000:]
         if code == 4:
             assert "the stop did not finish its work" in log or "the stop took longer than its bound" in log, log[-3000:]
+        if queue:  # the queue was full: the stop found the loop waiting to produce
+            assert code == 4 and "in produce" in log, log[-3000:]
         proxy.clear("kafka")
         after = Sidecar(broker.bootstrap, small_bundle, topics, group)
         results = drain_ids(broker.bootstrap, topics["out"], sent)
@@ -513,7 +519,7 @@ def test_sigterm_with_outputs_stuck_on_a_slow_link_commits_only_what_was_deliver
         duplicated, _ = _count(results)
         lost = len(set(sent) - set(transaction_ids(results)))
         assert lost == 0
-        print(f"SIGTERM with outputs stuck on a 2 kB/s link: exit {code} after {took:.1f} s (bound {DRAIN_S + 5:g} s), "
+        print(f"SIGTERM with outputs stuck on a 2 kB/s link, queue {queue or 'default'}: exit {code} after {took:.1f} s (bound {DRAIN_S + 5:g} s), "
               f"{left.group(1) if left else 0} outputs not delivered at the stop, {before} results written before it; "
               f"sent {len(sent)}, lost {lost}, duplicated {duplicated}")
     finally:

@@ -37,9 +37,10 @@ from pathlib import Path
 import orjson
 
 from fraudscore.errors import FraudscoreError, UsageError
+from fraudscore.serving import wire
 from fraudscore.serving.sidecar.config import read_config_file, read_sources
 
-REPLAYED_HEADER = "fraudscore.replayed.from"
+REPLAYED_HEADER = wire.REPLAYED_FROM
 PAYLOAD_CHARS = 120
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
@@ -80,13 +81,13 @@ class DeadLetter:
         return cls(
             partition=msg.partition(), offset=msg.offset(), timestamp_ms=ts if ts_type else 0,
             key=msg.key(), value=msg.value(),
-            reason=headers.get("fraudscore.reason", ""), detail=headers.get("fraudscore.detail", ""),
-            source_topic=headers.get("fraudscore.source.topic", ""),
-            source_partition=_int_or_none(headers.get("fraudscore.source.partition")),
-            source_offset=_int_or_none(headers.get("fraudscore.source.offset")),
-            model_version=headers.get("fraudscore.model.version", ""),
-            truncated=_int_or_none(headers.get("fraudscore.truncated")),
-            key_truncated=_int_or_none(headers.get("fraudscore.key.truncated")),
+            reason=headers.get(wire.REASON, ""), detail=headers.get(wire.DETAIL, ""),
+            source_topic=headers.get(wire.SOURCE_TOPIC, ""),
+            source_partition=_int_or_none(headers.get(wire.SOURCE_PARTITION)),
+            source_offset=_int_or_none(headers.get(wire.SOURCE_OFFSET)),
+            model_version=headers.get(wire.MODEL_VERSION, ""),
+            truncated=_int_or_none(headers.get(wire.TRUNCATED)),
+            key_truncated=_int_or_none(headers.get(wire.KEY_TRUNCATED)),
             replayed_from=headers.get(REPLAYED_HEADER, ""),
         )
 

@@ -14,9 +14,10 @@
 
 from fraudscore.serving.sidecar.clients import KafkaUnavailable, RepeatFilter
 from fraudscore.serving.sidecar.config import SidecarConfig
-from fraudscore.serving.sidecar.delivery import MAX_KEY_BYTES, TRUNCATED_DLQ_BYTES, Delivery
+from fraudscore.serving.sidecar.delivery import Delivery
 from fraudscore.serving.sidecar.loop import Sidecar
 from fraudscore.serving.sidecar.process import configure_logging, install_signal_handlers
+from fraudscore.serving.wire import MAX_KEY_BYTES, TRUNCATED_DLQ_BYTES
 
 __all__ = [
     "MAX_KEY_BYTES",

@@ -34,15 +34,12 @@ from collections.abc import Iterable
 import numpy as np
 
 from fraudscore.errors import FraudscoreError
+from fraudscore.serving import wire
 from fraudscore.serving.sidecar.config import SidecarConfig
+from fraudscore.serving.wire import DLQ_MAX_BYTES, MAX_KEY_BYTES, TRUNCATED_DLQ_BYTES  # noqa: F401 (kept importable from here)
 
 log = logging.getLogger("fraudscore.sidecar")
 
-MAX_KEY_BYTES = 4096
-# Dead letters carry the original value when it fits under the producer's and the broker's
-# default 1 MB message limits (with room for the headers); otherwise its first 64 KiB.
-DLQ_MAX_BYTES = 900_000
-TRUNCATED_DLQ_BYTES = 64 * 1024
 _MSG_SIZE_TOO_LARGE = 10  # confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE, without importing it at start-up
 _NO_OFFSET = -168  # confluent_kafka.KafkaError._NO_OFFSET: nothing to commit
 DLQ_LOG_INTERVAL_S = 30.0
@@ -154,18 +151,18 @@ class Delivery:
         """The original value and key, with the reason and where the message came from."""
         value, key = msg.value(), msg.key()
         headers = [
-            ("fraudscore.reason", reason.encode()),
-            ("fraudscore.detail", detail[:500].encode()),
-            ("fraudscore.source.topic", msg.topic().encode()),
-            ("fraudscore.source.partition", str(msg.partition()).encode()),
-            ("fraudscore.source.offset", str(msg.offset()).encode()),
-            ("fraudscore.model.version", model_version.encode()),
+            (wire.REASON, reason.encode()),
+            (wire.DETAIL, detail[:500].encode()),
+            (wire.SOURCE_TOPIC, msg.topic().encode()),
+            (wire.SOURCE_PARTITION, str(msg.partition()).encode()),
+            (wire.SOURCE_OFFSET, str(msg.offset()).encode()),
+            (wire.MODEL_VERSION, model_version.encode()),
         ]
         if value is not None and len(value) > self.dlq_limit:
-            headers.append(("fraudscore.truncated", str(len(value)).encode()))
+            headers.append((wire.TRUNCATED, str(len(value)).encode()))
             value = value[:TRUNCATED_DLQ_BYTES]
         if key is not None and len(key) > MAX_KEY_BYTES:
-            headers.append(("fraudscore.key.truncated", str(len(key)).encode()))
+            headers.append((wire.KEY_TRUNCATED, str(len(key)).encode()))
             key = key[:MAX_KEY_BYTES]
         self.produce(self.config.dlq_topic, value, key, headers)
         self._batch_dead[reason] += 1

@@ -43,9 +43,10 @@ from fraudscore.serving.pipeline import BatchResult, Challenger, Pipeline, load_
 from fraudscore.serving.scorer import Scorer
 from fraudscore.serving.sidecar.clients import ClientHooks, build_clients, check_topics, kafka_log, quiet_repeats
 from fraudscore.serving.sidecar.config import SidecarConfig
-from fraudscore.serving.sidecar.delivery import MAX_KEY_BYTES, Delivery
+from fraudscore.serving.sidecar.delivery import Delivery
 from fraudscore.serving.sidecar.process import OVERDUE_EXIT
 from fraudscore.serving.sidecar.state import FeatureState, input_spec
+from fraudscore.serving.wire import MAX_KEY_BYTES
 
 log = logging.getLogger("fraudscore.sidecar")
 PARTIAL_LOG_INTERVAL_S = 300.0  # results on partial state: one warning at most this often

@@ -43,8 +43,8 @@ import numpy as np
 
 from fraudscore.serving.sidecar.clients import common_config
 from fraudscore.serving.sidecar.config import SidecarConfig
-from fraudscore.serving.sidecar.delivery import MAX_KEY_BYTES
 from fraudscore.serving.transactions import EVENT_SECONDS
+from fraudscore.serving.wire import MAX_KEY_BYTES
 
 log = logging.getLogger("fraudscore.sidecar")
 

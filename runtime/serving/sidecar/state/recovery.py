@@ -28,10 +28,10 @@ from fraudscore.features.spec import FeatureSpec
 from fraudscore.serving.sidecar.clients import common_config
 from fraudscore.errors import FraudscoreError
 from fraudscore.serving.sidecar.config import SidecarConfig
-from fraudscore.serving.sidecar.delivery import MAX_KEY_BYTES
 from fraudscore.serving.sidecar.state.snapshots import SnapshotRefused, SnapshotStore, customers_name, decode
 from fraudscore.serving.sidecar.state.terminal_table import OFFSET_BEGINNING, PARTITION_EOF, READ_BATCH
 from fraudscore.serving.transactions import decode_transactions
+from fraudscore.serving.wire import MAX_KEY_BYTES
 
 log = logging.getLogger("fraudscore.sidecar")
 

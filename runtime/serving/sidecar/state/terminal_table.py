@@ -41,9 +41,9 @@ import numpy as np
 from fraudscore.features.online import TerminalBuckets, TerminalState, late_in_order
 from fraudscore.serving.sidecar.clients import common_config
 from fraudscore.serving.sidecar.config import SidecarConfig
-from fraudscore.serving.sidecar.delivery import MAX_KEY_BYTES
 from fraudscore.serving.sidecar.state.feed import decode_record, feed_topic, fingerprint
 from fraudscore.serving.transactions import decode_labels, decode_transactions
+from fraudscore.serving.wire import MAX_KEY_BYTES
 
 log = logging.getLogger("fraudscore.sidecar")
 
