@@ -291,7 +291,7 @@ def test_dead_letters_are_logged_as_rate_limited_summaries_without_payloads(capl
             d.dead_letter(FakeMessage(3, first_offset + k, value=secret), reason, "detail", "v1")
         return d.finish([FakeMessage(3, first_offset + k) for k in range(len(reasons))], {("tx-in", 3)})
 
-    with caplog.at_level("WARNING", logger="fraudscore.sidecar"):
+    with caplog.at_level("WARNING", logger="fraudscore.serving.sidecar.delivery"):
         assert batch(["bad_json", "missing_field", "missing_field"], 40)  # first dead letters: logged at once
         now[0] += 5
         assert not batch(["wrong_type"], 50, delivered=False)  # rewound: read again, not counted twice
@@ -313,7 +313,7 @@ def test_dead_letters_are_logged_as_rate_limited_summaries_without_payloads(capl
 def test_held_dead_letters_are_logged_at_close(caplog) -> None:
     now = [0.0]
     dead = DeadLetterLog("tx-dlq", clock=lambda: now[0])
-    with caplog.at_level("WARNING", logger="fraudscore.sidecar"):
+    with caplog.at_level("WARNING", logger="fraudscore.serving.sidecar.delivery"):
         dead.add(Counter(bad_json=1), "tx-in[0]@1")
         now[0] += 1
         dead.add(Counter(bad_json=2), "tx-in[0]@2")
@@ -327,7 +327,7 @@ def test_held_dead_letters_are_logged_at_close(caplog) -> None:
 def test_held_dead_letters_are_logged_when_due_even_if_no_more_come(caplog) -> None:
     now = [0.0]
     dead = DeadLetterLog("tx-dlq", interval_s=30.0, clock=lambda: now[0])
-    with caplog.at_level("WARNING", logger="fraudscore.sidecar"):
+    with caplog.at_level("WARNING", logger="fraudscore.serving.sidecar.delivery"):
         dead.add(Counter(bad_json=1), "tx-in[0]@1")  # logged at once
         now[0] += 1
         dead.add(Counter(bad_json=4), "tx-in[0]@2")  # held

@@ -22,7 +22,7 @@ import numpy as np
 
 from fraudscore.serving.quality import DAY_S, ROLES, DayQuality, Ledger, decode_results
 
-log = logging.getLogger("fraudscore.quality")
+log = logging.getLogger(__name__)
 MAX_SKEW_S = DAY_S  # a result more than this far in the future (by the wall clock) is not used
 IDLE_S = 300.0  # a results partition with nothing new this long, at its end, no longer holds days back
 LOG_EVERY_S = 60.0  # consume errors: one line at most this often

@@ -20,7 +20,7 @@ import orjson
 from fraudscore.errors import FraudscoreError
 from fraudscore.serving.sidecar.config import SidecarConfig
 
-log = logging.getLogger("fraudscore.sidecar")
+log = logging.getLogger(__name__)
 kafka_log = logging.getLogger("fraudscore.kafka")  # librdkafka's log lines and error callbacks
 
 _NUMBERS = re.compile(r"\d+")

@@ -38,7 +38,7 @@ from fraudscore.serving import wire
 from fraudscore.serving.sidecar.config import SidecarConfig
 from fraudscore.serving.wire import DLQ_MAX_BYTES, MAX_KEY_BYTES, TRUNCATED_DLQ_BYTES  # noqa: F401 (kept importable from here)
 
-log = logging.getLogger("fraudscore.sidecar")
+log = logging.getLogger(__name__)
 
 _MSG_SIZE_TOO_LARGE = 10  # confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE, without importing it at start-up
 _NO_OFFSET = -168  # confluent_kafka.KafkaError._NO_OFFSET: nothing to commit

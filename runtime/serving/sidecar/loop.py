@@ -48,7 +48,7 @@ from fraudscore.serving.sidecar.process import OVERDUE_EXIT
 from fraudscore.serving.sidecar.state import FeatureState, input_spec
 from fraudscore.serving.wire import MAX_KEY_BYTES
 
-log = logging.getLogger("fraudscore.sidecar")
+log = logging.getLogger(__name__)
 PARTIAL_LOG_INTERVAL_S = 300.0  # results on partial state: one warning at most this often
 CHALLENGER_LOG_INTERVAL_S = 60.0  # a failing challenger: one error at most this often
 IDLE_CATCH_UP_S = 1.0

@@ -95,7 +95,7 @@ class StopBound:
             left = self.report()
         except Exception as exc:  # the state it reads may be mid-change: the exit matters more
             left = f"(not known: {exc})"
-        message = (f"{time.strftime('%Y-%m-%d %H:%M:%S')} ERROR fraudscore.sidecar: the stop took longer than its "
+        message = (f"{time.strftime('%Y-%m-%d %H:%M:%S')} ERROR {__name__}: the stop took longer than its "
                    f"bound ({self.bound_s:g} s: --drain-timeout + {GRACE_S:g} s); exiting {OVERDUE_EXIT}. Left: {left}. "
                    f"Nothing unacknowledged was committed: the partitions' next owner reads it again. "
                    f"The main thread was in:\n{where}")

@@ -40,7 +40,7 @@ from fraudscore.serving.sidecar.clients import default_transactional_id
 from fraudscore.serving.sidecar.config import SidecarConfig
 from fraudscore.serving.sidecar.process import GRACE_S, OVERDUE_EXIT
 
-log = logging.getLogger("fraudscore.workers")
+log = logging.getLogger(__name__)
 
 STOP_CODES = (2, 3)
 """Exit codes that no restart can fix: every worker would exit the same way."""
@@ -101,7 +101,7 @@ def worker_main(config: SidecarConfig, index: int, log_level: str) -> None:
         install_signal_handlers(sidecar)
         code = sidecar.run()
     except FraudscoreError as exc:
-        logging.getLogger("fraudscore.sidecar").error("%s", exc)
+        log.error("%s", exc)
         code = exc.exit_code
     sys.exit(code)
 

@@ -46,7 +46,7 @@ from fraudscore.serving.sidecar.config import SidecarConfig
 from fraudscore.serving.transactions import EVENT_SECONDS
 from fraudscore.serving.wire import MAX_KEY_BYTES
 
-log = logging.getLogger("fraudscore.sidecar")
+log = logging.getLogger(__name__)
 
 MAGIC = b"FSF1"
 _HEAD = struct.Struct("<4sqqqq")  # magic, fingerprint, first offset, through offset, rows

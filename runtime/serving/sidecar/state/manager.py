@@ -54,7 +54,7 @@ from fraudscore.serving.decode import FLOAT32_MAX, DecodedBatch, Rejection
 from fraudscore.serving.pipeline import Emitted
 from fraudscore.serving.transactions import RawBatch, decode_transactions
 
-log = logging.getLogger("fraudscore.sidecar")
+log = logging.getLogger(__name__)
 
 
 def input_spec(config: SidecarConfig, manifest, current: FeatureSpec | None) -> FeatureSpec | None:

@@ -33,7 +33,7 @@ from fraudscore.serving.sidecar.state.terminal_table import OFFSET_BEGINNING, PA
 from fraudscore.serving.transactions import decode_transactions
 from fraudscore.serving.wire import MAX_KEY_BYTES
 
-log = logging.getLogger("fraudscore.sidecar")
+log = logging.getLogger(__name__)
 
 OFFSET_INVALID = -1001  # confluent_kafka.OFFSET_INVALID: no committed offset
 

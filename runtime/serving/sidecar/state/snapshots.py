@@ -44,7 +44,7 @@ from fraudscore.serving.sidecar.clients import common_config
 from fraudscore.serving.sidecar.config import SidecarConfig
 from fraudscore.serving.sidecar.state.terminal_table import OFFSET_BEGINNING, PARTITION_EOF
 
-log = logging.getLogger("fraudscore.sidecar")
+log = logging.getLogger(__name__)
 
 FORMAT = 1
 CHUNK_BYTES = 900_000  # under the producer's and the broker's default 1 MB message limit

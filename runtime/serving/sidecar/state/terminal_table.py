@@ -45,7 +45,7 @@ from fraudscore.serving.sidecar.state.feed import decode_record, feed_topic, fin
 from fraudscore.serving.transactions import decode_labels, decode_transactions
 from fraudscore.serving.wire import MAX_KEY_BYTES
 
-log = logging.getLogger("fraudscore.sidecar")
+log = logging.getLogger(__name__)
 
 READ_BATCH = 10_000
 WARN_EVERY_S = 30.0  # a repeated catch-up warning (broker or topic gone) at most this often
