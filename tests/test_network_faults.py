@@ -476,14 +476,14 @@ def test_sigterm_during_a_slow_restore_exits_within_the_bound_and_the_next_insta
 
 @pytest.mark.kafka
 @pytest.mark.faults
-@pytest.mark.parametrize("queue", [None, 600], ids=["queue-room", "queue-full"])
+@pytest.mark.parametrize("queue", [None, 100], ids=["queue-room", "queue-full"])
 def test_sigterm_with_outputs_stuck_on_a_slow_link_commits_only_what_was_delivered(
         proxied_broker, small_bundle, transactions, queue: int | None) -> None:
     """The sidecar's link to the broker carries 2 kB/s towards the broker: its results queue up
-    unacknowledged; with `queue` the producer's queue holds only that many messages, so it fills
-    and the sidecar waits to produce. SIGTERM (--drain-timeout 5): exit within the bound, saying
-    what was left, and nothing committed that was not delivered: a fresh instance of the group
-    delivers the rest."""
+    unacknowledged; with `queue` the producer's queue holds only that many messages (a batch is
+    500), so it fills and the sidecar waits to produce. SIGTERM (--drain-timeout 5): exit within
+    the bound, saying what was left, and nothing committed that was not delivered: a fresh
+    instance of the group delivers the rest."""
     broker, proxy = proxied_broker
     proxy.clear("kafka")
     topics = own_topics(broker, partitions=2)
