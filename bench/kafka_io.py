@@ -29,6 +29,8 @@ import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from fraudscore.serving.kafka import produce_waiting
+
 KAFKA_LOG = logging.getLogger("fraudscore.kafka")  # librdkafka's lines via logging, never raw on stderr
 ROLES = ("in", "out", "alerts", "dlq")  # input, scores, alerts, dead letters: the keys of a topics dict
 
@@ -143,12 +145,7 @@ def produce(bootstrap: str, topic: str, keys, values, rate: float | None = None,
             ahead = start + due[i] - time.perf_counter()
             if ahead > 0.0005:
                 time.sleep(ahead)
-        while True:
-            try:
-                producer.produce(topic, v, k)
-                break
-            except BufferError:
-                producer.poll(0.01)
+        produce_waiting(producer, topic, v, k, poll_s=0.01)
         if i % 500 == 0:
             producer.poll(0)
     producer.flush(120)

@@ -32,6 +32,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from fraudscore.bench.kafka_io import free_port  # noqa: F401  (outside the ephemeral range: see there)
+from fraudscore.serving.kafka import produce_waiting
 
 ROOT = Path(__file__).resolve().parents[1]
 EXE = str(Path(sys.executable).with_name("fraudscore"))  # the installed command, as operators run it
@@ -53,12 +54,7 @@ def produce(bootstrap: str | dict, topic: str, keys: list[bytes], values: list[b
     """Produce every (key, value) to `topic` with an idempotent producer; fail unless all are acknowledged."""
     producer = Producer(client(bootstrap) | {"linger.ms": 5, "enable.idempotence": True})
     for key, value in zip(keys, values):
-        while True:
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:
-                producer.poll(0.1)
+        produce_waiting(producer, topic, value, key)
     assert producer.flush(60) == 0
 
 

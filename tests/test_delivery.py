@@ -349,3 +349,12 @@ def test_the_wire_module_example_runs() -> None:
 
     result = doctest.testmod(wire)
     assert result.attempted and result.failed == 0
+
+
+def test_the_produce_helper_examples_run() -> None:
+    import doctest
+
+    from fraudscore.serving import kafka
+
+    result = doctest.testmod(kafka)
+    assert result.attempted and result.failed == 0

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -476,7 +477,7 @@ def test_sigterm_during_a_slow_restore_exits_within_the_bound_and_the_next_insta
 
 @pytest.mark.kafka
 @pytest.mark.faults
-@pytest.mark.parametrize("queue", [None, 100], ids=["queue-room", "queue-full"])
+@pytest.mark.parametrize("queue", [None, 20], ids=["queue-room", "queue-full"])
 def test_sigterm_with_outputs_stuck_on_a_slow_link_commits_only_what_was_delivered(
         proxied_broker, small_bundle, transactions, queue: int | None) -> None:
     """The sidecar's link to the broker carries 2 kB/s towards the broker: its results queue up
@@ -498,6 +499,16 @@ def test_sigterm_with_outputs_stuck_on_a_slow_link_commits_only_what_was_deliver
         _wait(lambda: written(broker.bootstrap, topics["out"]) >= 2 * RATE, 30, "results before the fault")
         proxy.toxic("kafka", "bandwidth", "upstream", rate=2)
         time.sleep(5)  # results queue up behind the slow link
+        if queue:
+            # Stopped only once the loop waits for room in the queue (a batch of fewer than `queue`
+            # results fits, and a batch in flight that times out is rewound): its stack, which
+            # SIGUSR1 dumps on stderr, shows it inside produce_waiting.
+            def waiting_to_produce() -> bool:
+                sidecar.proc.send_signal(signal.SIGUSR1)
+                time.sleep(0.3)
+                return "in produce_waiting" in sidecar.output()
+
+            _wait(waiting_to_produce, 60, "the sidecar waiting for room in the producer's queue")
         before = written(broker.bootstrap, topics["out"])
         t0 = time.monotonic()
         code, log = sidecar.stop(timeout_s=DRAIN_S + 30)
@@ -509,8 +520,8 @@ def test_sigterm_with_outputs_stuck_on_a_slow_link_commits_only_what_was_deliver
         assert code == 4 if left else code in (0, 4), log[-3000:]
         if code == 4:
             assert "the stop did not finish its work" in log or "the stop took longer than its bound" in log, log[-3000:]
-        if queue:  # the queue was full: the stop found the loop waiting to produce
-            assert code == 4 and "in produce" in log, log[-3000:]
+        # (With the queue full the exit may still be 0: 20 results are 3 s of this link, and
+        # the stop may deliver them all within --drain-timeout.)
         proxy.clear("kafka")
         after = Sidecar(broker.bootstrap, small_bundle, topics, group)
         results = drain_ids(broker.bootstrap, topics["out"], sent)

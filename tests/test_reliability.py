@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
+from fraudscore.serving.kafka import produce_waiting
 from kafka_helpers import Sidecar, client, drain, four_topics, own_topics, produce, transaction_ids, written
 
 pytestmark = pytest.mark.kafka
@@ -262,12 +263,7 @@ def test_overload_keeps_memory_bounded_reports_lag_and_loses_nothing(kafka_boots
     sent = 0
     for _ in range(repeats):
         for key, value in zip(keys, values):
-            while True:
-                try:
-                    producer.produce(topics["in"], value, key)
-                    break
-                except BufferError:
-                    producer.poll(0.01)
+            produce_waiting(producer, topics["in"], value, key, poll_s=0.01)
             sent += 1
     assert producer.flush(120) == 0
     produce_s = time.monotonic() - t0

@@ -15,6 +15,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
+from fraudscore.serving.kafka import produce_waiting
 from kafka_helpers import EXE, Sidecar, client, drain, four_topics, produce
 from test_reliability import metric
 
@@ -30,12 +31,7 @@ def produce_with_offsets(bootstrap: str, topic: str, messages: list[tuple[bytes,
         def done(err, msg, i=i):
             assert err is None, err
             where[i] = (msg.partition(), msg.offset())
-        while True:
-            try:
-                producer.produce(topic, value, key, timestamp=ts, on_delivery=done)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_waiting(producer, topic, value, key, timestamp=ts, on_delivery=done)
     assert producer.flush(60) == 0
     return [where[i] for i in range(len(messages))]
 

@@ -24,6 +24,7 @@ import orjson
 
 from fraudscore.data.table import Table
 from fraudscore.errors import UsageError
+from fraudscore.serving.kafka import produce_waiting
 
 SECONDS_PER_DAY = 86_400
 
@@ -127,12 +128,7 @@ def replay(events: Events, kafka: dict, input_topic: str, labels_topic: str, *, 
                 labels_sent = False
             labels_sent |= label
             topic = labels_topic if label else input_topic
-            while True:
-                try:
-                    producer.produce(topic, events.values[i], events.keys[i])
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            produce_waiting(producer, topic, events.values[i], events.keys[i])
         sent = upto
         producer.poll(0)
         if progress is not None and (time.monotonic() - last_progress >= 1.0 or sent == len(events)):

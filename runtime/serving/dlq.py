@@ -38,6 +38,7 @@ import orjson
 
 from fraudscore.errors import FraudscoreError, UsageError
 from fraudscore.serving import wire
+from fraudscore.serving.kafka import produce_waiting
 from fraudscore.serving.sidecar.config import read_config_file, read_sources
 
 REPLAYED_HEADER = wire.REPLAYED_FROM
@@ -373,14 +374,10 @@ def replay(kafka: dict, letters: list[DeadLetter], dlq_topic: str, *, to_topic: 
     for letter, topic, partition in send:
         headers = [(REPLAYED_HEADER, f"{dlq_topic}/{letter.partition}/{letter.offset}".encode())]
         extra = {} if partition is None else {"partition": partition}
-        while True:
-            try:
-                producer.produce(topic, letter.value, letter.key, headers=headers, **extra)
-                break
-            except BufferError:
-                producer.poll(0.05)
-            except KafkaException as exc:
-                raise DlqUnavailable(f"replay to {topic}: {exc.args[0].str() if exc.args else exc}") from None
+        try:
+            produce_waiting(producer, topic, letter.value, letter.key, headers=headers, **extra)
+        except KafkaException as exc:
+            raise DlqUnavailable(f"replay to {topic}: {exc.args[0].str() if exc.args else exc}") from None
     left = producer.flush(timeout_s)
     if left or errors:
         raise DlqUnavailable(f"replay: {left} messages not acknowledged and {len(errors)} refused "

@@ -35,6 +35,7 @@ import numpy as np
 
 from fraudscore.errors import FraudscoreError
 from fraudscore.serving import wire
+from fraudscore.serving.kafka import produce_waiting
 from fraudscore.serving.sidecar.config import SidecarConfig
 from fraudscore.serving.wire import DLQ_MAX_BYTES, MAX_KEY_BYTES, TRUNCATED_DLQ_BYTES  # noqa: F401 (kept importable from here)
 
@@ -182,15 +183,10 @@ class Delivery:
         """produce(), waiting while the local queue is full; a local refusal fails the batch."""
         from confluent_kafka import KafkaException
 
-        while True:
-            try:
-                self.producer.produce(topic, value, key, headers=headers)
-                return
-            except BufferError:  # local queue full: let deliveries drain, then retry
-                self.producer.poll(0.05)
-            except KafkaException as exc:  # refused locally (e.g. too large): the batch is rewound
-                self.failures.append(exc.args[0])
-                return
+        try:
+            produce_waiting(self.producer, topic, value, key, headers=headers)
+        except KafkaException as exc:  # refused locally (e.g. too large): the batch is rewound
+            self.failures.append(exc.args[0])
 
     def finish(self, messages: list, assignment: set[tuple[str, int]], rewind_also: Iterable = ()) -> bool:
         """Flush and commit the batch (or commit its transaction); on any failure rewind it,

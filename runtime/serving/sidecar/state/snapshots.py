@@ -40,6 +40,7 @@ import numpy as np
 import orjson
 
 from fraudscore.errors import FraudscoreError, InputError
+from fraudscore.serving.kafka import produce_waiting
 from fraudscore.serving.sidecar.clients import common_config
 from fraudscore.serving.sidecar.config import SidecarConfig
 from fraudscore.serving.sidecar.state.terminal_table import OFFSET_BEGINNING, PARTITION_EOF
@@ -203,14 +204,9 @@ class SnapshotStore:
 
     def _produce(self, topic: str, key: str, value: bytes | None, partition: int | None, callback) -> None:
         kwargs = {"partition": partition} if partition is not None else {}
-        while True:
-            try:
-                self.producer.produce(topic, value=value, key=key.encode(), on_delivery=callback, **kwargs)
-                return
-            except BufferError:  # the producer's queue is full: let it send, then try again
-                if self.budget() <= 0:
-                    raise FraudscoreError(f"snapshot chunk {key}: the producer's queue stayed full") from None
-                self.producer.poll(0.05)
+        if not produce_waiting(self.producer, topic, value, key.encode(), on_delivery=callback,
+                               give_up=lambda: self.budget() <= 0, **kwargs):
+            raise FraudscoreError(f"snapshot chunk {key}: the producer's queue stayed full")
 
     def _flush(self, name: str) -> None:
         budget = self.budget()
