@@ -5,7 +5,7 @@
 # one of its listeners) for the security, stop-bound, broker-restart and network-fault tests;
 # the coordinator test starts a two-broker cluster of its own.
 # Most Kafka tests wait, on the broker, on session timeouts and on sidecars starting, so two
-# workers finish in about 20 minutes on 2 cores (29 minutes on one worker when the suite was
+# workers finish in about 18 minutes on 2 cores (29 minutes on one worker when the suite was
 # smaller).
 #
 #   scripts/test.sh [pytest arguments]

@@ -329,7 +329,7 @@ class PacketLoss:
     def unavailable(self) -> str | None:
         """Why packet loss cannot be made on this machine, or None when it can."""
         done = self._run("status")
-        return None if done.returncode == 0 else done.stderr.strip()
+        return None if done.returncode == 0 else (done.stderr.strip() or f"{self.SCRIPT} status exited {done.returncode}")
 
     def add(self, port: int, percent: float) -> None:
         done = self._run("add", str(port), str(percent))

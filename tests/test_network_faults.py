@@ -24,6 +24,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -502,11 +503,19 @@ def test_sigterm_with_outputs_stuck_on_a_slow_link_commits_only_what_was_deliver
         if queue:
             # Stopped only once the loop waits for room in the queue (a batch of fewer than `queue`
             # results fits, and a batch in flight that times out is rewound): its stack, which
-            # SIGUSR1 dumps on stderr, shows it inside produce_waiting.
+            # SIGUSR1 dumps on stderr, shows it on produce_waiting's poll, the line it waits on
+            # (a produce() that does not wait shows another line).
+            import inspect
+
+            from fraudscore.serving import kafka as kafka_module
+
+            lines, first = inspect.getsourcelines(kafka_module.produce_waiting)
+            poll_line = first + next(i for i, line in enumerate(lines) if "producer.poll(" in line)
+
             def waiting_to_produce() -> bool:
                 sidecar.proc.send_signal(signal.SIGUSR1)
                 time.sleep(0.3)
-                return "in produce_waiting" in sidecar.output()
+                return f'kafka.py", line {poll_line} in produce_waiting' in sidecar.output()
 
             _wait(waiting_to_produce, 60, "the sidecar waiting for room in the producer's queue")
         before = written(broker.bootstrap, topics["out"])
@@ -661,7 +670,7 @@ def test_sigterm_during_a_label_catch_up_with_the_broker_cut_exits_within_the_bo
 
 
 @pytest.fixture(scope="module")
-def two_brokers(tmp_path_factory) -> TwoBrokers:
+def two_brokers(tmp_path_factory) -> Iterator[TwoBrokers]:
     cluster = TwoBrokers(tmp_path_factory.mktemp("two-brokers"))
     cluster.start()
     try:

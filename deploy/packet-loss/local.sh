@@ -21,11 +21,15 @@ chain=FRAUDSCORE-LOSS
 log() { echo "packet-loss: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-ipt() {
+iptables_bin() {
   local bin
   bin="$(command -v iptables || echo /usr/sbin/iptables)"
   [[ -x "$bin" ]] || die "iptables is missing: apt-get install iptables (scripts/setup.sh does in CI)"
-  "$bin" -w 5 "$@"
+  echo "$bin"
+}
+
+ipt() {
+  "$(iptables_bin)" -w 5 "$@"
 }
 
 ensure_chain() {
@@ -58,9 +62,12 @@ case "${1:-}" in
     clear_rules
     ;;
   status)
+    iptables_bin >/dev/null  # says so when iptables is missing
     # Works here only if a rule with the statistic match can be added: try one in a scratch chain.
     probe="$chain-PROBE"
-    ipt -N "$probe" 2>/dev/null || { ipt -F "$probe"; }
+    if ! out="$(ipt -N "$probe" 2>&1)" && ! ipt -F "$probe" 2>/dev/null; then
+      die "cannot make an iptables chain here (root or CAP_NET_ADMIN is needed): $out"
+    fi
     if ! out="$(ipt -A "$probe" -p tcp --dport 9 -m statistic --mode random --probability 0.5 -j DROP 2>&1)"; then
       ipt -X "$probe" 2>/dev/null || true
       die "cannot add an iptables rule here (root or CAP_NET_ADMIN, and netfilter's statistic match, are needed): $out"

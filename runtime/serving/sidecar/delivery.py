@@ -37,7 +37,7 @@ from fraudscore.errors import FraudscoreError
 from fraudscore.serving import wire
 from fraudscore.serving.kafka import produce_waiting
 from fraudscore.serving.sidecar.config import SidecarConfig
-from fraudscore.serving.wire import DLQ_MAX_BYTES, MAX_KEY_BYTES, TRUNCATED_DLQ_BYTES  # noqa: F401 (kept importable from here)
+from fraudscore.serving.wire import DLQ_MAX_BYTES, MAX_KEY_BYTES, TRUNCATED_DLQ_BYTES
 
 log = logging.getLogger(__name__)
 

@@ -55,6 +55,7 @@ from fraudscore.serving.pipeline import Emitted
 from fraudscore.serving.transactions import RawBatch, decode_transactions
 
 log = logging.getLogger(__name__)
+SNAPSHOT_BACKOFF_MAX_S = 300.0  # the longest wait between snapshot rounds after failures
 
 
 def input_spec(config: SidecarConfig, manifest, current: FeatureSpec | None) -> FeatureSpec | None:
@@ -160,6 +161,7 @@ class FeatureState:
         self.committed: dict[int, int] = {}  # partition -> the group's committed offset when it was restored
         self._terminals_snapshotted: dict | None = None  # the table's positions at its last snapshot
         self._failed_rounds = 0  # snapshot rounds in a row that failed or were skipped (back-off)
+        self._skip_logged = False  # a skipped round was logged since the last good one
         self._last_snapshot = time.monotonic()
         self._reported: set[str] = set()  # partitions with a fraudscore_state_partition_bytes series
         metrics.state_coverage_required.labels("customer").set(spec.customer_reach_s)
@@ -288,10 +290,13 @@ class FeatureState:
         release_free_memory()
 
     def snapshot_due(self) -> bool:
-        """Every --snapshot-interval; after failed rounds every 2, 4, then 8 intervals (a broker or
-        state topic that is gone costs the loop one short check per round, not a wait per write)."""
-        backoff = 2 ** min(self._failed_rounds, 3)
-        return self.snapshots is not None and time.monotonic() - self._last_snapshot >= self.config.snapshot_interval_s * backoff
+        """Every --snapshot-interval; after failed rounds every 2, 4, then 8 intervals, but never
+        further apart than 5 minutes or the interval itself (a broker or state topic that is gone
+        costs the loop one short check per round, not a wait per write; and a round fails at
+        least every 15 minutes, which FraudscoreStateSnapshotsFailing needs to see)."""
+        interval = self.config.snapshot_interval_s
+        wait = min(interval * 2 ** min(self._failed_rounds, 3), max(interval, SNAPSHOT_BACKOFF_MAX_S))
+        return self.snapshots is not None and time.monotonic() - self._last_snapshot >= wait
 
     def write_snapshots(self, committed: dict[int, int], terminals: bool, only: list[int] | None = None) -> None:
         """Snapshot the customer windows of partitions (`only` these) whose state covers exactly their
@@ -332,6 +337,7 @@ class FeatureState:
     def _state_topics_present(self, customers: int, terminals: bool) -> bool:
         """Whether the state topics exist now. Without them the round's snapshots (`customers`
         partitions, the table if `terminals`) are skipped and counted, and the first skip is logged."""
+        gone: list[str] = []
         try:
             gone = self.snapshots.missing()
             why = f"state topic(s) {', '.join(gone)} missing (`fraudscore topics create --state-topic` makes them)" if gone else ""
@@ -341,15 +347,19 @@ class FeatureState:
             return True
         self.metrics.snapshot_writes.labels("customers", "skipped").inc(customers)
         self.metrics.snapshot_writes.labels("terminals", "skipped").inc(int(terminals))
-        (log.debug if self._failed_rounds else log.error)(
-            "snapshots skipped: %s; scoring goes on from the state in memory, snapshots resume once the topics are "
-            "back (a restart meanwhile stops at the missing topic)", why)
+        (log.debug if self._skip_logged else log.error)(
+            "snapshots skipped: %s; scoring goes on from the state in memory, snapshots resume once %s%s", why,
+            "the topics are back" if gone else "the broker answers",
+            " (a restart meanwhile stops at the missing topic)" if gone else "")
+        self._skip_logged = True
         self._round_done(False)
         return False
 
     def _round_done(self, ok: bool) -> None:
         if ok and self._failed_rounds:
             log.info("snapshots written again after %d failed round(s)", self._failed_rounds)
+        if ok:
+            self._skip_logged = False
         self._failed_rounds = 0 if ok else self._failed_rounds + 1
 
     def _write(self, kind: str, name: str, partition: int, state, header: dict) -> bool:

@@ -133,19 +133,22 @@ class SnapshotStore:
         return self._partitions
 
     def missing(self) -> list[str]:
-        """The state topics (snapshots, index) the broker does not have now: one metadata request
-        each, at most 5 s. A snapshot round checks first: a write to a topic that is gone waits
+        """The state topics (snapshots, index) the broker does not have now: a metadata request
+        each, at most 5 s for both. A snapshot round checks first: a write to a topic that is gone waits
         its whole budget for metadata that never comes, and the loop waits with it."""
         from confluent_kafka import KafkaException
 
         gone = []
+        deadline = time.monotonic() + min(5.0, max(0.1, self.budget()))  # both requests together
         for topic in (self.topic, self.index):
             try:
-                found = self.producer.list_topics(topic, timeout=min(5.0, max(0.1, self.budget()))).topics.get(topic)
+                found = self.producer.list_topics(topic, timeout=max(0.1, deadline - time.monotonic())).topics.get(topic)
             except KafkaException as exc:  # no answer: as good as missing for this round
                 raise FraudscoreError(f"state topic {topic}: metadata unavailable ({exc})") from None
             if found is None or found.error is not None or not found.partitions:
                 gone.append(topic)
+        if gone:
+            self._partitions = None  # made again, it may have another partition count
         return gone
 
     def write(self, name: str, partition: int, blob: bytes) -> int:

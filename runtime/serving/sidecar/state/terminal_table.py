@@ -67,7 +67,7 @@ class TerminalTable:
         # The partitions' ends are asked on connections of their own: on a slow link a request on
         # the reader's connection waits behind the fetch responses it prefetches (16 MB, a minute
         # at 300 kB/s) and timed out every time, so the table never caught up (a network fault test).
-        self.ends = None
+        self.end_probe = None
         self.caught_up = False
         self.partition_watermarks: dict[int, int] = {}  # input partition -> newest event time read
         self.inputs: list[int] = []  # the input topic's partitions
@@ -107,8 +107,10 @@ class TerminalTable:
             # otherwise keep the position short of the high watermark for ever.
             "enable.partition.eof": True,
         } | c.kafka | {"auto.offset.reset": "earliest"})  # an offset lost to retention: the oldest kept, never the end
-        self.ends = Consumer(common_config(c) | {"group.id": f"{c.group_id}.terminal-ends.{uuid.uuid4().hex[:8]}",
-                                                 "enable.auto.commit": False} | c.kafka)
+        self.end_probe = Consumer(common_config(c) | {
+            "group.id": f"{c.group_id}.terminal-ends.{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
+            "isolation.level": "read_committed" if c.exactly_once else "read_uncommitted",  # the reader's ends
+        } | c.kafka)
         metadata = self.reader.list_topics(timeout=c.startup_timeout_s)
         self.inputs = sorted(metadata.topics[c.input_topic].partitions)
         self.feed = self._usable_feed(metadata)
@@ -181,6 +183,7 @@ class TerminalTable:
         c, reader = self.config, self.reader
         t0 = time.monotonic()
         deadline = t0 + (c.drain_timeout_s if timeout_s is None else timeout_s)
+        self.end_probe.poll(0)  # its log lines and error callbacks, which otherwise wait in its queue
         targets = {}
         feed_highs = self._feed_highs = {}
         feed_only = feed_only and bool(self.feed)
@@ -188,7 +191,7 @@ class TerminalTable:
         try:
             for t, p in sources + [k for k in self._assigned if k[0] == c.labels_topic]:
                 if not self._past((t, p), bound_s):
-                    low, high = self.ends.get_watermark_offsets(TopicPartition(t, p), timeout=c.startup_timeout_s, cached=False)
+                    low, high = self.end_probe.get_watermark_offsets(TopicPartition(t, p), timeout=c.startup_timeout_s, cached=False)
                     targets[(t, p)] = high
                     if t == c.input_topic:
                         self._lows[p] = low
@@ -199,7 +202,7 @@ class TerminalTable:
             for t, p in targets:
                 if t == c.input_topic and p not in self.gaps and not self._done((t, p), targets[(t, p)]):
                     try:
-                        feed_highs[p] = self.ends.get_watermark_offsets(TopicPartition(self.feed, p), timeout=c.startup_timeout_s,
+                        feed_highs[p] = self.end_probe.get_watermark_offsets(TopicPartition(self.feed, p), timeout=c.startup_timeout_s,
                                                                         cached=False)[1]
                     except KafkaException as exc:  # the feed gone or unavailable: the input serves, slower, as exact
                         self._warn("feed", "terminal feed %s unavailable (%s); its partitions are read from the input "
@@ -356,7 +359,7 @@ class TerminalTable:
                 continue
             try:
                 self.reader.seek(TopicPartition(self.feed, p, feed_offset))
-                self._feed_highs[p] = self.ends.get_watermark_offsets(TopicPartition(self.feed, p), timeout=c.startup_timeout_s,
+                self._feed_highs[p] = self.end_probe.get_watermark_offsets(TopicPartition(self.feed, p), timeout=c.startup_timeout_s,
                                                                       cached=False)[1]
             except KafkaException as exc:  # the input goes on serving the partition: slower, as exact
                 log.debug("terminal feed: partition %d not sought back to %d (%s)", p, feed_offset, exc)
@@ -430,6 +433,6 @@ class TerminalTable:
         if self.reader is not None:
             self.reader.close()
             self.reader = None
-        if self.ends is not None:
-            self.ends.close()
-            self.ends = None
+        if self.end_probe is not None:
+            self.end_probe.close()
+            self.end_probe = None
