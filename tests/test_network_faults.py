@@ -320,6 +320,13 @@ def month(tmp_path_factory, small_bundle: Path):
     return simulated_month(tmp_path_factory.mktemp("net-month"), small_bundle)
 
 
+def halves(month) -> tuple:
+    """The month's events, expected features and scores, and its events before and after the median event time."""
+    events, expected, scores, _ = month
+    mid = int(np.median(events.seconds))
+    return events, expected, scores, events.between(None, mid), events.between(mid, None)
+
+
 @pytest.mark.kafka
 @pytest.mark.faults
 def test_the_broker_unreachable_during_a_restore_costs_time_not_correctness(proxied_broker, small_bundle, month) -> None:
@@ -332,9 +339,7 @@ def test_the_broker_unreachable_during_a_restore_costs_time_not_correctness(prox
 
     broker, proxy = proxied_broker
     proxy.clear("kafka")
-    events, expected, scores, _ = month
-    mid = int(np.median(events.seconds))
-    first, second = events.between(None, mid), events.between(mid, None)
+    events, expected, scores, first, second = halves(month)
     topics = topics_with_state(broker.bootstrap)  # the state topics stay unused: the restore reads the input
     before = raw_sidecar(broker.bootstrap, small_bundle, topics, "g-net-restore")
     try:
@@ -435,9 +440,7 @@ def test_sigterm_during_a_slow_restore_exits_within_the_bound_and_the_next_insta
 
     broker, proxy = proxied_broker
     proxy.clear("kafka")
-    events, expected, scores, _ = month
-    mid = int(np.median(events.seconds))
-    first, second = events.between(None, mid), events.between(mid, None)
+    events, expected, scores, first, second = halves(month)
     topics = topics_with_state(broker.bootstrap)
     group = "g-net-stop-restore"
     before = raw_sidecar(broker.bootstrap, small_bundle, topics, group)
@@ -621,9 +624,7 @@ def test_sigterm_during_a_label_catch_up_with_the_broker_cut_exits_within_the_bo
 
     broker, proxy = proxied_broker
     proxy.clear("kafka")
-    events, expected, scores, _ = month
-    mid = int(np.median(events.seconds))
-    first, second = events.between(None, mid), events.between(mid, None)
+    events, expected, scores, first, second = halves(month)
     topics = topics_with_state(broker.bootstrap)
     group = "g-net-stop-labels"
     burst = 60_000
