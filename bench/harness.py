@@ -32,125 +32,18 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from .config import BenchConfig
 from .provenance import run_identity
+from .timing import INJECT_ENV, PERCENTILES, injected_delays, summarise, timed_runs
 from .workload import simulated_messages
 
+__all__ = ["INJECT_ENV", "PERCENTILES", "SCHEMA", "BenchConfig", "format_table", "machine_info", "run_bench"]
+
 SCHEMA = "fraudscore.bench/2"
-INJECT_ENV = "FRAUDSCORE_BENCH_INJECT_DELAY_MS"
-PERCENTILES = (1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9)
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """What `fraudscore bench` measures, built once from its flags; the fields mirror them."""
-
-    bundle: Path
-    modes: tuple[str, ...] = ("model", "pipeline")
-    batch_sizes: tuple[int, ...] = (1, 8, 64, 512, 4096)
-    devices: tuple[str, ...] = ("cpu",)
-    threads: int = 1
-    repeats: int = 3
-    seconds: float = 1.0
-    warmup_s: float = 0.2
-    bootstrap_servers: str | None = None
-    kafka_messages: int = 100_000
-    kafka_rates: tuple[float, ...] = ()
-    kafka_rate_seconds: float = 8.0
-    # Before the rate sweep: a discarded run at its first rate (a fresh sidecar on fresh
-    # topics), so a cold broker's first seconds of small requests are not measured.
-    kafka_warmup_seconds: float = 10.0
-    kafka_batch_size: int = 4096
-    kafka_repeats: int = 1
-    kafka_workers: tuple[int, ...] = (1,)
-    # (name, extra `fraudscore run` arguments) per sidecar configuration, `--kafka-variant NAME=ARGS`
-    kafka_variants: tuple[tuple[str, tuple[str, ...]], ...] = (("default", ()),)
-    naive_messages: int = 5_000
-    slo_ms: float = 50.0
-    # --challenger: with the pipeline mode, the same pipeline with this bundle shadow-scored beside
-    # the model too (rows of variant "shadow"; ratio shadow_overhead = their p50 / the pipeline's)
-    challenger: Path | None = None
-
-
-def _busy_wait(ms: float) -> None:
-    end = time.perf_counter() + ms / 1e3
-    while time.perf_counter() < end:
-        pass
-
-
-def injected_delays() -> dict[str, float]:
-    """The test hook's delays by mode, from FRAUDSCORE_BENCH_INJECT_DELAY_MS (empty when unset)."""
-    text = os.environ.get(INJECT_ENV, "").strip()
-    if not text:
-        return {}
-    delays: dict[str, float] = {}
-    try:
-        for part in text.split(","):
-            mode, _, ms = part.rpartition("=")
-            names = [mode.strip()] if mode else ["model", "pipeline", "raw"]
-            if not set(names) <= {"model", "pipeline", "raw"}:
-                raise ValueError(mode)
-            for name in names:
-                delays[name] = float(ms)
-    except ValueError:
-        from fraudscore.errors import UsageError
-
-        raise UsageError(f"{INJECT_ENV}={text!r}: write milliseconds (5) or MODE=MS pairs of model, pipeline "
-                         "or raw (pipeline=5,model=1)") from None
-    return {mode: ms for mode, ms in delays.items() if ms}
-
-
-def _timed_runs(fn: Callable[[], object], seconds: float, warmup_s: float, min_runs: int = 10,
-                inject_ms: float = 0.0) -> np.ndarray:
-    start = time.perf_counter()
-    while time.perf_counter() - start < warmup_s:
-        fn()
-    times = []
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds or len(times) < min_runs:
-        t0 = time.perf_counter()
-        fn()
-        if inject_ms:
-            _busy_wait(inject_ms)
-        times.append(time.perf_counter() - t0)
-    return np.array(times)
-
-
-def _summarise(mode: str, device: str, batch: int, repeats: list[np.ndarray], variant: str = "fp32") -> dict:
-    """One result row. Every latency figure is a percentile of all timed calls of all repeats
-    pooled (`p50_ms` is `percentiles_ms["50"]`, `p99_ms` is `percentiles_ms["99"]`);
-    `spread` is the min-max of the same figure computed within each repeat alone."""
-    pooled = np.concatenate(repeats) * 1e3
-    percentiles = {_percentile_key(q): float(np.percentile(pooled, q)) for q in PERCENTILES}
-    per_repeat_p50 = [float(np.percentile(t * 1e3, 50)) for t in repeats]
-    per_repeat_p99 = [float(np.percentile(t * 1e3, 99)) for t in repeats]
-    per_repeat_tput = [batch / (p / 1e3) for p in per_repeat_p50]
-    return {
-        "mode": mode,
-        "device": device,
-        "variant": variant,
-        "batch_size": batch,
-        "p50_ms": percentiles["50"],
-        "p99_ms": percentiles["99"],
-        # Transactions a second of back-to-back calls at the median batch latency.
-        "throughput_per_s": batch / (percentiles["50"] / 1e3),
-        "spread": {"p50_ms": [min(per_repeat_p50), max(per_repeat_p50)],
-                   "p99_ms": [min(per_repeat_p99), max(per_repeat_p99)],
-                   "throughput_per_s": [min(per_repeat_tput), max(per_repeat_tput)]},
-        "repeats": len(repeats),
-        "runs_per_repeat": [len(t) for t in repeats],
-        "percentiles_ms": percentiles,
-    }
-
-
-def _percentile_key(q: float) -> str:
-    return f"{q:g}"
 
 
 def machine_info() -> dict:
@@ -230,10 +123,10 @@ def run_bench(config: BenchConfig, say: Callable[[str], None] = lambda m: None, 
             timed: dict[str, list[np.ndarray]] = {mode: [] for mode in cases}
             for _ in range(config.repeats):
                 for mode, fn in cases.items():
-                    timed[mode].append(_timed_runs(fn, config.seconds, config.warmup_s,
+                    timed[mode].append(timed_runs(fn, config.seconds, config.warmup_s,
                                                    inject_ms=delays.get(mode, 0.0)))
-            rows = {mode: (_summarise("pipeline", device, batch, runs, variant="shadow") if mode == "shadow"
-                           else _summarise(mode, device, batch, runs)) for mode, runs in timed.items()}
+            rows = {mode: (summarise("pipeline", device, batch, runs, variant="shadow") if mode == "shadow"
+                           else summarise(mode, device, batch, runs)) for mode, runs in timed.items()}
             results += rows.values()
             if "model" in rows and "pipeline" in rows:
                 ratios[f"pipeline_overhead.{device}.b{batch}"] = rows["pipeline"]["p50_ms"] / rows["model"]["p50_ms"]

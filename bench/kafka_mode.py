@@ -37,7 +37,7 @@ from .workload import simulated_messages
 if TYPE_CHECKING:
     from fraudscore.serving.bundle import Bundle
 
-    from .harness import BenchConfig
+    from .config import BenchConfig
 
 DEFAULT_VARIANT = "default"
 

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     import shlex
 
     from .kafka_io import create_topics, produce, start_sidecar
-    from .soak import SoakConfig, _message_pool, check_config, produce_load
+    from .soak import SoakConfig, message_pool, check_config, produce_load
 
     extra = tuple(a for chunk in args.sidecar_arg for a in shlex.split(chunk))
     try:
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     topics = create_topics(args.bootstrap_servers, args.partitions, names={"in": "profile-in"})
     load = None
     if args.drain:
-        keys, tails = _message_pool(args.bundle, min(args.drain, 50_000))
+        keys, tails = message_pool(args.bundle, min(args.drain, 50_000))
         values = [b'{"TRANSACTION_ID":' + str(i).encode() + tails[i % len(tails)] for i in range(args.drain)]
         print(f"profile: producing a backlog of {args.drain:,} messages", file=sys.stderr)
         produce(args.bootstrap_servers, topics["in"], [keys[i % len(keys)] for i in range(args.drain)], values)

@@ -43,12 +43,11 @@ def run_raw_pipeline(config, bundle, say: Callable[[str], None]) -> tuple[list[d
     from fraudscore import baseline_features, simulate
     from fraudscore.serving.transactions import decode_transactions
 
-    from .harness import _summarise, _timed_runs, injected_delays
+    from .timing import injected_delays, summarise, timed_runs
 
     say("raw: simulating the reference size (5,000 customers, 10,000 terminals, 183 days)")
     table = simulate(**REFERENCE).transactions
     keys, values, seconds = raw_stream_values(table)
-    offline = baseline_features(table)
     frauds = np.flatnonzero(table["TX_FRAUD"] == 1)
     fraud_seconds = table["TX_DATETIME"].astype("datetime64[s]").astype(np.int64)[frauds]
     warm = int(np.searchsorted(seconds, seconds[0] + WARMUP_DAYS * 86_400))
@@ -60,6 +59,7 @@ def run_raw_pipeline(config, bundle, say: Callable[[str], None]) -> tuple[list[d
         from fraudscore.errors import UsageError
 
         raise UsageError(f"--mode raw: {config.bundle} records no feature specification; re-export it")
+    offline = baseline_features(table, spec)  # what every online row must equal (the report's parity)
     results: list[dict] = []
     for device in config.devices:
         pipeline = Pipeline(bundle.manifest, Scorer(bundle, device=device, intra_op_threads=config.threads))
@@ -90,9 +90,9 @@ def run_raw_pipeline(config, bundle, say: Callable[[str], None]) -> tuple[list[d
 
             say(f"raw {device} batch {batch}")
             runs = max(1, config.repeats)
-            repeats = [_timed_runs(one, config.seconds, min(config.warmup_s, 0.05), min_runs=3,
-                                   inject_ms=injected_delays().get("raw", 0.0)) for _ in range(runs)]
-            row = _summarise("raw", device, batch, repeats)
+            repeats = [timed_runs(one, config.seconds, min(config.warmup_s, 0.05), min_runs=3,
+                                  inject_ms=injected_delays().get("raw", 0.0)) for _ in range(runs)]
+            row = summarise("raw", device, batch, repeats)
             row["state"] = memory
             row["parity"] = parity(computed, offline, spec.names)
             results.append(row)

@@ -130,7 +130,7 @@ def cpu_seconds(pids: list[int]) -> float:
 
 # -- load ----------------------------------------------------------------------------------------
 
-def _message_pool(bundle: Path, size: int) -> tuple[list[bytes], list[bytes]]:
+def message_pool(bundle: Path, size: int) -> tuple[list[bytes], list[bytes]]:
     """Keys and the bodies after the id of `size` simulated transactions carrying the bundle's features."""
     from fraudscore.serving.bundle import load_bundle
 
@@ -152,7 +152,7 @@ def produce_load(bundle: str, bootstrap: str, topic: str, rate: float, total: in
     Once its messages are built it puts the run's start (wall clock) into `start` and sets `ready`."""
     from .kafka_io import produce
 
-    keys, tails = _message_pool(Path(bundle), min(total, 50_000))
+    keys, tails = message_pool(Path(bundle), min(total, 50_000))
     t0 = time.time() + 0.5
     start.value = t0
     ready.set()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAINING_STACK = ("tensorflow", "keras", "tf2onnx", "onnx")
+TRAINING_STACK = ("tensorflow", "keras", "tf2onnx", "onnx", "lightgbm", "sklearn")
 # Never loaded by importing any runtime module: the training stack, and MLflow's client, which
 # only runtime/tracking.py imports, inside its functions (train/evaluate --mlflow-uri).
 FORBIDDEN = TRAINING_STACK + ("mlflow",)
@@ -102,6 +102,84 @@ def test_runtime_never_imports_train_export_or_bench() -> None:
     for path in (ROOT / "runtime").rglob("*.py"):
         for name in _imported_names(path):
             assert not name.startswith(SIBLINGS), f"{path.relative_to(ROOT)} imports {name}"
+
+
+PACKAGE_DIRS = {"runtime": "fraudscore", "train": "fraudscore.train", "export": "fraudscore.export",
+                "bench": "fraudscore.bench"}
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the four packages by import name (pyproject's package-dir mapping)."""
+    found = {}
+    for directory, package in PACKAGE_DIRS.items():
+        for path in (ROOT / directory).rglob("*.py"):
+            parts = [p for p in path.relative_to(ROOT / directory).with_suffix("").parts if p != "__init__"]
+            found[".".join([package, *parts])] = path
+    return found
+
+
+def _runtime_imports(path: Path, name: str) -> set[str]:
+    """Every module `path` imports when it runs, at the top or inside a function, relative imports
+    resolved; `if TYPE_CHECKING:` blocks are left out (they never run)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text(), filename=str(path))
+    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+               for child in node.body for n in ast.walk(child)}
+    names = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            names |= {module} | {f"{module}.{a.name}" for a in node.names}
+    return names
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted.
+
+    >>> import_cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}})
+    [['a', 'b']]
+    """
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_import_cycle_in_the_packages() -> None:
+    """Function-level imports included: one once hid bench's harness -> kafka_mode -> harness."""
+    modules = _modules()
+    graph = {name: {m for m in _runtime_imports(path, name) if m in modules and m != name} for name, path in modules.items()}
+    assert sum(len(deps) for deps in graph.values()) > 300, "the import graph looks empty: is the parsing broken?"
+    assert import_cycles(graph) == []
 
 
 def test_optional_commands_register_themselves() -> None:
