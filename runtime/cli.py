@@ -117,9 +117,12 @@ def features(
              "1h, 2h, 3h, 4h, 6h, 8h, 12h or 1d. Coarser bounds raw mode's terminal memory by terminals x "
              "buckets (docs/raw-transactions.md#sizing). Recorded in a .parquet output for `train`; "
              "other than 1s needs one.")] = "1s",
+    feature_version: Annotated[int, typer.Option(
+        help="1: the handbook's 15 features. 2: those, the customer's log amount ratio and the terminal's "
+             "confirmed frauds over 1, 7 and 30 days (21; docs/model-quality.md); needs a .parquet --out, which records the version for `train`.")] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary.")] = False,
 ) -> None:
-    """Add the handbook's 15 baseline features to raw transactions.
+    """Add the handbook's 15 baseline features to raw transactions (or version 2's 21).
 
     Weekend/night flags, customer spending over 1/7/30 days, and terminal risk over
     1/7/30 days with a 7-day label delay (Le Borgne et al., 2022, ch. 3.4). The output
@@ -132,16 +135,21 @@ def features(
     from fraudscore.data.table import file_format, read_table, write_table
     from fraudscore.errors import InputError
     from fraudscore.features.baseline import SPEC_METADATA_KEY, add_baseline_features
-    from fraudscore.features.spec import BASELINE_SPEC, parse_resolution
+    from fraudscore.features.spec import SPECS, parse_resolution
 
     check_output(out)
+    if feature_version not in SPECS:
+        raise UsageError(f"--feature-version {feature_version}: this fraudscore computes versions "
+                         f"{', '.join(map(str, SPECS))}")
     try:
-        spec = dataclasses.replace(BASELINE_SPEC, terminal_resolution_s=parse_resolution(terminal_resolution))
+        spec = dataclasses.replace(SPECS[feature_version], terminal_resolution_s=parse_resolution(terminal_resolution))
     except InputError as exc:
         raise UsageError(f"--terminal-resolution: {exc}") from None
-    if spec.terminal_resolution_s != 1 and file_format(out) != "parquet":
-        raise UsageError(f"--terminal-resolution {terminal_resolution} needs a .parquet --out: the table records its "
-                         "specification there, for `train` to put in the bundle (a CSV cannot carry it)")
+    for flag, needed in ((f"--terminal-resolution {terminal_resolution}", spec.terminal_resolution_s != 1),
+                         (f"--feature-version {feature_version}", feature_version != 1)):
+        if needed and file_format(out) != "parquet":
+            raise UsageError(f"{flag} needs a .parquet --out: the table records its specification there, for "
+                             "`train` to put in the bundle (a CSV cannot carry it)")
     columns = {"TRANSACTION_ID": id_column, "TX_DATETIME": time_column, "CUSTOMER_ID": customer_column,
                "TERMINAL_ID": terminal_column, "TX_AMOUNT": amount_column, "TX_FRAUD": label}
     if len(set(columns.values())) < len(columns):

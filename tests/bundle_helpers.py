@@ -1,17 +1,36 @@
-"""Bundles derived from a real exported bundle, for tests that need a second model (a shadow
-challenger), re-hashed as `export` would: the same network with its score squared (scores that
-differ from the original's by a known rule), or with its score scrambled into noise (a model
-deliberately worse than the original, for live-quality comparisons)."""
+"""Bundles for tests: made by the project's own commands (`trained_bundle`), or derived from a real
+exported bundle, for tests that need a second model (a shadow challenger), re-hashed as `export`
+would: the same network with its score squared (scores that differ from the original's by a
+known rule), or with its score scrambled into noise (a model deliberately worse than the
+original, for live-quality comparisons)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from fraudscore import simulate, write_table
 from fraudscore.serving.manifest import manifest_digest
+from kafka_helpers import EXE
+
+
+def trained_bundle(work: Path, *feature_flags: str) -> Path:
+    """A bundle made with the project's own commands on a small simulated set (400 customers, 30
+    days): `features` (with `feature_flags`), train (2 epochs, one network), export."""
+    write_table(simulate(customers=400, terminals=800, days=30, seed=5).transactions, work / "tx.parquet")
+    for args in (
+        ["features", "--in", work / "tx.parquet", "--out", work / "features.parquet", *feature_flags, "--quiet"],
+        ["train", "--data", work / "features.parquet", "--start", "2018-04-09", "--seed", "1", "--epochs", "2",
+         "--ensemble", "1", "--out", work / "run", "--quiet"],
+        ["export", "--run", work / "run", "--out", work / "bundle", "--quiet"],
+    ):
+        done = subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    return work / "bundle"
 
 
 def squared_bundle(source: Path, out: Path, version: str,

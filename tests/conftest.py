@@ -88,6 +88,15 @@ def small_bundle(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def ratio_bundle(tmp_path_factory) -> Path:
+    """A bundle trained on version 2's 21 features (`features --feature-version 2`: customer amount
+    ratios and terminal fraud counts besides the 15)."""
+    from bundle_helpers import trained_bundle
+
+    return trained_bundle(tmp_path_factory.mktemp("ratio-bundle"), "--feature-version", "2")
+
+
+@pytest.fixture(scope="session")
 def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnBroker]:
     """The second broker (TLS, SCRAM), started once for the session and stopped at its end."""
     broker = OwnBroker(tmp_path_factory.mktemp("own-broker"))

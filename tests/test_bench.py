@@ -273,9 +273,12 @@ def test_kafka_mode_reports_drain_rates_and_the_naive_ratio(kafka_bootstrap, sma
     assert report["ratios"]["kafka_speedup_vs_naive"] > 1
 
 
-def test_raw_mode_streams_the_reference_size_with_exact_features(small_bundle, tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_raw_mode_streams_the_reference_size_with_exact_features(version: int, request, tmp_path: Path) -> None:
+    """With the bundle's own feature version: 15 features, or version 2's 21."""
+    bundle = request.getfixturevalue("small_bundle" if version == 1 else "ratio_bundle")
     out = tmp_path / "raw.json"
-    done = bench("--bundle", small_bundle, "--mode", "pipeline", "--mode", "raw", "--batch-sizes", "4096",
+    done = bench("--bundle", bundle, "--mode", "pipeline", "--mode", "raw", "--batch-sizes", "4096",
                  "--repeats", "1", "--seconds", "0.3", "--json", out, "--quiet")
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fraudscore import BASELINE_FEATURES, InputError, Table, add_baseline_features, baseline_features, read_table, simulate, write_table
-from fraudscore.features import BASELINE_SPEC, FeatureSpec
+from fraudscore.features import SPEC_V2, BASELINE_SPEC, FeatureSpec
 
 DAY = 86_400
 EPOCH = dt.datetime(2018, 4, 1)
@@ -40,11 +40,18 @@ def reference_features(tx: list[dict], spec: FeatureSpec = BASELINE_SPEC) -> lis
             ]
             f[f"CUSTOMER_ID_NB_TX_{w}DAY_WINDOW"] = len(mine)
             f[f"CUSTOMER_ID_AVG_AMOUNT_{w}DAY_WINDOW"] = math.fsum(mine) / len(mine)
+            if w in spec.amount_ratio_windows_days:
+                earlier = [o["amount"] for o in tx if o["customer"] == row["customer"] and t - w * DAY < o["t"] <= t
+                           and (o["t"] < t or o["id"] < row["id"])]
+                f[f"CUSTOMER_ID_LOG_AMOUNT_RATIO_{w}DAY_WINDOW"] = (
+                    math.log1p(row["amount"]) - math.log1p(math.fsum(earlier) / len(earlier)) if earlier else 0.0)
         for w in spec.terminal_windows_days:
             end = t - spec.terminal_delay_days * DAY
             seen = [o["fraud"] for o in tx if o["terminal"] == row["terminal"] and end - w * DAY < o["t"] <= end]
             f[f"TERMINAL_ID_NB_TX_{w}DAY_WINDOW"] = len(seen)
             f[f"TERMINAL_ID_RISK_{w}DAY_WINDOW"] = sum(seen) / len(seen) if seen else 0.0
+            if w in spec.fraud_count_windows_days:
+                f[f"TERMINAL_ID_NB_FRAUD_{w}DAY_WINDOW"] = sum(seen)
         out.append(f)
     return out
 
@@ -68,9 +75,12 @@ def assert_matches_reference(tx: list[dict], spec: FeatureSpec = BASELINE_SPEC) 
     assert got.columns == list(spec.names)
     for name in spec.names:
         expected = np.array([w[name] for w in want])
-        if "NB_TX" in name or "DURING" in name:
+        if "NB_" in name or "DURING" in name:
             assert got[name].dtype.kind == "i", name
             assert np.array_equal(got[name], expected), name
+        elif "RATIO" in name:
+            # (count * mean - amount) / (count - 1) cancels: absolute error ~1e-16 of the window's sum.
+            np.testing.assert_allclose(got[name], expected, rtol=0, atol=1e-6, err_msg=name)
         else:
             np.testing.assert_allclose(got[name], expected, rtol=0, atol=1e-9, err_msg=name)
 
@@ -125,6 +135,18 @@ specs = st.builds(
 @given(transactions(), specs)
 def test_any_spec_equals_the_reference(tx: list[dict], spec: FeatureSpec) -> None:
     assert_matches_reference(tx, spec)
+
+
+@settings(max_examples=100, deadline=None)
+@given(transactions(), st.data())
+def test_version_2_amount_ratios_and_fraud_counts_equal_the_reference(tx: list[dict], data) -> None:
+    customer = data.draw(st.lists(st.integers(1, 40), min_size=1, max_size=3, unique=True).map(tuple))
+    terminal = data.draw(st.lists(st.integers(1, 40), min_size=1, max_size=3, unique=True).map(tuple))
+    ratios = data.draw(st.lists(st.sampled_from(customer), unique=True).map(tuple))
+    frauds = data.draw(st.lists(st.sampled_from(terminal), min_size=0 if ratios else 1, unique=True).map(tuple))
+    assert_matches_reference(tx, FeatureSpec(version=2, customer_windows_days=customer, terminal_windows_days=terminal,
+                                             amount_ratio_windows_days=ratios, fraud_count_windows_days=frauds,
+                                             terminal_delay_days=data.draw(st.integers(0, 10))))
 
 
 def test_single_transaction() -> None:
@@ -327,12 +349,20 @@ def test_spec_round_trips_through_a_manifest_dict() -> None:
     assert FeatureSpec.from_dict(spec.to_dict()) == spec
     assert FeatureSpec.from_dict(BASELINE_SPEC.to_dict()) is not BASELINE_SPEC
     assert FeatureSpec.from_dict(BASELINE_SPEC.to_dict()) == BASELINE_SPEC
+    assert FeatureSpec.from_dict(SPEC_V2.to_dict()) == SPEC_V2
+    # Version 1 writes no ratio field: bundles and snapshots written before version 2 keep matching.
+    assert "amount_ratio_windows_days" not in BASELINE_SPEC.to_dict()
+    assert SPEC_V2.names[:15] == BASELINE_SPEC.names and len(SPEC_V2.names) == 21
 
 
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"version": 2}, "version 2 is not one this runtime computes"),
+        ({"version": 3}, "version 3 is not one this runtime computes"),
+        ({"version": 2}, "version 2 needs amount_ratio_windows_days or fraud_count_windows_days"),
+        ({"amount_ratio_windows_days": [7]}, "amount_ratio_windows_days: these are features of version 2"),
+        ({"version": 2, "amount_ratio_windows_days": [14]}, "must be among customer_windows_days"),
+        ({"version": 2, "fraud_count_windows_days": [2]}, "must be among terminal_windows_days"),
         ({"tie_rule": "arrival_order"}, "tie_rule 'arrival_order' is unknown"),
         ({"colour": "red"}, "unknown field(s) colour"),
         ({"night_last_hour": None}, "night_last_hour must be an hour 0..23"),
@@ -346,7 +376,7 @@ def test_a_spec_this_runtime_cannot_compute_is_refused(change: dict, message: st
     with pytest.raises(InputError) as err:
         FeatureSpec.from_dict(manifest)
     assert message in str(err.value)
-    if "version" in change or "tie_rule" in change or "colour" in change:
+    if change.get("version") == 3 or "tie_rule" in change or "colour" in change:
         assert "re-export the bundle with this fraudscore version" in str(err.value)
 
 

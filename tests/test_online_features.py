@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from fraudscore import BASELINE_FEATURES, InputError, Table, baseline_features, simulate
 from fraudscore.features import (
+    SPEC_V2,
     BASELINE_SPEC,
     CustomerState,
     FeatureSpec,
@@ -37,6 +38,12 @@ BUCKET_SPECS = [
     FeatureSpec(terminal_resolution_s=6 * 3600),
     FeatureSpec(terminal_resolution_s=DAY),
     FeatureSpec(customer_windows_days=(2, 5), terminal_windows_days=(1, 3), terminal_delay_days=4, terminal_resolution_s=3600),
+]
+# Version 2: the customer amount ratios and terminal fraud counts beside the baseline features.
+RATIO_SPECS = [
+    SPEC_V2,
+    FeatureSpec(version=2, customer_windows_days=(2, 5), amount_ratio_windows_days=(5,), terminal_windows_days=(1, 3),
+                fraud_count_windows_days=(3,), terminal_delay_days=4, terminal_resolution_s=3600),
 ]
 
 
@@ -95,6 +102,15 @@ def assert_same_features(got: np.ndarray, want: Table, spec: FeatureSpec, exact_
         expected = want[name].astype(np.float64)
         if "AVG_AMOUNT" in name and not exact_amounts:
             np.testing.assert_allclose(got[:, j], expected, rtol=1e-9, atol=1e-9, err_msg=f"{name} {where}")
+        elif "AMOUNT_RATIO" in name and not exact_amounts:
+            # From a mean that may differ by 1e-9 of the window's sum: the earlier rows' mean
+            # (sum - amount) / (count - 1) inherits that absolute error, however small it is.
+            w = name.removeprefix("CUSTOMER_ID_LOG_AMOUNT_RATIO_").removesuffix("DAY_WINDOW")
+            count = want[f"CUSTOMER_ID_NB_TX_{w}DAY_WINDOW"].astype(np.float64)
+            total = count * want[f"CUSTOMER_ID_AVG_AMOUNT_{w}DAY_WINDOW"]
+            earlier = np.maximum((total - want["TX_AMOUNT"]) / np.maximum(count - 1, 1), 0.0)
+            tolerance = 1e-8 * total / np.maximum(count - 1, 1) / (1 + earlier) + 1e-9
+            assert (np.abs(got[:, j] - expected) <= tolerance).all(), f"{name} {where}"
         else:
             np.testing.assert_array_equal(got[:, j], expected, err_msg=f"{name} {where}")
 
@@ -182,8 +198,8 @@ def confirmations(draw, stream: Stream, n_batches: int) -> dict[int, np.ndarray]
 settings_ = settings(max_examples=250, deadline=None)
 lateness = st.sampled_from([0, 3600, DAY, 3 * DAY])
 fold_rows = st.sampled_from([1, 2, 7, 10**6])  # 1: fold before every batch; 10**6: never
-exact_specs = st.sampled_from([BASELINE_SPEC, SMALL_SPEC])
-specs = st.sampled_from([BASELINE_SPEC, SMALL_SPEC, *BUCKET_SPECS])
+exact_specs = st.sampled_from([BASELINE_SPEC, SMALL_SPEC, SPEC_V2])
+specs = st.sampled_from([BASELINE_SPEC, SMALL_SPEC, *BUCKET_SPECS, *RATIO_SPECS])
 
 
 @settings_
@@ -396,7 +412,7 @@ def labels_due(stream: Stream, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return rows[order], due[order]
 
 
-@pytest.mark.parametrize("spec", [BASELINE_SPEC, *BUCKET_SPECS[:2]], ids=["1s", "6h", "1d"])
+@pytest.mark.parametrize("spec", [BASELINE_SPEC, *BUCKET_SPECS[:2], SPEC_V2], ids=["1s", "6h", "1d", "v2"])
 def test_a_simulated_month_in_three_partitions_equals_the_offline_table(spec: FeatureSpec) -> None:
     table = simulate(customers=200, terminals=400, days=60, seed=3).transactions
     stream = Stream.of(table)
@@ -405,7 +421,7 @@ def test_a_simulated_month_in_three_partitions_equals_the_offline_table(spec: Fe
     # A 500-row batch spans about a day and a half here, so the partitions' sub-batches
     # lag the terminal state's watermark by that much: its lateness must cover it.
     online = OnlineFeatures(spec, terminal_lateness_s=2 * DAY, fold_min_rows=4096)
-    got = np.empty((len(stream), 15))
+    got = np.empty((len(stream), len(spec.names)))
     delivered = 0
     for start in range(0, len(order), 500):
         batch = order[start : start + 500]
@@ -426,7 +442,7 @@ def test_a_simulated_month_in_three_partitions_equals_the_offline_table(spec: Fe
     assert sum(len(state) for state in online.customers.values()) < len(stream)  # old rows were evicted
 
 
-@pytest.mark.parametrize("spec", [BASELINE_SPEC, BUCKET_SPECS[1]], ids=["1s", "1d"])
+@pytest.mark.parametrize("spec", [BASELINE_SPEC, BUCKET_SPECS[1], SPEC_V2], ids=["1s", "1d", "v2"])
 def test_restored_state_continues_like_an_uninterrupted_one(spec: FeatureSpec) -> None:
     stream = Stream.of(simulate(customers=100, terminals=200, days=50, seed=7).transactions)
     order = np.lexsort((stream.ids, stream.seconds))

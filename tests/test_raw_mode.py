@@ -18,13 +18,13 @@ import numpy as np
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from bundle_helpers import squared_bundle
+from bundle_helpers import squared_bundle, trained_bundle
 from kafka_helpers import EXE, Sidecar, client, drain, produce, written
 
 from fraudscore import baseline_features, simulate, write_table
 from fraudscore.data.evaluate import evaluate_bundles
 from fraudscore.data.replay import raw_stream, replay
-from fraudscore.features.spec import BASELINE_SPEC, FeatureSpec
+from fraudscore.features.spec import SPEC_V2, BASELINE_SPEC, FeatureSpec
 
 pytestmark = pytest.mark.kafka
 
@@ -37,7 +37,7 @@ def simulated_month(work: Path, bundle: Path, spec: FeatureSpec = BASELINE_SPEC)
     `spec` and `bundle`'s offline scores of them, and the feature table those came from."""
     table = simulate(customers=500, terminals=1000, days=60, seed=11).transactions
     features = baseline_features(table, spec)
-    offline = table.with_columns({n: features[n] for n in NAMES if n != "TX_AMOUNT"})
+    offline = table.with_columns({n: features[n] for n in spec.names if n != "TX_AMOUNT"})
     write_table(offline, work / "features.parquet")
     done = subprocess.run([EXE, "score", "--bundle", str(bundle), "--in", str(work / "features.parquet"),
                            "--out", str(work / "scores.jsonl"), "--quiet"], capture_output=True, text=True, timeout=300)
@@ -45,7 +45,7 @@ def simulated_month(work: Path, bundle: Path, spec: FeatureSpec = BASELINE_SPEC)
     scores = {json.loads(line)["transaction_id"]: json.loads(line)["score"]
               for line in (work / "scores.jsonl").read_text().splitlines()}
     ids = table["TRANSACTION_ID"].tolist()
-    expected = {i: {n: float(features[n][k]) for n in NAMES} for k, i in enumerate(ids)}
+    expected = {i: {n: float(features[n][k]) for n in spec.names} for k, i in enumerate(ids)}
     return raw_stream(table, seed=3), expected, scores, work / "features.parquet"
 
 
@@ -66,7 +66,8 @@ def raw_sidecar(bootstrap: str, bundle: Path, topics: dict, group: str, *extra: 
 
 
 def assert_parity(results: list, expected: dict, scores: dict) -> None:
-    """Every transaction has a result; every result (duplicates included) has the offline features and score."""
+    """Every transaction has a result; every result (duplicates included) has the offline features
+    (every one `expected` holds: the specification's) and score."""
     seen = set()
     worst_feature, worst_score = 0.0, 0.0
     for message in results:
@@ -74,7 +75,7 @@ def assert_parity(results: list, expected: dict, scores: dict) -> None:
         tx = result["transaction_id"]
         seen.add(tx)
         want = expected[tx]
-        for name in NAMES:
+        for name in want:
             got, ref = result["features"][name], want[name]
             if name in COUNT_FEATURES:
                 assert got == ref, (tx, name, got, ref)
@@ -276,18 +277,20 @@ def test_three_instances_in_one_group_match(kafka_bootstrap, make_topic, small_b
 
 
 def stream_with_a_disturbance(bootstrap, make_topic, bundle, month, group: str, disturb, *flags: str,
-                              topics: dict | None = None) -> tuple[list, list]:
-    """Stream the month live (60 days in ~25 s) to one instance (`flags` added to each); a third
-    of the way in, `disturb(first)` returns the instances to stop at the end. (results, instances)"""
+                              topics: dict | None = None, instances: int = 1) -> tuple[list, list]:
+    """Stream the month live (60 days in ~25 s) to `instances` instances, all ready first (`flags`
+    added to each); a third of the way in, `disturb(first, make)` returns the instances that
+    replace the first one, stopped at the end with the others. (results, instances)"""
     events, expected, _, _ = month
     topics = topics or raw_topics(make_topic)
-    first = raw_sidecar(bootstrap, bundle, topics, group, *flags)
-    first.wait_ready(120)
+    first, *others = [raw_sidecar(bootstrap, bundle, topics, group, *flags) for _ in range(instances)]
+    for instance in (first, *others):
+        instance.wait_ready(120)
     sender = _background_send(bootstrap, topics, events, speedup=60 * 86_400 / 25)
     _wait_for_results(bootstrap, topics["out"], len(expected) // 3, timeout_s=120)
     at = written(bootstrap, topics["out"])
     assert at < len(expected), f"the disturbance would fall after the end: {at} of {len(expected)} results written"
-    running = disturb(first, lambda: raw_sidecar(bootstrap, bundle, topics, group, *flags))
+    running = disturb(first, lambda: raw_sidecar(bootstrap, bundle, topics, group, *flags)) + others
     sender.wait(240)
     assert sender.returncode == 0, sender.stderr.read()
     results = drain(bootstrap, [topics["out"]], len(expected), timeout_s=240)
@@ -875,18 +878,34 @@ DAILY = FeatureSpec(terminal_resolution_s=86_400)
 
 @pytest.fixture(scope="module")
 def daily_bundle(tmp_path_factory) -> Path:
-    """A bundle trained, with the project's own commands, on features at a 1-day terminal resolution."""
-    work = tmp_path_factory.mktemp("daily-bundle")
-    write_table(simulate(customers=400, terminals=800, days=30, seed=5).transactions, work / "tx.parquet")
-    for args in (
-        ["features", "--in", work / "tx.parquet", "--out", work / "features.parquet", "--terminal-resolution", "1d", "--quiet"],
-        ["train", "--data", work / "features.parquet", "--start", "2018-04-09", "--seed", "1", "--epochs", "2",
-         "--ensemble", "1", "--out", work / "run", "--quiet"],
-        ["export", "--run", work / "run", "--out", work / "bundle", "--quiet"],
-    ):
-        done = subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-2000:]
-    return work / "bundle"
+    """A bundle trained on features at a 1-day terminal resolution."""
+    return trained_bundle(tmp_path_factory.mktemp("daily-bundle"), "--terminal-resolution", "1d")
+
+
+def test_a_version_2_bundle_keeps_parity_in_three_instances_and_through_a_restart(
+        kafka_bootstrap, make_topic, ratio_bundle, tmp_path) -> None:
+    """`features --feature-version 2` -> train -> export: the bundle takes 21 inputs and records
+    version 2; three instances score the month live, one is stopped a third of the way in and a
+    new one takes its partition (restored by replay); every result has the 21 offline features
+    and the offline score."""
+    manifest = json.loads((ratio_bundle / "manifest.json").read_text())
+    assert manifest["feature_spec"]["version"] == 2 and manifest["input"]["shape"] == ["batch", 21], manifest["input"]
+    month = simulated_month(tmp_path, ratio_bundle, SPEC_V2)
+
+    def replace(first: Sidecar, make) -> list[Sidecar]:
+        code, log = first.stop()
+        assert code == 0, log[-3000:]
+        second = make()
+        second.wait_ready(120)
+        return [second]
+
+    results, running = stream_with_a_disturbance(kafka_bootstrap, make_topic, ratio_bundle, month, "raw-v2", replace,
+                                                  instances=3)
+    _, expected, scores, _ = month
+    assert_parity(results, expected, scores)
+    added = set(SPEC_V2.names) - set(BASELINE_SPEC.names)
+    assert len(added) == 6 and all(orjson.loads(m.value())["features"].keys() >= added for m in results)
+    assert running[0].output().count("restored from"), "the new instance restored no partition"
 
 
 def test_a_daily_resolution_bundle_keeps_parity_through_a_restart_from_its_bucket_snapshot(

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fraudscore import BASELINE_FEATURES, InputError, UsageError, __version__, read_table
+from fraudscore import InputError, UsageError, __version__, read_table
 from fraudscore.atomic import check_new_directory, new_directory
 from fraudscore.data.fingerprint import fingerprint, score_reference
 from fraudscore.data.evaluation import (
@@ -63,7 +63,9 @@ class TrainConfig:
     test_days: int = 7
     val_days: int = 1
     seed: int = 0
-    features: tuple[str, ...] = BASELINE_FEATURES
+    features: tuple[str, ...] = ()
+    """Model inputs in order; empty: every feature of the table's recorded specification (the
+    handbook's 15 for a version-1 table or a CSV, 18 for version 2)."""
     label: str = "TX_FRAUD"
     time_column: str = "TX_DATETIME"
     customer_column: str = "CUSTOMER_ID"
@@ -253,7 +255,7 @@ def train(config: TrainConfig, say=lambda message: None, every_s: float = 0.0, w
     table = read_table(config.data)
     # The specification `fraudscore features` recorded in the table (a CSV records none: the handbook's).
     spec = recorded_spec(config.data) or BASELINE_SPEC
-    features = list(config.features)
+    features = list(config.features or spec.names)
     matrix = feature_matrix(table, features, str(config.data))
     split = Split(config.start, config.train_days, config.delay_days, config.test_days)
     train_mask, test_mask = split_masks(
@@ -342,22 +344,34 @@ def train(config: TrainConfig, say=lambda message: None, every_s: float = 0.0, w
 
 
 def _plot_pr_curve(path: Path, y: np.ndarray, score: np.ndarray, threshold: float, test: dict, kind: str) -> None:
+    at = classification_at(y, score, threshold)
+    plot_pr_curves(path, y, {"": score}, f"{kind}: test AP {test['ap']:.3f}, AUC {test['auc']:.3f}, "
+                   f"CP@100 {test['cp_at_100']:.3f}", point=(at["recall"], at["precision"], f"threshold {threshold:.4g}"))
+
+
+def plot_pr_curves(path: Path, y: np.ndarray, curves: dict[str, np.ndarray], title: str,
+                   point: tuple[float, float, str] | None = None) -> None:
+    """Precision against recall of each score array in `curves` (by legend label; "" for none)
+    on labels `y`, with the random classifier's line and an optional marked (recall, precision,
+    label) point; written as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    precision, recall, thresholds = precision_recall_curve(y, score)
-    at = classification_at(y, score, threshold)
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
-    ax.step(np.concatenate([[0], recall]), np.concatenate([[precision[0] if len(precision) else 1], precision]), where="pre")
-    ax.scatter([at["recall"]], [at["precision"]], color="red", zorder=3, label=f"threshold {threshold:.4g}")
+    fig, ax = plt.subplots(figsize=(6.5, 4.8), dpi=100)
+    for label, score in curves.items():
+        precision, recall, _ = precision_recall_curve(y, score)
+        ax.step(np.concatenate([[0], recall]), np.concatenate([[precision[0] if len(precision) else 1], precision]),
+                where="pre", label=label or None)
+    if point is not None:
+        ax.scatter([point[0]], [point[1]], color="red", zorder=3, label=point[2])
     ax.axhline(y.mean() if len(y) else 0, color="grey", linestyle=":", label=f"random (positive rate {y.mean():.4f})")
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
-    ax.set_title(f"{kind}: test AP {test['ap']:.3f}, AUC {test['auc']:.3f}, CP@100 {test['cp_at_100']:.3f}")
+    ax.set_title(title)
     ax.legend(loc="lower left")
     fig.tight_layout()
     fig.savefig(path)

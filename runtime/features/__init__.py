@@ -1,6 +1,7 @@
 """The feature specification, shared by training and serving.
 
-`spec` describes the handbook's 15 features (`FeatureSpec`, `BASELINE_SPEC`);
+`spec` describes the handbook's 15 features (`FeatureSpec`, `BASELINE_SPEC`) and version 2's
+21 (`SPEC_V2`);
 `baseline` computes them over a whole table of raw transactions (training,
 `fraudscore features`); `online` computes the same columns batch by batch from a
 Kafka stream (serving); `windows` holds the arithmetic both engines share.
@@ -19,11 +20,12 @@ from fraudscore.features.baseline import (
     validate_transactions,
 )
 from fraudscore.features.online import FOLD_MIN_ROWS, CustomerState, LabelCounts, OnlineFeatures, TerminalState
-from fraudscore.features.spec import BASELINE_SPEC, FeatureSpec
+from fraudscore.features.spec import SPEC_V2, BASELINE_SPEC, FeatureSpec
 from fraudscore.features.windows import calendar_features
 
 __all__ = [
     "BASELINE_FEATURES",
+    "SPEC_V2",
     "BASELINE_SPEC",
     "CUSTOMER_WINDOWS_DAYS",
     "FOLD_MIN_ROWS",

@@ -13,6 +13,10 @@ and the runtime reads the same names from each message.
   that are fraud (0 when the count is 0). With a terminal resolution r other than
   1 s, the window's end t - 7 days is first rounded down to a multiple of r
   (`FeatureSpec.terminal_window_ends`).
+- Version 2 (`SPEC_V2`, 21 inputs) adds, per window of 1, 7, 30 days, the log ratio
+  of the amount to the mean of the customer's earlier transactions in the window, and the
+  terminal's confirmed frauds in the window: both derived from the columns above
+  (`windows.derived_features`, which the online engine calls too), so they need no state.
 
 Windows are time-based and left-open. Transactions at the same second are ordered
 by TRANSACTION_ID: for the customer windows, only earlier ids and the current one
@@ -42,7 +46,7 @@ from fraudscore.features.spec import (
     terminal_count_name,
     terminal_risk_name,
 )
-from fraudscore.features.windows import calendar_features, cent_sums, fraud_shares, mean_amounts
+from fraudscore.features.windows import calendar_features, cent_sums, derived_features, fraud_shares, mean_amounts
 
 # The handbook's parameters under their historical names; BASELINE_SPEC is the source.
 CUSTOMER_WINDOWS_DAYS = BASELINE_SPEC.customer_windows_days
@@ -135,6 +139,7 @@ def baseline_features(table: Table, spec: FeatureSpec = BASELINE_SPEC, *, source
     out.update(calendar_features(seconds, spec))
     out.update(_customer_windows(table[col("CUSTOMER_ID")], seconds, ids, amount, spec))
     out.update(_terminal_windows(table[col("TERMINAL_ID")], seconds, ids, table[col("TX_FRAUD")], spec))
+    out.update(derived_features(out, spec))
     return Table((name, out[name]) for name in spec.names)
 
 

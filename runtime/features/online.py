@@ -36,7 +36,7 @@ from fraudscore.features.customers import CustomerState
 from fraudscore.features.spec import BASELINE_SPEC, SECONDS_PER_DAY, FeatureSpec
 from fraudscore.features.store import FOLD_MIN_ROWS, _columns, late_in_order
 from fraudscore.features.terminals import LabelCounts, TerminalState
-from fraudscore.features.windows import calendar_features
+from fraudscore.features.windows import calendar_features, derived_features
 
 __all__ = ["FOLD_MIN_ROWS", "CustomerState", "LabelCounts", "OnlineFeatures", "TerminalBuckets", "TerminalState",
            "late_in_order", "terminal_state"]
@@ -146,6 +146,7 @@ class OnlineFeatures:
         return self._matrix(columns, len(ids))
 
     def _matrix(self, columns: dict[str, np.ndarray], n: int) -> np.ndarray:
+        columns.update(derived_features(columns, self.spec))
         out = np.empty((n, len(self.spec.names)), np.float64)
         for j, name in enumerate(self.spec.names):
             out[:, j] = columns[name]

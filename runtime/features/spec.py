@@ -1,6 +1,7 @@
 """The feature specification: which windows, which delay, which tie rule.
 
-One frozen `FeatureSpec` describes the 15 baseline features (handbook, chapter 3.4) so
+One frozen `FeatureSpec` describes the 15 baseline features (handbook, chapter 3.4), and
+in version 2 the customer amount ratios and terminal fraud counts besides them (`SPEC_V2`), so
 that training (`baseline.baseline_features`, offline over a whole table) and serving
 (`online.OnlineFeatures`, incrementally over Kafka batches) compute the same thing,
 and so that a bundle's manifest can record what its model was trained on.
@@ -24,7 +25,7 @@ raw transactions and feature messages in the sidecar, feature tables in `fraudsc
 Larger amounts are refused: one 1e300 would turn a partition's exact integer-cent sums into
 floats and spoil other customers' means for a month."""
 
-SUPPORTED_VERSIONS = (1,)
+SUPPORTED_VERSIONS = (1, 2)
 TIE_RULES = ("same_second_by_transaction_id",)
 
 
@@ -51,6 +52,15 @@ class FeatureSpec:
     1 is the handbook's exact definition; a whole number of hours dividing a day (3600,
     7200, ..., 86400) lets the online engine keep per-terminal counts per time bucket
     instead of every transaction, so its memory is bounded by terminals x buckets."""
+    amount_ratio_windows_days: tuple[int, ...] = ()
+    """Version 2: for each of these customer windows, CUSTOMER_ID_LOG_AMOUNT_RATIO_<w>DAY_WINDOW,
+    log(1 + amount) - log(1 + mean amount of the customer's earlier transactions in the window),
+    0 when there are none (`windows.amount_log_ratios`). Each must be a customer window: the
+    ratio comes from that window's count and mean, so it needs no state of its own."""
+    fraud_count_windows_days: tuple[int, ...] = ()
+    """Version 2: for each of these terminal windows, TERMINAL_ID_NB_FRAUD_<w>DAY_WINDOW, the
+    confirmed frauds in it (`windows.fraud_counts`, from the window's risk and count). Each must
+    be a terminal window."""
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -65,6 +75,8 @@ class FeatureSpec:
             names += [customer_count_name(w), customer_mean_name(w)]
         for w in self.terminal_windows_days:
             names += [terminal_count_name(w), terminal_risk_name(w)]
+        names += [customer_amount_ratio_name(w) for w in self.amount_ratio_windows_days]
+        names += [terminal_fraud_count_name(w) for w in self.fraud_count_windows_days]
         return tuple(names)
 
     @property
@@ -103,6 +115,9 @@ class FeatureSpec:
         }
         if self.terminal_resolution_s != 1:
             out["terminal_resolution_s"] = self.terminal_resolution_s
+        for name in ("amount_ratio_windows_days", "fraud_count_windows_days"):
+            if getattr(self, name):
+                out[name] = list(getattr(self, name))
         return out
 
     @classmethod
@@ -121,13 +136,14 @@ class FeatureSpec:
         if problems:
             raise InputError("feature spec: " + "; ".join(problems) + "; re-export the bundle with this fraudscore version")
         values = dict(d)
-        for name in ("customer_windows_days", "terminal_windows_days"):
-            if isinstance(values[name], (list, tuple)):
+        for name in ("customer_windows_days", "terminal_windows_days", "amount_ratio_windows_days",
+                     "fraud_count_windows_days"):
+            if isinstance(values.get(name), (list, tuple)):
                 values[name] = tuple(values[name])
         return cls(**values)
 
 
-_OPTIONAL = {"terminal_resolution_s": 1}
+_OPTIONAL = {"terminal_resolution_s": 1, "amount_ratio_windows_days": (), "fraud_count_windows_days": ()}
 """Fields a manifest may leave out (written before they existed), with the value that means."""
 
 RESOLUTIONS = {"1s": 1, "1h": 3600, "2h": 7200, "3h": 10_800, "4h": 14_400, "6h": 21_600, "8h": 28_800,
@@ -156,6 +172,14 @@ def customer_count_name(w: int) -> str:
 
 def customer_mean_name(w: int) -> str:
     return f"CUSTOMER_ID_AVG_AMOUNT_{w}DAY_WINDOW"
+
+
+def customer_amount_ratio_name(w: int) -> str:
+    return f"CUSTOMER_ID_LOG_AMOUNT_RATIO_{w}DAY_WINDOW"
+
+
+def terminal_fraud_count_name(w: int) -> str:
+    return f"TERMINAL_ID_NB_FRAUD_{w}DAY_WINDOW"
 
 
 def terminal_count_name(w: int) -> str:
@@ -189,6 +213,17 @@ def _problems(spec: FeatureSpec) -> list[str]:
             problems.append(f"{name} must be a non-empty tuple of positive whole days, got {windows!r}")
         elif len(set(windows)) != len(windows):
             problems.append(f"{name} repeats a window: {windows!r}")
+    derived = {"amount_ratio_windows_days": "customer_windows_days", "fraud_count_windows_days": "terminal_windows_days"}
+    for name, base in derived.items():
+        windows, of = getattr(spec, name), getattr(spec, base)
+        if not isinstance(windows, tuple) or not all(_is_int(w) for w in windows) or len(set(windows)) != len(windows):
+            problems.append(f"{name} must be a tuple of distinct whole days, got {windows!r}")
+        elif windows and spec.version < 2:
+            problems.append(f"{name}: these are features of version 2; version 1 has none")
+        elif isinstance(of, tuple) and not set(windows) <= set(of):
+            problems.append(f"{name} {windows!r} must be among {base} {of!r}: each is computed from its window")
+    if spec.version >= 2 and not (spec.amount_ratio_windows_days or spec.fraud_count_windows_days):
+        problems.append("version 2 needs amount_ratio_windows_days or fraud_count_windows_days")
     if not _is_int(spec.terminal_delay_days) or spec.terminal_delay_days < 0:
         problems.append(f"terminal_delay_days must be a whole number of days >= 0, got {spec.terminal_delay_days!r}")
     if not _is_int(spec.night_last_hour) or not 0 <= spec.night_last_hour <= 23:
@@ -202,3 +237,11 @@ def _problems(spec: FeatureSpec) -> list[str]:
 
 BASELINE_SPEC = FeatureSpec()
 """The handbook's specification: windows 1, 7, 30 days, a 7-day terminal delay, night until 06:59:59."""
+
+SPEC_V2 = FeatureSpec(version=2, amount_ratio_windows_days=(1, 7, 30), fraud_count_windows_days=(1, 7, 30))
+"""Version 2 (21 model inputs): the handbook's 15 features, the customer's log amount ratio over 1,
+7 and 30 days (compromised cards spend five times their usual amount: data.md, scenario 3) and the
+terminal's confirmed frauds over its 1, 7 and 30-day windows (a count, beside the risk share)."""
+
+SPECS = {1: BASELINE_SPEC, 2: SPEC_V2}
+"""The specification `fraudscore features --feature-version N` computes."""
