@@ -10,40 +10,21 @@ Linux only (/proc); elsewhere the sidecar's and the broker's figures are None.
 
 from __future__ import annotations
 
-import os
 import resource
 import socket
 import threading
 import time
 from pathlib import Path
 
-TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+from . import procfs
 
-
-def _stat(pid: int) -> tuple[int, int, float] | None:
-    """(parent pid, start time in ticks, user + system CPU seconds) of a live process, or None."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) ": field 3 (state) is fields[0]
-    return int(fields[1]), int(fields[19]), (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def _pids() -> list[int]:
-    try:
-        return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-    except OSError:
-        return []
-
-
-def process_tree(root: int) -> list[int]:
+def process_tree(root: int, proc: Path = procfs.PROC) -> list[int]:
     """`root` and every process descended from it, alive now."""
     children: dict[int, list[int]] = {}
-    for pid in _pids():
-        st = _stat(pid)
+    for pid in procfs.pids(proc):
+        st = procfs.stat(pid, proc)
         if st is not None:
-            children.setdefault(st[0], []).append(pid)
+            children.setdefault(st.ppid, []).append(pid)
     tree, todo = [], [root]
     while todo:
         pid = todo.pop()
@@ -66,13 +47,13 @@ class TreeCpu:
 
     def sample(self, baseline: bool = False) -> None:
         for pid in process_tree(self.root) if self.descendants else [self.root]:
-            st = _stat(pid)
+            st = procfs.stat(pid)
             if st is None:
                 continue
-            key = (pid, st[1])
+            key = (pid, st.start_ticks)
             if baseline:
-                self.base[key] = st[2]
-            self.last[key] = st[2]
+                self.base[key] = st.cpu_s
+            self.last[key] = st.cpu_s
 
     def seconds(self) -> float:
         return sum(cpu - self.base.get(key, 0.0) for key, cpu in self.last.items())
@@ -90,25 +71,13 @@ def broker_pid(bootstrap: str) -> tuple[int | None, str]:
         return None, f"broker address {bootstrap!r} has no port"
     if not _local(host):
         return None, f"broker {host} is not this host: its CPU is not measured"
-    inodes = _listening_inodes(port)
-    for pid in _pids():
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if link.startswith("socket:[") and link[8:-1] in inodes:
-                return pid, f"the process listening on port {port}"
+    inodes = procfs.listening_inodes(port)
+    for pid in procfs.pids():
+        if procfs.socket_inodes(pid) & inodes:
+            return pid, f"the process listening on port {port}"
     kafkas = []
-    for pid in _pids():
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
+    for pid in procfs.pids():
+        cmdline = procfs.command_line(pid)
         if b"kafka.Kafka" in cmdline and Path(cmdline[0].decode(errors="replace")).name == "java":
             kafkas.append(pid)
     if len(kafkas) == 1:
@@ -125,21 +94,6 @@ def _local(host: str) -> bool:
         return host in mine or socket.gethostbyname(host) in {socket.gethostbyname(h) for h in mine} | {"127.0.0.1"}
     except OSError:
         return False
-
-
-def _listening_inodes(port: int) -> set[str]:
-    """Inodes of the TCP sockets listening on `port` (IPv4 and IPv6), from /proc/net/tcp{,6}."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(fields[9])
-    return inodes
 
 
 def _own_cpu() -> float:

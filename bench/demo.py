@@ -34,6 +34,7 @@ from fraudscore.data.replay import Events, raw_stream, replay
 from fraudscore.serving.sidecar.clients import quiet_repeats
 
 from .kafka_io import Results, collect, end_offsets, produce_at_rate, start_sidecar, streamed_latencies
+from .scrape import histogram_buckets, metric_sum
 
 LATENCY = "fraudscore_end_to_end_latency_seconds"
 SCORED = "fraudscore_transactions_scored_total"
@@ -51,22 +52,6 @@ def split_history(events: Events, n: int) -> tuple[Events, list[bytes], list[byt
                      [events.keys[i] for i in keep], [events.values[i] for i in keep])
     rows = np.flatnonzero(streamed).tolist()
     return history, [events.keys[i] for i in rows], [events.values[i] for i in rows]
-
-
-def metric_sum(exposition: str, name: str) -> float:
-    """Sum of every series of `name` (all label sets) in a Prometheus text exposition."""
-    return sum(float(line.split()[-1]) for line in exposition.splitlines()
-               if line.startswith(name + " ") or line.startswith(name + "{"))
-
-
-def histogram_buckets(exposition: str, name: str) -> list[tuple[float, float]]:
-    """(upper bound, cumulative count) of a histogram's buckets, +Inf last."""
-    buckets = []
-    for line in exposition.splitlines():
-        if line.startswith(name + "_bucket{"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.split()[-1])))
-    return sorted(buckets)
 
 
 def bucket_delta(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 import socket
 import subprocess
 import sys
@@ -30,6 +29,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from fraudscore.serving.kafka import produce_waiting
+
+from .scrape import sums_by_label
 
 KAFKA_LOG = logging.getLogger("fraudscore.kafka")  # librdkafka's lines via logging, never raw on stderr
 ROLES = ("in", "out", "alerts", "dlq")  # input, scores, alerts, dead letters: the keys of a topics dict
@@ -263,10 +264,6 @@ def metrics_ports(port: int, workers: int = 1) -> list[int]:
     return [port] if workers <= 1 else [port + 1 + i for i in range(workers)]
 
 
-_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?P<labels>\{[^}]*\})?\s+(?P<value>\S+)")
-_STAGE = re.compile(r'(?:^|[{,])stage="([^"]*)"')
-
-
 def scrape_metrics(ports: list[int], timeout_s: float = 5) -> dict[tuple[str, str], float]:
     """{(sample name, its `stage` label or ""): value} summed over `ports` and over every other
     label; {} for a port that does not answer (a sidecar already gone)."""
@@ -284,19 +281,7 @@ def scrape_metrics(ports: list[int], timeout_s: float = 5) -> dict[tuple[str, st
 def parse_metrics(text: str, into: dict[tuple[str, str], float] | None = None) -> dict[tuple[str, str], float]:
     """The `fraudscore_*` samples of a Prometheus text exposition as scrape_metrics() gives them,
     added to `into` when given."""
-    out = {} if into is None else into
-    for line in text.splitlines():
-        found = _SAMPLE.match(line)
-        if not found or not found["name"].startswith("fraudscore_"):
-            continue
-        stage = _STAGE.search(found["labels"] or "")
-        key = (found["name"], stage[1] if stage else "")
-        try:
-            out[key] = out.get(key, 0.0) + float(found["value"])
-        except ValueError:
-            pass
-    return out
-
+    return sums_by_label(text, "stage", into=into)
 
 
 def sidecar_figures(before: Mapping[tuple[str, str], float], after: Mapping[tuple[str, str], float]) -> dict:

@@ -32,6 +32,7 @@ from .kafka_io import (
     start_sidecar,
     streamed_latencies,
 )
+from .scrape import sums_by_label
 from .workload import simulated_messages
 
 if TYPE_CHECKING:
@@ -354,8 +355,7 @@ def run_kafka_raw(config: BenchConfig, say: Callable[[str], None], rates: tuple[
     finally:
         proc.terminate()
         proc.wait(60)
-    series = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
-              if line.startswith("fraudscore_state_") and " " in line}
+    series = sums_by_label(metrics, "kind", prefix="fraudscore_state_")  # {(name, kind or ""): value}
     history = n + streamed  # the rate steps' transactions are history for the second instance too
     return [
         {"mode": "kafka-raw-drain", "device": "cpu", "batch_size": config.kafka_batch_size,
@@ -368,9 +368,9 @@ def run_kafka_raw(config: BenchConfig, say: Callable[[str], None], rates: tuple[
          # Transactions of history brought back per second of recovery (start to ready).
          "p99_ms": None, "throughput_per_s": history / ready_s, "history_days": WARMUP_DAYS,
          "history_transactions": history, "ready_after_s": ready_s,
-         "customer_restore_s": series.get("fraudscore_state_restore_duration_seconds_sum"),
-         "restored_messages": series.get("fraudscore_state_restored_messages_total"),
-         "state_bytes": {k.split('"')[1]: v for k, v in series.items() if k.startswith("fraudscore_state_bytes{")}},
+         "customer_restore_s": series.get(("fraudscore_state_restore_duration_seconds_sum", "")),
+         "restored_messages": series.get(("fraudscore_state_restored_messages_total", "")),
+         "state_bytes": {kind: v for (name, kind), v in series.items() if name == "fraudscore_state_bytes" and kind}},
     ]
 
 

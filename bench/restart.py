@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import procfs
 from .kafka_io import free_port
 from .soak import rss_mb
 
@@ -122,13 +123,7 @@ def results_count(bootstrap: str, topic: str) -> int:
 
 def peak_rss_mb(pid: int) -> float:
     """The process's peak RSS so far (VmHWM), MB (10^6 bytes); 0 once it has gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024 / 1e6
-    except OSError:
-        pass
-    return 0.0
+    return (procfs.status_kb(pid, "VmHWM") or 0) * 1024 / 1e6
 
 
 def wait_results(bootstrap: str, topic: str, count: int, timeout_s: float) -> float:

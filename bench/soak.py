@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import shlex
 import sys
 import time
@@ -34,11 +33,11 @@ import numpy as np
 
 from fraudscore.errors import UsageError
 
+from . import procfs
 from .cpu import broker_pid, process_tree
 
 CHUNK_S = 60.0  # the load generator's chunk: bounded memory for an hour at any rate
 WARMUP_S = 300.0  # RSS range and CPU per transaction are read after this (or a quarter of a short run)
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 ID_FIELD = b'{"TRANSACTION_ID":'  # transaction_messages puts the id first
 OUT_FIELD = b'{"transaction_id":'
 
@@ -103,29 +102,15 @@ class Verdict:
 
 # -- /proc ---------------------------------------------------------------------------------------
 
-def rss_mb(pids: list[int]) -> float:
+def rss_mb(pids: list[int], proc: Path = procfs.PROC) -> float:
     """Sum of VmRSS over `pids`, MB (10^6 bytes); a process that has gone counts 0."""
-    total_kb = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total_kb += int(line.split()[1])
-        except OSError:
-            pass
-    return total_kb * 1024 / 1e6
+    return sum(procfs.status_kb(pid, "VmRSS", proc) or 0 for pid in pids) * 1024 / 1e6
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of `pids` (and of their waited-for children), seconds."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
-    return total / CLK_TCK
+def cpu_seconds(pids: list[int], proc: Path = procfs.PROC) -> float:
+    """utime + stime of `pids` and of their waited-for children (cutime + cstime), seconds."""
+    stats = [procfs.stat(pid, proc) for pid in pids]
+    return sum(st.cpu_s + st.children_cpu_s for st in stats if st is not None)
 
 
 # -- load ----------------------------------------------------------------------------------------

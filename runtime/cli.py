@@ -266,15 +266,30 @@ STATE_TOPIC_HELP = ("Raw mode: compacted topic (and STATE_TOPIC-index) for snaps
                     "[default: none, every restore replays the retained input].")
 
 
+# Options `run` and `topics create` share: one definition each, so their spelling, environment
+# variable and help cannot drift apart.
+_SidecarBootstrap = Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers, host:port[,host:port].", envvar="FRAUDSCORE_BOOTSTRAP_SERVERS")]
+_InputTopic = Annotated[Optional[str], typer.Option(help="Transactions to score.", envvar="FRAUDSCORE_INPUT_TOPIC")]
+_OutputTopic = Annotated[Optional[str], typer.Option(help="One result per scored input.", envvar="FRAUDSCORE_OUTPUT_TOPIC")]
+_AlertsTopic = Annotated[Optional[str], typer.Option(help="Results at or above the threshold.", envvar="FRAUDSCORE_ALERTS_TOPIC")]
+_SidecarDlqTopic = Annotated[Optional[str], typer.Option(help="Rejected inputs: original bytes + reason headers.", envvar="FRAUDSCORE_DLQ_TOPIC")]
+_LabelsTopic = Annotated[Optional[str], typer.Option(help="Raw mode: fraud confirmations (TRANSACTION_ID, TERMINAL_ID, TX_DATETIME, TX_FRAUD=1), read whole by every instance for the terminal-risk features.", envvar="FRAUDSCORE_LABELS_TOPIC")]
+_StateTopic = Annotated[Optional[str], typer.Option(help=STATE_TOPIC_HELP, envvar="FRAUDSCORE_STATE_TOPIC")]
+_KafkaProperty = Annotated[Optional[list[str]], typer.Option("-X", "--kafka-property", help="Any librdkafka property, key=value (repeat): security.protocol, sasl.*, ssl.* ... Keep secrets out of flags (they show in ps): use FRAUDSCORE_KAFKA_* variables or --kafka-properties-file.")]
+_KafkaPropertiesFile = Annotated[Optional[Path], typer.Option(help="File of librdkafka properties, key=value lines (# comments), e.g. a mounted secret with sasl.password.", envvar="FRAUDSCORE_KAFKA_PROPERTIES_FILE")]
+_LogLevel = Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.", envvar="FRAUDSCORE_LOG_LEVEL")]
+_SidecarConfigFile = Annotated[Optional[Path], typer.Option("--config", help="TOML file with any of these options (flag names with underscores) and a [kafka] table.", envvar="FRAUDSCORE_CONFIG")]
+
+
 @app.command()
 @reports_errors
 def run(
     bundle: Annotated[Optional[Path], typer.Option(help="Bundle directory.", envvar="FRAUDSCORE_BUNDLE")] = None,
-    bootstrap_servers: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers, host:port[,host:port].", envvar="FRAUDSCORE_BOOTSTRAP_SERVERS")] = None,
-    input_topic: Annotated[Optional[str], typer.Option(help="Transactions to score.", envvar="FRAUDSCORE_INPUT_TOPIC")] = None,
-    output_topic: Annotated[Optional[str], typer.Option(help="One result per scored input.", envvar="FRAUDSCORE_OUTPUT_TOPIC")] = None,
-    alerts_topic: Annotated[Optional[str], typer.Option(help="Results at or above the threshold.", envvar="FRAUDSCORE_ALERTS_TOPIC")] = None,
-    dlq_topic: Annotated[Optional[str], typer.Option(help="Rejected inputs: original bytes + reason headers.", envvar="FRAUDSCORE_DLQ_TOPIC")] = None,
+    bootstrap_servers: _SidecarBootstrap = None,
+    input_topic: _InputTopic = None,
+    output_topic: _OutputTopic = None,
+    alerts_topic: _AlertsTopic = None,
+    dlq_topic: _SidecarDlqTopic = None,
     group_id: Annotated[Optional[str], typer.Option(help="Consumer group; sidecars in one group split the partitions.", envvar="FRAUDSCORE_GROUP_ID")] = None,
     metrics_port: Annotated[Optional[int], typer.Option(help="Port of /metrics, /healthz, /readyz (0: any free port) [default: 9464].", envvar="FRAUDSCORE_METRICS_PORT")] = None,
     metrics_host: Annotated[Optional[str], typer.Option(help="Address to bind the metrics port [default: 127.0.0.1].", envvar="FRAUDSCORE_METRICS_HOST")] = None,
@@ -294,27 +309,27 @@ def run(
     drain_timeout: Annotated[Optional[float], typer.Option(help="Seconds to flush outputs per batch, and the bound on a stop: SIGTERM/SIGINT end the process within it + 2 s, exit 4 if the broker kept the stop from finishing (nothing unacknowledged is committed) [default: 30].", envvar="FRAUDSCORE_DRAIN_TIMEOUT")] = None,
     watch: Annotated[Optional[bool], typer.Option("--watch/--no-watch", help="Reload the bundle (and the challenger) when their files change (SIGHUP always reloads).", envvar="FRAUDSCORE_WATCH")] = None,
     challenger: Annotated[Optional[Path], typer.Option(help="Shadow scoring: a second bundle scored on every batch with the same features (one more ONNX Runtime call a batch). Its version and score go in each result under \"challenger\" and in fraudscore_model_* metrics by model version; the decision, alerts and \"score\" stay the --bundle model's. Refused at start unless its feature specification and inputs are the bundle's; a challenger that fails later is counted and logged, never stops scoring (docs/operations.md, \"Shadow scoring\") [default: none].", envvar="FRAUDSCORE_CHALLENGER")] = None,
-    kafka_property: Annotated[Optional[list[str]], typer.Option("-X", "--kafka-property", help="Any librdkafka property, key=value (repeat): security.protocol, sasl.*, ssl.* ... Keep secrets out of flags (they show in ps): use FRAUDSCORE_KAFKA_* variables or --kafka-properties-file.")] = None,
-    kafka_properties_file: Annotated[Optional[Path], typer.Option(help="File of librdkafka properties, key=value lines (# comments), e.g. a mounted secret with sasl.password.", envvar="FRAUDSCORE_KAFKA_PROPERTIES_FILE")] = None,
+    kafka_property: _KafkaProperty = None,
+    kafka_properties_file: _KafkaPropertiesFile = None,
     require_tls: Annotated[Optional[bool], typer.Option("--require-tls/--allow-plaintext", help="Refuse to start unless security.protocol is SSL or SASL_SSL with certificate verification on [default: allow-plaintext].", envvar="FRAUDSCORE_REQUIRE_TLS")] = None,
     input_mode: Annotated[Optional[str], typer.Option("--input", help="raw: messages are raw transactions (TRANSACTION_ID, TX_DATETIME, CUSTOMER_ID, TERMINAL_ID, TX_AMOUNT; `fraudscore schema`) and the features are computed here; features: messages carry the bundle's feature fields [default: raw when the bundle records a feature specification, else features].", envvar="FRAUDSCORE_INPUT")] = None,
-    labels_topic: Annotated[Optional[str], typer.Option(help="Raw mode: fraud confirmations (TRANSACTION_ID, TERMINAL_ID, TX_DATETIME, TX_FRAUD=1), read whole by every instance for the terminal-risk features.", envvar="FRAUDSCORE_LABELS_TOPIC")] = None,
+    labels_topic: _LabelsTopic = None,
     no_labels: Annotated[Optional[bool], typer.Option("--no-labels", help="Raw mode without --labels-topic, on purpose: every TERMINAL_ID_RISK_* feature then reads 0 (no fraud is ever confirmed), which blinds the model's strongest inputs. Without this flag raw mode refuses to start with no labels topic.", envvar="FRAUDSCORE_NO_LABELS")] = None,
     emit_features: Annotated[Optional[bool], typer.Option("--emit-features/--no-emit-features", help="Raw mode: put the computed features in each result, under \"features\".", envvar="FRAUDSCORE_EMIT_FEATURES")] = None,
     allowed_lateness: Annotated[Optional[int], typer.Option(help="Raw mode: seconds a transaction may be older than the newest one of its partition and still be scored; older ones are dead-lettered as late [default: 86400].", envvar="FRAUDSCORE_ALLOWED_LATENESS")] = None,
     score_from: Annotated[Optional[str], typer.Option(help="Raw mode go-live backfill: transactions before this date or date and time (UTC, like TX_DATETIME) update the feature state but get no result and no alert (counted in fraudscore_backfilled_transactions_total); later ones are scored. Load history with `fraudscore replay --until` first (docs/raw-transactions.md, \"Going live\") [default: score everything].", envvar="FRAUDSCORE_SCORE_FROM")] = None,
     require_full_state: Annotated[Optional[bool], typer.Option("--require-full-state", help="Raw mode: /readyz answers 503 (saying what is short) until the feature state of every assigned partition covers 30 days of event time and the terminal table 37, the history the windows reach back. Without it the sidecar is ready once restored, and results scored on shorter history say \"state\":\"partial\" (counted, and logged) [default: off].", envvar="FRAUDSCORE_REQUIRE_FULL_STATE")] = None,
-    state_topic: Annotated[Optional[str], typer.Option(help=STATE_TOPIC_HELP, envvar="FRAUDSCORE_STATE_TOPIC")] = None,
+    state_topic: _StateTopic = None,
     snapshot_interval: Annotated[Optional[float], typer.Option(help="Raw mode with --state-topic: seconds between snapshots of changed state (also written when a partition is revoked and at exit) [default: 60].", envvar="FRAUDSCORE_SNAPSHOT_INTERVAL")] = None,
     assignment_strategy: Annotated[Optional[str], typer.Option(help="Consumer group assignor: cooperative-sticky (a rebalance moves only the partitions that move; the others keep scoring), range or roundrobin (eager: every rebalance revokes everything). Every member of a group must agree; moving a live group from eager to cooperative takes two rolling restarts (Kafka's upgrade path) [default: cooperative-sticky].", envvar="FRAUDSCORE_ASSIGNMENT_STRATEGY")] = None,
     group_instance_id: Annotated[Optional[str], typer.Option(help="Static group membership (group.instance.id), unique and stable per instance, e.g. the pod name: a restart within the session timeout gets its partitions back without a rebalance; with --workers, -wN is appended [default: none].", envvar="FRAUDSCORE_GROUP_INSTANCE_ID")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="TOML file with any of these options (flag names with underscores) and a [kafka] table.", envvar="FRAUDSCORE_CONFIG")] = None,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.", envvar="FRAUDSCORE_LOG_LEVEL")] = "INFO",
+    config: _SidecarConfigFile = None,
+    log_level: _LogLevel = "INFO",
 ) -> None:
     """Run the Kafka sidecar: score input batches, publish results, alerts and dead letters.
 
     In raw mode (the default for bundles that record their feature specification) each
-    message is a raw transaction keyed by its CUSTOMER_ID; the 15 features are computed
+    message is a raw transaction keyed by its CUSTOMER_ID; the bundle's features are computed
     here from per-customer windows (restored when a partition is assigned: from its
     snapshot in --state-topic and the input after it, or from the whole retained input)
     and a terminal table read from the input and --labels-topic (docs/raw-transactions.md).
@@ -363,7 +378,7 @@ def run(
 @app.command()
 @reports_errors
 def quality(
-    bootstrap_servers: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers, host:port[,host:port].", envvar="FRAUDSCORE_BOOTSTRAP_SERVERS")] = None,
+    bootstrap_servers: _SidecarBootstrap = None,
     output_topic: Annotated[Optional[str], typer.Option(help="The sidecars' results topic (`fraudscore run --output-topic`).", envvar="FRAUDSCORE_OUTPUT_TOPIC")] = None,
     labels_topic: Annotated[Optional[str], typer.Option(help="Fraud confirmations (TRANSACTION_ID, TERMINAL_ID, TX_DATETIME, TX_FRAUD=1; `fraudscore schema --input labels`).", envvar="FRAUDSCORE_LABELS_TOPIC")] = None,
     delay: Annotated[int, typer.Option(min=0, help="Confirmation delay, seconds: a day of event time is evaluated once every results partition has been read this long past its end; a transaction not confirmed by then counts as genuine [default: 7 days, the handbook's].", envvar="FRAUDSCORE_QUALITY_DELAY")] = 7 * 86_400,
@@ -371,7 +386,7 @@ def quality(
     metrics_port: Annotated[int, typer.Option(help="Port of /metrics, /healthz, /readyz (200 once caught up).", envvar="FRAUDSCORE_QUALITY_METRICS_PORT")] = 9465,
     metrics_host: Annotated[str, typer.Option(help="Address to bind the metrics port.", envvar="FRAUDSCORE_METRICS_HOST")] = "127.0.0.1",
     kafka_property: Annotated[Optional[list[str]], typer.Option("-X", "--kafka-property", help="Any librdkafka property, key=value (repeat); secrets: FRAUDSCORE_KAFKA_* variables.")] = None,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.", envvar="FRAUDSCORE_LOG_LEVEL")] = "INFO",
+    log_level: _LogLevel = "INFO",
 ) -> None:
     """Live model quality: join the results topic with the confirmations on the labels topic and
     export, per model version (champion and --challenger alike), precision and recall at each
@@ -438,10 +453,10 @@ def schema(
     elif mode == "features":
         if manifest is None:
             raise UsageError("--input features needs --bundle (the feature fields come from its manifest)")
-        numbers = {f: {"type": "number"} for f in manifest.features}
-        out = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "fraudscore feature-mode message",
-               "type": "object", "required": ["TRANSACTION_ID", *manifest.features],
-               "properties": {"TRANSACTION_ID": {"type": ["integer", "string"], "maxLength": 256}} | numbers}
+        from fraudscore.serving.decode import feature_json_schema
+
+        # The amount rule holds where the bundle records its feature specification (as `run` decodes).
+        out = feature_json_schema(manifest.features, amount_rule=bool(manifest.feature_spec))
     else:
         raise UsageError(f"--input must be raw, features or labels, got {mode!r}")
     typer.echo(json.dumps(out, indent=2))
@@ -521,7 +536,6 @@ dlq_app = typer.Typer(name="dlq", help="Read the dead-letter topic and replay de
 app.add_typer(dlq_app)
 # Connection and selection options shared by `dlq show` and `dlq replay`.
 _DlqTopic = Annotated[Optional[str], typer.Option(help="The dead-letter topic [default: dlq_topic of --config].", envvar="FRAUDSCORE_DLQ_TOPIC")]
-_Bootstrap = Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers, host:port[,host:port].", envvar="FRAUDSCORE_BOOTSTRAP_SERVERS")]
 _Reason = Annotated[Optional[list[str]], typer.Option("--reason", help="Only dead letters with this fraudscore.reason (repeat): bad_json, missing_field, late ...")]
 _Partition = Annotated[Optional[list[int]], typer.Option("--partition", help="Only this partition of the dead-letter topic (repeat).")]
 _FromOffset = Annotated[Optional[int], typer.Option(min=0, help="First dead-letter offset to read, in each partition read.")]
@@ -554,7 +568,7 @@ def _dead_letters(dlq_topic: Optional[str], bootstrap_servers: Optional[str], re
 @dlq_app.command("show")
 @reports_errors
 def dlq_show(
-    dlq_topic: _DlqTopic = None, bootstrap_servers: _Bootstrap = None, reason: _Reason = None,
+    dlq_topic: _DlqTopic = None, bootstrap_servers: _SidecarBootstrap = None, reason: _Reason = None,
     partition: _Partition = None, from_offset: _FromOffset = None, to_offset: _ToOffset = None, since: _Since = None,
     limit: _Limit = None,
     json_lines: Annotated[bool, typer.Option("--json", help="One JSON object a dead letter (every header, the whole value) for scripts.")] = False,
@@ -586,7 +600,7 @@ def dlq_show(
 @dlq_app.command("replay")
 @reports_errors
 def dlq_replay(
-    dlq_topic: _DlqTopic = None, bootstrap_servers: _Bootstrap = None, reason: _Reason = None,
+    dlq_topic: _DlqTopic = None, bootstrap_servers: _SidecarBootstrap = None, reason: _Reason = None,
     partition: _Partition = None, from_offset: _FromOffset = None, to_offset: _ToOffset = None, since: _Since = None,
     limit: _Limit = None,
     to: Annotated[Optional[str], typer.Option("--to", help="Send to this topic, partitioned by key [default: each dead letter's source topic and partition].")] = None,
@@ -620,7 +634,7 @@ def dlq_replay(
 def results(
     input_topic: Annotated[Optional[str], typer.Option(help="The sidecar's input topic [default: input_topic of --config].", envvar="FRAUDSCORE_INPUT_TOPIC")] = None,
     output_topic: Annotated[Optional[str], typer.Option(help="Its scores topic [default: output_topic of --config].", envvar="FRAUDSCORE_OUTPUT_TOPIC")] = None,
-    dlq_topic: _DlqTopic = None, bootstrap_servers: _Bootstrap = None,
+    dlq_topic: _DlqTopic = None, bootstrap_servers: _SidecarBootstrap = None,
     since: Annotated[Optional[str], typer.Option(help="Only inputs written since (Kafka timestamp): 2026-11-29T10:00:00 (UTC unless an offset is given) or 30m, 2h, 1d back [default: the first retained].")] = None,
     until: Annotated[Optional[str], typer.Option(help="Only inputs written before, in the same forms [default: now].")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="The report as one JSON object, for scripts.")] = False,
@@ -671,21 +685,21 @@ app.add_typer(topics_app)
 @topics_app.command("create")
 @reports_errors
 def topics_create(
-    bootstrap_servers: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers, host:port[,host:port].", envvar="FRAUDSCORE_BOOTSTRAP_SERVERS")] = None,
-    input_topic: Annotated[Optional[str], typer.Option(help="Transactions to score.", envvar="FRAUDSCORE_INPUT_TOPIC")] = None,
-    output_topic: Annotated[Optional[str], typer.Option(help="One result per scored input.", envvar="FRAUDSCORE_OUTPUT_TOPIC")] = None,
-    alerts_topic: Annotated[Optional[str], typer.Option(help="Results at or above the threshold.", envvar="FRAUDSCORE_ALERTS_TOPIC")] = None,
-    dlq_topic: Annotated[Optional[str], typer.Option(help="Rejected inputs: original bytes + reason headers.", envvar="FRAUDSCORE_DLQ_TOPIC")] = None,
-    labels_topic: Annotated[Optional[str], typer.Option(help="Raw mode: fraud confirmations (TRANSACTION_ID, TERMINAL_ID, TX_DATETIME, TX_FRAUD=1), read whole by every instance for the terminal-risk features.", envvar="FRAUDSCORE_LABELS_TOPIC")] = None,
+    bootstrap_servers: _SidecarBootstrap = None,
+    input_topic: _InputTopic = None,
+    output_topic: _OutputTopic = None,
+    alerts_topic: _AlertsTopic = None,
+    dlq_topic: _SidecarDlqTopic = None,
+    labels_topic: _LabelsTopic = None,
     input_mode: Annotated[Optional[str], typer.Option("--input", help="raw or features, as for run: features keeps the input topic 7 days instead of raw mode's 39 [default: raw's retention].", envvar="FRAUDSCORE_INPUT")] = None,
     allowed_lateness: Annotated[Optional[int], typer.Option(help="Raw mode: the sidecar's --allowed-lateness in seconds; the input and labels topics keep it on top of the windows' 37 days [default: 86400].", envvar="FRAUDSCORE_ALLOWED_LATENESS")] = None,
-    state_topic: Annotated[Optional[str], typer.Option(help=STATE_TOPIC_HELP, envvar="FRAUDSCORE_STATE_TOPIC")] = None,
+    state_topic: _StateTopic = None,
     partitions: Annotated[int, typer.Option(min=1, help="Partitions of every topic; the input's count bounds how many sidecars share the work. Fix it now: changing it later moves customers between partitions.")] = 1,
     replication_factor: Annotated[int, typer.Option(min=1, help="Replicas of each partition (3 on a production cluster; at most the number of brokers).")] = 1,
     startup_timeout: Annotated[Optional[float], typer.Option(help="Seconds to reach the broker [default: 15].", envvar="FRAUDSCORE_STARTUP_TIMEOUT")] = None,
-    kafka_property: Annotated[Optional[list[str]], typer.Option("-X", "--kafka-property", help="Any librdkafka property, key=value (repeat): security.protocol, sasl.*, ssl.* ... Keep secrets out of flags (they show in ps): use FRAUDSCORE_KAFKA_* variables or --kafka-properties-file.")] = None,
-    kafka_properties_file: Annotated[Optional[Path], typer.Option(help="File of librdkafka properties, key=value lines (# comments), e.g. a mounted secret with sasl.password.", envvar="FRAUDSCORE_KAFKA_PROPERTIES_FILE")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="TOML file with any of these options (flag names with underscores) and a [kafka] table.", envvar="FRAUDSCORE_CONFIG")] = None,
+    kafka_property: _KafkaProperty = None,
+    kafka_properties_file: _KafkaPropertiesFile = None,
+    config: _SidecarConfigFile = None,
 ) -> None:
     """Create the sidecar's topics: input, scores, alerts, dead letters, and labels when configured.
 

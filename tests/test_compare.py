@@ -47,7 +47,11 @@ def test_every_model_is_scored_on_every_draw_with_the_protocols_metrics(compared
             assert m["transactions"] == draw["test_transactions"] and m["inference_us_per_row"] > 0, (model, m)
         # The MLP's figures are its bundle's (ONNX Runtime), which match its Keras scores.
         assert draw["models"]["mlp"]["ap"] == pytest.approx(draw["models"]["mlp"]["keras_test_ap"], abs=1e-3)
-        assert {"num_leaves", "learning_rate", "trees"} <= set(draw["models"]["lightgbm"])
+        # LightGBM's member is the grid cell with the best validation AP (the test days never choose).
+        lgbm = draw["models"]["lightgbm"]
+        assert len(lgbm["grid"]) == len(result["config"]["lightgbm_grid"])
+        assert lgbm["validation_ap"] == max(cell["validation_ap"] for cell in lgbm["grid"])
+        assert (lgbm["num_leaves"], lgbm["learning_rate"]) in {(c["num_leaves"], c["learning_rate"]) for c in lgbm["grid"]}
     assert (compared / "pr_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (compared / "draw-3" / "mlp-bundle" / "model.onnx").exists()
 
@@ -87,8 +91,12 @@ def test_the_reported_mlp_figures_are_what_evaluate_gives_for_its_bundle(compare
 def test_one_draw_is_refused_and_a_missing_baseline_library_says_how_to_install_it(tmp_path: Path, monkeypatch) -> None:
     done = fraudscore("compare", "--out", tmp_path / "one", "--draws", "1", *SMALL)
     assert done.returncode == 2 and "--draws" in done.stderr, done.stderr
-    assert not (tmp_path / "one").exists()
-    from fraudscore.train.compare import _require_baselines
+    from fraudscore.train.compare import CompareConfig, _require_baselines
+
+    with pytest.raises(UsageError, match="at least 2"):  # the library's own check, beside the flag's
+        CompareConfig(out=tmp_path / "one", draws=1).validate()
+    with pytest.raises(UsageError, match="not computed by the feature specification"):
+        CompareConfig(out=tmp_path / "one", features=("CUSTOMER_ID_LOG_AMOUNT_RATIO_7DAY_WINDOW",)).validate()
 
     monkeypatch.setitem(sys.modules, "lightgbm", None)  # an import of it now raises ImportError
     with pytest.raises(UsageError, match=r"needs lightgbm .*pip install -e '\.\[train,dev\]'"):

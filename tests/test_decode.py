@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fraudscore.serving.decode import Rejection, decode_batch, decode_one
+from fraudscore.serving.decode import Rejection, decode_batch, decode_one, feature_json_schema
 
 FEATURES = ("TX_AMOUNT", "TX_DURING_NIGHT", "CUSTOMER_ID_NB_TX_1DAY_WINDOW")
 
@@ -217,3 +217,28 @@ def test_the_amount_rule_is_the_same_in_every_mode(tmp_path) -> None:
                     "TX_FRAUD": np.array([0])})
         with pytest.raises(InputError, match=words):
             validate_transactions(tx)
+
+
+@pytest.mark.parametrize("amount_rule", [True, False])
+def test_the_feature_schema_has_the_decoders_limits(amount_rule: bool) -> None:
+    """`fraudscore schema --input features` (feature_json_schema): every bound it states is the
+    decoder's, so a message at a bound decodes and one past it is rejected."""
+    features = ["TX_AMOUNT", "X"]
+    schema = feature_json_schema(features, amount_rule=amount_rule)
+    props = schema["properties"]
+    assert schema["required"] == ["TRANSACTION_ID", *features]
+
+    def decoded(doc: dict) -> bool:
+        return not isinstance(decode_one(orjson.dumps(doc), features, amount_rule=amount_rule), Rejection)
+
+    at_bounds = {"TRANSACTION_ID": "t" * props["TRANSACTION_ID"]["maxLength"],
+                 "TX_AMOUNT": props["TX_AMOUNT"]["maximum"], "X": props["X"]["minimum"]}
+    assert decoded(at_bounds)
+    assert not decoded(at_bounds | {"TRANSACTION_ID": "t" * (props["TRANSACTION_ID"]["maxLength"] + 1)})
+    assert not decoded(at_bounds | {"X": props["X"]["minimum"] * 2})
+    assert not decoded(at_bounds | {"X": "1.5"}) and not decoded(at_bounds | {"X": True})
+    # The amount rule: TX_AMOUNT from 0 to MAX_AMOUNT where the bundle records its specification.
+    assert decoded(at_bounds | {"TX_AMOUNT": props["TX_AMOUNT"]["minimum"]})
+    assert decoded(at_bounds | {"TX_AMOUNT": -1.0}) is (not amount_rule)
+    assert decoded(at_bounds | {"TX_AMOUNT": 2e9}) is (not amount_rule)  # above MAX_AMOUNT, far inside float32
+    assert not decoded(at_bounds | {"TX_AMOUNT": props["TX_AMOUNT"]["maximum"] * 2})

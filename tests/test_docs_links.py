@@ -53,3 +53,30 @@ def test_relative_links_resolve(page: Path) -> None:
         elif anchor and file.suffix == ".md" and anchor not in github_anchors(file.read_text()):
             broken.append(f"{target}: no heading makes #{anchor}")
     assert not broken, f"{page.relative_to(ROOT)}: " + "; ".join(broken)
+
+
+def test_the_architecture_module_table_names_every_module_and_only_existing_ones() -> None:
+    """docs/architecture.md's "Modules" table cannot drift from the tree: every module of the
+    runtime has a row (its name in the first column), every module of train/export/bench is named
+    in its package's row, and every name in the table is a module that exists."""
+    from test_package import _modules
+
+    modules = _modules()
+    section = (ROOT / "docs" / "architecture.md").read_text().split("## Modules (one job each)")[1].split("\n## ")[0]
+    named, package_rows = set(), {}
+    for row in (line for line in section.splitlines() if line.startswith("| `")):
+        _, first, job, *_ = row.split("|")
+        for name in re.findall(r"`([^`]+)`", first):
+            named.add(name if name.startswith("fraudscore") else f"fraudscore.{name}")
+        if first.strip().strip("`") in ("fraudscore.train", "fraudscore.export", "fraudscore.bench"):
+            package_rows[first.strip().strip("`")] = set(re.findall(r"`([a-z_]+)`", job))
+    packages = {name for name, path in modules.items() if path.name == "__init__.py"}
+    missing, unknown = [], sorted(named - set(modules))
+    for name in sorted(set(modules) - packages):
+        if name.endswith("__main__"):
+            continue
+        owner = next((p for p in package_rows if name.startswith(p + ".")), None)
+        if (name.rpartition(".")[2] not in package_rows[owner]) if owner else (name not in named):
+            missing.append(name)
+    assert not missing, f"modules without a row in docs/architecture.md: {missing}"
+    assert not unknown, f"rows of docs/architecture.md naming no module: {unknown}"

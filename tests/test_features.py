@@ -358,7 +358,9 @@ def test_spec_round_trips_through_a_manifest_dict() -> None:
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"version": 3}, "version 3 is not one this runtime computes"),
+        ({"version": 3}, "version 3 is newer than this runtime computes (1, 2); upgrade fraudscore"),
+        ({"version": 3, "colour": "red"}, "version 3 is newer than this runtime computes"),
+        ({"version": 0}, "version 0 is not one this runtime computes"),
         ({"version": 2}, "version 2 needs amount_ratio_windows_days or fraud_count_windows_days"),
         ({"amount_ratio_windows_days": [7]}, "amount_ratio_windows_days: these are features of version 2"),
         ({"version": 2, "amount_ratio_windows_days": [14]}, "must be among customer_windows_days"),
@@ -376,7 +378,7 @@ def test_a_spec_this_runtime_cannot_compute_is_refused(change: dict, message: st
     with pytest.raises(InputError) as err:
         FeatureSpec.from_dict(manifest)
     assert message in str(err.value)
-    if change.get("version") == 3 or "tie_rule" in change or "colour" in change:
+    if "newer" not in message and (change.get("version") == 0 or "tie_rule" in change or "colour" in change):
         assert "re-export the bundle with this fraudscore version" in str(err.value)
 
 

@@ -123,8 +123,8 @@ def _runtime_imports(path: Path, name: str) -> set[str]:
     resolved; `if TYPE_CHECKING:` blocks are left out (they never run)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     tree = ast.parse(path.read_text(), filename=str(path))
-    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-               for child in node.body for n in ast.walk(child)}
+    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and ast.unparse(node.test) in (
+               "TYPE_CHECKING", "typing.TYPE_CHECKING") for child in node.body for n in ast.walk(child)}
     names = set()
     for node in ast.walk(tree):
         if id(node) in skipped:
@@ -174,12 +174,31 @@ def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return cycles
 
 
+def test_the_cycle_finder_finds_cycles() -> None:
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert import_cycles({"a": {"b"}, "b": set(), "c": {"c"}}) == []
+    assert sorted(import_cycles({"a": {"b"}, "b": {"a"}, "c": {"d"}, "d": {"c"}})) == [["a", "b"], ["c", "d"]]
+
+
 def test_no_import_cycle_in_the_packages() -> None:
     """Function-level imports included: one once hid bench's harness -> kafka_mode -> harness."""
     modules = _modules()
     graph = {name: {m for m in _runtime_imports(path, name) if m in modules and m != name} for name, path in modules.items()}
     assert sum(len(deps) for deps in graph.values()) > 300, "the import graph looks empty: is the parsing broken?"
     assert import_cycles(graph) == []
+
+
+def test_every_docstring_example_in_the_packages_runs() -> None:
+    """Every module whose docstrings hold examples (`>>>`) passes `doctest`: an example that
+    drifted from the code fails here, whichever module it is in."""
+    import doctest
+    import importlib
+
+    with_examples = sorted(name for name, path in _modules().items() if ">>>" in path.read_text())
+    assert len(with_examples) >= 10, with_examples
+    for name in with_examples:
+        result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+        assert result.attempted > 0 and result.failed == 0, (name, result)
 
 
 def test_optional_commands_register_themselves() -> None:

@@ -19,6 +19,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from bundle_helpers import squared_bundle, trained_bundle
+from fraudscore.bench.scrape import metric_sum, samples
 from kafka_helpers import EXE, Sidecar, client, drain, produce, written
 
 from fraudscore import baseline_features, simulate, write_table
@@ -29,7 +30,8 @@ from fraudscore.features.spec import SPEC_V2, BASELINE_SPEC, FeatureSpec
 pytestmark = pytest.mark.kafka
 
 NAMES = BASELINE_SPEC.names
-COUNT_FEATURES = [n for n in NAMES if "NB_TX" in n or "DURING" in n]
+# Integers, compared exactly: counts, flags and (version 2) terminal fraud counts.
+COUNT_FEATURES = [n for n in SPEC_V2.names if "NB_" in n or "DURING" in n]
 
 
 def simulated_month(work: Path, bundle: Path, spec: FeatureSpec = BASELINE_SPEC):
@@ -381,8 +383,8 @@ def test_bad_raw_input_and_bad_confirmations_are_handled(kafka_bootstrap, make_t
         for field in fields:
             assert field in detail, (doc, detail)
     assert len(dead) == len(bad) + 2
-    outcomes = {line.split('"')[1]: float(line.split()[-1]) for line in metrics.splitlines()
-                if line.startswith("fraudscore_labels_total{")}
+    outcomes = {sample.labels["outcome"]: sample.value for sample in samples(metrics)
+                if sample.name == "fraudscore_labels_total"}
     # The unknown transaction's confirmation waits (pending) until its time leaves the retained
     # history; the 2017 one is expired at once, or pending until the next fold if it was read
     # before any transaction gave the table a watermark.
@@ -588,8 +590,7 @@ def test_hostile_raw_messages_and_confirmations_never_stop_the_sidecar(kafka_boo
     assert got_dead == expected_dead, (got_dead, expected_dead)
     assert len(scored) + late == sum(1 for reason, _ in sent if reason is None)
     _, metrics = sidecar.get("/metrics")
-    unreadable = float(next(line.split()[-1] for line in metrics.splitlines()
-                            if line.startswith('fraudscore_labels_total{outcome="unreadable"}')))
+    unreadable = metric_sum(metrics, "fraudscore_labels_total", outcome="unreadable")
     assert unreadable == garbage_labels
     code, log = sidecar.stop()
     assert code == 0, log[-3000:]
@@ -908,6 +909,48 @@ def test_a_version_2_bundle_keeps_parity_in_three_instances_and_through_a_restar
     assert running[0].output().count("restored from"), "the new instance restored no partition"
 
 
+def restarted_with_snapshots(bootstrap: str, events, total: int, group: str, first_bundle: Path,
+                             second_bundle: Path) -> tuple[list, str, str]:
+    """Stream the month live to a sidecar on `first_bundle` with snapshots every 2 s (--state-topic);
+    a third of the way in, stop it (SIGTERM) and start one on `second_bundle`. (every result, the
+    second one's log, its /metrics at the end)"""
+    topics = topics_with_state(bootstrap)
+    flags = ("--state-topic", topics["state"], "--snapshot-interval", "2")
+    first = raw_sidecar(bootstrap, first_bundle, topics, group, *flags)
+    first.wait_ready(120)
+    sender = _background_send(bootstrap, topics, events, speedup=60 * 86_400 / 25)
+    _wait_for_results(bootstrap, topics["out"], total // 3, timeout_s=120)
+    code, log = first.stop()
+    assert code == 0, log[-3000:]
+    second = raw_sidecar(bootstrap, second_bundle, topics, group, *flags)
+    second.wait_ready(120)
+    sender.wait(240)
+    assert sender.returncode == 0, sender.stderr.read()
+    results = drain(bootstrap, [topics["out"]], total, timeout_s=240)
+    _, metrics = second.get("/metrics")
+    code, log = second.stop()
+    assert code == 0, log[-3000:]
+    return results, log, metrics
+
+
+def test_moving_from_a_version_1_bundle_to_version_2_restores_from_the_version_1_snapshots(
+        kafka_bootstrap, small_bundle, ratio_bundle, tmp_path) -> None:
+    """Version 2's derived features keep no state, so the snapshots a version 1 bundle's sidecar
+    wrote serve a version 2 bundle's: stopped a third of the way in and restarted on the new
+    bundle, the sidecar restores every partition and the terminal table from them (no replay
+    from the start), and every result it writes has the 21 offline features and the new score."""
+    events, expected, scores, _ = simulated_month(tmp_path, ratio_bundle, SPEC_V2)
+    results, log, _ = restarted_with_snapshots(kafka_bootstrap, events, len(expected), "raw-switch", small_bundle,
+                                               ratio_bundle)
+    assert "terminal table: restored from a snapshot" in log, log[-3000:]
+    assert log.count("customer windows restored from a snapshot at offset") == 3, log[-3000:]
+    assert {orjson.loads(m.value())["transaction_id"] for m in results} == set(expected)
+    after = [m for m in results if len(orjson.loads(m.value())["features"]) == len(SPEC_V2.names)]
+    assert len(expected) // 3 <= len(after) < len(results), (len(after), len(results))
+    seen = {orjson.loads(m.value())["transaction_id"] for m in after}
+    assert_parity(after, {tx: expected[tx] for tx in seen}, scores)
+
+
 def test_a_daily_resolution_bundle_keeps_parity_through_a_restart_from_its_bucket_snapshot(
         kafka_bootstrap, daily_bundle, tmp_path) -> None:
     """`features --terminal-resolution 1d` -> train -> export records the resolution; the sidecar then keeps
@@ -916,41 +959,16 @@ def test_a_daily_resolution_bundle_keeps_parity_through_a_restart_from_its_bucke
     manifest = json.loads((daily_bundle / "manifest.json").read_text())
     assert manifest["feature_spec"]["terminal_resolution_s"] == 86_400
     events, expected, scores, _ = simulated_month(tmp_path, daily_bundle, DAILY)
-    topics = topics_with_state(kafka_bootstrap)
-    flags = ("--state-topic", topics["state"], "--snapshot-interval", "2")
-    first = raw_sidecar(kafka_bootstrap, daily_bundle, topics, "raw-daily", *flags)
-    first.wait_ready(120)
-    sender = _background_send(kafka_bootstrap, topics, events, speedup=60 * 86_400 / 25)
-    _wait_for_results(kafka_bootstrap, topics["out"], len(expected) // 3, timeout_s=120)
-    code, log = first.stop()
-    assert code == 0, log[-3000:]
-    second = raw_sidecar(kafka_bootstrap, daily_bundle, topics, "raw-daily", *flags)
-    second.wait_ready(120)
-    sender.wait(240)
-    assert sender.returncode == 0, sender.stderr.read()
-    results = drain(kafka_bootstrap, [topics["out"]], len(expected), timeout_s=240)
-    status, metrics = second.get("/metrics")
-    code, log = second.stop()
-    assert code == 0, log[-3000:]
+    results, log, metrics = restarted_with_snapshots(kafka_bootstrap, events, len(expected), "raw-daily", daily_bundle,
+                                                     daily_bundle)
     assert "terminal table: restored from a snapshot" in log, log[-3000:]
     assert 'fraudscore_state_snapshot_restores_total{kind="terminals",outcome="restored"} 1.0' in metrics
     assert_parity(results, expected, scores)
     # Day counts of 1,000 terminals: ~48 prefix columns x 2 matrices x 4 B, rows reserved 1.5x ahead,
     # whatever the stream's length (the exact table holds ~21 B per retained transaction instead).
-    terminal_bytes = next(float(line.split()[-1]) for line in metrics.splitlines()
-                          if line.startswith('fraudscore_state_bytes{kind="terminal"}'))
+    terminal_bytes = metric_sum(metrics, "fraudscore_state_bytes", kind="terminal")
     print(f"terminal state at 1 day: {terminal_bytes:,.0f} B for 1,000 terminals")
-    assert terminal_bytes < 2 * 1_000 * 48 * 8, terminal_bytes
-
-
-def _metric(metrics: str, name: str, **labels: str) -> float:
-    """The sum of `name`'s samples whose labels include `labels`, in a /metrics text."""
-    total = 0.0
-    for family in text_string_to_metric_families(metrics):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
+    assert 0 < terminal_bytes < 2 * 1_000 * 48 * 8, terminal_bytes
 
 
 @pytest.mark.faults
@@ -986,17 +1004,17 @@ def test_state_topics_deleted_mid_run_keep_scoring_and_a_restart_never_uses_wron
         assert during >= 0.5 * gone_s * len(expected) / stream_s, \
             f"{during} results in {gone_s} s without the state topics:\n{first.output()[-4000:]}"
         _, metrics = first.get("/metrics")
-        skipped = _metric(metrics, "fraudscore_state_snapshot_writes_total", outcome="skipped")
+        skipped = metric_sum(metrics, "fraudscore_state_snapshot_writes_total", outcome="skipped")
         assert skipped > 0, metrics
         assert "snapshots skipped: state topic(s)" in first.output(), first.output()[-3000:]
-        ok_before = _metric(metrics, "fraudscore_state_snapshot_writes_total", outcome="ok")
+        ok_before = metric_sum(metrics, "fraudscore_state_snapshot_writes_total", outcome="ok")
         done = subprocess.run([EXE, "topics", "create", "--bootstrap-servers", kafka_bootstrap, "--input-topic", topics["in"],
                                "--labels-topic", topics["labels"], "--output-topic", topics["out"], "--alerts-topic",
                                topics["alerts"], "--dlq-topic", topics["dlq"], "--state-topic", state, "--partitions", "3"],
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         t0 = time.monotonic()
-        while _metric(first.get("/metrics")[1], "fraudscore_state_snapshot_writes_total", outcome="ok") <= ok_before:
+        while metric_sum(first.get("/metrics")[1], "fraudscore_state_snapshot_writes_total", outcome="ok") <= ok_before:
             assert time.monotonic() - t0 < 60, f"no snapshot written to the new state topics:\n{first.output()[-3000:]}"
             time.sleep(0.5)
         back_s = time.monotonic() - t0

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
+from fraudscore.bench.scrape import metric_sum
 from fraudscore.serving.kafka import produce_waiting
 from kafka_helpers import Sidecar, client, drain, four_topics, own_topics, produce, transaction_ids, written
 
@@ -85,9 +86,7 @@ def test_sigterm_while_busy_drains_commits_and_exits_zero(kafka_bootstrap, small
     first.wait_ready()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # busy: results are flowing
-        metrics = first.get("/metrics")[1]
-        line = next(x for x in metrics.splitlines() if x.startswith("fraudscore_transactions_scored_total "))
-        if float(line.split()[1]) > 0:
+        if metric(first, "fraudscore_transactions_scored_total") > 0:
             break
         time.sleep(0.05)
     t0 = time.monotonic()
@@ -106,12 +105,9 @@ def test_sigterm_while_busy_drains_commits_and_exits_zero(kafka_bootstrap, small
     assert second.stop()[0] == 0
 
 
-def metric(sidecar: Sidecar, series: str) -> float:
-    """The value of one series (full name with labels) on the sidecar's /metrics; 0 when absent."""
-    for line in sidecar.get("/metrics")[1].splitlines():
-        if line.startswith(series + " "):
-            return float(line.split()[1])
-    return 0.0
+def metric(sidecar: Sidecar, name: str, **labels: str) -> float:
+    """The sum of `name`'s samples carrying `labels` on the sidecar's /metrics; 0 when absent."""
+    return metric_sum(sidecar.get("/metrics")[1], name, **labels)
 
 
 class stream(threading.Thread):
@@ -250,7 +246,7 @@ def test_overload_keeps_memory_bounded_reports_lag_and_loses_nothing(kafka_boots
     def sample() -> None:
         while not sampling.is_set():
             samples.append((time.monotonic(), metric(sidecar, "fraudscore_transactions_scored_total"), rss_kib(sidecar.proc.pid)[0]))
-            lag = sum(float(x.split()[1]) for x in sidecar.get("/metrics")[1].splitlines() if x.startswith("fraudscore_consumer_lag{"))
+            lag = metric(sidecar, "fraudscore_consumer_lag")
             lags.append(lag)
             time.sleep(0.1)
 
@@ -319,9 +315,9 @@ def test_reload_under_load_with_a_corrupt_bundle_keeps_scoring(kafka_bootstrap, 
     (live / "model.onnx").write_bytes(good_model[: len(good_model) // 2])  # a half-copied model
     sidecar.proc.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 30
-    while metric(sidecar, 'fraudscore_model_reloads_total{result="failure"}') < 1 and time.monotonic() < deadline:
+    while metric(sidecar, "fraudscore_model_reloads_total", result="failure") < 1 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert metric(sidecar, 'fraudscore_model_reloads_total{result="failure"}') == 1
+    assert metric(sidecar, "fraudscore_model_reloads_total", result="failure") == 1
     scored_at_failure = metric(sidecar, "fraudscore_transactions_scored_total")
     time.sleep(1.0)
     assert metric(sidecar, "fraudscore_transactions_scored_total") > scored_at_failure  # the old model keeps scoring
@@ -331,7 +327,7 @@ def test_reload_under_load_with_a_corrupt_bundle_keeps_scoring(kafka_bootstrap, 
     scores = drain(kafka_bootstrap, [topics["out"]], len(values))
     ids = transaction_ids(scores)
     assert set(ids) == {json.loads(v)["TRANSACTION_ID"] for v in values}
-    assert metric(sidecar, 'fraudscore_model_reloads_total{result="success"}') == 1
+    assert metric(sidecar, "fraudscore_model_reloads_total", result="success") == 1
     code, out = sidecar.stop()
     assert code == 0 and "model reload failed" in out and "bundle hash mismatch" in out
     print(f"\nreliability: reload under load with a corrupt bundle: sent={len(values)} lost=0 "

@@ -12,10 +12,12 @@ import pytest
 
 from fraudscore.bench.cpu import process_tree
 from fraudscore.bench.soak import cpu_seconds, rss_mb
+from waiting import wait_until
 
 SOAK = [sys.executable, "-m", "fraudscore.bench.soak"]
 
 
+@pytest.mark.kafka
 def test_a_short_soak_samples_rss_cpu_and_latency_and_loses_nothing(kafka_bootstrap: str, small_bundle: Path,
                                                                      tmp_path: Path) -> None:
     report_path = tmp_path / "soak.json"
@@ -64,14 +66,15 @@ def test_a_bundle_without_a_manifest_is_refused(tmp_path: Path) -> None:
 
 
 def test_process_tree_rss_and_cpu_cover_the_children() -> None:
-    child = subprocess.Popen([sys.executable, "-c", "import time; x = bytearray(50_000_000); time.sleep(30)"])
+    """A child that burns 0.5 s of CPU, then holds 50 MB: both show in its parent's tree."""
+    burn = "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass\n"
+    child = subprocess.Popen([sys.executable, "-c", burn + "x = bytearray(50_000_000); time.sleep(30)"])
     try:
+        wait_until(lambda: rss_mb([child.pid]) >= 50, 20, "the child's 50 MB in its RSS")
         pids = process_tree(os.getpid())
-        while rss_mb([child.pid]) < 50:  # the child's 50 MB are touched within a moment
-            pass
         assert child.pid in pids
         assert rss_mb(pids) >= rss_mb([os.getpid()]) + 50
-        assert cpu_seconds(pids) >= cpu_seconds([os.getpid()])
+        assert cpu_seconds(pids) - cpu_seconds([os.getpid()]) >= 0.4  # the child's 0.5 s, at 10 ms ticks
     finally:
         child.kill()
         child.wait()

@@ -135,7 +135,7 @@ def compare(
     Per draw: simulate, features, then train and score mlp (through its ONNX bundle) and
     LightGBM on the same features, and the autoencoder against an isolation forest. Prints
     mean ± sd of AUC, AP and CP@100 per model and the paired differences per draw. Needs
-    the train and dev extras (LightGBM, scikit-learn). About 2 minutes a draw at the
+    the train and dev extras (LightGBM, scikit-learn). About 1.5 minutes a draw at the
     reference size on 2 cores."""
     from fraudscore.features.spec import SPECS
     from fraudscore.train.compare import CompareConfig, compare as run_compare, markdown

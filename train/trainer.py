@@ -65,7 +65,7 @@ class TrainConfig:
     seed: int = 0
     features: tuple[str, ...] = ()
     """Model inputs in order; empty: every feature of the table's recorded specification (the
-    handbook's 15 for a version-1 table or a CSV, 18 for version 2)."""
+    handbook's 15 for a version-1 table or a CSV, 21 for version 2)."""
     label: str = "TX_FRAUD"
     time_column: str = "TX_DATETIME"
     customer_column: str = "CUSTOMER_ID"

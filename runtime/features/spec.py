@@ -11,7 +11,7 @@ and so that a bundle's manifest can record what its model was trained on.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -120,11 +120,27 @@ class FeatureSpec:
                 out[name] = list(getattr(self, name))
         return out
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the online state depends on, for state snapshots: `to_dict` of this specification
+        without version 2's derived features (they keep no state), written as version 1. A
+        snapshot made under version 1 then serves version 2 and back, and snapshots written
+        before version 2 existed keep matching.
+
+        >>> SPEC_V2.state_dict() == BASELINE_SPEC.to_dict()
+        True
+        """
+        return replace(self, version=1, amount_ratio_windows_days=(), fraud_count_windows_days=()).to_dict()
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FeatureSpec:
         """The spec `to_dict` wrote; InputError if this runtime cannot compute it."""
         if not isinstance(d, Mapping):
             raise InputError(f"feature spec must be a mapping, got {type(d).__name__}; re-export the bundle with this fraudscore version")
+        version = d.get("version")
+        if _is_int(version) and version > max(SUPPORTED_VERSIONS):
+            # A newer fraudscore wrote it: its new fields would read as unknown, which is not the fix.
+            raise InputError(f"feature spec: version {version} is newer than this runtime computes "
+                             f"({', '.join(map(str, SUPPORTED_VERSIONS))}); upgrade fraudscore")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         missing = sorted(known - set(d) - set(_OPTIONAL))

@@ -136,6 +136,25 @@ def decode_batch(
     return _decode_any_batch(values, features, id_field, max_message_bytes, amount_rule)
 
 
+def feature_json_schema(features: tuple[str, ...] | list[str], *, id_field: str = ID_FIELD,
+                        amount_rule: bool = True) -> dict:
+    """The JSON Schema (draft 2020-12) of a feature-mode message for a bundle of `features`: what
+    `decode_batch` accepts, with the same limits (the id's length, float32's range, the amount rule).
+
+    >>> schema = feature_json_schema(["TX_AMOUNT", "X"])
+    >>> schema["required"], schema["properties"]["TX_AMOUNT"]["maximum"] == MAX_AMOUNT
+    (['TRANSACTION_ID', 'TX_AMOUNT', 'X'], True)
+    """
+    numbers = {f: {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX} for f in features}
+    if amount_rule and "TX_AMOUNT" in numbers:
+        numbers["TX_AMOUNT"] = {"type": "number", "minimum": 0, "maximum": MAX_AMOUNT}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "fraudscore feature-mode message",
+            "description": f"One message on the input topic: {id_field} and every feature the bundle declares "
+                           "(numbers; a string or boolean is wrong_type). Extra fields are ignored.",
+            "type": "object", "required": [id_field, *features],
+            "properties": {id_field: {"type": ["integer", "string"], "maxLength": MAX_ID_CHARS}} | numbers}
+
+
 @functools.lru_cache(maxsize=16)
 def _typed_decoder(features: tuple[str, ...], id_field: str) -> msgspec.json.Decoder:
     """A msgspec decoder that checks types in C: features as numbers (ints accepted), the id last."""

@@ -1,4 +1,5 @@
-"""What every Kafka producer of the project does the same way (runtime, bench and tests).
+"""What every Kafka client of the project does the same way (runtime, bench and tests), and the
+librdkafka constants it compares against, taken from confluent-kafka rather than copied as numbers.
 
 confluent-kafka's `produce()` only queues a message; when librdkafka's local queue is full it
 raises BufferError, and the caller must let the producer send (serve its delivery reports with
@@ -22,6 +23,13 @@ raises BufferError, and the caller must let the producer send (serve its deliver
 from __future__ import annotations
 
 from collections.abc import Callable
+
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, OFFSET_INVALID, KafkaError
+
+PARTITION_EOF = KafkaError._PARTITION_EOF
+"""The error code of a consumer's "reached the end of the partition" event (enable.partition.eof)."""
+
+__all__ = ["OFFSET_BEGINNING", "OFFSET_END", "OFFSET_INVALID", "PARTITION_EOF", "produce_waiting"]
 
 
 def produce_waiting(producer, topic: str, value: bytes | None, key: bytes | None = None, *,

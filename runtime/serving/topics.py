@@ -272,8 +272,30 @@ def ensure_topics(config: TopicsConfig, plans: list[TopicPlan]) -> TopicsReport:
     raw mode's recovery. Raises KafkaUnavailable when the broker cannot be reached or
     refuses the credentials within `config.startup_timeout_s`.
     """
-    from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+    admin, metadata = _admin_and_metadata(config)
+    found = {p.name: metadata.topics[p.name] for p in plans
+             if p.name in metadata.topics and metadata.topics[p.name].error is None}
+    problems = [msg for p in plans if p.name in found for msg in existing_problems(p, len(found[p.name].partitions))]
+    if problems:
+        raise TopicConflict("; ".join(problems) + "; nothing was created")
+    warnings = _retention_warnings(admin, config, [p for p in plans if p.name in found and p.role in ("input", "labels")])
+    statuses: dict[str, TopicStatus] = {}
+    for plan in plans:
+        if plan.name in found:
+            parts = found[plan.name].partitions
+            replicas = len(next(iter(parts.values())).replicas) if parts else 0
+            statuses[plan.name] = TopicStatus(plan, False, len(parts), replicas, tuple(warnings.get(plan.name, ())))
+    missing = [p for p in plans if p.name not in found]
+    if missing:
+        statuses |= _create(admin, config, missing, len(metadata.brokers))
+    return TopicsReport(config.bootstrap_servers, tuple(statuses[p.name] for p in plans))
+
+
+def _admin_and_metadata(config: TopicsConfig):
+    """An AdminClient of `config` and the cluster's topic metadata; UsageError for properties
+    librdkafka refuses (secrets masked), KafkaUnavailable when the broker does not answer."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
 
     errors: list = []
     quiet_repeats()  # librdkafka reports every failed connect; one line per kind every 10 s is enough
@@ -287,61 +309,60 @@ def ensure_topics(config: TopicsConfig, plans: list[TopicPlan]) -> TopicsReport:
         raise UsageError(f"librdkafka refused the Kafka properties (-X, FRAUDSCORE_KAFKA_*, "
                          f"--kafka-properties-file or [kafka] in --config): {detail}") from None
     try:
-        metadata = admin.list_topics(timeout=config.startup_timeout_s)
+        return admin, admin.list_topics(timeout=config.startup_timeout_s)
     except KafkaException as exc:
         refused, problem = connection_problem(admin, errors, exc, config.bootstrap_servers, config.startup_timeout_s)
         hint = "" if refused else "; check --bootstrap-servers and -X security settings, or raise --startup-timeout"
         raise KafkaUnavailable(problem + hint) from None
 
-    def present(name: str) -> bool:
-        return name in metadata.topics and metadata.topics[name].error is None
 
-    found = {p.name: metadata.topics[p.name] for p in plans if present(p.name)}
-    problems = [msg for p in plans if p.name in found for msg in existing_problems(p, len(found[p.name].partitions))]
-    if problems:
-        raise TopicConflict("; ".join(problems) + "; nothing was created")
+def _retention_warnings(admin, config: TopicsConfig, checked: list[TopicPlan]) -> dict[str, list[str]]:
+    """Per existing input or labels topic, what its configuration keeps too little of."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import ConfigResource
 
     warnings: dict[str, list[str]] = {}
-    checked = [p for p in plans if p.name in found and p.role in ("input", "labels")]
-    if checked:
-        futures = admin.describe_configs([ConfigResource("topic", p.name) for p in checked])
-        for resource, future in futures.items():
-            plan = next(p for p in checked if p.name == resource.name)
-            try:
-                entries = future.result(config.startup_timeout_s)
-            except KafkaException as exc:
-                warnings[plan.name] = [f"could not read its configuration to check retention ({exc.args[0].str()})"]
-                continue
-            warnings[plan.name] = retention_warnings(plan, {k: e.value for k, e in entries.items() if e.value is not None})
+    if not checked:
+        return warnings
+    futures = admin.describe_configs([ConfigResource("topic", p.name) for p in checked])
+    for resource, future in futures.items():
+        plan = next(p for p in checked if p.name == resource.name)
+        try:
+            entries = future.result(config.startup_timeout_s)
+        except KafkaException as exc:
+            warnings[plan.name] = [f"could not read its configuration to check retention ({exc.args[0].str()})"]
+            continue
+        warnings[plan.name] = retention_warnings(plan, {k: e.value for k, e in entries.items() if e.value is not None})
+    return warnings
 
+
+def _create(admin, config: TopicsConfig, missing: list[TopicPlan], brokers: int) -> dict[str, TopicStatus]:
+    """Create `missing`; the status of each. TopicConflict naming every refusal (and what was
+    created anyway) when the broker refuses any."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import NewTopic
+
+    futures = admin.create_topics(
+        [NewTopic(p.name, num_partitions=p.partitions, replication_factor=p.replication_factor, config=p.topic_config())
+         for p in missing], request_timeout=config.startup_timeout_s)
     statuses: dict[str, TopicStatus] = {}
-    for plan in plans:
-        if plan.name in found:
-            parts = found[plan.name].partitions
-            replicas = len(next(iter(parts.values())).replicas) if parts else 0
-            statuses[plan.name] = TopicStatus(plan, False, len(parts), replicas, tuple(warnings.get(plan.name, ())))
-    missing = [p for p in plans if p.name not in found]
-    if missing:
-        futures = admin.create_topics(
-            [NewTopic(p.name, num_partitions=p.partitions, replication_factor=p.replication_factor, config=p.topic_config())
-             for p in missing], request_timeout=config.startup_timeout_s)
-        refused = []
-        for plan in missing:
-            try:
-                futures[plan.name].result(config.startup_timeout_s + 5)
-                statuses[plan.name] = TopicStatus(plan, True, plan.partitions, plan.replication_factor)
-            except KafkaException as exc:
-                error = exc.args[0]
-                if error.code() == KafkaError.TOPIC_ALREADY_EXISTS:  # created meanwhile by someone else
-                    statuses[plan.name] = TopicStatus(plan, False, plan.partitions, plan.replication_factor,
-                                                      ("created by someone else meanwhile; its settings were not checked",))
-                else:
-                    refused.append(f"{plan.name} ({plan.role}): {refusal_hint(error, plan, len(metadata.brokers))}")
-        if refused:
-            made = [p.name for p in missing if p.name in statuses and statuses[p.name].created]
-            raise TopicConflict("could not create " + "; ".join(refused)
-                                + (f" (created: {', '.join(made)}; run again once fixed)" if made else ""))
-    return TopicsReport(config.bootstrap_servers, tuple(statuses[p.name] for p in plans))
+    refused = []
+    for plan in missing:
+        try:
+            futures[plan.name].result(config.startup_timeout_s + 5)
+            statuses[plan.name] = TopicStatus(plan, True, plan.partitions, plan.replication_factor)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.code() == KafkaError.TOPIC_ALREADY_EXISTS:  # created meanwhile by someone else
+                statuses[plan.name] = TopicStatus(plan, False, plan.partitions, plan.replication_factor,
+                                                  ("created by someone else meanwhile; its settings were not checked",))
+            else:
+                refused.append(f"{plan.name} ({plan.role}): {refusal_hint(error, plan, brokers)}")
+    if refused:
+        made = [p.name for p in missing if p.name in statuses and statuses[p.name].created]
+        raise TopicConflict("could not create " + "; ".join(refused)
+                            + (f" (created: {', '.join(made)}; run again once fixed)" if made else ""))
+    return statuses
 
 
 def refusal_hint(error: Any, plan: TopicPlan, brokers: int) -> str:

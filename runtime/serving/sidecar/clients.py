@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import orjson
 
 from fraudscore.errors import FraudscoreError
+from fraudscore.serving.kafka import OFFSET_INVALID
 from fraudscore.serving.sidecar.config import SidecarConfig
 
 log = logging.getLogger(__name__)
@@ -195,9 +196,9 @@ def consumer_lag(p: dict, high: int | None, exactly_once: bool = False) -> int:
         -1
     """
     own = -1 if exactly_once else p.get("consumer_lag", -1)
-    position = p.get("app_offset", -1001)
+    position = p.get("app_offset", OFFSET_INVALID)
     if position < 0:
-        position = p.get("committed_offset", -1001)
+        position = p.get("committed_offset", OFFSET_INVALID)
     if high is not None and high >= 0 and position >= 0:
         return max(own, high - position, 0)
     return own

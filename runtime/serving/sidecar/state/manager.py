@@ -197,7 +197,7 @@ class FeatureState:
     def _expect(self, kind: str) -> dict:
         """What a snapshot of `kind` must have been made for, to be used here."""
         c = self.config
-        common = {"kind": kind, "spec": self.spec.to_dict(), "allowed_lateness_s": c.allowed_lateness_s, "input_topic": c.input_topic}
+        common = {"kind": kind, "spec": self.spec.state_dict(), "allowed_lateness_s": c.allowed_lateness_s, "input_topic": c.input_topic}
         if kind == "terminals":
             return common | {"labels_topic": c.labels_topic}
         return common | {"group_id": c.group_id}

@@ -29,13 +29,13 @@ from fraudscore.serving.sidecar.clients import common_config
 from fraudscore.errors import FraudscoreError
 from fraudscore.serving.sidecar.config import SidecarConfig
 from fraudscore.serving.sidecar.state.snapshots import SnapshotRefused, SnapshotStore, customers_name, decode
-from fraudscore.serving.sidecar.state.terminal_table import OFFSET_BEGINNING, PARTITION_EOF, READ_BATCH
+from fraudscore.serving.kafka import OFFSET_BEGINNING, OFFSET_INVALID, PARTITION_EOF
+from fraudscore.serving.sidecar.state.terminal_table import READ_BATCH
 from fraudscore.serving.transactions import decode_transactions
 from fraudscore.serving.wire import MAX_KEY_BYTES
 
 log = logging.getLogger(__name__)
 
-OFFSET_INVALID = -1001  # confluent_kafka.OFFSET_INVALID: no committed offset
 
 
 @dataclass
@@ -134,7 +134,7 @@ def _from_snapshot(config: SidecarConfig, spec: FeatureSpec, partition: int, blo
     try:
         if isinstance(blob, SnapshotRefused):
             raise blob
-        expect = {"kind": "customers", "spec": spec.to_dict(), "allowed_lateness_s": c.allowed_lateness_s,
+        expect = {"kind": "customers", "spec": spec.state_dict(), "allowed_lateness_s": c.allowed_lateness_s,
                   "input_topic": c.input_topic, "group_id": c.group_id, "partition": partition}
         header, state = decode(blob, expect, CustomerState(spec, allowed_lateness_s=c.allowed_lateness_s))
         offset = int(header["offset"])

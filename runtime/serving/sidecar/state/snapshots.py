@@ -43,7 +43,7 @@ from fraudscore.errors import FraudscoreError, InputError
 from fraudscore.serving.kafka import produce_waiting
 from fraudscore.serving.sidecar.clients import common_config
 from fraudscore.serving.sidecar.config import SidecarConfig
-from fraudscore.serving.sidecar.state.terminal_table import OFFSET_BEGINNING, PARTITION_EOF
+from fraudscore.serving.kafka import OFFSET_BEGINNING, PARTITION_EOF
 
 log = logging.getLogger(__name__)
 

@@ -39,6 +39,7 @@ from collections.abc import Callable
 import numpy as np
 
 from fraudscore.features.online import TerminalBuckets, TerminalState, late_in_order
+from fraudscore.serving.kafka import OFFSET_BEGINNING, PARTITION_EOF
 from fraudscore.serving.sidecar.clients import common_config
 from fraudscore.serving.sidecar.config import SidecarConfig
 from fraudscore.serving.sidecar.state.feed import decode_record, feed_topic, fingerprint
@@ -49,8 +50,6 @@ log = logging.getLogger(__name__)
 
 READ_BATCH = 10_000
 WARN_EVERY_S = 30.0  # a repeated catch-up warning (broker or topic gone) at most this often
-OFFSET_BEGINNING = -2  # confluent_kafka.OFFSET_BEGINNING
-PARTITION_EOF = -191  # confluent_kafka.KafkaError.PARTITION_EOF
 
 
 class TerminalTable:
