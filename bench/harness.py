@@ -87,7 +87,8 @@ def run_bench(config: BenchConfig, say: Callable[[str], None] = lambda m: None, 
     results: list[dict] = []
     ratios: dict[str, float] = {}
     needs_messages = {"model", "pipeline"} & set(config.modes)
-    _, values = simulated_messages(bundle.features, max(config.batch_sizes) * 8) if needs_messages else ([], [])
+    _, values = simulated_messages(bundle.features, max(config.batch_sizes) * 8,
+                                     recorded_spec=bundle.manifest.feature_spec) if needs_messages else ([], [])
 
     for device in config.devices:
         scorer = Scorer(bundle, device=device, intra_op_threads=config.threads)

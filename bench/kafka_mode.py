@@ -131,7 +131,7 @@ def run_kafka(config: BenchConfig, bundle: Bundle, say: Callable[[str], None]) -
     variants = config.kafka_variants
     rate_total = int(sum(config.kafka_rates) * config.kafka_rate_seconds) if config.kafka_rates else 0
     budget = config.kafka_messages + max(rate_total, 4 * config.kafka_messages) + config.naive_messages
-    keys, values = simulated_messages(bundle.features, budget, seed=11)
+    keys, values = simulated_messages(bundle.features, budget, seed=11, recorded_spec=bundle.manifest.feature_spec)
     backlog = slice(0, config.kafka_messages)
     results, ratios = [], {}
     broker, found = broker_pid(bootstrap)

@@ -121,7 +121,8 @@ def message_pool(bundle: Path, size: int) -> tuple[list[bytes], list[bytes]]:
 
     from .workload import simulated_messages
 
-    keys, values = simulated_messages(load_bundle(bundle).features, size, seed=13)
+    loaded = load_bundle(bundle)
+    keys, values = simulated_messages(loaded.features, size, seed=13, recorded_spec=loaded.manifest.feature_spec)
     tails = []
     for v in values:
         if not v.startswith(ID_FIELD):
