@@ -44,6 +44,7 @@ import numpy as np
 from fraudscore import UsageError
 from fraudscore.atomic import check_new_directory, new_directory
 from fraudscore.data.evaluation import Split, average_precision, day_index, evaluate_scores, split_masks
+from fraudscore.data.matrix import feature_matrix
 from fraudscore.data.simulate import simulate
 from fraudscore.data.table import Table, write_table
 from fraudscore.features.baseline import SPEC_METADATA_KEY, add_baseline_features
@@ -135,7 +136,7 @@ class Draw:
         self.validation = self.train & (day >= first + split.train_days - 1)
         self.fit = self.train & ~self.validation
         self.labels = (self.table["TX_FRAUD"] == 1).astype(np.int64)
-        self.matrix = np.column_stack([self.table[f].astype(np.float32) for f in config.model_features])
+        self.matrix = feature_matrix(self.table, config.model_features, f"draw {seed}")
 
     def metrics(self, scores: np.ndarray) -> dict:
         return evaluate_scores(self.table, self.test, scores)
