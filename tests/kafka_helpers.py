@@ -33,8 +33,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from fraudscore.bench.kafka_io import free_port  # noqa: F401  (outside the ephemeral range: see there)
 from fraudscore.serving.kafka import produce_waiting
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 EXE = str(Path(sys.executable).with_name("fraudscore"))  # the installed command, as operators run it
 LOCAL_KAFKA = ROOT / "deploy" / "kafka" / "local.sh"
 
@@ -136,26 +136,18 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout_s: float = 60, output:
     raise AssertionError("sidecar not ready in time")
 
 
-class Sidecar:
-    """`fraudscore run` as a subprocess on `topics` (roles "in", "out", "alerts", "dlq"), batch size 500,
-    metrics on a free port; `extra` flags are appended, `env` is added to the environment.
+class SidecarProcess:
+    """`fraudscore` started with `args` (after the command) as a subprocess, its metrics on
+    `port`, `env` added to the environment; the log goes to a file (`output()`).
 
-        sidecar = Sidecar(kafka_bootstrap, small_bundle, topics, "g-example", "--exactly-once")
+        sidecar = SidecarProcess(["run", "--config", "sidecar.toml"], port, env={"FRAUDSCORE_BUNDLE": ...})
         sidecar.wait_ready()
-        status, metrics = sidecar.get("/metrics")
         code, log = sidecar.stop()  # SIGTERM: 0 after a clean stop
     """
 
-    def __init__(self, bootstrap: str, bundle: Path, topics: dict[str, str], group: str, *extra: str,
-                 env: dict[str, str] | None = None):
-        self.port = free_port()
-        self.args = [
-            EXE, "run", "--bundle", str(bundle), "--bootstrap-servers", bootstrap,
-            "--input-topic", topics["in"], "--output-topic", topics["out"], "--alerts-topic", topics["alerts"],
-            "--dlq-topic", topics["dlq"], "--group-id", group, "--metrics-port", str(self.port), "--batch-size", "500",
-            *(() if "--input" in extra else ("--input", "features")),
-            *extra,
-        ]
+    def __init__(self, args: list[str], port: int, env: dict[str, str] | None = None):
+        self.port = port
+        self.args = [EXE, *args]
         # The log goes to a file, not a pipe: a pipe nobody reads fills up, and a sidecar that
         # logs a lot (a broker outage) would block writing to it.
         self.log = tempfile.TemporaryFile("w+")
@@ -188,6 +180,29 @@ class Sidecar:
         """Everything the sidecar has logged so far (stdout and stderr)."""
         self.log.seek(0)
         return self.log.read()
+
+
+class Sidecar(SidecarProcess):
+    """`fraudscore run` on `topics` (roles "in", "out", "alerts", "dlq"), batch size 500, feature
+    input unless `extra` says `--input`, metrics on `port` (a free one by default); `extra`
+    flags are appended, `env` is added to the environment.
+
+        sidecar = Sidecar(kafka_bootstrap, small_bundle, topics, "g-example", "--exactly-once")
+        sidecar.wait_ready()
+        status, metrics = sidecar.get("/metrics")
+        code, log = sidecar.stop()  # SIGTERM: 0 after a clean stop
+    """
+
+    def __init__(self, bootstrap: str, bundle: Path, topics: dict[str, str], group: str, *extra: str,
+                 env: dict[str, str] | None = None, port: int | None = None):
+        port = free_port() if port is None else port
+        super().__init__([
+            "run", "--bundle", str(bundle), "--bootstrap-servers", bootstrap,
+            "--input-topic", topics["in"], "--output-topic", topics["out"], "--alerts-topic", topics["alerts"],
+            "--dlq-topic", topics["dlq"], "--group-id", group, "--metrics-port", str(port), "--batch-size", "500",
+            *(() if "--input" in extra else ("--input", "features")),
+            *extra,
+        ], port, env)
 
 
 class OwnBroker:

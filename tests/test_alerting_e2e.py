@@ -24,7 +24,7 @@ import yaml
 from fraudscore import add_baseline_features, simulate
 from fraudscore.serving.bundle import load_bundle
 from fraudscore.data.loadgen import transaction_messages
-from kafka_helpers import EXE, ROOT, client, free_port
+from kafka_helpers import EXE, ROOT, Sidecar, client, free_port
 
 pytestmark = pytest.mark.kafka
 PROMETHEUS = shutil.which("prometheus")
@@ -105,12 +105,8 @@ def test_alert_rate_spike_reaches_the_webhook(kafka_bootstrap, small_bundle, mak
         procs.append(subprocess.Popen([PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
                                        f"--storage.tsdb.path={tmp_path / 'prom'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        procs.append(subprocess.Popen([EXE, "run", "--bundle", str(small_bundle), "--bootstrap-servers", kafka_bootstrap,
-                                       "--input-topic", topics["in"], "--output-topic", topics["out"],
-                                       "--alerts-topic", topics["alerts"], "--dlq-topic", topics["dlq"],
-                                       "--group-id", "g-alerting", "--metrics-port", str(metrics_port), "--log-level", "WARNING",
-                                       "--input", "features"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(Sidecar(kafka_bootstrap, small_bundle, topics, "g-alerting", "--log-level", "WARNING",
+                             port=metrics_port).proc)
         _wait_http(f"http://127.0.0.1:{am_port}/-/ready")
         _wait_http(f"http://127.0.0.1:{prom_port}/-/ready")
         _wait_http(f"http://127.0.0.1:{metrics_port}/readyz")

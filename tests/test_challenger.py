@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bundle_helpers import squared_bundle
+from fakes import Message
 from fraudscore.errors import UsageError
 from fraudscore.serving.bundle import load_bundle
 from fraudscore.serving.metrics import SidecarMetrics
@@ -103,16 +104,9 @@ def test_a_failing_challenger_leaves_the_champion_s_results_whole(small_bundle, 
     assert [json.loads(p)["score"] for p in result.payloads] == [json.loads(p)["score"] for p in plain.payloads]
     assert not any("challenger" in json.loads(p) for p in result.payloads)
     metrics = SidecarMetrics()
-    metrics.observe_batch([_Stamped()] * 50, result, [])
+    metrics.observe_batch([Message(timestamp_ms=0)] * 50, result, [])
     assert metrics.registry.get_sample_value("fraudscore_challenger_failures_total",
                                              {"model_version": "challenger-squared", "reason": "inference"}) == 1
-
-
-class _Stamped:
-    """What SidecarMetrics.observe_batch reads of a consumed message: its timestamp."""
-
-    def timestamp(self):
-        return 1, 0
 
 
 class _Odd:
@@ -152,7 +146,7 @@ def test_non_finite_challenger_scores_are_null_in_valid_json_on_every_encoding_p
     assert [d["transaction_id"] for d in docs] == ids
     assert {d["model_version"] for d in docs} == {pipeline.model_version}
     metrics = SidecarMetrics()
-    metrics.observe_batch([_Stamped()] * n, result, [])
+    metrics.observe_batch([Message(timestamp_ms=0)] * n, result, [])
     version = pipeline.challenger.version
     sample = metrics.registry.get_sample_value
     assert sample("fraudscore_challenger_failures_total", {"model_version": version, "reason": "non_finite"}) == 3

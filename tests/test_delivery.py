@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from fakes import Message
 from fraudscore.serving.sidecar.config import SidecarConfig
 from fraudscore.serving.sidecar.delivery import (
     MAX_KEY_BYTES,
@@ -22,26 +23,6 @@ from fraudscore.serving.sidecar.delivery import (
     Delivery,
     next_offsets,
 )
-
-
-class FakeMessage:
-    def __init__(self, partition: int, offset: int, value: bytes | None = b"{}", key: bytes | None = b"7", topic: str = "tx-in"):
-        self._p, self._o, self._v, self._k, self._t = partition, offset, value, key, topic
-
-    def partition(self) -> int:
-        return self._p
-
-    def offset(self) -> int:
-        return self._o
-
-    def value(self):
-        return self._v
-
-    def key(self):
-        return self._k
-
-    def topic(self) -> str:
-        return self._t
 
 
 class FakeProducer:
@@ -103,7 +84,7 @@ def config(**kw) -> SidecarConfig:
                          alerts_topic="tx-alerts", dlq_topic="tx-dlq", group_id="g", **kw)
 
 
-BATCH = [FakeMessage(0, 10), FakeMessage(1, 5), FakeMessage(0, 11), FakeMessage(1, 6), FakeMessage(0, 12)]
+BATCH = [Message(0, 10), Message(1, 5), Message(0, 11), Message(1, 6), Message(0, 12)]
 ASSIGNED = {("tx-in", 0), ("tx-in", 1)}
 
 
@@ -137,7 +118,7 @@ def test_a_failed_delivery_report_rewinds_even_when_flush_empties_the_queue() ->
     producer, consumer = FakeProducer(), FakeConsumer()
     d = Delivery(config(), consumer, producer)
     d.begin()
-    d.on_delivery(KafkaError(KafkaError._MSG_TIMED_OUT), FakeMessage(0, 0, topic="tx-scores"))
+    d.on_delivery(KafkaError(KafkaError._MSG_TIMED_OUT), Message(0, 0, topic="tx-scores"))
     assert not d.finish(BATCH, ASSIGNED)
     assert consumer.commits == [] and sorted(consumer.seeks) == [(0, 10), (1, 5)]
     d.begin()  # the next attempt starts clean
@@ -175,7 +156,7 @@ def test_nothing_delivered_means_nothing_committed_on_revoke() -> None:
 def test_dead_letters_carry_the_reason_and_source_and_oversized_values_are_cut() -> None:
     producer = FakeProducer()
     d = Delivery(config(), FakeConsumer(), producer)
-    d.dead_letter(FakeMessage(2, 40, value=b"x" * 1_000_000, key=b"k" * (MAX_KEY_BYTES + 10)), "oversized", "big", "v1")
+    d.dead_letter(Message(2, 40, value=b"x" * 1_000_000, key=b"k" * (MAX_KEY_BYTES + 10)), "oversized", "big", "v1")
     topic, value, key, headers = producer.sent[0]
     assert topic == "tx-dlq"
     assert len(value) == TRUNCATED_DLQ_BYTES and headers["fraudscore.truncated"] == b"1000000"
@@ -191,7 +172,7 @@ def test_what_delivery_writes_as_a_dead_letter_dlq_reads_back_field_by_field() -
 
     producer = FakeProducer()
     d = Delivery(config(), FakeConsumer(), producer)
-    d.dead_letter(FakeMessage(2, 40, value=b"x" * 1_000_000, key=b"k" * (MAX_KEY_BYTES + 10)), "bad_json", "line 1", "v7")
+    d.dead_letter(Message(2, 40, value=b"x" * 1_000_000, key=b"k" * (MAX_KEY_BYTES + 10)), "bad_json", "line 1", "v7")
     topic, value, key, headers = producer.sent[0]
 
     written = SimpleNamespace(  # the message as a consumer of the dead-letter topic gets it
@@ -207,16 +188,16 @@ def test_what_delivery_writes_as_a_dead_letter_dlq_reads_back_field_by_field() -
 def test_a_dead_letter_topic_that_refuses_large_messages_lowers_the_limit() -> None:
     producer = FakeProducer()
     d = Delivery(config(), FakeConsumer(), producer)
-    d.dead_letter(FakeMessage(0, 1, value=b"y" * 200_000), "bad_json", "", "v1")
+    d.dead_letter(Message(0, 1, value=b"y" * 200_000), "bad_json", "", "v1")
     assert len(producer.sent[0][1]) == 200_000  # under the default limit: sent whole
-    d.on_delivery(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), FakeMessage(0, 1, topic="tx-dlq"))
-    d.dead_letter(FakeMessage(0, 1, value=b"y" * 200_000), "bad_json", "", "v1")
+    d.on_delivery(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), Message(0, 1, topic="tx-dlq"))
+    d.dead_letter(Message(0, 1, value=b"y" * 200_000), "bad_json", "", "v1")
     assert len(producer.sent[1][1]) == TRUNCATED_DLQ_BYTES
 
 
 def test_tombstones_stay_null_in_the_dead_letter_topic() -> None:
     producer = FakeProducer()
-    Delivery(config(), FakeConsumer(), producer).dead_letter(FakeMessage(0, 1, value=None), "empty", "", "v1")
+    Delivery(config(), FakeConsumer(), producer).dead_letter(Message(0, 1, value=None), "empty", "", "v1")
     assert producer.sent[0][1] is None
 
 
@@ -288,8 +269,8 @@ def test_dead_letters_are_logged_as_rate_limited_summaries_without_payloads(capl
         producer.left_after_flush = 0 if delivered else 1
         d.begin()
         for k, reason in enumerate(reasons):
-            d.dead_letter(FakeMessage(3, first_offset + k, value=secret), reason, "detail", "v1")
-        return d.finish([FakeMessage(3, first_offset + k) for k in range(len(reasons))], {("tx-in", 3)})
+            d.dead_letter(Message(3, first_offset + k, value=secret), reason, "detail", "v1")
+        return d.finish([Message(3, first_offset + k) for k in range(len(reasons))], {("tx-in", 3)})
 
     with caplog.at_level("WARNING", logger="fraudscore.serving.sidecar.delivery"):
         assert batch(["bad_json", "missing_field", "missing_field"], 40)  # first dead letters: logged at once

@@ -80,3 +80,44 @@ def test_the_architecture_module_table_names_every_module_and_only_existing_ones
             missing.append(name)
     assert not missing, f"modules without a row in docs/architecture.md: {missing}"
     assert not unknown, f"rows of docs/architecture.md naming no module: {unknown}"
+
+
+def _runtime_definitions() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """The runtime's classes with their methods and attributes (base classes of the package
+    included), and its modules' top-level functions, by file relative to runtime/."""
+    import ast
+
+    classes: dict[str, tuple[set[str], list[str]]] = {}
+    functions: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "runtime").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        functions[path.relative_to(ROOT / "runtime").as_posix()] = {
+            node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+        for node in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+            members = {n.name for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+            members |= {t.id for n in ast.walk(node) if isinstance(n, (ast.Assign, ast.AnnAssign))
+                        for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)}
+            bases = [b.id for b in node.bases if isinstance(b, ast.Name)]
+            known = classes.setdefault(node.name, (set(), []))
+            known[0].update(members)
+            known[1].extend(bases)
+    resolved = {}
+    for name, (members, bases) in classes.items():
+        resolved[name] = members | {m for base in bases for m in classes.get(base, (set(), []))[0]}
+    return resolved, functions
+
+
+def test_the_one_batch_walk_through_names_only_code_that_exists() -> None:
+    """docs/architecture.md's "One batch through the sidecar" cannot drift from the code: every
+    `Class.method` it names is a method of a runtime class, every `function` (file.py) a
+    top-level function of that file, and every file it names exists."""
+    classes, functions = _runtime_definitions()
+    section = (ROOT / "docs" / "architecture.md").read_text().split("## One batch through the sidecar")[1].split("\n## ")[0]
+    methods = re.findall(r"`([A-Z]\w*)\.(\w+)`", section)
+    calls = re.findall(r"`([a-z_]+)`\s+\(([\w/]+\.py)", section)
+    files = set(re.findall(r"\b((?:[a-z_]+/)+[a-z_]+\.py)\b", section))
+    assert len(methods) >= 15 and calls and files, "the walk-through's names were not found: has its format changed?"
+    wrong = [f"{c}.{m}" for c, m in methods if m not in classes.get(c, set())]
+    wrong += [f"{f} ({path})" for f, path in calls if f not in functions.get(path, set())]
+    wrong += [path for path in sorted(files) if path not in functions and not (ROOT / path).exists()]
+    assert not wrong, f"docs/architecture.md's one-batch walk-through names what does not exist: {wrong}"

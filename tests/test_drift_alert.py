@@ -33,6 +33,7 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fakes import Message
 from fraudscore import add_baseline_features, simulate
 from fraudscore.data.fingerprint import fingerprint
 from fraudscore.data.loadgen import transaction_messages
@@ -52,13 +53,6 @@ CUSTOMERS, SEED = 10_000, 3
 TRAIN_START, WEEK_START, SHIFT_START = np.datetime64("2018-05-09"), np.datetime64("2018-05-16"), np.datetime64("2018-05-18")
 STEP_S = 600
 SERIES = ("fraudscore_feature_bin_total", "fraudscore_feature_training_share")
-
-
-class _Message:
-    """What `SidecarMetrics.observe_batch` reads of a consumed Kafka message: its timestamp."""
-
-    def timestamp(self) -> tuple[int, int]:
-        return 1, int(time.time() * 1e3)
 
 
 def _features(amount_factor: float = 1.0) -> Table:
@@ -117,7 +111,7 @@ def _scrape_week(bundle_dir: Path, week: Table) -> dict[str, list[float]]:
         if hi > lo:
             result = pipeline.score_batch(values[lo:hi])
             assert not result.rejections
-            metrics.observe_batch([_Message()] * (hi - lo), result, [])
+            metrics.observe_batch([Message()] * (hi - lo), result, [])
         scrape()
     return series
 
@@ -212,7 +206,7 @@ def test_prometheus_scrapes_the_bins_and_alerts_on_drift_only(drift_bundle: Path
         while time.monotonic() - started < seconds:
             batch = [stream[(sent + i) % len(stream)] for i in range(50)]
             result = pipeline.score_batch(batch)
-            metrics.observe_batch([_Message()] * len(batch), result, [])
+            metrics.observe_batch([Message()] * len(batch), result, [])
             sent += len(batch)
             time.sleep(max(0.0, started + sent / rate - time.monotonic()))
 

@@ -7,8 +7,6 @@ Prometheus exposition. The alerts built on these series are tested in test_drift
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -16,6 +14,7 @@ from hypothesis import strategies as st
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fakes import Message
 from fraudscore.data.fingerprint import feature_profile, score_reference
 from fraudscore.serving.drift import CALENDAR_FEATURES, bin_counts, drift_baselines, psi
 from fraudscore.serving.manifest import Manifest
@@ -23,11 +22,6 @@ from fraudscore.serving.metrics import SidecarMetrics
 from fraudscore.serving.pipeline import BatchResult
 
 FEATURES = ("TX_AMOUNT", "TX_DURING_WEEKEND", "TX_DURING_NIGHT", "CUSTOMER_ID_NB_TX_1DAY_WINDOW")
-
-
-class _Message:
-    def timestamp(self) -> tuple[int, int]:
-        return 1, int(time.time() * 1e3)
 
 
 def _manifest(training: np.ndarray, reference: dict | None = None, version: str = "v1") -> Manifest:
@@ -85,7 +79,7 @@ def test_every_batch_is_counted_into_the_training_bins_and_calendar_features_are
     metrics.set_model(manifest)
     live = _training(rows=37, seed=1)  # a batch far smaller than the old 500-row minimum still counts
     for part in (live[:30], live[30:]):
-        metrics.observe_batch([_Message()] * len(part), _result(part, np.full(len(part), 0.1)), [])
+        metrics.observe_batch([Message()] * len(part), _result(part, np.full(len(part), 0.1)), [])
     samples = _samples(metrics)
     for b in drift_baselines(FEATURES, manifest.fingerprint):
         counts = [samples[("fraudscore_feature_bin_total", (("bin", str(i)), ("feature", b.feature)))]
@@ -105,7 +99,7 @@ def test_a_model_with_other_bin_edges_restarts_the_counts() -> None:
     metrics = SidecarMetrics()
     metrics.set_model(_manifest(_training()))
     batch = _training(rows=50, seed=2)
-    metrics.observe_batch([_Message()] * 50, _result(batch, np.zeros(50)), [])
+    metrics.observe_batch([Message()] * 50, _result(batch, np.zeros(50)), [])
 
     def total() -> float:
         return sum(v for (name, _), v in _samples(metrics).items() if name == "fraudscore_feature_bin_total")
@@ -124,7 +118,7 @@ def test_scores_are_compared_with_the_models_validation_quantiles() -> None:
     metrics = SidecarMetrics()
     metrics.set_model(_manifest(_training(), reference))
     live = np.random.default_rng(4).exponential(0.01, 4000) * 3  # the same model's scores, tripled
-    metrics.observe_batch([_Message()] * 4000, _result(_training(rows=4000), live), [])
+    metrics.observe_batch([Message()] * 4000, _result(_training(rows=4000), live), [])
     s = _samples(metrics)
     assert s[("fraudscore_model_score_reference", (("statistic", "p90"),))] == reference["quantiles"]["0.9"]
     assert s[("fraudscore_model_score_reference", (("statistic", "mean"),))] == reference["mean"]
@@ -140,7 +134,7 @@ def test_a_bundle_exported_without_a_score_reference_exports_none_and_compares_n
     metrics = SidecarMetrics()
     metrics.set_model(_manifest(_training(), score_reference(np.linspace(0, 1, 100))))
     metrics.set_model(manifest)  # a reload to the old bundle drops the previous reference
-    metrics.observe_batch([_Message()] * 10, _result(_training(rows=10), np.ones(10)), [])
+    metrics.observe_batch([Message()] * 10, _result(_training(rows=10), np.ones(10)), [])
     s = _samples(metrics)
     assert not any(name == "fraudscore_model_score_reference" for name, _ in s)
     assert s[("fraudscore_score_reference_compared_total", ())] == 0

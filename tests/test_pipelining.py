@@ -17,34 +17,14 @@ import numpy as np
 import pytest
 from confluent_kafka import TopicPartition
 
+from fakes import Message
 from fraudscore.serving.sidecar.config import SidecarConfig
 from fraudscore.serving.sidecar.loop import Sidecar
+from fraudscore.serving.sidecar.models import Models
 
 
-class Msg:
-    def __init__(self, partition: int, offset: int):
-        self._p, self._o = partition, offset
-
-    def partition(self):
-        return self._p
-
-    def offset(self):
-        return self._o
-
-    def value(self):
-        return b"{}"
-
-    def key(self):
-        return b"7"
-
-    def topic(self):
-        return "tx-in"
-
-    def error(self):
-        return None
-
-    def timestamp(self):
-        return (1, 1_700_000_000_000)
+def Msg(partition: int, offset: int) -> Message:
+    return Message(partition, offset, timestamp_ms=1_700_000_000_000)
 
 
 @dataclass
@@ -152,17 +132,15 @@ class FakeConsumer:
 
 def sidecar(monkeypatch, script: list, fail_flushes: int = 0, **settings) -> tuple[Sidecar, Events]:
     events = Events()
-    monkeypatch.setattr(Sidecar, "_load_pipeline", lambda self: FakePipeline(events))
+    monkeypatch.setattr(Models, "load", lambda self, serving=None: FakePipeline(events))
     config = SidecarConfig(bundle=Path("b"), bootstrap_servers="x:1", input_topic="tx-in", output_topic="tx-scores",
                            alerts_topic="tx-alerts", dlq_topic="tx-dlq", group_id="g",
                            **({"commit_interval_s": 0.0} | settings))
     s = Sidecar(config)
-    s.consumer = FakeConsumer(events, script)
-    s.producer = FakeProducer(events, fail_flushes)
-    s.delivery = s._make_delivery()
+    s._attach(FakeConsumer(events, script), FakeProducer(events, fail_flushes))
     s.consumer.answer = s.delivery.on_commit
-    s.consumer.on_revoke = s._on_revoke
-    s._assignment = {("tx-in", 0), ("tx-in", 1), ("tx-in", 2)}
+    s.consumer.on_revoke = s.assignment.on_revoke
+    s.assignment.partitions |= {("tx-in", 0), ("tx-in", 1), ("tx-in", 2)}
     return s, events
 
 
@@ -191,12 +169,12 @@ def test_the_next_batch_is_consumed_and_scored_before_the_one_in_flight_is_flush
         "flush", ("commit", [(0, 11), (1, 6)], True),  # batch 1's offsets, after its flush
         ("produce", "tx-scores"), ("produce", "tx-scores"),  # then batch 2's outputs
     ]
-    assert s.in_flight is not None and s.in_flight.messages == B2
+    assert s.checkpoint.in_flight is not None and s.checkpoint.in_flight.messages == B2
     # Nothing queued: the batch in flight is completed before waiting for traffic.
     events.log.clear()
     step(s)
     assert kinds(events)[:3] == ["consume", "flush", ("commit", [(0, 12), (2, 4)], True)]
-    assert s.in_flight is None
+    assert s.checkpoint.in_flight is None
     assert s.metrics.scored._value.get() == 4
 
 
@@ -219,7 +197,7 @@ def test_a_failed_batch_in_flight_is_rewound_with_the_batch_consumed_after_it(mo
     assert seeks == [(0, 10), (1, 5), (2, 3)]  # partition 0 back to batch 1's first offset, not batch 2's
     assert [e for e in events.log if e[0] == "commit"] == []
     assert sum(e[0] == "produce" for e in events.log) == 2  # batch 2 was never produced
-    assert s.in_flight is None and s.metrics.produce_errors._value.get() == 1
+    assert s.checkpoint.in_flight is None and s.metrics.produce_errors._value.get() == 1
 
 
 def test_a_rebalance_completes_the_batch_in_flight_before_the_partitions_go(monkeypatch) -> None:
@@ -232,7 +210,7 @@ def test_a_rebalance_completes_the_batch_in_flight_before_the_partitions_go(monk
     commits = [e for e in log if e[0] == "commit"]
     # Batch 1 is flushed inside the callback, then partition 0's offset is committed synchronously.
     assert ("commit", [(0, 11)], False) in commits and log.index(("commit", [(0, 11)], False)) > flush
-    assert ("tx-in", 0) not in s._assignment
+    assert ("tx-in", 0) not in s.assignment.partitions
     assert [e for e in log if e == "score"] == ["score"]  # the message of the partition kept is scored
 
 
@@ -260,7 +238,7 @@ def test_without_pipelining_each_batch_is_completed_before_the_next_is_consumed(
     log = [e if isinstance(e, str) else e[0] for e in kinds(events)]
     done = "commit_transaction" if settings.get("exactly_once") else "flush"
     assert log.index(done) < log.index("consume", 1)
-    assert s.in_flight is None
+    assert s.checkpoint.in_flight is None
 
 
 def test_offsets_are_committed_at_most_every_commit_interval_and_all_at_exit(monkeypatch) -> None:
@@ -307,7 +285,7 @@ def test_a_stop_completes_the_batch_in_flight_within_what_is_left_of_its_budget(
 
     s, _ = sidecar(monkeypatch, [B1], drain_timeout_s=30.0)
     step(s)  # B1 produced: in flight
-    assert s.producer.timeouts == [] and s.in_flight is not None
+    assert s.producer.timeouts == [] and s.checkpoint.in_flight is not None
     seen = []
     s.producer.during_flush = lambda: seen.append(s.stop_report())
     s.stop_signalled(time.monotonic() - 29.0)  # the signal came 29 s ago: about 1 s left

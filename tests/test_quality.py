@@ -4,8 +4,6 @@ of event time once the confirmation delay has passed, per model version and role
 from __future__ import annotations
 
 import json
-import subprocess
-import time
 from collections import defaultdict
 
 import numpy as np
@@ -14,37 +12,28 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bundle_helpers import noise_bundle
+from fakes import Message
 from fraudscore.data.replay import raw_stream
 from fraudscore.serving.quality import DAY_S, Ledger, decode_results
-from kafka_helpers import EXE, STARTED, drain, free_port, http_get, wait_ready
+from kafka_helpers import SidecarProcess, drain, free_port, http_get
+from waiting import wait_until
 
 BASE_DAY = 17_622  # 2018-04-01
 
 
-class _Message:
-    """What decode_results reads of a Kafka message of the results topic."""
-
-    def __init__(self, value: bytes, key: bytes, timestamp_ms: int = 0):
-        self._value, self._key, self._ts = value, key, timestamp_ms
-
-    def value(self) -> bytes:
-        return self._value
-
-    def key(self) -> bytes:
-        return self._key
-
-    def timestamp(self) -> tuple[int, int]:
-        return 1, self._ts
+def _message(value: bytes, key: bytes, timestamp_ms: int = 0) -> Message:
+    """A message of the results topic, as decode_results reads it."""
+    return Message(value=value, key=key, topic="tx-scores", timestamp_ms=timestamp_ms)
 
 
 def _result(tx: int, card: int, second: int, score: float, threshold: float, version: str = "champ",
-            challenger: tuple[str, float | None, float] | None = None) -> _Message:
+            challenger: tuple[str, float | None, float] | None = None) -> Message:
     doc = {"transaction_id": tx, "event_time": str(np.datetime64(second, "s")) + "Z", "score": score,
            "decision": "alert" if score >= threshold else "pass", "threshold": threshold, "model_version": version}
     if challenger is not None:
         name, s, t = challenger
         doc["challenger"] = {"version": name, "score": s, "decision": "alert" if s is not None and s >= t else "pass"}
-    return _Message(orjson.dumps(doc), str(card).encode())
+    return _message(orjson.dumps(doc), str(card).encode())
 
 
 def _expected(rows: list[dict], confirmed: set, k: int) -> dict:
@@ -131,9 +120,9 @@ def test_a_confirmation_finds_its_result_on_another_day_and_unmatched_ones_are_f
     written after midnight is still a true positive when that later day matures."""
     ledger = Ledger(delay_s=DAY_S, top_k=5)
     late_night = BASE_DAY * DAY_S + DAY_S - 1
-    written = _Message(orjson.dumps({"transaction_id": 7, "score": 0.95, "decision": "alert", "model_version": "v"}),
+    written = _message(orjson.dumps({"transaction_id": 7, "score": 0.95, "decision": "alert", "model_version": "v"}),
                        b"3", timestamp_ms=(late_night + 2) * 1000)
-    other = _Message(orjson.dumps({"transaction_id": 8, "score": 0.1, "decision": "pass", "model_version": "v"}),
+    other = _message(orjson.dumps({"transaction_id": 8, "score": 0.1, "decision": "pass", "model_version": "v"}),
                      b"4", timestamp_ms=(BASE_DAY * DAY_S + 5) * 1000)
     ledger.add_results(decode_results([other], ledger.versions))
     # 12,345: a transaction this topic never had
@@ -151,25 +140,28 @@ def test_a_confirmation_finds_its_result_on_another_day_and_unmatched_ones_are_f
 
 def test_unreadable_results_are_counted_not_joined() -> None:
     good = _result(1, 5, BASE_DAY * DAY_S, 0.5, 0.9)
-    bad = [_Message(b"not json", b"5"), _Message(b'{"transaction_id": "abc", "score": 0.1, "model_version": "v"}', b"5"),
-           _Message(b'{"transaction_id": 3, "model_version": "v"}', b"5")]
+    bad = [_message(b"not json", b"5"), _message(b'{"transaction_id": "abc", "score": 0.1, "model_version": "v"}', b"5"),
+           _message(b'{"transaction_id": 3, "model_version": "v"}', b"5")]
     batch = decode_results([good, *bad], {})
     assert batch.ids.tolist() == [1] and batch.unreadable == 3
     assert batch.seconds.tolist() == [BASE_DAY * DAY_S] and batch.cards.tolist() == [5]
 
 
-def _quality(bootstrap: str, topics: dict, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([EXE, "quality", "--bootstrap-servers", bootstrap, "--output-topic", topics["out"],
-                             "--labels-topic", topics["labels"], "--top-k", "20", "--metrics-port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    STARTED.append(proc)
-    return proc
+def _quality(bootstrap: str, topics: dict, port: int) -> SidecarProcess:
+    return SidecarProcess(["quality", "--bootstrap-servers", bootstrap, "--output-topic", topics["out"],
+                           "--labels-topic", topics["labels"], "--top-k", "20", "--metrics-port", str(port)], port)
 
 
 def _series(port: int) -> dict:
     status, body = http_get(port, "/metrics")
     assert status == 200
     return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(body) for s in f.samples}
+
+
+def _series_if(port: int, condition) -> dict:
+    """The monitor's series when `condition(series)` holds, else {} (for wait_until)."""
+    series = _series(port)
+    return series if condition(series) else {}
 
 
 @pytest.mark.kafka
@@ -185,7 +177,7 @@ def test_live_quality_of_a_champion_and_its_challenger_matches_the_results_and_s
     topics = raw_topics(make_topic, partitions=2)
     port = free_port()
     monitor = _quality(kafka_bootstrap, topics, port)
-    wait_ready(port, monitor, 60)  # empty topics: caught up at once, so every day is counted
+    monitor.wait_ready(60)  # empty topics: caught up at once, so every day is counted
     challenger = noise_bundle(small_bundle, tmp_path / "challenger", "challenger-noise", threshold=0.9)
     sidecar = raw_sidecar(kafka_bootstrap, small_bundle, topics, "quality", "--challenger", str(challenger))
     sidecar.wait_ready(120)
@@ -212,13 +204,9 @@ def test_live_quality_of_a_champion_and_its_challenger_matches_the_results_and_s
     total = defaultdict(lambda: np.zeros(6, np.int64))
     for (day, role, version), value in want.items():
         total[(role, version)] += np.array(value)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        series = _series(port)
-        if series.get(("fraudscore_quality_days_total", (("model_version", "challenger-noise"), ("role", "challenger")))) \
-                == len(want) / 2:
-            break
-        time.sleep(0.5)
+    days = ("fraudscore_quality_days_total", (("model_version", "challenger-noise"), ("role", "challenger")))
+    series = wait_until(lambda: _series_if(port, lambda s: s.get(days) == len(want) / 2), 60,
+                        f"the challenger's {len(want) // 2} matured days counted", interval_s=0.5)
     for (role, version), (n, tp, fp, fn, top, hit) in total.items():
         labels_of = lambda decision, outcome: (("decision", decision), ("model_version", version), ("outcome", outcome), ("role", role))  # noqa: E731
         got = [series[("fraudscore_quality_transactions_total", labels_of(d, o))]
@@ -235,23 +223,16 @@ def test_live_quality_of_a_champion_and_its_challenger_matches_the_results_and_s
     before = {k: v for k, v in series.items() if k[0] in ("fraudscore_quality_last_day", "fraudscore_quality_last_day_timestamp_seconds")}
     assert before[("fraudscore_quality_last_day_timestamp_seconds",
                    (("model_version", "challenger-noise"), ("role", "challenger")))] == last_day * DAY_S
-    monitor.terminate()
-    assert monitor.wait(30) == 0
+    code, out = monitor.stop(timeout_s=30)
+    assert code == 0, out[-3000:]
 
     # A restart reads the topics again: the same last day, and nothing counted twice.
     port = free_port()
     again = _quality(kafka_bootstrap, topics, port)
-    wait_ready(port, again, 120)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        series = _series(port)
-        after = {k: v for k, v in series.items() if k in before}
-        if after == before:
-            break
-        time.sleep(0.5)
-    assert after == before
+    again.wait_ready(120)
+    series = wait_until(lambda: _series_if(port, lambda s: {k: v for k, v in s.items() if k in before} == before),
+                        60, "the restarted monitor at the same last days as before", interval_s=0.5)
     assert not any(k[0] == "fraudscore_quality_days_total" and v for k, v in series.items())
-    again.terminate()
-    out = again.communicate(timeout=30)[0]
-    assert again.returncode == 0, out[-3000:]
+    code, out = again.stop(timeout_s=30)
+    assert code == 0, out[-3000:]
     assert "evaluated before the restart: not counted again" in out

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import time
 
@@ -13,7 +11,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from fraudscore.bench.scrape import metric_sum
 from fraudscore.serving.bundle import load_bundle
-from kafka_helpers import EXE, STARTED, Sidecar, client, drain, four_topics, free_port, produce, transaction_ids, wait_ready, written
+from kafka_helpers import EXE, Sidecar, SidecarProcess, client, drain, four_topics, free_port, produce, transaction_ids, written
 
 pytestmark = pytest.mark.kafka
 
@@ -177,14 +175,13 @@ def test_config_file_and_environment(kafka_bootstrap, small_bundle, topics, tmp_
         f'alerts_topic = "{topics["alerts"]}"\ndlq_topic = "{topics["dlq"]}"\ninput = "features"\n'
         '[kafka]\n"sasl.password" = "hunter2"\n"client.rack" = "r1"\n'
     )
-    env = dict(os.environ, FRAUDSCORE_BUNDLE=str(small_bundle), FRAUDSCORE_GROUP_ID="g-env", FRAUDSCORE_METRICS_PORT=str(free_port()))
-    proc = subprocess.Popen([EXE, "run", "--config", str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    STARTED.append(proc)
+    port = free_port()
+    env = {"FRAUDSCORE_BUNDLE": str(small_bundle), "FRAUDSCORE_GROUP_ID": "g-env", "FRAUDSCORE_METRICS_PORT": str(port)}
+    sidecar = SidecarProcess(["run", "--config", str(config)], port, env=env)
     # Started: it has read the file and the environment, logged its settings and joined its group.
-    wait_ready(int(env["FRAUDSCORE_METRICS_PORT"]), proc, output=lambda: proc.communicate()[0][-2000:])
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=40)
-    assert proc.returncode == 0, out[-2000:]
+    sidecar.wait_ready()
+    code, out = sidecar.stop()
+    assert code == 0, out[-2000:]
     assert "hunter2" not in out and "'sasl.password': '***'" in out
     assert "group g-env" in out
 

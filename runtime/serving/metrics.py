@@ -132,6 +132,12 @@ class SidecarMetrics:
         r = self.registry = registry or CollectorRegistry()
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, open fds ...
         PlatformCollector(registry=r)  # python_info
+        self._loop_series(r)
+        self._model_series(r)
+        self._state_series(r)
+
+    def _loop_series(self, r: CollectorRegistry) -> None:
+        """The loop's: batches, stages, latency, counts, dead letters, errors, lag, readiness."""
         self.batch_seconds = Histogram(
             "fraudscore_batch_duration_seconds", "Time of one batch from being taken to its delivery being confirmed "
             "(with pipelining this includes the next batch's decode and scoring).",
@@ -179,6 +185,10 @@ class SidecarMetrics:
         self.scores = BatchHistogram("fraudscore_score", "Distribution of scores.", SCORE_BUCKETS, r)
         self.lag = Gauge("fraudscore_consumer_lag", "Messages behind the high watermark, per partition.",
                          ["topic", "partition"], registry=r)
+        self.ready = Gauge("fraudscore_ready", "1 when the model is loaded, partitions are assigned and feature state is restored.", registry=r)
+
+    def _model_series(self, r: CollectorRegistry) -> None:
+        """The models': what is served, reloads, the shadow challenger, validation figures, drift bins and the score reference."""
         self.model_info = Gauge("fraudscore_model_info", "The model being served (value 1).",
                                 ["version", "sha256", "kind"], registry=r)
         self.reloads = Counter("fraudscore_model_reloads", "Model reload attempts, by result.", ["result"], registry=r)
@@ -216,8 +226,9 @@ class SidecarMetrics:
             "fraudscore_score_above_reference", "Scores at or above the served model's validation quantile "
             "(p50, p90, p99: 50 %, 10 %, 1 % of scores when nothing shifted).", ["reference"], registry=r)
         self._reference_quantiles: list[tuple[str, float]] = []
-        self.ready = Gauge("fraudscore_ready", "1 when the model is loaded, partitions are assigned and feature state is restored.", registry=r)
-        # Raw input mode: the online feature state (docs/raw-transactions.md).
+
+    def _state_series(self, r: CollectorRegistry) -> None:
+        """Raw input mode's: the online feature state, its coverage and restores (docs/raw-transactions.md)."""
         self.labels = Counter("fraudscore_labels", "Fraud confirmations read from the labels topic, by outcome.",
                               ["outcome"], registry=r)
         for outcome in LABEL_OUTCOMES:
@@ -262,6 +273,10 @@ class SidecarMetrics:
             "fraudscore_labels_pending", "Confirmations held until their transaction arrives (the same confirmation "
             "counted in fraudscore_labels_total{outcome=\"pending\"} leaves this gauge when it is applied or expires).",
             registry=r)
+        self._snapshot_series(r)
+
+    def _snapshot_series(self, r: CollectorRegistry) -> None:
+        """Raw input mode's snapshots (--state-topic) and where the terminal table's rows come from."""
         self.snapshot_restores = Counter(
             "fraudscore_state_snapshot_restores", "State restores by kind (customers, terminals) and outcome: restored "
             "from a snapshot, or replayed from the input because it was missing, corrupt, a mismatch (other spec, "
@@ -284,6 +299,15 @@ class SidecarMetrics:
         self.snapshot_seconds = Histogram(
             "fraudscore_state_snapshot_duration_seconds", "Time to encode and write one snapshot (the loop pauses meanwhile).",
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
+
+    def observe_scoring(self, result, seconds: float) -> None:
+        """A scored batch (`seconds` from taking it to its results): the ONNX Runtime call, the
+        challenger's, and the rest (decode and online features) by stage."""
+        self.inference_seconds.observe(result.inference_seconds)
+        self.stage_seconds.labels("inference").observe(result.inference_seconds)
+        self.stage_seconds.labels("decode").observe(max(0.0, seconds - result.inference_seconds - result.challenger_seconds))
+        if result.challenger_version is not None:
+            self.stage_seconds.labels("challenger").observe(result.challenger_seconds)
 
     def observe_batch(self, messages: list, result, reasons: list[str]) -> None:
         """A delivered batch: end-to-end latency from each input's Kafka timestamp, counts,

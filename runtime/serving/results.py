@@ -111,11 +111,20 @@ def reconcile(kafka: dict, topics: Topics, *, since_ms: int | None = None, until
               timeout_s: float = 30.0) -> Reconciliation:
     """Read the inputs written in [since_ms, until_ms) (Kafka timestamps; None: no bound), every
     result and every dead letter, and count each input's outcome."""
-    from confluent_kafka import Consumer
-
     if since_ms is not None and until_ms is not None and until_ms <= since_ms:
         raise UsageError("--until must be after --since")
     report = Reconciliation(topics, since_ms, until_ms)
+    _count(report, *_read_topics(kafka, topics, since_ms, until_ms, timeout_s))
+    return report
+
+
+def _read_topics(kafka: dict, topics: Topics, since_ms: int | None, until_ms: int | None,
+                 timeout_s: float) -> tuple[dict, dict, Counter, set]:
+    """The inputs in range ((partition, offset) -> id, None when the value is not a JSON object
+    with one), the dead letters of the input topic ((partition, offset) -> reason), the results
+    by id and the ids alerted on."""
+    from confluent_kafka import Consumer
+
     consumer = Consumer({"logger": logging.getLogger("fraudscore.kafka")} | kafka | {
         "group.id": f"fraudscore-results-{os.getpid()}", "enable.auto.commit": False, "enable.auto.offset.store": False,
         "enable.partition.eof": True, "isolation.level": "read_committed",
@@ -123,44 +132,44 @@ def reconcile(kafka: dict, topics: Topics, *, since_ms: int | None = None, until
         # never a silent jump to the end (which would report a partition's inputs as none).
         "auto.offset.reset": "error",
     })
+    inputs: dict[tuple[int, int], object] = {}
+    dead: dict[tuple[int, int], str] = {}
+    results: Counter = Counter()
+    alerted: set = set()
+
+    def take_inputs(msgs: list) -> None:
+        for m in msgs:
+            inputs[(m.partition(), m.offset())] = _transaction_id(m.value())
+
+    def take_dead(msgs: list) -> None:
+        for m in msgs:
+            letter = DeadLetter.from_message(m)
+            if letter.source_topic == topics.input and letter.source_partition is not None and letter.source_offset is not None:
+                dead.setdefault((letter.source_partition, letter.source_offset), letter.reason or "unknown")
+
+    def take_results(msgs: list) -> None:
+        for m in msgs:
+            try:
+                doc = orjson.loads(m.value() or b"")
+                tx = doc["transaction_id"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                continue  # not a fraudscore result: nothing to reconcile it with
+            results[_hashable(tx)] += 1
+            if doc.get("decision") == "alert":
+                alerted.add(_hashable(tx))
+
     try:
-        # Inputs: (partition, offset) -> id (None when the value is not a JSON object with one).
-        inputs: dict[tuple[int, int], object] = {}
-
-        def take_inputs(msgs: list) -> None:
-            for m in msgs:
-                inputs[(m.partition(), m.offset())] = _transaction_id(m.value())
-
         _read(consumer, topics.input, take_inputs, timeout_s, since_ms, until_ms)
-        dead: dict[tuple[int, int], str] = {}
-
-        def take_dead(msgs: list) -> None:
-            for m in msgs:
-                letter = DeadLetter.from_message(m)
-                if letter.source_topic == topics.input and letter.source_partition is not None and letter.source_offset is not None:
-                    dead.setdefault((letter.source_partition, letter.source_offset), letter.reason or "unknown")
-
         _read(consumer, topics.dlq, take_dead, timeout_s)
-        results: Counter = Counter()
-        alerted: set = set()
-
-        def take_results(msgs: list) -> None:
-            for m in msgs:
-                try:
-                    doc = orjson.loads(m.value() or b"")
-                    tx = doc["transaction_id"]
-                except (orjson.JSONDecodeError, KeyError, TypeError):
-                    continue  # not a fraudscore result: nothing to reconcile it with
-                results[_hashable(tx)] += 1
-                if doc.get("decision") == "alert":
-                    alerted.add(_hashable(tx))
-
         _read(consumer, topics.output, take_results, timeout_s)
     finally:
         consumer.close()
+    return inputs, dead, results, alerted
 
-    # Results are shared out among the inputs with their id, in offset order: two inputs with
-    # one id and one result are one scored and one missing, not two scored.
+
+def _count(report: Reconciliation, inputs: dict, dead: dict, results: Counter, alerted: set) -> None:
+    """Each input's outcome. Results are shared out among the inputs with their id, in offset
+    order: two inputs with one id and one result are one scored and one missing, not two scored."""
     scored_inputs: Counter = Counter()  # id -> inputs of the range scored with that id
     seen: set = set()
     for (p, o), tx in sorted(inputs.items()):
@@ -188,7 +197,6 @@ def reconcile(kafka: dict, topics: Topics, *, since_ms: int | None = None, until
             report.duplicates += extra
             report.duplicated_ids += 1
     report.alerts = len(alerted & set(scored_inputs))
-    return report
 
 
 def _transaction_id(value: bytes | None) -> object:

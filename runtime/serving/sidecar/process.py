@@ -24,6 +24,56 @@ OVERDUE_EXIT = 4  # the stop did not finish: past its bound (StopBound), or outp
 GRACE_S = 2.0  # past --drain-timeout, for the log lines and the consumer's goodbye
 
 
+class Stop:
+    """A stop of the sidecar: whether it was asked, by when it must be done (--drain-timeout
+    from the first signal's arrival), what it is doing (`stage`, for StopBound's report) and
+    what it left undone (`unfinished`: the process then exits OVERDUE_EXIT).
+
+    >>> stop = Stop(30.0, clock=lambda: 100.0)
+    >>> stop.budget()                # not asked: the whole --drain-timeout
+    30.0
+    >>> stop.signalled(at=95.0)      # StopBound's thread: the signal arrived 5 s ago
+    >>> stop.ask(), stop.ask()       # the handler; only the first ask counts
+    (True, False)
+    >>> stop.budget()
+    25.0
+    """
+
+    def __init__(self, drain_timeout_s: float, clock: Callable[[], float] = time.monotonic):
+        self.drain_timeout_s = drain_timeout_s
+        self.clock = clock
+        self.asked = False
+        self.deadline: float | None = None  # clock() by which the stop must be done
+        self.stage = "starting"
+        self.unfinished: list[str] = []
+
+    def ask(self) -> bool:
+        """The stop is asked (SIGTERM/SIGINT, or an error); True the first time."""
+        if self.asked:
+            return False
+        self.asked = True
+        self.bound()
+        return True
+
+    def bound(self) -> None:
+        """The deadline from now, unless a signal set it already."""
+        if self.deadline is None:
+            self.deadline = self.clock() + self.drain_timeout_s
+
+    def signalled(self, at: float) -> None:
+        """StopBound's thread: the first stop signal arrived at `at`; the budget counts from
+        then, even while the main thread has not run the handler yet."""
+        deadline = at + self.drain_timeout_s
+        if self.deadline is None or deadline < self.deadline:
+            self.deadline = deadline
+
+    def budget(self) -> float:
+        """Seconds left of --drain-timeout since the stop was asked (all of it before)."""
+        if self.deadline is None:
+            return self.drain_timeout_s
+        return max(0.0, self.deadline - self.clock())
+
+
 def install_signal_handlers(sidecar: "Sidecar") -> None:
     """SIGTERM/SIGINT stop (within --drain-timeout + GRACE_S: StopBound), SIGHUP reloads,
     SIGUSR1 dumps every thread's stack on stderr."""
