@@ -17,7 +17,7 @@ The run's id is written to the run directory's `tracking.json`; `fraudscore expo
 into the bundle's manifest (`tracking`), so a bundle in production leads back to its run.
 MLflow's client is an optional extra (`pip install 'fraudscore[tracking]'`), imported only
 inside these functions, when `train` or `evaluate` is given --mlflow-uri: `import fraudscore`
-and the sidecar never import it (tests/test_package.py).
+and the sidecar never import it (tests/unit/test_package.py).
 
     check_server(uri)                           # before training: UsageError if nobody answers
     record = log_training_run(uri, "fraudscore", run_dir)

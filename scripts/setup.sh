@@ -3,7 +3,7 @@
 #   - Debian packages: Prometheus tools (promtool, alertmanager, pushgateway), a JRE, Maven and
 #     iptables (packet loss for the network fault tests);
 #     with CI=true or FRAUDSCORE_CONTAINERS=1 also podman, runc and debootstrap, which the
-#     container test (tests/test_container.py) needs to build and run the runtime image;
+#     container test (tests/kafka/test_container.py) needs to build and run the runtime image;
 #   - a virtual environment .venv with fraudscore installed editable with the extras
 #     in FRAUDSCORE_EXTRAS (default cpu,train,dev,tracking);
 #   - the Apache Kafka jars from Maven Central (cached outside the repo by deploy/kafka/local.sh);

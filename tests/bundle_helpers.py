@@ -9,13 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 from fraudscore import simulate, write_table
 from fraudscore.serving.manifest import manifest_digest
-from kafka_helpers import EXE
+from commands import fraudscore
 
 
 def trained_bundle(work: Path, *feature_flags: str) -> Path:
@@ -28,8 +27,7 @@ def trained_bundle(work: Path, *feature_flags: str) -> Path:
          "--ensemble", "1", "--out", work / "run", "--quiet"],
         ["export", "--run", work / "run", "--out", work / "bundle", "--quiet"],
     ):
-        done = subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-2000:]
+        fraudscore(*args, check=True)
     return work / "bundle"
 
 

@@ -1,6 +1,13 @@
 """Shared fixtures: a real Apache Kafka broker for the session, fresh topics for each test, a small
 bundle and its transactions, a second broker, and the clean-up of sidecars. The plain helpers
-they use (and the tests import) are in kafka_helpers.py."""
+they use (and the tests import) are in kafka_helpers.py.
+
+The tree says what a test needs (docs/architecture.md, "Tests"):
+- tests/unit/ mirrors the packages: in-process tests, no broker, no trained bundle (under 60 s);
+- tests/integration/: the commands as processes, trained bundles, real tools (promtool,
+  Prometheus, pip), no broker;
+- tests/kafka/: against the real broker; every test there is marked `kafka` by its directory,
+  and a test elsewhere that asks for a broker fixture fails at once saying where it belongs."""
 
 from __future__ import annotations
 
@@ -15,7 +22,28 @@ import pytest
 from fraudscore import add_baseline_features, simulate, write_table
 from fraudscore.data.loadgen import transaction_messages
 from fraudscore.serving.bundle import load_bundle
-from kafka_helpers import EXE, LOCAL_KAFKA, STARTED, OwnBroker, Toxiproxy, client, four_topics, free_port
+from project import TESTS
+from commands import fraudscore
+from kafka_helpers import LOCAL_KAFKA, STARTED, OwnBroker, Toxiproxy, client, four_topics, free_port
+
+
+BROKER_FIXTURES = {"kafka_bootstrap", "make_topic", "topics", "own_broker", "proxied_broker"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything under tests/kafka/ is marked `kafka`; a test outside it that asks for a broker
+    (directly or through a fixture) is an error of the tree, reported before anything runs."""
+    misplaced = []
+    for item in items:
+        path = Path(str(item.path)).resolve()
+        if not path.is_relative_to(TESTS):
+            continue
+        if path.relative_to(TESTS).parts[0] == "kafka":
+            item.add_marker(pytest.mark.kafka)
+        elif BROKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            misplaced.append(item.nodeid)
+    if misplaced:
+        raise pytest.UsageError("tests that need the broker belong under tests/kafka/: " + ", ".join(misplaced))
 
 
 @pytest.fixture(scope="session")
@@ -82,8 +110,7 @@ def small_bundle(tmp_path_factory) -> Path:
          "--out", work / "run", "--quiet"],
         ["export", "--run", work / "run", "--out", work / "bundle", "--quiet"],
     ):
-        done = subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-2000:]
+        fraudscore(*args, check=True)
     return work / "bundle"
 
 
@@ -94,6 +121,14 @@ def ratio_bundle(tmp_path_factory) -> Path:
     from bundle_helpers import trained_bundle
 
     return trained_bundle(tmp_path_factory.mktemp("ratio-bundle"), "--feature-version", "2")
+
+
+@pytest.fixture(scope="session")
+def challenger(small_bundle: Path, tmp_path_factory) -> Path:
+    """A shadow challenger of `small_bundle`: the same model with its scores squared."""
+    from bundle_helpers import squared_bundle
+
+    return squared_bundle(small_bundle, tmp_path_factory.mktemp("challenger") / "bundle", "challenger-squared")
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -31,11 +30,12 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from commands import EXE
 from fraudscore.bench.kafka_io import free_port  # noqa: F401  (outside the ephemeral range: see there)
 from fraudscore.serving.kafka import produce_waiting
-from paths import ROOT
+from project import ROOT
+from waiting import wait_until
 
-EXE = str(Path(sys.executable).with_name("fraudscore"))  # the installed command, as operators run it
 LOCAL_KAFKA = ROOT / "deploy" / "kafka" / "local.sh"
 
 # Every sidecar process a test starts, so that `no_leftover_sidecars` can kill what a failing test left behind.
@@ -124,16 +124,14 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout_s: float = 60, output:
     """Poll the sidecar's /readyz on `port` until it answers 200 (model loaded, partitions assigned).
 
     Fails with `output()` as soon as `proc` exits, and when `timeout_s` passes first."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def ready() -> bool:
         assert proc.poll() is None, output()
         try:
-            if http_get(port, "/readyz")[0] == 200:
-                return
+            return http_get(port, "/readyz")[0] == 200
         except OSError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("sidecar not ready in time")
+            return False
+
+    wait_until(ready, timeout_s, f"the process on port {port} ready (/readyz 200)", interval_s=0.2)
 
 
 class SidecarProcess:
@@ -439,14 +437,14 @@ class TwoBrokers:
         does this by itself every 5 minutes): node 2 leads again what it led before its stop."""
         from confluent_kafka import ElectionType, KafkaException, TopicPartition
 
-        admin, deadline = self.admin(), time.monotonic() + timeout_s
-        while True:
+        admin = self.admin()
+
+        def in_sync() -> dict:
             topics = admin.list_topics(timeout=10).topics
-            lagging = [(t, p) for t, meta in topics.items() for p, pm in meta.partitions.items() if len(pm.isrs) < len(pm.replicas)]
-            if not lagging:
-                break
-            assert time.monotonic() < deadline, f"replicas not back in sync within {timeout_s:g} s: {lagging[:5]}"
-            time.sleep(0.5)
+            lagging = [p for meta in topics.values() for p in meta.partitions.values() if len(p.isrs) < len(p.replicas)]
+            return {} if lagging else topics
+
+        topics = wait_until(in_sync, timeout_s, "every replica back in sync", interval_s=0.5)
         partitions = [TopicPartition(t, p) for t, meta in topics.items() for p, pm in meta.partitions.items()
                       if pm.replicas and pm.leader != pm.replicas[0]]
         if partitions:

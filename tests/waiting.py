@@ -27,3 +27,18 @@ def wait_until(condition: Callable[[], T], timeout_s: float, what: str, interval
         if time.monotonic() >= deadline:
             raise AssertionError(f"not within {timeout_s:g} s: {what} (last value {value!r})")
         time.sleep(interval_s)
+
+
+def wait_http(url: str, timeout_s: float = 60) -> None:
+    """Until GET `url` answers 200 (a server started by the test is up); AssertionError after
+    `timeout_s`."""
+    import urllib.request
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    wait_until(answers, timeout_s, f"{url} answering 200", interval_s=0.3)

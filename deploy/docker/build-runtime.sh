@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the runtime image (deploy/docker/Dockerfile.runtime) without a container registry
-# or a package index inside the build, the way CI builds it (tests/test_container.py):
+# or a package index inside the build, the way CI builds it (tests/kafka/test_container.py):
 #
 #   deploy/docker/build-runtime.sh [TAG]       default TAG localhost/fraudscore:runtime
 #

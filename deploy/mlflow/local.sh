@@ -80,11 +80,10 @@ answers() {
 }
 
 # Our server: the pid file's process is alive and is an mlflow command (not a reused pid).
+# `ours` and `stop_ours`: deploy/lib/process.sh.
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/process.sh"
 running() {
-  [[ -f "$pidfile" ]] || return 1
-  local pid
-  pid="$(cat "$pidfile")"
-  kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q mlflow
+  ours "$pidfile" mlflow
 }
 
 start() {
@@ -135,22 +134,7 @@ start() {
 }
 
 stop() {
-  if ! running; then
-    log "not running"
-    rm -f "$pidfile"
-    return
-  fi
-  local pid
-  pid="$(cat "$pidfile")"
-  # The server's workers are its children: the whole process group goes.
-  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 40); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.25
-  done
-  kill -KILL -- "-$pid" 2>/dev/null || true
-  rm -f "$pidfile"
-  log "stopped (pid $pid)"
+  stop_ours "$pidfile" mlflow group  # the server's workers are its children: the whole group goes
 }
 
 case "${1:-}" in

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Packet loss on local TCP ports, for the network fault tests (tests/test_network_faults.py):
+# Packet loss on local TCP ports, for the network fault tests (tests/kafka/test_network_faults.py):
 # iptables' `statistic` match drops a random share of the packets to and from a port, in both
 # directions, below TCP, so the kernel's retransmissions (200 ms and more on Linux) are what the
 # client sees, as on a lossy network. `tc qdisc ... netem loss` does the same with a queueing

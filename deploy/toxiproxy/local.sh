@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A local Toxiproxy server (Shopify's TCP fault proxy) for the network fault tests
-# (tests/test_network_faults.py): latency, bandwidth limits, black holes and connection resets
+# (tests/kafka/test_network_faults.py): latency, bandwidth limits, black holes and connection resets
 # between the sidecar and a broker, driven through its HTTP API. Built from the Go module proxy
 # with the machine's Go (`go` on PATH or /usr/local/go; scripts/setup.sh installs Debian's
 # golang-go where there is none), pinned below.
@@ -56,11 +56,10 @@ answers() {
   python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/version", timeout=2)' "$url" 2>/dev/null
 }
 
+# `ours` and `stop_ours`: deploy/lib/process.sh.
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/process.sh"
 running() {
-  [[ -f "$pidfile" ]] || return 1
-  local pid
-  pid="$(cat "$pidfile")"
-  kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q toxiproxy
+  ours "$pidfile" toxiproxy
 }
 
 start() {
@@ -89,21 +88,7 @@ start() {
 }
 
 stop() {
-  if ! running; then
-    log "not running"
-    rm -f "$pidfile"
-    return
-  fi
-  local pid
-  pid="$(cat "$pidfile")"
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 40); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.25
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  rm -f "$pidfile"
-  log "stopped (pid $pid)"
+  stop_ours "$pidfile" toxiproxy
 }
 
 case "${1:-}" in

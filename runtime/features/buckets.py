@@ -39,7 +39,7 @@ import numpy as np
 from fraudscore.errors import InputError
 from fraudscore.features.spec import BASELINE_SPEC, SECONDS_PER_DAY, FeatureSpec, terminal_count_name, terminal_risk_name
 from fraudscore.features.store import FOLD_MIN_ROWS, _columns, _EventTimes
-from fraudscore.features.terminals import LabelCounts
+from fraudscore.features.terminals import LabelCounts, label_columns
 from fraudscore.features.windows import fraud_shares
 
 MAX_WIDTH_FACTOR = 4
@@ -170,12 +170,10 @@ class TerminalBuckets(_EventTimes):
         """Count fraud confirmations (id, event time, terminal) in their buckets; see the module.
         One newer than every transaction so far waits (pending) until a transaction passes it:
         no window can reach it before, and its bucket may not be held yet."""
-        ids, seconds, terminals = _columns(ids=ids, seconds=seconds, terminals=terminals)
+        ids, seconds, terminals, first = label_columns(ids, seconds, terminals)
         counts = LabelCounts()
         if not len(ids):
             return counts
-        first = np.zeros(len(ids), bool)
-        first[np.unique(ids, return_index=True)[1]] = True
         seen = _member(ids, self._confirmed) | _member(ids, self._pending[0])
         counts.duplicate = int((~first | seen).sum())
         fresh = first & ~seen

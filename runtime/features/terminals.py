@@ -14,6 +14,15 @@ from fraudscore.features.windows import fraud_shares
 from fraudscore.errors import InputError
 
 
+def label_columns(ids, seconds, terminals) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A batch of fraud confirmations as checked int64 columns, and which rows are the first of
+    their transaction id in the batch (a repeated id within it is a duplicate)."""
+    ids, seconds, terminals = _columns(ids=ids, seconds=seconds, terminals=terminals)
+    first = np.zeros(len(ids), bool)
+    first[np.unique(ids, return_index=True)[1]] = True
+    return ids, seconds, terminals, first
+
+
 @dataclass
 class LabelCounts:
     """What became of fraud confirmations (`TerminalState.add_labels`)."""
@@ -152,12 +161,10 @@ class TerminalState(_Store):
 
     def add_labels(self, ids: np.ndarray, seconds: np.ndarray, terminals: np.ndarray) -> LabelCounts:
         """Record fraud confirmations of transactions (id, event time, terminal); returns what became of them."""
-        ids, seconds, terminals = _columns(ids=ids, seconds=seconds, terminals=terminals)
+        ids, seconds, terminals, first = label_columns(ids, seconds, terminals)
         counts = LabelCounts()
         if not len(ids):
             return counts
-        first = np.zeros(len(ids), bool)
-        first[np.unique(ids, return_index=True)[1]] = True
         counts.duplicate += int((~first).sum())
         horizon = self.horizon
         expired = first & (seconds <= horizon) if horizon is not None else np.zeros(len(ids), bool)

@@ -173,7 +173,7 @@ def _decode_clean_batch(values, features, id_field: str, limit: int, amount_rule
         rows = list(map(msgspec.structs.astuple, map(decode, values)))
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         # RecursionError: msgspec skipping an unknown field nested thousands deep (found by
-        # tests/test_fuzz_kafka.py); the general path rejects it as bad_json.
+        # tests/kafka/test_fuzz_kafka.py); the general path rejects it as bad_json.
         return None
     n, width = len(rows), len(features)
     ids = [r[width] for r in rows]

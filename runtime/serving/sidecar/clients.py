@@ -121,7 +121,7 @@ class WatermarkProbe:
     librdkafka's `consumer_lag` knows the high watermark only from the consumer's own fetch
     responses. On a slow link the next response is still on its way, so the lag it reports stays
     near 0 while the real lag grows (a 10 kB/s link: 0 against 7,700 and rising,
-    tests/test_network_faults.py). The probe's small ListOffsets requests go on connections of
+    tests/kafka/test_network_faults.py). The probe's small ListOffsets requests go on connections of
     their own, not queued behind a fetch (on a link that is slow for every connection they still
     share its bandwidth, but a few hundred bytes each 5 s), and the stats report the lag from them
     (`consumer_lag`).

@@ -41,21 +41,20 @@ import time
 
 import numpy as np
 
-from fraudscore.features.online import (CustomerState, OnlineFeatures, TerminalBuckets, TerminalState, late_in_order,
-                                        terminal_state)
+from fraudscore.features.online import CustomerState, OnlineFeatures, TerminalBuckets, TerminalState, terminal_state
 from fraudscore.features.spec import FeatureSpec
 from fraudscore.serving.sidecar.config import SidecarConfig
-from fraudscore.errors import FraudscoreError
+from fraudscore.serving.sidecar.state.batch import late_mask, partial_mask, short_coverage, terminal_horizon_cap
 from fraudscore.serving.sidecar.state.feed import FeedWriter
 from fraudscore.serving.sidecar.state.recovery import RestoreAbandoned, restore_partitions
-from fraudscore.serving.sidecar.state.snapshots import TERMINALS, SnapshotRefused, SnapshotStore, customers_name, decode, encode
+from fraudscore.serving.sidecar.state.rounds import SnapshotRounds
+from fraudscore.serving.sidecar.state.snapshots import TERMINALS, SnapshotRefused, SnapshotStore, decode
 from fraudscore.serving.sidecar.state.terminal_table import TerminalTable
 from fraudscore.serving.decode import FLOAT32_MAX, DecodedBatch, Rejection
 from fraudscore.serving.pipeline import Emitted
 from fraudscore.serving.transactions import RawBatch, decode_transactions
 
 log = logging.getLogger(__name__)
-SNAPSHOT_BACKOFF_MAX_S = 300.0  # the longest wait between snapshot rounds after failures
 
 
 def input_spec(config: SidecarConfig, manifest, current: FeatureSpec | None) -> FeatureSpec | None:
@@ -155,14 +154,12 @@ class FeatureState:
                                    stopping=lambda: self.stopping)
         self.restoring: set[int] = set()
         self.snapshots = SnapshotStore(config) if config.state_topic else None
+        self.rounds = SnapshotRounds(self.snapshots, config, metrics) if self.snapshots is not None else None
         self.feed: FeedWriter | None = None  # with --state-topic and its feed topic: this instance's rows for the others
         self.offsets: dict[int, int] = {}  # partition -> the next input offset its customer windows cover
-        self.snapshotted: dict[int, int] = {}  # partition -> offset of its last snapshot written or restored
+        # partition -> offset of its last snapshot written or restored
+        self.snapshotted: dict[int, int] = self.rounds.written if self.rounds is not None else {}
         self.committed: dict[int, int] = {}  # partition -> the group's committed offset when it was restored
-        self._terminals_snapshotted: dict | None = None  # the table's positions at its last snapshot
-        self._failed_rounds = 0  # snapshot rounds in a row that failed or were skipped (back-off)
-        self._skip_logged = False  # a skipped round was logged since the last good one
-        self._last_snapshot = time.monotonic()
         self._reported: set[str] = set()  # partitions with a fraudscore_state_partition_bytes series
         metrics.state_coverage_required.labels("customer").set(spec.customer_reach_s)
         metrics.state_coverage_required.labels("terminal").set(spec.terminal_reach_s)
@@ -223,7 +220,7 @@ class FeatureState:
             return None
         self.online.terminals = self.table.terminals = state
         self.table.partition_watermarks.update(watermarks)
-        self._terminals_snapshotted = positions
+        self.rounds.terminal_positions = positions
         self.metrics.snapshot_restores.labels("terminals", "restored").inc()
         self.metrics.snapshot_bytes.labels("terminals").set(len(blob))
         log.info("terminal table: restored from a snapshot (%d transactions of %d terminals, %.1f MB) in %.2f s; "
@@ -290,95 +287,26 @@ class FeatureState:
         release_free_memory()
 
     def snapshot_due(self) -> bool:
-        """Every --snapshot-interval; after failed rounds every 2, 4, then 8 intervals, but never
-        further apart than 5 minutes or the interval itself (a broker or state topic that is gone
-        costs the loop one short check per round, not a wait per write; and a round fails at
-        least every 15 minutes, which FraudscoreStateSnapshotsFailing needs to see)."""
-        interval = self.config.snapshot_interval_s
-        wait = min(interval * 2 ** min(self._failed_rounds, 3), max(interval, SNAPSHOT_BACKOFF_MAX_S))
-        return self.snapshots is not None and time.monotonic() - self._last_snapshot >= wait
+        """Whether a snapshot round is due (rounds.SnapshotRounds: every --snapshot-interval,
+        backing off after failures); never without --state-topic."""
+        return self.rounds is not None and self.rounds.due()
 
     def write_snapshots(self, committed: dict[int, int], terminals: bool, only: list[int] | None = None) -> None:
         """Snapshot the customer windows of partitions (`only` these) whose state covers exactly their
         committed offset (`committed`, or the one they were restored at) and changed since their last snapshot; and, with `terminals`, the terminal
         table if it read anything since. A failure is logged and counted; the state is unharmed."""
-        if self.snapshots is None:
+        if self.rounds is None:
             return
-        self._last_snapshot = time.monotonic()
+        self.rounds.started()
         committed = self.committed | committed
-        due = [p for p in sorted(self.customers if only is None else only)
+        due = {p: (self.customers[p], self.offsets[p]) for p in sorted(self.customers if only is None else only)
                if self.customers.get(p) is not None and self.offsets.get(p) is not None
-               and committed.get(p) == self.offsets[p] and self.snapshotted.get(p) != self.offsets[p]]
-        table_due = terminals and self.table.positions != self._terminals_snapshotted
+               and committed.get(p) == self.offsets[p] and self.snapshotted.get(p) != self.offsets[p]}
+        table_due = terminals and self.table.positions != self.rounds.terminal_positions
         if not due and not table_due:
             return
-        if not self._state_topics_present(len(due), table_due):
-            return
-        ok = True
-        for p in due:
-            covered = self.offsets[p]
-            header = self._expect("customers") | {"partition": p, "offset": covered, "written_ms": int(time.time() * 1000)}
-            if not self._write("customers", customers_name(p), p, self.customers[p], header):
-                ok = False  # the rest waits for the next round: each write would wait its budget too
-                break
-            self.snapshotted[p] = covered
-        if ok and table_due:
-            positions = dict(self.table.positions)
-            header = self._expect("terminals") | {
-                "positions": [[t, p, o] for (t, p), o in sorted(positions.items())],
-                "partition_watermarks": [[p, w] for p, w in sorted(self.table.partition_watermarks.items())],
-                "written_ms": int(time.time() * 1000)}
-            ok = self._write("terminals", TERMINALS, 0, self.terminals, header)
-            if ok:
-                self._terminals_snapshotted = positions
-        self._round_done(ok)
-        release_free_memory()
-
-    def _state_topics_present(self, customers: int, terminals: bool) -> bool:
-        """Whether the state topics exist now. Without them the round's snapshots (`customers`
-        partitions, the table if `terminals`) are skipped and counted, and the first skip is logged."""
-        gone: list[str] = []
-        try:
-            gone = self.snapshots.missing()
-            why = f"state topic(s) {', '.join(gone)} missing (`fraudscore topics create --state-topic` makes them)" if gone else ""
-        except FraudscoreError as exc:
-            why = str(exc)
-        if not why:
-            return True
-        self.metrics.snapshot_writes.labels("customers", "skipped").inc(customers)
-        self.metrics.snapshot_writes.labels("terminals", "skipped").inc(int(terminals))
-        (log.debug if self._skip_logged else log.error)(
-            "snapshots skipped: %s; scoring goes on from the state in memory, snapshots resume once %s%s", why,
-            "the topics are back" if gone else "the broker answers",
-            " (a restart meanwhile stops at the missing topic)" if gone else "")
-        self._skip_logged = True
-        self._round_done(False)
-        return False
-
-    def _round_done(self, ok: bool) -> None:
-        if ok and self._failed_rounds:
-            log.info("snapshots written again after %d failed round(s)", self._failed_rounds)
-        if ok:
-            self._skip_logged = False
-        self._failed_rounds = 0 if ok else self._failed_rounds + 1
-
-    def _write(self, kind: str, name: str, partition: int, state, header: dict) -> bool:
-        from confluent_kafka import KafkaException
-
-        t0 = time.perf_counter()
-        try:
-            blob = encode(state, header)
-            chunks = self.snapshots.write(name, partition, blob)
-        except (FraudscoreError, KafkaException) as exc:
-            self.metrics.snapshot_writes.labels(kind, "failed").inc()
-            log.warning("snapshot %s not written (%s); the next one tries again", name, exc)
-            return False
-        seconds = time.perf_counter() - t0
-        self.metrics.snapshot_writes.labels(kind, "ok").inc()
-        self.metrics.snapshot_bytes.labels(kind).set(len(blob))
-        self.metrics.snapshot_seconds.observe(seconds)
-        log.debug("snapshot %s written: %.1f MB in %d chunks, %.2f s", name, len(blob) / 1e6, chunks, seconds)
-        return True
+        if self.rounds.write(due, self.table if table_due else None, self.terminals, self._expect):
+            release_free_memory()
 
     def _rebuild_terminals_if_needed(self, restored: dict[int, CustomerState]) -> None:
         """A partition taken over from another instance may lag the ones scored here so far:
@@ -439,7 +367,7 @@ class FeatureState:
         mismatched = int((given != raw.customers.astype("S21")).sum()) if len(raw) else 0
         if mismatched:
             self.metrics.key_mismatches.inc(mismatched)
-        late = self.late_mask(raw, parts)
+        late = late_mask(self.online, self.config.allowed_lateness_s, raw, parts)
         for i in np.flatnonzero(late).tolist():
             rejections.append(Rejection(int(raw.index[i]), "late", f"TX_DATETIME is more than {self.config.allowed_lateness_s} s "
                                         "older than the newest transaction of its partition; its windows may be incomplete"))
@@ -453,59 +381,14 @@ class FeatureState:
         keep = on[in_range]
         rejections.sort(key=lambda r: r.index)
         decoded = DecodedBatch(raw.index[keep], raw.ids[keep].tolist(), matrix[in_range].astype(np.float32), rejections,
-                               event_seconds=raw.seconds[keep], partial=self.partial_mask(raw.seconds[keep], parts[keep]))
+                               event_seconds=raw.seconds[keep], partial=partial_mask(self.online, self.spec, raw.seconds[keep], parts[keep]))
         return decoded, Emitted(self.spec.names, full[in_range])
 
-    def partial_mask(self, seconds: np.ndarray, partitions: np.ndarray) -> np.ndarray:
-        """Rows (already stored) whose windows reach back before the oldest event the state has
-        seen: a customer window starts `customer_reach_s` (30 days) before the row, before the
-        first transaction of its partition; or a terminal window `terminal_reach_s` (7 + 30
-        days) before it, before the terminal table's first. Their features may be short."""
-        first_terminal = self.terminals.first_event
-        partial = (seconds - (first_terminal if first_terminal is not None else np.iinfo(np.int64).max // 2)
-                   < self.spec.terminal_reach_s)
-        for p in np.unique(partitions).tolist():
-            rows = partitions == p
-            first = self.online.partition(p).first_event
-            partial[rows] |= seconds[rows] - (first if first is not None else seconds[rows]) < self.spec.customer_reach_s
-        return partial
-
-    def late_mask(self, raw: RawBatch, partitions: np.ndarray) -> np.ndarray:
-        """Rows older than the newest earlier transaction of their partition minus the allowed lateness.
-
-        "Earlier" is in arrival order, row by row, so the decision does not depend on how
-        messages were cut into batches: a restore replaying the partition in other batches
-        rejects exactly the rows the live run rejected."""
-        late = np.zeros(len(raw.seconds), bool)
-        for p in np.unique(partitions).tolist():
-            rows = np.flatnonzero(partitions == p)
-            state = self.online.partition(p)
-            late[rows] = late_in_order(raw.seconds[rows], state.watermark, self.config.allowed_lateness_s)
-            if late[rows].any():
-                # A redelivery (a rewound batch) was on time the first time: it is scored again.
-                late[rows] &= ~state.stored_mask(raw.ids[rows], raw.seconds[rows], raw.customers[rows])
-        return late
-
     def _cap_terminal_horizon(self) -> None:
-        """Keep in the terminal table everything the partitions this instance scores can still ask for.
-
-        The table reads every partition, some far ahead of the ones scored here (a backlog,
-        a restore): its own watermark would evict rows they need. The cap follows the
-        slowest assigned partition; one with unscored data but no history yet stops eviction."""
-        floors = []
-        for p, state in self.customers.items():
-            if state.watermark is not None:
-                floors.append(state.watermark)
-            elif p in self.table.partition_watermarks:
-                floors.append(None)
-        if not self.customers:
-            # Nothing scored here: the table keeps its own horizon; a later assignment that
-            # needs older rows has them read again (_rebuild_terminals_if_needed).
-            self.terminals.horizon_cap = None
-        elif not floors or None in floors:
-            self.terminals.horizon_cap = np.iinfo(np.int64).min // 4
-        else:
-            self.terminals.horizon_cap = min(floors) - self.config.allowed_lateness_s - self.spec.terminal_reach_s
+        """Keep in the terminal table everything the partitions scored here can still ask for
+        (batch.terminal_horizon_cap)."""
+        self.terminals.horizon_cap = terminal_horizon_cap(self.customers, self.table.partition_watermarks, self.spec,
+                                                          self.config.allowed_lateness_s)
 
     def features(self, raw: RawBatch, partitions: np.ndarray) -> np.ndarray:
         """float64 rows x spec.names for the batch's (on-time) transactions; stores them first."""
@@ -513,23 +396,8 @@ class FeatureState:
         return self.online.features_of_partitions(partitions, raw.ids, raw.seconds, raw.customers, raw.terminals, raw.amounts)
 
     def short_coverage(self, partitions: list[int]) -> str:
-        """"" when the state of `partitions` and the terminal table cover what the windows reach
-        back (--require-full-state); else what is short and how to fix it."""
-        spec, short = self.spec, []
-        for p in partitions:
-            state = self.customers.get(p)  # read from /readyz's thread: never created here
-            covered = state.coverage_s if state is not None else 0
-            if covered < spec.customer_reach_s:
-                short.append(f"partition {p}'s customer state covers {covered / 86_400:.1f} days of the "
-                             f"{spec.customer_reach_s / 86_400:g} its windows need")
-        if self.terminals.coverage_s < spec.terminal_reach_s:
-            short.append(f"the terminal table covers {self.terminals.coverage_s / 86_400:.1f} days of the "
-                         f"{spec.terminal_reach_s / 86_400:g} its windows need")
-        if not short:
-            return ""
-        return ("; ".join(short) + " (--require-full-state). Load that much history into the input and labels "
-                "topics first (docs/raw-transactions.md, \"Going live\"), or drop --require-full-state to be "
-                "ready with results marked \"state\":\"partial\"")
+        """What the state of `partitions` is short of for --require-full-state ("" if nothing)."""
+        return short_coverage(self.customers, self.terminals, self.spec, partitions)
 
     def ready(self) -> bool:
         """The terminal table has caught up once and no partition is restoring."""
