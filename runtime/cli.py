@@ -478,7 +478,7 @@ def replay(
     delay_days: Annotated[int, typer.Option(min=1, help="Confirmations arrive up to this many days after the transaction.")] = 7,
     from_: Annotated[Optional[str], typer.Option("--from", help="Send only messages at or after this date or date and time (UTC): transactions by their TX_DATETIME, confirmations by when they are confirmed.")] = None,
     until: Annotated[Optional[str], typer.Option(help="Send only messages before this date or date and time (UTC). `--until T` then `--from T` (same file, same --seed) send every message exactly once.")] = None,
-    kafka_property: Annotated[Optional[list[str]], typer.Option("-X", "--kafka-property", help="librdkafka property key=value (repeat).")] = None,
+    kafka_property: _KafkaProperty = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines and no summary.")] = False,
 ) -> None:
     """Produce a raw transaction stream and its delayed fraud confirmations to Kafka, in event-time order.

@@ -141,43 +141,46 @@ def evaluate_bundles(
     split, source, notes = choose_split(loaded, start, train_days, delay_days, test_days)
     table = read_table(data)
     overrides = {"time": time_column, "customer": customer_column, "label": label_column}
-    results = []
-    for bundle in loaded:
-        columns = bundle_columns(bundle.manifest, overrides)
-        named = {"time_column": columns["time"], "customer_column": columns["customer"], "label_column": columns["label"]}
-        try:
-            _, test = split_masks(table, split, **named)
-        except InputError as exc:
-            raise InputError(f"{data}: {exc} (bundle {bundle.path} uses time {columns['time']}, customer "
-                             f"{columns['customer']}, label {columns['label']}; name others with --time-column, "
-                             "--customer-column, --label)") from None
-        if not test.any():
-            fix = "check --start and the data's dates" if source == "start" else (
-                "pass --start (and --test-days) to test on days the data covers")
-            raise InputError(f"{data}: no rows in the test window {split.describe()['test']} ({SOURCES[source]}); {fix}")
-        every = window_mask(table, split, time_column=columns["time"])
-        every_scores = Scorer(bundle, device=device).score(feature_matrix(table, bundle.features, str(data))[every])
-        scores = every_scores[test[every]]
-        metrics = evaluate_scores(table, test, scores, k=k, **named)
-        alerts = scores >= bundle.manifest.threshold
-        metrics.update(
-            {
-                "bundle": str(bundle.path),
-                "model_kind": bundle.manifest.model_kind,
-                "model_version": bundle.manifest.model_version,
-                "threshold": bundle.manifest.threshold,
-                "columns": columns,
-                "trained": window.describe()["train"] if (window := recorded_split(bundle.manifest)) else None,
-                "tracking": bundle.manifest.tracking,
-                "alerts_per_day": float(alerts.sum() / max(1, metrics["days"])),
-                "precision_at_threshold": float(table[columns["label"]][test][alerts].mean()) if alerts.any() else float("nan"),
-                "all_cards": production_like(table, every, every_scores, bundle.manifest.threshold,
-                                             time_column=columns["time"], label_column=columns["label"]),
-            }
-        )
-        results.append(metrics)
+    results = [_evaluate_bundle(bundle, table, data, split, source, bundle_columns(bundle.manifest, overrides), k, device)
+               for bundle in loaded]
     return results[0] | {"split": split.describe() | {"source": source}, "data": str(data), "bundles": results,
                          "notes": notes}
+
+
+def _evaluate_bundle(bundle, table, data: Path, split, source: str, columns: dict[str, str], k: int, device: str) -> dict:
+    """One bundle's metrics on the split's test days (`columns`: its time, customer and label columns)."""
+    named = {"time_column": columns["time"], "customer_column": columns["customer"], "label_column": columns["label"]}
+    try:
+        _, test = split_masks(table, split, **named)
+    except InputError as exc:
+        raise InputError(f"{data}: {exc} (bundle {bundle.path} uses time {columns['time']}, customer "
+                         f"{columns['customer']}, label {columns['label']}; name others with --time-column, "
+                         "--customer-column, --label)") from None
+    if not test.any():
+        fix = "check --start and the data's dates" if source == "start" else (
+            "pass --start (and --test-days) to test on days the data covers")
+        raise InputError(f"{data}: no rows in the test window {split.describe()['test']} ({SOURCES[source]}); {fix}")
+    every = window_mask(table, split, time_column=columns["time"])
+    every_scores = Scorer(bundle, device=device).score(feature_matrix(table, bundle.features, str(data))[every])
+    scores = every_scores[test[every]]
+    metrics = evaluate_scores(table, test, scores, k=k, **named)
+    alerts = scores >= bundle.manifest.threshold
+    metrics.update(
+        {
+            "bundle": str(bundle.path),
+            "model_kind": bundle.manifest.model_kind,
+            "model_version": bundle.manifest.model_version,
+            "threshold": bundle.manifest.threshold,
+            "columns": columns,
+            "trained": window.describe()["train"] if (window := recorded_split(bundle.manifest)) else None,
+            "tracking": bundle.manifest.tracking,
+            "alerts_per_day": float(alerts.sum() / max(1, metrics["days"])),
+            "precision_at_threshold": float(table[columns["label"]][test][alerts].mean()) if alerts.any() else float("nan"),
+            "all_cards": production_like(table, every, every_scores, bundle.manifest.threshold,
+                                         time_column=columns["time"], label_column=columns["label"]),
+        }
+    )
+    return metrics
 
 
 def format_table(report: dict, k: int = 100) -> str:

@@ -58,6 +58,119 @@ def columns_needed(spec: FeatureSpec, allowed_lateness_s: int) -> int:
     return -(-(spec.terminal_reach_s + allowed_lateness_s) // r) + 2
 
 
+class BucketCounts:
+    """Per-terminal counts by time bucket, as prefix sums along the buckets: `counts[row, j]`
+    transactions (`frauds[row, j]` confirmed frauds) of a terminal in columns < j, column 0
+    being bucket `base`; terminal ids map to rows (`ids` sorted, `rows` theirs). Rows are
+    reserved up to 1.5x ahead; `drop_idle` forgets terminals with nothing left, once they are
+    a quarter of them. What to keep and when is `TerminalBuckets`'s."""
+
+    def __init__(self, width: int):
+        self.base: int | None = None  # the bucket number of column 0
+        self.width = width
+        self.ids = np.empty(0, np.int64)
+        self.rows = np.empty(0, np.int64)
+        self.used = 0
+        self.counts = np.zeros((0, width + 1), np.int32)
+        self.frauds = np.zeros((0, width + 1), np.int32)
+
+    @property
+    def nbytes(self) -> int:
+        return self.counts.nbytes + self.frauds.nbytes + self.ids.nbytes + self.rows.nbytes
+
+    def transactions(self) -> int:
+        """Transactions counted in the buckets held."""
+        return int(self.counts[:self.used, -1].sum(dtype=np.int64))
+
+    def entities(self) -> int:
+        """Terminals with a transaction in the buckets held."""
+        return int((self.counts[:self.used, -1] > 0).sum())
+
+    def add(self, matrix: str, columns: np.ndarray, terminals: np.ndarray) -> None:
+        """One more in `matrix` ("counts" or "frauds") at each row's column (all within the width)."""
+        rows = self.lookup(terminals, create=True)
+        touched, inverse = np.unique(rows, return_inverse=True)
+        start = int(columns.min())
+        delta = np.zeros((len(touched), self.width - start), np.int32)
+        np.add.at(delta, (inverse, columns - start), 1)
+        getattr(self, matrix)[touched, start + 1:] += np.cumsum(delta, axis=1, dtype=np.int32)
+
+    def window(self, rows: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Transactions and frauds of `rows` in columns [lo, hi), as int64."""
+        return (self.counts[rows, hi].astype(np.int64) - self.counts[rows, lo],
+                self.frauds[rows, hi].astype(np.int64) - self.frauds[rows, lo])
+
+    def widen(self, columns: int, before: bool = False) -> None:
+        """Add `columns` empty buckets after the last one, or `before` the first."""
+        if before:  # prefix sums start at 0: the new buckets are zeros in front
+            pad = lambda m: np.concatenate([np.zeros((len(m), columns), np.int32), m], axis=1)  # noqa: E731
+        else:  # and end at the total: repeat the last column
+            pad = lambda m: np.concatenate([m, np.repeat(m[:, -1:], columns, axis=1)], axis=1)  # noqa: E731
+        self.counts, self.frauds = pad(self.counts), pad(self.frauds)
+        self.width += columns
+
+    def shift(self, keep_from: int) -> int:
+        """Drop the buckets before `keep_from` (which becomes `base`); returns the transactions they held."""
+        d = min(keep_from - self.base, self.width)
+        dropped = int(self.counts[:self.used, d].sum(dtype=np.int64))
+        for m in (self.counts, self.frauds):
+            moved = m[:, d:] - m[:, d:d + 1]
+            m[:, :self.width + 1 - d] = moved
+            m[:, self.width + 1 - d:] = moved[:, -1:]
+        self.base = keep_from
+        return dropped
+
+    def trim(self, columns: int) -> None:
+        """Give back the last `columns` buckets (empty past the newest)."""
+        self.counts = self.counts[:, :self.width + 1 - columns].copy()
+        self.frauds = self.frauds[:, :self.width + 1 - columns].copy()
+        self.width -= columns
+
+    def drop_idle(self) -> None:
+        """Forget terminals with nothing left in the buckets held, once they are a quarter of the rows."""
+        used = self.used
+        idle = (self.counts[:used, -1] == 0) & (self.frauds[:used, -1] == 0)
+        if not used or idle.sum() * 4 < used:
+            return
+        alive = np.flatnonzero(~idle)
+        renumber = np.full(used, -1, np.int64)
+        renumber[alive] = np.arange(len(alive))
+        self.counts = self.counts[alive].copy()
+        self.frauds = self.frauds[alive].copy()
+        self.used = len(alive)
+        new_rows = renumber[self.rows]
+        keep = new_rows >= 0
+        self.ids, self.rows = self.ids[keep], new_rows[keep]
+
+    def lookup(self, terminals: np.ndarray, create: bool) -> np.ndarray:
+        """Rows of `terminals` in the matrices; new terminals get rows if `create`, else -1."""
+        at = np.searchsorted(self.ids, terminals)
+        known = at < len(self.ids)
+        known[known] = self.ids[at[known]] == terminals[known]
+        rows = np.full(len(terminals), -1, np.int64)
+        rows[known] = self.rows[at[known]]
+        if create and not known.all():
+            fresh, inverse = np.unique(terminals[~known], return_inverse=True)
+            numbers = self.used + np.arange(len(fresh), dtype=np.int64)
+            self._reserve(self.used + len(fresh))
+            self.used += len(fresh)
+            rows[~known] = numbers[inverse]
+            where = np.searchsorted(self.ids, fresh)
+            self.ids = np.insert(self.ids, where, fresh)
+            self.rows = np.insert(self.rows, where, numbers)
+        return rows
+
+    def _reserve(self, rows: int) -> None:
+        if rows <= len(self.counts):
+            return
+        capacity = max(rows, len(self.counts) * 3 // 2, 1024)
+        for name in ("counts", "frauds"):
+            old = getattr(self, name)
+            new = np.zeros((capacity, self.width + 1), np.int32)
+            new[:len(old)] = old
+            setattr(self, name, new)
+
+
 class TerminalBuckets(_EventTimes):
     """The terminal windows (`TerminalState`'s interface) as per-terminal bucket counts.
 
@@ -89,17 +202,9 @@ class TerminalBuckets(_EventTimes):
         self.evicted_through: int | None = None
         self.labels = LabelCounts()
         self._r = spec.terminal_resolution_s
-        self._base: int | None = None  # the bucket number of column 0
-        self._width = columns_needed(spec, self.allowed_lateness_s)
-        self._width += -(-self._width // 8)  # room to move ahead before the columns shift
-        self._target_width = self._width
-        # Terminal ids, sorted, and each one's row in the count matrices.
-        self._ids = np.empty(0, np.int64)
-        self._rows = np.empty(0, np.int64)
-        self._used = 0
-        # Prefix sums along the buckets: [row, j] = transactions (frauds) of the terminal in columns < j.
-        self._counts = np.zeros((0, self._width + 1), np.int32)
-        self._frauds = np.zeros((0, self._width + 1), np.int32)
+        width = columns_needed(spec, self.allowed_lateness_s)
+        self._target_width = width + -(-width // 8)  # room to move ahead before the columns shift
+        self._m = BucketCounts(self._target_width)
         self._first: int | None = None
         # Confirmations counted, sorted by id, with their event times (to forget them with their bucket).
         self._confirmed = np.empty(0, np.int64)
@@ -111,18 +216,17 @@ class TerminalBuckets(_EventTimes):
 
     def __len__(self) -> int:
         """Transactions counted in the buckets held."""
-        return int(self._counts[:self._used, -1].sum(dtype=np.int64))
+        return self._m.transactions()
 
     @property
     def nbytes(self) -> int:
         """Bytes held in numpy arrays (allocated rows included)."""
-        return (self._counts.nbytes + self._frauds.nbytes + self._ids.nbytes + self._rows.nbytes
-                + self._confirmed.nbytes + self._confirmed_seconds.nbytes + sum(a.nbytes for a in self._pending))
+        return self._m.nbytes + self._confirmed.nbytes + self._confirmed_seconds.nbytes + sum(a.nbytes for a in self._pending)
 
     @property
     def entities(self) -> int:
         """Terminals with a transaction in the buckets held."""
-        return int((self._counts[:self._used, -1] > 0).sum())
+        return self._m.entities()
 
     @property
     def pending_labels(self) -> int:
@@ -145,7 +249,7 @@ class TerminalBuckets(_EventTimes):
         keep_after = self._horizon_at(newest)
         if queried_from is not None:
             keep_after = min(keep_after, queried_from - self.reach_s)
-        counted = self._count("_counts", seconds, terminals, keep_after)
+        counted = self._count("counts", seconds, terminals, keep_after)
         if counted.any():
             oldest = int(seconds[counted].min())
             self._first = oldest if self._first is None else min(self._first, oldest)
@@ -197,7 +301,7 @@ class TerminalBuckets(_EventTimes):
         """Count confirmations in their buckets and remember their ids; how many were counted."""
         if not len(ids):
             return 0
-        counted = self._count("_frauds", seconds, terminals, self.horizon if keep_after is None else keep_after)
+        counted = self._count("frauds", seconds, terminals, self.horizon if keep_after is None else keep_after)
         ids, seconds = ids[counted], seconds[counted]
         order = np.argsort(ids)
         where = np.searchsorted(self._confirmed, ids[order])
@@ -219,7 +323,7 @@ class TerminalBuckets(_EventTimes):
 
     def evict(self) -> int:
         """Drop the buckets no on-time query can reach now; returns the transactions they held."""
-        if self._base is None or self.horizon is None:
+        if self._m.base is None or self.horizon is None:
             return 0
         return self._shift(self._keep_from())
 
@@ -229,20 +333,19 @@ class TerminalBuckets(_EventTimes):
         """The terminal window features of transactions at `seconds` on `terminals` (counts int64, risks float64)."""
         seconds, terminals = _columns(seconds=seconds, terminals=terminals)
         n = len(seconds)
-        rows = self._lookup(terminals, create=False)
+        m = self._m
+        rows = m.lookup(terminals, create=False)
         known = rows >= 0
         out = {}
         # The window's last bucket: its end is t - delay rounded down to the resolution.
-        last = self.spec.terminal_window_ends(seconds) // self._r - (self._base or 0)
+        last = self.spec.terminal_window_ends(seconds) // self._r - (m.base or 0)
         for w in self.spec.terminal_windows_days:
             count = np.zeros(n, np.int64)
             frauds = np.zeros(n, np.int64)
             if known.any():
-                r = rows[known]
-                hi = np.clip(last[known] + 1, 0, self._width)
-                lo = np.clip(last[known] + 1 - w * SECONDS_PER_DAY // self._r, 0, self._width)
-                count[known] = self._counts[r, hi].astype(np.int64) - self._counts[r, lo]
-                frauds[known] = self._frauds[r, hi].astype(np.int64) - self._frauds[r, lo]
+                hi = np.clip(last[known] + 1, 0, m.width)
+                lo = np.clip(last[known] + 1 - w * SECONDS_PER_DAY // self._r, 0, m.width)
+                count[known], frauds[known] = m.window(rows[known], lo, hi)
             out[terminal_count_name(w)] = count
             # A confirmation counted without its transaction (see the module) must not make a share above 1.
             out[terminal_risk_name(w)] = fraud_shares(np.minimum(frauds, count), count)
@@ -254,10 +357,11 @@ class TerminalBuckets(_EventTimes):
         """The whole state as JSON-ready scalars and named arrays; `load_arrays` puts them back."""
         labels = self.labels
         scalars = {"watermark": self.watermark, "evicted_through": self.evicted_through, "first_event": self._first,
-                   "base": self._base, "resolution_s": self._r,
+                   "base": self._m.base, "resolution_s": self._r,
                    "labels": [labels.applied, labels.pending, labels.expired, labels.duplicate]}
-        arrays = {"ids": self._ids, "rows": self._rows, "counts": self._counts[:self._used],
-                  "frauds": self._frauds[:self._used], "confirmed.ids": self._confirmed,
+        m = self._m
+        arrays = {"ids": m.ids, "rows": m.rows, "counts": m.counts[:m.used],
+                  "frauds": m.frauds[:m.used], "confirmed.ids": self._confirmed,
                   "confirmed.seconds": self._confirmed_seconds, "pending.ids": self._pending[0],
                   "pending.seconds": self._pending[1], "pending.terminals": self._pending[2]}
         return scalars, arrays
@@ -291,11 +395,12 @@ class TerminalBuckets(_EventTimes):
         if any(a.dtype != np.int64 or len(a) != len(pending[0]) for a in pending):
             raise InputError("pending confirmations: columns of other types or lengths")
         self._pending = pending
-        self._ids, self._rows, self._used = ids, rows, len(ids)
-        self._counts, self._frauds = np.ascontiguousarray(counts), np.ascontiguousarray(frauds)
-        self._width = counts.shape[1] - 1
+        m = self._m
+        m.ids, m.rows, m.used = ids, rows, len(ids)
+        m.counts, m.frauds = np.ascontiguousarray(counts), np.ascontiguousarray(frauds)
+        m.width, m.base = counts.shape[1] - 1, base
         self._confirmed, self._confirmed_seconds = confirmed, confirmed_seconds
-        self.watermark, self.evicted_through, self._first, self._base = watermark, evicted, first, base
+        self.watermark, self.evicted_through, self._first = watermark, evicted, first
         self.labels = labels
 
     # ------------------------------------------------------------------ inside
@@ -305,7 +410,7 @@ class TerminalBuckets(_EventTimes):
         return self.horizon // self._r + 1
 
     def _count(self, matrix: str, seconds: np.ndarray, terminals: np.ndarray, keep_after: int | None) -> np.ndarray:
-        """Add one to the matrix named `matrix` ("_counts" or "_frauds") in each row's bucket;
+        """Add one to the matrix named `matrix` ("counts" or "frauds") in each row's bucket;
         which rows were counted (not those at or before `keep_after`: their buckets are gone or
         no on-time query reaches them)."""
         counted = seconds > keep_after if keep_after is not None else np.ones(len(seconds), bool)
@@ -326,106 +431,41 @@ class TerminalBuckets(_EventTimes):
             if not len(buckets):
                 return counted
         oldest, newest = int(buckets.min()), int(buckets.max())
-        if self._base is None:
-            self._base = oldest
-        elif oldest < self._base:  # older than anything held so far, and within the horizon
-            self._widen(self._base - oldest, before=True)
-            self._base = oldest
-        if newest - self._base >= self._width:
+        m = self._m
+        if m.base is None:
+            m.base = oldest
+        elif oldest < m.base:  # older than anything held so far, and within the horizon
+            m.widen(m.base - oldest, before=True)
+            m.base = oldest
+        if newest - m.base >= m.width:
             self._make_room(newest)
-        columns = buckets - self._base
-        rows = self._lookup(terminals, create=True)
-        touched, inverse = np.unique(rows, return_inverse=True)
-        start = int(columns.min())
-        delta = np.zeros((len(touched), self._width - start), np.int32)
-        np.add.at(delta, (inverse, columns - start), 1)
-        getattr(self, matrix)[touched, start + 1:] += np.cumsum(delta, axis=1, dtype=np.int32)
+        m.add(matrix, buckets - m.base, terminals)
         return counted
 
     def _make_room(self, newest: int) -> None:
         """Columns up to bucket `newest`: drop the buckets nothing can reach, and widen if that is not enough."""
         if self.horizon is not None:
             self._shift(min(self._keep_from(), newest))
-        limit = self._target_width * MAX_WIDTH_FACTOR
-        if self.horizon_cap is not None and newest - self._base >= limit:  # a horizon cap held back this long gives way: memory first
+        m, limit = self._m, self._target_width * MAX_WIDTH_FACTOR
+        if self.horizon_cap is not None and newest - m.base >= limit:  # a horizon cap held back this long gives way: memory first
             self._shift(newest - limit + 1)
-        if newest - self._base >= self._width:
-            self._widen(newest - self._base + 1 - self._width + -(-self._width // 8))
-
-    def _widen(self, columns: int, before: bool = False) -> None:
-        """Add `columns` empty buckets after the last one, or `before` the first."""
-        if before:  # prefix sums start at 0: the new buckets are zeros in front
-            pad = lambda m: np.concatenate([np.zeros((len(m), columns), np.int32), m], axis=1)  # noqa: E731
-        else:  # and end at the total: repeat the last column
-            pad = lambda m: np.concatenate([m, np.repeat(m[:, -1:], columns, axis=1)], axis=1)  # noqa: E731
-        self._counts, self._frauds = pad(self._counts), pad(self._frauds)
-        self._width += columns
+        if newest - m.base >= m.width:
+            m.widen(newest - m.base + 1 - m.width + -(-m.width // 8))
 
     def _shift(self, keep_from: int) -> int:
         """Drop the buckets before `keep_from`; returns the transactions they held."""
-        d = keep_from - self._base
-        if d <= 0:
+        m = self._m
+        if keep_from - m.base <= 0:
             return 0
-        d = min(d, self._width)
-        dropped = int(self._counts[:self._used, d].sum(dtype=np.int64))
-        for m in (self._counts, self._frauds):
-            moved = m[:, d:] - m[:, d:d + 1]
-            m[:, :self._width + 1 - d] = moved
-            m[:, self._width + 1 - d:] = moved[:, -1:]
-        self._base = keep_from
+        dropped = m.shift(keep_from)
         # Give back the columns a held-back horizon made room for, past the newest bucket.
-        spare = self._width - max(self._target_width, -(-self.watermark // self._r) - self._base + 1 if self.watermark is not None else 0)
+        spare = m.width - max(self._target_width, -(-self.watermark // self._r) - m.base + 1 if self.watermark is not None else 0)
         if spare > 0:
-            self._counts, self._frauds = self._counts[:, :self._width + 1 - spare].copy(), self._frauds[:, :self._width + 1 - spare].copy()
-            self._width -= spare
+            m.trim(spare)
         through = (keep_from - 1) * self._r
         self.evicted_through = through if self.evicted_through is None else max(self.evicted_through, through)
         if len(self._confirmed):
             keep = self._confirmed_seconds > through
             self._confirmed, self._confirmed_seconds = self._confirmed[keep], self._confirmed_seconds[keep]
-        self._drop_idle_terminals()
+        m.drop_idle()
         return dropped
-
-    def _drop_idle_terminals(self) -> None:
-        """Forget terminals with nothing left in the buckets held, once they are a quarter of the rows."""
-        used = self._used
-        idle = (self._counts[:used, -1] == 0) & (self._frauds[:used, -1] == 0)
-        if not used or idle.sum() * 4 < used:
-            return
-        alive = np.flatnonzero(~idle)
-        renumber = np.full(used, -1, np.int64)
-        renumber[alive] = np.arange(len(alive))
-        self._counts = self._counts[alive].copy()
-        self._frauds = self._frauds[alive].copy()
-        self._used = len(alive)
-        new_rows = renumber[self._rows]
-        keep = new_rows >= 0
-        self._ids, self._rows = self._ids[keep], new_rows[keep]
-
-    def _lookup(self, terminals: np.ndarray, create: bool) -> np.ndarray:
-        """Rows of `terminals` in the matrices; new terminals get rows if `create`, else -1."""
-        at = np.searchsorted(self._ids, terminals)
-        known = at < len(self._ids)
-        known[known] = self._ids[at[known]] == terminals[known]
-        rows = np.full(len(terminals), -1, np.int64)
-        rows[known] = self._rows[at[known]]
-        if create and not known.all():
-            fresh, inverse = np.unique(terminals[~known], return_inverse=True)
-            numbers = self._used + np.arange(len(fresh), dtype=np.int64)
-            self._reserve(self._used + len(fresh))
-            self._used += len(fresh)
-            rows[~known] = numbers[inverse]
-            where = np.searchsorted(self._ids, fresh)
-            self._ids = np.insert(self._ids, where, fresh)
-            self._rows = np.insert(self._rows, where, numbers)
-        return rows
-
-    def _reserve(self, rows: int) -> None:
-        if rows <= len(self._counts):
-            return
-        capacity = max(rows, len(self._counts) * 3 // 2, 1024)
-        for name in ("_counts", "_frauds"):
-            old = getattr(self, name)
-            new = np.zeros((capacity, self._width + 1), np.int32)
-            new[:len(old)] = old
-            setattr(self, name, new)

@@ -33,16 +33,15 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 
 import numpy as np
 
 from fraudscore.features.online import TerminalBuckets, TerminalState, late_in_order
 from fraudscore.serving.kafka import OFFSET_BEGINNING, PARTITION_EOF
-from fraudscore.serving.sidecar.clients import common_config
 from fraudscore.serving.sidecar.config import SidecarConfig
 from fraudscore.serving.sidecar.state.feed import decode_record, feed_topic, fingerprint
+from fraudscore.serving.sidecar.state.reader import PartitionReader
 from fraudscore.serving.transactions import decode_labels, decode_transactions
 from fraudscore.serving.wire import MAX_KEY_BYTES
 
@@ -62,16 +61,10 @@ class TerminalTable:
         self.config = config
         self.terminals = terminals
         self.metrics = metrics
-        self.reader = None
-        # The partitions' ends are asked on connections of their own: on a slow link a request on
-        # the reader's connection waits behind the fetch responses it prefetches (16 MB, a minute
-        # at 300 kB/s) and timed out every time, so the table never caught up (a network fault test).
-        self.end_probe = None
+        self.kafka = PartitionReader(config)  # the consumer, and the probe that asks the partitions' ends
         self.caught_up = False
         self.partition_watermarks: dict[int, int] = {}  # input partition -> newest event time read
         self.inputs: list[int] = []  # the input topic's partitions
-        self._assigned: dict[tuple[str, int], None] = {}  # what the reader is assigned, in order
-        self._ends: dict[tuple[str, int], int] = {}  # partition -> offset where the reader last hit its end
         self.positions: dict[tuple[str, int], int] = {}  # partition -> the next offset not yet in the table
         self.before_apply = before_apply
         self.stopping = stopping
@@ -91,32 +84,13 @@ class TerminalTable:
         """Start the global reader: every partition of the labels topic and of the input topic's
         feed (or of the input itself, without a feed), from the beginning, or from `positions`
         (a snapshot's: what its table had read) where given."""
-        from confluent_kafka import Consumer
-
         c = self.config
-        self.reader = Consumer(common_config(c) | {
-            # Never commits: the group id only satisfies librdkafka; offsets are not stored.
-            "group.id": f"{c.group_id}.terminal-table.{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "isolation.level": "read_committed" if c.exactly_once else "read_uncommitted",
-            "fetch.wait.max.ms": 10,
-            "queued.max.messages.kbytes": 16384,
-            # The end of a partition is signalled: offsets of transaction markers would
-            # otherwise keep the position short of the high watermark for ever.
-            "enable.partition.eof": True,
-        } | c.kafka | {"auto.offset.reset": "earliest"})  # an offset lost to retention: the oldest kept, never the end
-        self.end_probe = Consumer(common_config(c) | {
-            "group.id": f"{c.group_id}.terminal-ends.{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
-            "isolation.level": "read_committed" if c.exactly_once else "read_uncommitted",  # the reader's ends
-        } | c.kafka)
-        metadata = self.reader.list_topics(timeout=c.startup_timeout_s)
+        metadata = self.kafka.start()
         self.inputs = sorted(metadata.topics[c.input_topic].partitions)
         self.feed = self._usable_feed(metadata)
         labels = [(c.labels_topic, p) for p in sorted(metadata.topics[c.labels_topic].partitions)] if c.labels_topic else []
         sources = [(self.feed, p) for p in self.inputs] if self.feed else [(c.input_topic, p) for p in self.inputs]
         self.positions = dict(positions or {})
-        self._assigned = {}
         self._assign(sources + labels)
 
     def _usable_feed(self, metadata) -> str | None:
@@ -137,39 +111,26 @@ class TerminalTable:
     @property
     def partitions(self) -> list[tuple[str, int]]:
         """Every (topic, partition) the table reads now."""
-        return list(self._assigned)
+        return list(self.kafka.assigned)
 
     def _assign(self, keys: list[tuple[str, int]]) -> None:
-        from confluent_kafka import TopicPartition
-
-        keys = [k for k in keys if k not in self._assigned]
-        if keys:
-            self.reader.incremental_assign([TopicPartition(t, p, self.positions.get((t, p), OFFSET_BEGINNING)) for t, p in keys])
-            self._assigned.update(dict.fromkeys(keys))
+        self.kafka.assign(keys, self.positions)
 
     def _unassign(self, keys: list[tuple[str, int]]) -> None:
-        from confluent_kafka import TopicPartition
-
-        keys = [k for k in keys if k in self._assigned]
-        if keys:
-            self.reader.incremental_unassign([TopicPartition(t, p) for t, p in keys])
-            for k in keys:
-                del self._assigned[k]
+        self.kafka.unassign(keys)
 
     def reset(self, terminals: TerminalState | TerminalBuckets) -> None:
         """Read everything again, from the beginning, into `terminals` (a fresh state)."""
-        from confluent_kafka import TopicPartition
-
         self.terminals = terminals
         self.caught_up = False
         self.partition_watermarks.clear()
-        self._ends.clear()
+        self.kafka.ends.clear()
         self.positions.clear()
         self.gaps.clear()
         self.rejoin.clear()
         self._end_fallback()
-        for t, p in self._assigned:
-            self.reader.seek(TopicPartition(t, p, OFFSET_BEGINNING))
+        for t, p in self.kafka.assigned:
+            self.kafka.seek(t, p, OFFSET_BEGINNING)
 
     def catch_up(self, bound_s: int | None = None, timeout_s: float | None = None, feed_only: bool = False) -> bool:
         """Read the labels topic up to its current high watermarks and each input partition up to
@@ -177,45 +138,23 @@ class TerminalTable:
 
         `feed_only` (with a feed): each partition's feed to its high watermark instead, never
         the input (an idle refresh: what the owners have written is enough until a batch needs more)."""
-        from confluent_kafka import KafkaException, TopicPartition
-
-        c, reader = self.config, self.reader
+        c = self.config
         t0 = time.monotonic()
         deadline = t0 + (c.drain_timeout_s if timeout_s is None else timeout_s)
-        self.end_probe.poll(0)  # its log lines and error callbacks, which otherwise wait in its queue
-        targets = {}
-        feed_highs = self._feed_highs = {}
+        self.kafka.serve_probe()
         feed_only = feed_only and bool(self.feed)
-        sources = [(self.feed, p) for p in self.inputs] if feed_only else [(c.input_topic, p) for p in self.inputs]
-        try:
-            for t, p in sources + [k for k in self._assigned if k[0] == c.labels_topic]:
-                if not self._past((t, p), bound_s):
-                    low, high = self.end_probe.get_watermark_offsets(TopicPartition(t, p), timeout=c.startup_timeout_s, cached=False)
-                    targets[(t, p)] = high
-                    if t == c.input_topic:
-                        self._lows[p] = low
-        except KafkaException as exc:  # a leader moving, a broker restarting: try again before the next batch
-            self._warn("ends", "terminal table: high watermarks unavailable (%s); retrying before the next batch", exc)
+        self._feed_highs = {}
+        targets = self._targets(bound_s, feed_only)
+        if targets is None:
             return False
-        if self.feed:
-            for t, p in targets:
-                if t == c.input_topic and p not in self.gaps and not self._done((t, p), targets[(t, p)]):
-                    try:
-                        feed_highs[p] = self.end_probe.get_watermark_offsets(TopicPartition(self.feed, p), timeout=c.startup_timeout_s,
-                                                                        cached=False)[1]
-                    except KafkaException as exc:  # the feed gone or unavailable: the input serves, slower, as exact
-                        self._warn("feed", "terminal feed %s unavailable (%s); its partitions are read from the input "
-                                   "until it answers again", self.feed, exc)
-                        self.gaps.add(p)
+        self._feed_ends(targets)
         self.highs.update(targets)
         try:
             remaining = [k for k in targets if not self._done(k, targets[k])]
             while remaining and time.monotonic() < deadline and not self.stopping():
                 if self.feed and not feed_only:
                     self._fall_back([k[1] for k in remaining if k[0] == c.input_topic])
-                # A short wait: consume() blocks until READ_BATCH messages or the timeout, and what is
-                # missing is usually a few messages already on their way.
-                messages = reader.consume(num_messages=READ_BATCH, timeout=0.002)
+                messages = self.kafka.consume(READ_BATCH)
                 if messages:
                     self._apply(messages)
                 remaining = [k for k in remaining if not self._done(k, targets[k]) and not self._past(k, bound_s)]
@@ -234,6 +173,44 @@ class TerminalTable:
                      "%.2f s", len(self.terminals), self.terminals.entities, self.terminals.pending_labels,
                      self.terminals.nbytes / 1e6, time.monotonic() - t0)
         return True
+
+    def _targets(self, bound_s: int | None, feed_only: bool) -> dict[tuple[str, int], int] | None:
+        """The offset each source must be read to: its high watermark now, for the labels topic and
+        every input partition (its feed with `feed_only`) not yet past `bound_s`. None when the
+        broker does not answer (the catch-up is tried again before the next batch)."""
+        from confluent_kafka import KafkaException
+
+        c, targets = self.config, {}
+        sources = [(self.feed, p) for p in self.inputs] if feed_only else [(c.input_topic, p) for p in self.inputs]
+        try:
+            for t, p in sources + [k for k in self.kafka.assigned if k[0] == c.labels_topic]:
+                if not self._past((t, p), bound_s):
+                    low, high = self.kafka.watermarks(t, p)
+                    targets[(t, p)] = high
+                    if t == c.input_topic:
+                        self._lows[p] = low
+        except KafkaException as exc:  # a leader moving, a broker restarting: try again before the next batch
+            self._warn("ends", "terminal table: high watermarks unavailable (%s); retrying before the next batch", exc)
+            return None
+        return targets
+
+    def _feed_ends(self, targets: dict[tuple[str, int], int]) -> None:
+        """With a feed: the feed's high watermark of each input partition still behind its target
+        (where the feed has nothing more and the input must serve); a feed that does not answer
+        marks its partition a gap (read from the input)."""
+        from confluent_kafka import KafkaException
+
+        c = self.config
+        if not self.feed:
+            return
+        for t, p in targets:
+            if t == c.input_topic and p not in self.gaps and not self._done((t, p), targets[(t, p)]):
+                try:
+                    self._feed_highs[p] = self.kafka.watermarks(self.feed, p)[1]
+                except KafkaException as exc:  # the feed gone or unavailable: the input serves, slower, as exact
+                    self._warn("feed", "terminal feed %s unavailable (%s); its partitions are read from the input "
+                               "until it answers again", self.feed, exc)
+                    self.gaps.add(p)
 
     def _warn(self, what: str, message: str, *args) -> None:
         """A warning at most every WARN_EVERY_S per kind (`what`); the repeats in between at debug,
@@ -264,7 +241,7 @@ class TerminalTable:
 
     def lag(self, topic: str) -> dict[int, int]:
         """Messages of `topic` not read yet, per partition, against the high watermarks of the last read."""
-        return {p: max(0, high - max(self.positions.get((t, p), 0), self._ends.get((t, p), 0)))
+        return {p: max(0, high - max(self.positions.get((t, p), 0), self.kafka.ends.get((t, p), 0)))
                 for (t, p), high in self.highs.items() if t == topic}
 
     def _past(self, key: tuple[str, int], bound_s: int | None) -> bool:
@@ -276,14 +253,14 @@ class TerminalTable:
 
     def _done(self, key: tuple[str, int], target: int) -> bool:
         """Everything of `key` before offset `target` is in the table (read, or skipped as a marker)."""
-        return max(self.positions.get(key, 0), self._ends.get(key, 0)) >= target
+        return max(self.positions.get(key, 0), self.kafka.ends.get(key, 0)) >= target
 
     def _apply(self, messages: list) -> None:
         c = self.config
         ok = [m for m in messages if m.error() is None]
         for m in messages:
             if m.error() is not None and m.error().code() == PARTITION_EOF:
-                self._ends[(m.topic(), m.partition())] = m.offset()
+                self.kafka.ends[(m.topic(), m.partition())] = m.offset()
         # Keys over the limit are dead-lettered by the scoring path: they are not transactions here either.
         tx = [m for m in ok if m.topic() == c.input_topic and len(m.key() or b"") <= MAX_KEY_BYTES]
         raw, row_of = None, None
@@ -330,36 +307,39 @@ class TerminalTable:
             self.metrics.terminal_rows.labels("feed").inc(read_from_feed)
         if chunks:
             self._add(chunks)
-        labels = [m.value() for m in ok if m.topic() == c.labels_topic]
         if self.rejoin:
             self._rejoin_feed()
-        if labels:
-            batch = decode_labels(labels, max_message_bytes=c.max_message_bytes)
-            counts = self.terminals.add_labels(batch.ids, batch.seconds, batch.terminals)
-            m = self.metrics
-            m.labels.labels("applied").inc(counts.applied)
-            m.labels.labels("pending").inc(counts.pending)
-            m.labels.labels("duplicate").inc(counts.duplicate)
-            m.labels.labels("expired").inc(counts.expired)
-            m.labels.labels("unreadable").inc(batch.unreadable)
-            m.labels.labels("genuine").inc(batch.genuine)
+        self._apply_labels([m.value() for m in ok if m.topic() == c.labels_topic])
+
+    def _apply_labels(self, values: list[bytes]) -> None:
+        """Confirmations read from the labels topic into the table, counted by outcome."""
+        if not values:
+            return
+        batch = decode_labels(values, max_message_bytes=self.config.max_message_bytes)
+        counts = self.terminals.add_labels(batch.ids, batch.seconds, batch.terminals)
+        m = self.metrics
+        m.labels.labels("applied").inc(counts.applied)
+        m.labels.labels("pending").inc(counts.pending)
+        m.labels.labels("duplicate").inc(counts.duplicate)
+        m.labels.labels("expired").inc(counts.expired)
+        m.labels.labels("unreadable").inc(batch.unreadable)
+        m.labels.labels("genuine").inc(batch.genuine)
 
     def _rejoin_feed(self) -> None:
         """Back to the feed where the input has been read up to the record after a gap: the feed
         is sought back to that record and the partition's input is no longer read."""
-        from confluent_kafka import KafkaException, TopicPartition
+        from confluent_kafka import KafkaException
 
         c = self.config
         for p, (first, feed_offset) in list(self.rejoin.items()):
             if self.positions.get((c.input_topic, p), -1) < first:
                 continue
             del self.rejoin[p]
-            if (self.feed, p) not in self._assigned:
+            if (self.feed, p) not in self.kafka.assigned:
                 continue
             try:
-                self.reader.seek(TopicPartition(self.feed, p, feed_offset))
-                self._feed_highs[p] = self.end_probe.get_watermark_offsets(TopicPartition(self.feed, p), timeout=c.startup_timeout_s,
-                                                                      cached=False)[1]
+                self.kafka.seek(self.feed, p, feed_offset)
+                self._feed_highs[p] = self.kafka.watermarks(self.feed, p)[1]
             except KafkaException as exc:  # the input goes on serving the partition: slower, as exact
                 log.debug("terminal feed: partition %d not sought back to %d (%s)", p, feed_offset, exc)
                 continue
@@ -368,7 +348,7 @@ class TerminalTable:
             # feed look read to its end, so the input was assigned again and both were read (which
             # came first depended on timing; the feed test caught it once the ends moved to a
             # connection of their own).
-            self._ends.pop((self.feed, p), None)
+            self.kafka.ends.pop((self.feed, p), None)
             self.gaps.discard(p)  # a record that does not join after all marks it again
             if p in self.fallback:
                 self._unassign([(c.input_topic, p)])
@@ -429,9 +409,4 @@ class TerminalTable:
         self.terminals.add_transactions(ids[on_time], seconds[on_time], terminals[on_time])
 
     def close(self) -> None:
-        if self.reader is not None:
-            self.reader.close()
-            self.reader = None
-        if self.end_probe is not None:
-            self.end_probe.close()
-            self.end_probe = None
+        self.kafka.close()
