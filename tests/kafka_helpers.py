@@ -439,12 +439,18 @@ class TwoBrokers:
 
         admin = self.admin()
 
-        def in_sync() -> dict:
-            topics = admin.list_topics(timeout=10).topics
-            lagging = [p for meta in topics.values() for p in meta.partitions.values() if len(p.isrs) < len(p.replicas)]
-            return {} if lagging else topics
+        lagging: list = []
 
-        topics = wait_until(in_sync, timeout_s, "every replica back in sync", interval_s=0.5)
+        def in_sync() -> tuple:
+            topics = admin.list_topics(timeout=10).topics
+            lagging[:] = [(t, p) for t, meta in topics.items() for p, pm in meta.partitions.items()
+                          if len(pm.isrs) < len(pm.replicas)]
+            return () if lagging else (topics,)
+
+        try:
+            (topics,) = wait_until(in_sync, timeout_s, "every replica back in sync", interval_s=0.5)
+        except AssertionError:
+            raise AssertionError(f"replicas not back in sync within {timeout_s:g} s: {lagging[:5]}") from None
         partitions = [TopicPartition(t, p) for t, meta in topics.items() for p, pm in meta.partitions.items()
                       if pm.replicas and pm.leader != pm.replicas[0]]
         if partitions:

@@ -95,7 +95,7 @@ def test_alert_rate_spike_reaches_the_webhook(kafka_bootstrap, small_bundle, mak
                                        f"--storage.tsdb.path={tmp_path / 'prom'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         procs.append(Sidecar(kafka_bootstrap, small_bundle, topics, "g-alerting", "--log-level", "WARNING",
-                             port=metrics_port).proc)
+                             "--batch-size", "4096", port=metrics_port).proc)  # run's default batch size
         wait_http(f"http://127.0.0.1:{am_port}/-/ready")
         wait_http(f"http://127.0.0.1:{prom_port}/-/ready")
         wait_http(f"http://127.0.0.1:{metrics_port}/readyz")

@@ -1010,8 +1010,11 @@ def test_state_topics_deleted_mid_run_keep_scoring_and_a_restart_never_uses_wron
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         t0 = time.monotonic()
-        wait_until(lambda: metric_sum(first.get("/metrics")[1], "fraudscore_state_snapshot_writes_total", outcome="ok")
-                   > ok_before, 60, "a snapshot written to the new state topics", interval_s=0.5)
+        try:
+            wait_until(lambda: metric_sum(first.get("/metrics")[1], "fraudscore_state_snapshot_writes_total", outcome="ok")
+                       > ok_before, 60, "a snapshot written to the new state topics", interval_s=0.5)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the sidecar's log:\n{first.output()[-3000:]}") from None
         back_s = time.monotonic() - t0
         code, log = first.stop()
         assert code == 0, log[-3000:]

@@ -53,7 +53,7 @@ from fraudscore.serving.sidecar.config import SidecarConfig
 from fraudscore.serving.sidecar.delivery import Delivery
 from fraudscore.serving.sidecar.models import Models
 from fraudscore.serving.sidecar.process import OVERDUE_EXIT, Stop
-from fraudscore.serving.sidecar.raw_mode import RawMode
+from fraudscore.serving.sidecar.raw_mode import IDLE_CATCH_UP_S, PARTIAL_LOG_INTERVAL_S, RawMode
 from fraudscore.serving.sidecar.rebalance import Assignment
 from fraudscore.serving.sidecar.reporting import Throttled
 from fraudscore.serving.sidecar.state import FeatureState
@@ -62,7 +62,7 @@ from fraudscore.serving.wire import MAX_KEY_BYTES
 log = logging.getLogger(__name__)
 CHALLENGER_LOG_INTERVAL_S = 60.0  # a failing challenger: one error at most this often
 
-__all__ = ["Sidecar", "InFlight"]
+__all__ = ["Sidecar", "InFlight", "PARTIAL_LOG_INTERVAL_S", "IDLE_CATCH_UP_S"]  # the last two live in raw_mode now
 
 
 class Sidecar:
@@ -103,6 +103,15 @@ class Sidecar:
     def pipeline(self):
         return self.models.pipeline
 
+    @pipeline.setter
+    def pipeline(self, pipeline) -> None:
+        self.models.pipeline = pipeline
+
+    @property
+    def in_flight(self) -> InFlight | None:
+        """The batch whose outputs were produced, not yet known to be acknowledged (Checkpoint)."""
+        return self.checkpoint.in_flight if self.checkpoint is not None else None
+
     @property
     def spec(self):
         """The feature specification raw mode computes; None in feature mode."""
@@ -129,7 +138,7 @@ class Sidecar:
             self.state.stopping = self.stop.asked
             self.raw = RawMode(self.config, self.state, self.metrics, self.checkpoint,
                                assignment=lambda: self.assignment.partitions, on_progress=self.assignment.update_ready)
-            self.assignment.attach(self.checkpoint, self.state, self.raw)
+            self.assignment.attach_state(self.state, self.raw)
             self.state.start()
         self.consumer.subscribe([self.config.input_topic], on_assign=self.assignment.on_assign,
                                 on_revoke=self.assignment.on_revoke, on_lost=self.assignment.on_revoke)
@@ -140,7 +149,7 @@ class Sidecar:
         self.delivery = Delivery(self.config, consumer, producer)
         self.delivery.budget = self.stop.budget  # a stop's flushes and transactions wait only what is left
         self.checkpoint = Checkpoint(self.delivery, self.metrics)
-        self.assignment.attach(self.checkpoint)
+        self.assignment.checkpoint = self.checkpoint
 
     def _on_error(self, err) -> None:
         self.metrics.consume_errors.inc()

@@ -9,7 +9,8 @@ those offsets, and their state is dropped. Both keep fraudscore_ready and
 fraudscore_assigned_partitions current.
 
     assignment = Assignment(config, metrics, stop, has_model=lambda: True)
-    assignment.attach(checkpoint, state, raw)      # once the clients exist
+    assignment.checkpoint = checkpoint             # once the clients exist
+    assignment.attach_state(state, raw)            # raw mode
     consumer.subscribe([topic], on_assign=assignment.on_assign, on_revoke=assignment.on_revoke,
                        on_lost=assignment.on_revoke)
     assignment.not_ready_because()                 # "" when ready: what /readyz says
@@ -43,8 +44,9 @@ class Assignment:
         self._gaps_reported: set[tuple[str, int, int]] = set()  # (topic, partition, committed offset) logged once
         self._was_ready = False
 
-    def attach(self, checkpoint: Checkpoint, state=None, raw=None) -> None:
-        self.checkpoint, self.state, self.raw = checkpoint, state, raw
+    def attach_state(self, state, raw) -> None:
+        """Raw mode: the feature state to restore and revoke, and the loop's steps around it."""
+        self.state, self.raw = state, raw
 
     def owns(self, topic: str, partition: int) -> bool:
         return (topic, partition) in self.partitions

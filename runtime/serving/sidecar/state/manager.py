@@ -47,6 +47,7 @@ from fraudscore.serving.sidecar.config import SidecarConfig
 from fraudscore.serving.sidecar.state.batch import late_mask, partial_mask, short_coverage, terminal_horizon_cap
 from fraudscore.serving.sidecar.state.feed import FeedWriter
 from fraudscore.serving.sidecar.state.recovery import RestoreAbandoned, restore_partitions
+from fraudscore.serving.sidecar.state.rounds import SNAPSHOT_BACKOFF_MAX_S as _SNAPSHOT_BACKOFF_MAX_S
 from fraudscore.serving.sidecar.state.rounds import SnapshotRounds
 from fraudscore.serving.sidecar.state.snapshots import TERMINALS, SnapshotRefused, SnapshotStore, decode
 from fraudscore.serving.sidecar.state.terminal_table import TerminalTable
@@ -94,6 +95,7 @@ def input_spec(config: SidecarConfig, manifest, current: FeatureSpec | None) -> 
     return spec
 
 
+SNAPSHOT_BACKOFF_MAX_S = _SNAPSHOT_BACKOFF_MAX_S  # its old name here; the rounds live in rounds.py
 ENTITIES_EVERY_S = 30.0  # how often fraudscore_state_entities is counted
 # While batches are folded, the C heap's free pages go back to the system this often, and once
 # when the sidecar goes idle (release_free_memory: ~5 ms for a 300 MB heap).
@@ -367,7 +369,7 @@ class FeatureState:
         mismatched = int((given != raw.customers.astype("S21")).sum()) if len(raw) else 0
         if mismatched:
             self.metrics.key_mismatches.inc(mismatched)
-        late = late_mask(self.online, self.config.allowed_lateness_s, raw, parts)
+        late = self.late_mask(raw, parts)
         for i in np.flatnonzero(late).tolist():
             rejections.append(Rejection(int(raw.index[i]), "late", f"TX_DATETIME is more than {self.config.allowed_lateness_s} s "
                                         "older than the newest transaction of its partition; its windows may be incomplete"))
@@ -381,8 +383,16 @@ class FeatureState:
         keep = on[in_range]
         rejections.sort(key=lambda r: r.index)
         decoded = DecodedBatch(raw.index[keep], raw.ids[keep].tolist(), matrix[in_range].astype(np.float32), rejections,
-                               event_seconds=raw.seconds[keep], partial=partial_mask(self.online, self.spec, raw.seconds[keep], parts[keep]))
+                               event_seconds=raw.seconds[keep], partial=self.partial_mask(raw.seconds[keep], parts[keep]))
         return decoded, Emitted(self.spec.names, full[in_range])
+
+    def partial_mask(self, seconds: np.ndarray, partitions: np.ndarray) -> np.ndarray:
+        """Rows whose windows reach back before the oldest event the state has seen (batch.partial_mask)."""
+        return partial_mask(self.online, self.spec, seconds, partitions)
+
+    def late_mask(self, raw: RawBatch, partitions: np.ndarray) -> np.ndarray:
+        """Rows too late for their partition (batch.late_mask)."""
+        return late_mask(self.online, self.config.allowed_lateness_s, raw, partitions)
 
     def _cap_terminal_horizon(self) -> None:
         """Keep in the terminal table everything the partitions scored here can still ask for

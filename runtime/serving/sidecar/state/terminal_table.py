@@ -109,6 +109,16 @@ class TerminalTable:
         return name
 
     @property
+    def reader(self):
+        """The consumer reading the table's partitions (PartitionReader.consumer)."""
+        return self.kafka.consumer
+
+    @property
+    def end_probe(self):
+        """The consumer asking the partitions' watermarks (PartitionReader.probe)."""
+        return self.kafka.probe
+
+    @property
     def partitions(self) -> list[tuple[str, int]]:
         """Every (topic, partition) the table reads now."""
         return list(self.kafka.assigned)
