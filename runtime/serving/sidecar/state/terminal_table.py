@@ -40,6 +40,7 @@ import numpy as np
 from fraudscore.features.online import TerminalBuckets, TerminalState, late_in_order
 from fraudscore.serving.kafka import OFFSET_BEGINNING, PARTITION_EOF
 from fraudscore.serving.sidecar.config import SidecarConfig
+from fraudscore.serving.sidecar.reporting import Throttled
 from fraudscore.serving.sidecar.state.feed import decode_record, feed_topic, fingerprint
 from fraudscore.serving.sidecar.state.reader import PartitionReader
 from fraudscore.serving.transactions import decode_labels, decode_transactions
@@ -78,7 +79,7 @@ class TerminalTable:
         self._lows: dict[int, int] = {}  # input partition -> its low watermark (what retention left)
         self.mark = fingerprint(config)
         self._feed_highs: dict[int, int] = {}  # input partition -> its feed's high watermark, this catch-up
-        self._warned: dict[str, tuple[float, int]] = {}  # kind -> (time of its last warning, repeats since)
+        self._warned: dict[str, Throttled] = {}  # kind -> its warnings' throttle
 
     def start(self, positions: dict[tuple[str, int], int] | None = None) -> None:
         """Start the global reader: every partition of the labels topic and of the input topic's
@@ -225,14 +226,11 @@ class TerminalTable:
     def _warn(self, what: str, message: str, *args) -> None:
         """A warning at most every WARN_EVERY_S per kind (`what`); the repeats in between at debug,
         counted in the next warning: a broker or topic that is gone fails every batch's catch-up."""
-        now = time.monotonic()
-        last, repeats = self._warned.get(what, (-WARN_EVERY_S, 0))
-        if now - last < WARN_EVERY_S:
-            self._warned[what] = (last, repeats + 1)
+        due = self._warned.setdefault(what, Throttled(WARN_EVERY_S)).add()
+        if not due:
             log.debug(message, *args)
             return
-        self._warned[what] = (now, 0)
-        log.warning(message + (f" ({repeats} more since the last warning)" if repeats else ""), *args)
+        log.warning(message + (f" ({due - 1} more since the last warning)" if due > 1 else ""), *args)
 
     def _fall_back(self, behind: list[int]) -> None:
         """Read from the input the partitions still behind whose feed has nothing more (or a gap)."""
